@@ -1,0 +1,39 @@
+"""The confmesh client SDK.
+
+``ConfigClient`` (asyncio) is the real client; ``SyncConfigClient`` runs it on
+a background thread for threaded apps. ``AdminClient`` writes and reads
+configuration through a server's AdminService.
+"""
+
+from confmesh.client._admin import AdminClient, Explained, LayerValue, WriteResult
+from confmesh.client._client import AppliedSnapshot, ConfigClient, Rejection
+from confmesh.client._sync import SyncConfigClient
+from confmesh.errors import (
+    ConfmeshError,
+    FailedPrecondition,
+    FieldIssue,
+    InvalidArgument,
+    NotFound,
+    SnapshotRejected,
+    StartupError,
+    Unavailable,
+)
+
+__all__ = [
+    "AdminClient",
+    "AppliedSnapshot",
+    "ConfigClient",
+    "ConfmeshError",
+    "Explained",
+    "FailedPrecondition",
+    "FieldIssue",
+    "InvalidArgument",
+    "LayerValue",
+    "NotFound",
+    "Rejection",
+    "SnapshotRejected",
+    "StartupError",
+    "SyncConfigClient",
+    "Unavailable",
+    "WriteResult",
+]

@@ -1,0 +1,142 @@
+"""AdminClient: writes, resolved reads and status over the AdminService."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from confmesh.changes import ChangeSpec
+from confmesh.keys import Layer, Scope
+from confmesh.merge import JSONValue
+from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
+from confmesh.wire import error_from_rpc, from_struct, from_value, layer_from_pb, layer_to_pb, to_value
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    revision: int
+    changed: list[str]
+
+
+@dataclass(frozen=True)
+class LayerValue:
+    layer: Layer
+    source_key: str
+    value: JSONValue
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Explained:
+    environment: str
+    service: str
+    version: int
+    hash: str
+    config: dict[str, JSONValue]
+    key: str = ""
+    found: bool = False
+    value: JSONValue = None
+    layers: list[LayerValue] = field(default_factory=list)
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+class AdminClient:
+    """``async with AdminClient("127.0.0.1:7070") as admin: await admin.put("a.b", 1)``."""
+
+    def __init__(self, target: str, *, actor: str | None = None, timeout: float = 10.0) -> None:
+        self.target = target
+        self.actor = actor or default_actor()
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(target)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._config = config_pb2_grpc.ConfigServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.target) from None
+
+    def _context(self, reason: str) -> admin_pb2.ChangeContext:
+        return admin_pb2.ChangeContext(actor=self.actor, reason=reason)
+
+    async def put(
+        self, key: str, value: JSONValue, *, env: str | None = None, service: str | None = None, reason: str = ""
+    ) -> WriteResult:
+        req = admin_pb2.PutRequest(
+            layer=layer_to_pb(Layer.of(env, service)), key=key, value=to_value(value), context=self._context(reason)
+        )
+        resp = await self._call(self._admin.Put, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def delete(
+        self, key: str, *, env: str | None = None, service: str | None = None, reason: str = ""
+    ) -> WriteResult:
+        req = admin_pb2.DeleteRequest(
+            layer=layer_to_pb(Layer.of(env, service)), key=key, context=self._context(reason)
+        )
+        resp = await self._call(self._admin.Delete, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def apply(self, changes: Sequence[ChangeSpec], *, reason: str = "") -> WriteResult:
+        req = admin_pb2.ApplyRequest(context=self._context(reason))
+        for ch in changes:
+            msg = req.changes.add(layer=layer_to_pb(ch.layer), key=ch.key)
+            if ch.delete:
+                msg.delete = True
+            else:
+                msg.value.CopyFrom(to_value(ch.value))
+        resp = await self._call(self._admin.Apply, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def resolve(self, env: str, service: str, key: str = "") -> Explained:
+        scope = Scope.checked(env, service)
+        req = admin_pb2.ResolveRequest(environment=scope.environment, service=scope.service, key=key)
+        resp = await self._call(self._admin.Resolve, req)
+        layers = []
+        for expl in resp.explanations:
+            layers = [
+                LayerValue(layer_from_pb(lv.layer), lv.source_key, from_value(lv.value), lv.mod_revision)
+                for lv in expl.layers
+            ]
+        return Explained(
+            environment=resp.environment,
+            service=resp.service,
+            version=resp.version,
+            hash=resp.hash,
+            config=from_struct(resp.config),
+            key=key,
+            found=resp.found,
+            value=from_value(resp.value) if resp.found else None,
+            layers=layers,
+        )
+
+    async def snapshot(self, env: str, service: str) -> config_pb2.Snapshot:
+        scope = Scope.checked(env, service)
+        req = config_pb2.GetSnapshotRequest(environment=scope.environment, service=scope.service)
+        snapshot: config_pb2.Snapshot = await self._call(self._config.GetSnapshot, req)
+        return snapshot
+
+    async def status(self) -> admin_pb2.GetStatusResponse:
+        status: admin_pb2.GetStatusResponse = await self._call(self._admin.GetStatus, admin_pb2.GetStatusRequest())
+        return status

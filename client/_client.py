@@ -1,0 +1,331 @@
+"""The asynchronous config client: Watch, validate, apply or reject, ACK/NACK."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+import grpc.aio
+from pydantic import BaseModel
+
+from confmesh import errors
+from confmesh.client._validation import validate
+from confmesh.keys import Scope
+from confmesh.merge import content_hash, lookup
+from confmesh.v1 import config_pb2, config_pb2_grpc
+from confmesh.wire import error_from_rpc, from_struct
+
+log = logging.getLogger("confmesh.client")
+
+T = TypeVar("T")
+ChangeCallback = Callable[[Any, Any], None | Awaitable[None]]
+
+# Errors a retry cannot fix: the client stops and reports them.
+FATAL_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+               grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED}
+
+
+@dataclass(frozen=True)
+class AppliedSnapshot:
+    """One snapshot this client applied."""
+
+    version: int
+    hash: str
+    raw: Mapping[str, Any]
+    config: Any
+    applied_at: float
+
+
+@dataclass(frozen=True)
+class Rejection:
+    version: int
+    hash: str
+    error: str
+    issues: list[errors.FieldIssue]
+    at: float
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class ConfigClient(Generic[T]):
+    """Typed, validated, live configuration for one (environment, service).
+
+    ::
+
+        async with ConfigClient("127.0.0.1:7070", environment="prod",
+                                service="orders", schema=Settings) as client:
+            client.config.database.pool_max   # a validated Settings instance
+            client.version                     # the version it runs
+
+    Every snapshot is validated against `schema` before it is applied; an
+    invalid one is rejected (NACK) and the last good config stays.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        environment: str,
+        service: str,
+        schema: type[T] | None = None,
+        instance_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        start_from_defaults: bool = False,
+        startup_timeout: float = 10.0,
+        history_size: int = 16,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+        channel_options: list[tuple[str, Any]] | None = None,
+    ) -> None:
+        self.target = target
+        self.scope = Scope.checked(environment, service)
+        if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+            raise TypeError("schema must be a pydantic BaseModel subclass")
+        self.schema = schema
+        self.instance_id = instance_id or default_instance_id()
+        self.labels = dict(labels or {})
+        self.start_from_defaults = start_from_defaults
+        self.startup_timeout = startup_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.history: deque[AppliedSnapshot] = deque(maxlen=history_size)
+        self.last_rejection: Rejection | None = None
+        self.server_stale = False
+        self.connected = False
+        self.reconnects = 0
+        self._current: AppliedSnapshot | None = None
+        self._callbacks: list[ChangeCallback] = []
+        self._applied = asyncio.Condition()
+        self._fatal: errors.ConfmeshError | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._channel_options = channel_options or [
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        self._channel: grpc.aio.Channel | None = None
+
+    # -- public surface -------------------------------------------------------
+
+    @property
+    def config(self) -> T:
+        """The current typed config (a `schema` instance; a dict without schema)."""
+        if self._current is None:
+            raise errors.StartupError("no configuration yet: use `async with` or `await start()` first")
+        config: T = self._current.config
+        return config
+
+    @property
+    def version(self) -> int:
+        """The version this instance runs (0: none / schema defaults)."""
+        return self._current.version if self._current else 0
+
+    @property
+    def hash(self) -> str:
+        return self._current.hash if self._current else ""
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        """The resolved config as plain JSON-like data."""
+        return self._current.raw if self._current else {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A dotted-key lookup in the raw config (`"database.pool.max"`)."""
+        found, value = lookup(self.raw, key)
+        return value if found else default
+
+    def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call `callback(old, new)` after each applied change; returns an unsubscribe function.
+
+        Plain functions run on the client's event loop and must be quick;
+        coroutine functions are scheduled as tasks. Exceptions are logged.
+        """
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise errors.ConfmeshError("client already started")
+        if self.start_from_defaults:
+            self._apply_defaults()
+        self._channel = grpc.aio.insecure_channel(self.target, options=self._channel_options)
+        self._task = asyncio.create_task(self._run(), name=f"confmesh-watch-{self.scope}")
+        if self._current is None:
+            try:
+                await self.wait_for_version(1, timeout=self.startup_timeout)
+            except BaseException:
+                await self.close()
+                raise
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        self.connected = False
+
+    async def __aenter__(self) -> ConfigClient[T]:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_for_version(self, version: int, timeout: float | None = None) -> None:
+        """Wait until this client runs `version` or newer."""
+
+        def reached() -> bool:
+            return self._fatal is not None or self.version >= version
+
+        try:
+            async with asyncio.timeout(timeout), self._applied:
+                await self._applied.wait_for(reached)
+        except TimeoutError:
+            why = ""
+            if self.last_rejection is not None:
+                why = f"; last snapshot rejected: {self.last_rejection.error}"
+            elif not self.connected:
+                why = f"; server {self.target} not reachable"
+            raise errors.StartupError(
+                f"no valid configuration for {self.scope} within {timeout}s{why}"
+            ) from None
+        if self._fatal is not None and self.version < version:
+            raise self._fatal
+
+    # -- internals ------------------------------------------------------------
+
+    def _apply_defaults(self) -> None:
+        try:
+            config = validate(self.schema, {})  # type: ignore[arg-type]
+        except errors.SnapshotRejected as exc:
+            raise errors.StartupError(
+                f"start_from_defaults: the schema has fields without defaults: {exc.message}"
+            ) from exc
+        self._current = AppliedSnapshot(0, "", {}, config, time.time())
+
+    async def _run(self) -> None:
+        assert self._channel is not None
+        stub = config_pb2_grpc.ConfigServiceStub(self._channel)
+        backoff = self.backoff_initial
+        while True:
+            outbox: asyncio.Queue[config_pb2.WatchRequest] = asyncio.Queue()
+            subscribe = config_pb2.WatchRequest(
+                subscribe=config_pb2.Subscribe(
+                    environment=self.scope.environment,
+                    service=self.scope.service,
+                    known_version=self.version,
+                    known_hash=self.hash,
+                    instance_id=self.instance_id,
+                    labels=self.labels,
+                )
+            )
+
+            async def requests(
+                first: config_pb2.WatchRequest = subscribe,
+                box: asyncio.Queue[config_pb2.WatchRequest] = outbox,
+            ) -> Any:
+                yield first
+                while True:
+                    yield await box.get()
+
+            call = stub.Watch(requests())
+            try:
+                async for resp in call:
+                    self.connected = True
+                    backoff = self.backoff_initial
+                    if resp.WhichOneof("kind") == "heartbeat":
+                        self.server_stale = resp.heartbeat.stale
+                        continue
+                    outbox.put_nowait(await self._receive(resp.snapshot))
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_rpc(exc, self.target)
+                if exc.code() in FATAL_CODES:
+                    log.error("confmesh watch for %s failed: %s", self.scope, error.message)
+                    self._fatal = error
+                    async with self._applied:
+                        self._applied.notify_all()
+                    return
+                log.info("confmesh watch for %s interrupted: %s", self.scope, error.message)
+            finally:
+                call.cancel()
+                self.connected = False
+            self.reconnects += 1
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self.backoff_max)
+
+    def _nack(self, snap: config_pb2.Snapshot, error: str, issues: list[errors.FieldIssue]) -> config_pb2.WatchRequest:
+        self.last_rejection = Rejection(snap.version, snap.hash, error, issues, time.time())
+        log.warning("rejected %s version %d: %s", self.scope, snap.version, error)
+        return config_pb2.WatchRequest(
+            nack=config_pb2.Nack(
+                version=snap.version,
+                hash=snap.hash,
+                running_version=self.version,
+                error=error,
+                field_errors=[config_pb2.FieldError(path=i.path, message=i.message) for i in issues],
+            )
+        )
+
+    def _ack(self) -> config_pb2.WatchRequest:
+        return config_pb2.WatchRequest(ack=config_pb2.Ack(version=self.version, hash=self.hash))
+
+    async def _receive(self, snap: config_pb2.Snapshot) -> config_pb2.WatchRequest:
+        self.server_stale = snap.stale
+        current = self._current
+        if current is not None and current.version > 0:
+            if snap.hash == current.hash and snap.version <= current.version:
+                return self._ack()
+            if snap.version < current.version:
+                return self._nack(
+                    snap, f"version {snap.version} is older than the running version {current.version}", []
+                )
+        raw = from_struct(snap.config)
+        if content_hash(raw) != snap.hash:
+            return self._nack(snap, "content does not match its hash; snapshot corrupted in transit", [])
+        try:
+            config = validate(self.schema, raw)  # type: ignore[arg-type]
+        except errors.SnapshotRejected as exc:
+            return self._nack(snap, exc.message, exc.issues)
+        applied = AppliedSnapshot(snap.version, snap.hash, raw, config, time.time())
+        self._current = applied
+        self.history.append(applied)
+        async with self._applied:
+            self._applied.notify_all()
+        old = current.config if current is not None else None
+        if current is None or current.hash != applied.hash:
+            self._fire(old, config)
+        return self._ack()
+
+    def _fire(self, old: Any, new: Any) -> None:
+        for callback in list(self._callbacks):
+            try:
+                result = callback(old, new)
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    task.add_done_callback(_log_callback_error)
+            except Exception:
+                log.exception("confmesh change callback %r failed", callback)
+
+
+def _log_callback_error(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("confmesh change callback failed", exc_info=task.exception())

@@ -1,0 +1,301 @@
+"""The ``confmesh`` command line.
+
+Errors are one line on stderr and a non-zero exit (1: the operation failed,
+2: the command was used wrongly), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from confmesh import __version__
+from confmesh.errors import ConfmeshError, InvalidArgument
+from confmesh.merge import JSONValue
+
+T = TypeVar("T")
+DEFAULT_SERVER = "127.0.0.1:7070"
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def dumps(value: Any, *, pretty: bool = False) -> str:
+    return json.dumps(value, indent=2 if pretty else None, ensure_ascii=False, sort_keys=pretty)
+
+
+def parse_cli_value(raw: str, *, as_string: bool) -> JSONValue:
+    """VALUE is JSON (`10`, `true`, `{"a": 1}`, `"text"`); other text is a string.
+
+    Text that looks like JSON (starts with { [ or ") but does not parse is
+    refused rather than silently stored as a string.
+    """
+    if as_string:
+        return raw
+    try:
+        value: JSONValue = json.loads(raw)
+        return value
+    except ValueError as exc:
+        if raw.lstrip()[:1] in ("{", "[", '"'):
+            raise InvalidArgument(f"VALUE looks like JSON but does not parse: {exc}") from exc
+        return raw
+
+
+class ConfmeshGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfmeshError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            ctx.exit(130)
+
+
+@click.group(cls=ConfmeshGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="confmesh")
+@click.option(
+    "--server",
+    envvar="CONFMESH_SERVER",
+    default=DEFAULT_SERVER,
+    show_default=True,
+    help="confmesh server HOST:PORT (env CONFMESH_SERVER).",
+)
+@click.option("--actor", envvar="CONFMESH_ACTOR", default=None, help="Who makes changes (default: $USER).")
+@click.pass_context
+def main(ctx: click.Context, server: str, actor: str | None) -> None:
+    """confmesh: typed config and feature flags for every service, from etcd."""
+    ctx.obj = {"server": server, "actor": actor}
+
+
+def admin_command(
+    fn: Callable[..., Awaitable[None]],
+) -> Callable[..., None]:
+    """Run an async command body with an AdminClient bound to --server."""
+
+    @wraps(fn)
+    @click.pass_context
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> None:
+        from confmesh.client import AdminClient
+
+        async def body() -> None:
+            async with AdminClient(ctx.obj["server"], actor=ctx.obj["actor"]) as admin:
+                await fn(admin, *args, **kwargs)
+
+        run(body())
+
+    return wrapper
+
+
+env_option = click.option("--env", "env", default=None, help="Environment (omit: the defaults layer).")
+service_option = click.option("--service", default=None, help="Service (needs --env).")
+reason_option = click.option("--reason", default="", help="Why: recorded with the change.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:7070", show_default=True, help="gRPC listen HOST:PORT.")
+@click.option(
+    "--etcd",
+    "etcd",
+    envvar="CONFMESH_ETCD",
+    default="",
+    help="etcd endpoints HOST:PORT[,HOST:PORT...] (env CONFMESH_ETCD). "
+    "Omitted: start an embedded etcd for development.",
+)
+@click.option("--data-dir", default="confmesh-data", show_default=True, help="Embedded etcd's data directory.")
+@click.option("--prefix", default="/confmesh", show_default=True, help="etcd key prefix.")
+@click.option("--heartbeat", default=15.0, show_default=True, help="Watch heartbeat interval (s).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(listen: str, etcd: str, data_dir: str, prefix: str, heartbeat: float, log_level: str) -> None:
+    """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
+    from confmesh.server.app import ServerSettings, parse_endpoints, run_server
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not etcd:
+        click.echo(
+            "confmesh: no --etcd given, starting an embedded etcd under "
+            f"{Path(data_dir) / 'etcd'} (development only; production uses an external etcd >= 3.5.6)",
+            err=True,
+        )
+    settings = ServerSettings(
+        listen=listen,
+        etcd_endpoints=parse_endpoints(etcd) if etcd else [],
+        data_dir=data_dir,
+        prefix=prefix,
+        heartbeat_interval=heartbeat,
+    )
+    run(run_server(settings))
+
+
+@main.command()
+@click.argument("key")
+@click.argument("value")
+@env_option
+@service_option
+@reason_option
+@click.option("--string", "as_string", is_flag=True, help="Store VALUE as a string even if it parses as JSON.")
+@admin_command
+async def put(admin: Any, key: str, value: str, env: str | None, service: str | None, reason: str,
+              as_string: bool) -> None:
+    """Set KEY (dotted path) to VALUE (JSON) in one layer."""
+    result = await admin.put(key, parse_cli_value(value, as_string=as_string), env=env, service=service,
+                             reason=reason)
+    click.echo(f"ok revision {result.revision}: {', '.join(result.changed)}")
+
+
+@main.command()
+@click.argument("key")
+@env_option
+@service_option
+@reason_option
+@admin_command
+async def delete(admin: Any, key: str, env: str | None, service: str | None, reason: str) -> None:
+    """Delete KEY and every key below it from one layer."""
+    result = await admin.delete(key, env=env, service=service, reason=reason)
+    click.echo(f"ok revision {result.revision}: deleted {', '.join(result.changed)}")
+
+
+@main.command()
+@click.argument("key", required=False, default="")
+@click.option("--env", "env", required=True, help="Environment.")
+@click.option("--service", required=True, help="Service.")
+@click.option("--explain", is_flag=True, help="Show every layer's value and which one wins.")
+@json_option
+@admin_command
+async def get(admin: Any, key: str, env: str, service: str, explain: bool, as_json: bool) -> None:
+    """Print the resolved value of KEY (whole config without KEY) for --env/--service."""
+    result = await admin.resolve(env, service, key)
+    if not key:
+        click.echo(dumps({"version": result.version, "hash": result.hash, "config": result.config}
+                         if as_json else result.config, pretty=not as_json))
+        return
+    if as_json:
+        out: dict[str, Any] = {"key": key, "found": result.found, "value": result.value,
+                               "version": result.version, "hash": result.hash}
+        if explain:
+            out["layers"] = [
+                {"layer": str(lv.layer), "source_key": lv.source_key, "value": lv.value,
+                 "mod_revision": lv.mod_revision}
+                for lv in result.layers
+            ]
+            out["winner"] = str(result.layers[-1].layer) if result.layers else None
+        click.echo(dumps(out))
+        if not result.found:
+            sys.exit(1)
+        return
+    if not result.found:
+        raise ConfmeshError(f"{key} is not set for {env}/{service}")
+    if not explain:
+        click.echo(dumps(result.value, pretty=isinstance(result.value, (dict, list))))
+        return
+    click.echo(f"{key} = {dumps(result.value)}   (version {result.version})")
+    from confmesh.keys import Scope
+
+    by_layer = {lv.layer: lv for lv in result.layers}
+    winner = result.layers[-1].layer if result.layers else None
+    for layer in Scope(env, service).layers:
+        lv = by_layer.get(layer)
+        if lv is None:
+            click.echo(f"  {str(layer):<32} -")
+            continue
+        via = f" via {lv.source_key}" if lv.source_key != key else ""
+        mark = "   <- wins" if layer == winner else ""
+        click.echo(f"  {str(layer):<32} {dumps(lv.value)}   (rev {lv.mod_revision}{via}){mark}")
+
+
+@main.command()
+@click.argument("file", type=click.File("r"))
+@reason_option
+@admin_command
+async def apply(admin: Any, file: Any, reason: str) -> None:
+    """Apply a JSON/YAML change set atomically (FILE or - for stdin)."""
+    from confmesh.changes import parse_apply_document
+
+    doc = parse_apply_document(file.read(), source=getattr(file, "name", "apply file"))
+    result = await admin.apply(doc.changes, reason=reason or doc.reason)
+    click.echo(f"ok revision {result.revision}: {len(result.changed)} key(s) changed")
+    for item in result.changed:
+        click.echo(f"  {item}")
+
+
+@main.command()
+@click.option("--env", "env", required=True, help="Environment.")
+@click.option("--service", required=True, help="Service.")
+@click.option("--instance-id", default=None, help="Instance id shown in status (default: cli-watch-...).")
+@click.pass_context
+def watch(ctx: click.Context, env: str, service: str, instance_id: str | None) -> None:
+    """Print one JSON line per applied snapshot (version, hash, config) until interrupted."""
+    from confmesh.client import ConfigClient
+    from confmesh.client._client import default_instance_id
+
+    async def body() -> None:
+        client: ConfigClient[Any] = ConfigClient(
+            ctx.obj["server"], environment=env, service=service,
+            instance_id=instance_id or f"cli-watch-{default_instance_id()}",
+            startup_timeout=3600 * 24 * 365,
+        )
+
+        def show(_old: Any, _new: Any) -> None:
+            click.echo(dumps({"version": client.version, "hash": client.hash, "config": client.raw}))
+            sys.stdout.flush()
+
+        client.on_change(show)
+        async with client:
+            await asyncio.Event().wait()
+
+    try:
+        run(body())
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@json_option
+@admin_command
+async def status(admin: Any, as_json: bool) -> None:
+    """Server health and the instance ledger: who runs which version, who rejected what."""
+    from google.protobuf.json_format import MessageToDict
+
+    resp = await admin.status()
+    if as_json:
+        out = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        for inst in out.get("instances", []):
+            inst["acked_version"] = int(inst.get("acked_version", 0))
+            inst["sent_version"] = int(inst.get("sent_version", 0))
+            if "last_nack" in inst:
+                inst["last_nack"]["version"] = int(inst["last_nack"].get("version", 0))
+            else:
+                inst["last_nack"] = None
+        out["revision"] = int(out.get("revision", 0))
+        click.echo(dumps(out))
+        return
+    state = f"STALE ({resp.stale_reason})" if resp.stale else "serving"
+    click.echo(f"server {resp.server_id}  {state}  revision {resp.revision}  "
+               f"etcd {resp.etcd_endpoints}  prefix {resp.prefix}")
+    if not resp.instances:
+        click.echo("no instances connected")
+        return
+    rows = [("INSTANCE", "SCOPE", "ACKED", "SENT", "STATE", "LAST NACK")]
+    for inst in resp.instances:
+        nack = ""
+        if inst.HasField("last_nack"):
+            nack = f"v{inst.last_nack.version}: {inst.last_nack.error}"
+        rows.append((inst.instance_id, f"{inst.environment}/{inst.service}", str(inst.acked_version),
+                     str(inst.sent_version), "connected" if inst.connected else "gone", nack))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Layer merging, lookups and canonical hashing: pure functions, no I/O.
+
+A layer is a flat mapping of dotted keys to JSON values. ``layer_tree`` turns
+it into a nested document: keys apply shallowest first, so ``database`` =
+``{"host": "a"}`` plus ``database.pool.max`` = ``5`` give
+``{"database": {"host": "a", "pool": {"max": 5}}}``. Layers then merge from
+lowest to highest precedence: objects merge deeply, lists and scalars replace.
+Deleting a key in a higher layer therefore uncovers the lower layer's value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confmesh.errors import InvalidArgument
+
+JSONValue = Any
+MAX_SAFE_INTEGER = 2**53
+MAX_VALUE_DEPTH = 32
+MAX_VALUE_BYTES = 512 * 1024
+
+
+def normalize(value: JSONValue, *, path: str = "value", depth: int = 0) -> JSONValue:
+    """Validate a JSON value and return its canonical form.
+
+    Integral floats become ints (the wire carries numbers as doubles, so 5 and
+    5.0 are the same value); integers beyond 2**53 and non-finite floats are
+    refused because they cannot cross the wire exactly.
+    """
+    if depth > MAX_VALUE_DEPTH:
+        raise InvalidArgument(
+            f"{path}: nested deeper than {MAX_VALUE_DEPTH} levels", code="value_too_deep", field=path
+        )
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise InvalidArgument(
+                f"{path}: integer {value} is beyond ±2**53 and cannot be represented exactly; "
+                "store it as a string",
+                code="invalid_value",
+                field=path,
+            )
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{path}: {value} is not a finite number", code="invalid_value", field=path)
+        if value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
+            return int(value)
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, JSONValue] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidArgument(f"{path}: object keys must be strings", code="invalid_value", field=path)
+            out[k] = normalize(v, path=f"{path}.{k}", depth=depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [normalize(v, path=f"{path}[{i}]", depth=depth + 1) for i, v in enumerate(value)]
+    raise InvalidArgument(
+        f"{path}: {type(value).__name__} is not a JSON value", code="invalid_value", field=path
+    )
+
+
+def parse_json_value(raw: bytes | str, *, path: str = "value") -> JSONValue:
+    """Parse and normalize a stored JSON value, with a clear error."""
+    if len(raw) > MAX_VALUE_BYTES:
+        raise InvalidArgument(
+            f"{path}: value is {len(raw)} bytes; the limit is {MAX_VALUE_BYTES}",
+            code="value_too_large",
+            field=path,
+        )
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"{path}: not valid JSON ({exc})", code="invalid_json", field=path) from exc
+    return normalize(value, path=path)
+
+
+def canonical_json(value: JSONValue) -> bytes:
+    """The byte form hashes are computed over: sorted keys, no spaces, UTF-8."""
+    return json.dumps(
+        normalize(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def content_hash(value: JSONValue) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def _depth_order(key: str) -> tuple[int, str]:
+    return key.count("."), key
+
+
+def _set_path(tree: dict[str, JSONValue], parts: Sequence[str], value: JSONValue) -> None:
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    last = parts[-1]
+    existing = node.get(last)
+    if isinstance(existing, dict) and isinstance(value, dict):
+        node[last] = deep_merge(existing, value)
+    else:
+        node[last] = value
+
+
+def layer_tree(entries: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
+    """Nest one layer's dotted keys into a document (shallowest keys first)."""
+    tree: dict[str, JSONValue] = {}
+    for key in sorted(entries, key=_depth_order):
+        _set_path(tree, key.split("."), entries[key])
+    return tree
+
+
+def deep_merge(base: Mapping[str, JSONValue], over: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
+    """Merge `over` onto `base`: objects recursively, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        current = out.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            out[key] = deep_merge(current, value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve(layers: Iterable[Mapping[str, JSONValue]]) -> dict[str, JSONValue]:
+    """Merge layers given lowest precedence first."""
+    result: dict[str, JSONValue] = {}
+    for entries in layers:
+        result = deep_merge(result, layer_tree(entries))
+    return result
+
+
+_MISSING = object()
+
+
+def lookup(tree: Mapping[str, JSONValue], key: str) -> tuple[bool, JSONValue]:
+    node: JSONValue = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping):
+            return False, None
+        node = node.get(part, _MISSING)
+        if node is _MISSING:
+            return False, None
+    return True, node
+
+
+@dataclass(frozen=True)
+class LayerHit:
+    """A key's value as one layer supplies it."""
+
+    layer_index: int
+    source_key: str
+    value: JSONValue
+
+
+def explain(layers: Sequence[Mapping[str, JSONValue]], key: str) -> tuple[list[LayerHit], bool, JSONValue]:
+    """Each layer's value for `key` (lowest first) and the resolved result."""
+    hits: list[LayerHit] = []
+    for index, entries in enumerate(layers):
+        found, value = lookup(layer_tree(entries), key)
+        if not found:
+            continue
+        below = [k for k in entries if k == key or k.startswith(key + ".")]
+        if below:
+            source = key
+        else:
+            parts = key.split(".")
+            ancestors = [".".join(parts[:n]) for n in range(len(parts) - 1, 0, -1)]
+            source = next((a for a in ancestors if a in entries), key)
+        hits.append(LayerHit(index, source, value))
+    found, resolved = lookup(resolve(layers), key)
+    return hits, found, resolved
+
+
+def find_conflicts(entries: Mapping[str, JSONValue]) -> list[tuple[str, str]]:
+    """(key, ancestor) pairs where a key sits below a non-object value in the same layer.
+
+    ``a`` = 5 next to ``a.b`` = 1 is ambiguous, so writes that create such a
+    pair are refused (values written out of band still merge deterministically).
+    """
+    conflicts = []
+    for key in entries:
+        parts = key.split(".")
+        for n in range(1, len(parts)):
+            ancestor = ".".join(parts[:n])
+            if ancestor in entries and not isinstance(entries[ancestor], dict):
+                conflicts.append((key, ancestor))
+    return sorted(conflicts)

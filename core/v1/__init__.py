@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for the confmesh.v1 wire contract (see proto/)."""

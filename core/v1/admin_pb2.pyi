@@ -1,0 +1,224 @@
+import datetime
+
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LayerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LAYER_KIND_UNSPECIFIED: _ClassVar[LayerKind]
+    LAYER_KIND_DEFAULTS: _ClassVar[LayerKind]
+    LAYER_KIND_ENVIRONMENT: _ClassVar[LayerKind]
+    LAYER_KIND_SERVICE: _ClassVar[LayerKind]
+LAYER_KIND_UNSPECIFIED: LayerKind
+LAYER_KIND_DEFAULTS: LayerKind
+LAYER_KIND_ENVIRONMENT: LayerKind
+LAYER_KIND_SERVICE: LayerKind
+
+class Layer(_message.Message):
+    __slots__ = ("kind", "environment", "service")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    kind: LayerKind
+    environment: str
+    service: str
+    def __init__(self, kind: _Optional[_Union[LayerKind, str]] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
+
+class ChangeContext(_message.Message):
+    __slots__ = ("actor", "reason")
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    actor: str
+    reason: str
+    def __init__(self, actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PutRequest(_message.Message):
+    __slots__ = ("layer", "key", "value", "context")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    layer: Layer
+    key: str
+    value: _struct_pb2.Value
+    context: ChangeContext
+    def __init__(self, layer: _Optional[_Union[Layer, _Mapping]] = ..., key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("layer", "key", "context")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    layer: Layer
+    key: str
+    context: ChangeContext
+    def __init__(self, layer: _Optional[_Union[Layer, _Mapping]] = ..., key: _Optional[str] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("layer", "key", "value", "delete")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    layer: Layer
+    key: str
+    value: _struct_pb2.Value
+    delete: bool
+    def __init__(self, layer: _Optional[_Union[Layer, _Mapping]] = ..., key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., delete: _Optional[bool] = ...) -> None: ...
+
+class ApplyRequest(_message.Message):
+    __slots__ = ("changes", "context")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    context: ChangeContext
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("revision", "changed")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revision: _Optional[int] = ..., changed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ResolveRequest(_message.Message):
+    __slots__ = ("environment", "service", "key")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    key: str
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class LayerValue(_message.Message):
+    __slots__ = ("layer", "source_key", "value", "mod_revision")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    layer: Layer
+    source_key: str
+    value: _struct_pb2.Value
+    mod_revision: int
+    def __init__(self, layer: _Optional[_Union[Layer, _Mapping]] = ..., source_key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., mod_revision: _Optional[int] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("key", "layers", "resolved")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    layers: _containers.RepeatedCompositeFieldContainer[LayerValue]
+    resolved: _struct_pb2.Value
+    def __init__(self, key: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerValue, _Mapping]]] = ..., resolved: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
+
+class ResolveResponse(_message.Message):
+    __slots__ = ("environment", "service", "version", "hash", "config", "found", "value", "explanations")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    version: int
+    hash: str
+    config: _struct_pb2.Struct
+    found: bool
+    value: _struct_pb2.Value
+    explanations: _containers.RepeatedCompositeFieldContainer[Explanation]
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., version: _Optional[int] = ..., hash: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., found: _Optional[bool] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NackRecord(_message.Message):
+    __slots__ = ("version", "hash", "error", "field_paths", "at")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FIELD_PATHS_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    hash: str
+    error: str
+    field_paths: _containers.RepeatedScalarFieldContainer[str]
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., error: _Optional[str] = ..., field_paths: _Optional[_Iterable[str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class InstanceStatus(_message.Message):
+    __slots__ = ("instance_id", "environment", "service", "peer", "connected", "acked_version", "acked_hash", "sent_version", "last_nack", "connected_at", "last_seen", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_HASH_FIELD_NUMBER: _ClassVar[int]
+    SENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_NACK_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    environment: str
+    service: str
+    peer: str
+    connected: bool
+    acked_version: int
+    acked_hash: str
+    sent_version: int
+    last_nack: NackRecord
+    connected_at: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, instance_id: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected: _Optional[bool] = ..., acked_version: _Optional[int] = ..., acked_hash: _Optional[str] = ..., sent_version: _Optional[int] = ..., last_nack: _Optional[_Union[NackRecord, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason")
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    ETCD_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    STALE_REASON_FIELD_NUMBER: _ClassVar[int]
+    server_id: str
+    revision: int
+    stale: bool
+    etcd_endpoints: str
+    prefix: str
+    instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
+    stale_reason: str
+    def __init__(self, server_id: _Optional[str] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ..., etcd_endpoints: _Optional[str] = ..., prefix: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., stale_reason: _Optional[str] = ...) -> None: ...
+
+class ErrorDetail(_message.Message):
+    __slots__ = ("code", "field", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    field: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,116 @@
+import datetime
+
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WatchRequest(_message.Message):
+    __slots__ = ("subscribe", "ack", "nack")
+    SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    NACK_FIELD_NUMBER: _ClassVar[int]
+    subscribe: Subscribe
+    ack: Ack
+    nack: Nack
+    def __init__(self, subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ...) -> None: ...
+
+class Subscribe(_message.Message):
+    __slots__ = ("environment", "service", "known_version", "known_hash", "instance_id", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_HASH_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    known_version: int
+    known_hash: str
+    instance_id: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., known_version: _Optional[int] = ..., known_hash: _Optional[str] = ..., instance_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("version", "hash")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    hash: str
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ...) -> None: ...
+
+class Nack(_message.Message):
+    __slots__ = ("version", "hash", "running_version", "error", "field_errors")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FIELD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    hash: str
+    running_version: int
+    error: str
+    field_errors: _containers.RepeatedCompositeFieldContainer[FieldError]
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., running_version: _Optional[int] = ..., error: _Optional[str] = ..., field_errors: _Optional[_Iterable[_Union[FieldError, _Mapping]]] = ...) -> None: ...
+
+class FieldError(_message.Message):
+    __slots__ = ("path", "message")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    message: str
+    def __init__(self, path: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("snapshot", "heartbeat")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: Snapshot
+    heartbeat: Heartbeat
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("server_revision", "stale")
+    SERVER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    server_revision: int
+    stale: bool
+    def __init__(self, server_revision: _Optional[int] = ..., stale: _Optional[bool] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("environment", "service", "version", "hash", "config", "stale", "resolved_at")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    version: int
+    hash: str
+    config: _struct_pb2.Struct
+    stale: bool
+    resolved_at: _timestamp_pb2.Timestamp
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., version: _Optional[int] = ..., hash: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stale: _Optional[bool] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetSnapshotRequest(_message.Message):
+    __slots__ = ("environment", "service")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...

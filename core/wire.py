@@ -1,0 +1,130 @@
+"""Conversions between confmesh's Python values and the confmesh.v1 messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from confmesh import errors
+from confmesh.keys import Layer, LayerKind, check_name
+from confmesh.merge import JSONValue, normalize
+from confmesh.v1 import admin_pb2
+
+ERROR_DETAIL_KEY = "confmesh-error-bin"
+
+
+def to_value(value: JSONValue) -> struct_pb2.Value:
+    msg = struct_pb2.Value()
+    if value is None:
+        msg.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        msg.bool_value = value
+    elif isinstance(value, (int, float)):
+        msg.number_value = float(value)
+    elif isinstance(value, str):
+        msg.string_value = value
+    elif isinstance(value, Mapping):
+        msg.struct_value.CopyFrom(to_struct(value))
+    elif isinstance(value, (list, tuple)):
+        msg.list_value.values.extend(to_value(v) for v in value)
+    else:
+        raise errors.InvalidArgument(f"{type(value).__name__} is not a JSON value")
+    return msg
+
+
+def to_struct(value: Mapping[str, JSONValue]) -> struct_pb2.Struct:
+    msg = struct_pb2.Struct()
+    for k, v in value.items():
+        msg.fields[k].CopyFrom(to_value(v))
+    return msg
+
+
+def from_value(msg: struct_pb2.Value) -> JSONValue:
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        raise errors.InvalidArgument("value is not set", code="invalid_value", field="value")
+    if kind == "null_value":
+        return None
+    if kind == "bool_value":
+        return msg.bool_value
+    if kind == "number_value":
+        return normalize(msg.number_value)
+    if kind == "string_value":
+        return msg.string_value
+    if kind == "struct_value":
+        return from_struct(msg.struct_value)
+    return [from_value(v) for v in msg.list_value.values]
+
+
+def from_struct(msg: struct_pb2.Struct) -> dict[str, JSONValue]:
+    return {k: from_value(v) for k, v in msg.fields.items()}
+
+
+def layer_to_pb(layer: Layer) -> admin_pb2.Layer:
+    return admin_pb2.Layer(
+        kind=int(layer.kind),  # type: ignore[arg-type]
+        environment=layer.environment,
+        service=layer.service,
+    )
+
+
+def layer_from_pb(msg: admin_pb2.Layer) -> Layer:
+    kind = int(msg.kind)
+    if kind == LayerKind.DEFAULTS:
+        if msg.environment or msg.service:
+            raise errors.InvalidArgument("the defaults layer takes no environment or service", field="layer")
+        return Layer.defaults()
+    if kind == LayerKind.ENVIRONMENT:
+        if msg.service:
+            raise errors.InvalidArgument("an environment layer takes no service", field="layer")
+        return Layer(LayerKind.ENVIRONMENT, check_name(msg.environment, "environment"))
+    if kind == LayerKind.SERVICE:
+        return Layer.svc(msg.environment, msg.service)
+    raise errors.InvalidArgument("layer kind is not set", field="layer.kind")
+
+
+_STATUS_FOR: dict[type[errors.ConfmeshError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(exc: errors.ConfmeshError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in _STATUS_FOR:
+            return _STATUS_FOR[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def error_trailers(exc: errors.ConfmeshError) -> tuple[tuple[str, bytes], ...]:
+    detail = admin_pb2.ErrorDetail(code=exc.code, field=exc.field, message=exc.message)
+    return ((ERROR_DETAIL_KEY, detail.SerializeToString()),)
+
+
+_ERROR_FOR: dict[grpc.StatusCode, type[errors.ConfmeshError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+}
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError | grpc.RpcError, target: str = "") -> errors.ConfmeshError:
+    """Map a failed gRPC call to a confmesh error, keeping the server's detail."""
+    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+    message: str = exc.details() or code.name  # type: ignore[attr-defined]
+    detail = admin_pb2.ErrorDetail()
+    trailers: Any = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    for key, raw in trailers:
+        if key == ERROR_DETAIL_KEY and isinstance(raw, bytes):
+            detail.ParseFromString(raw)
+    if code == grpc.StatusCode.UNAVAILABLE and target:
+        message = f"confmesh server at {target} is unavailable: {message}"
+    cls = _ERROR_FOR.get(code, errors.ConfmeshError)
+    return cls(message, code=detail.code or None, field=detail.field)

@@ -1,0 +1,169 @@
+"""AdminService: validated writes, resolved reads with explanations, status."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf import timestamp_pb2
+
+from confmesh import errors
+from confmesh.keys import Scope, split_key
+from confmesh.merge import explain
+from confmesh.server.config_service import abort
+from confmesh.server.hub import Hub
+from confmesh.server.ledger import Ledger
+from confmesh.server.source import EtcdSource
+from confmesh.changes import ChangeSpec
+from confmesh.server.writer import Writer, WriteResult
+from confmesh.v1 import admin_pb2, admin_pb2_grpc
+from confmesh.wire import from_value, layer_from_pb, layer_to_pb, to_struct, to_value
+
+T = TypeVar("T")
+READ_YOUR_WRITES_TIMEOUT = 5.0
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self, writer: Writer, hub: Hub, ledger: Ledger, source: EtcdSource, *, server_id: str, endpoints: str
+    ) -> None:
+        self.writer = writer
+        self.hub = hub
+        self.ledger = ledger
+        self.source = source
+        self.server_id = server_id
+        self.endpoints = endpoints
+
+    async def _guard(self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except errors.ConfmeshError as exc:
+            await abort(context, exc)
+            raise
+
+    async def _write(self, changes: list[ChangeSpec], ctx: admin_pb2.ChangeContext) -> admin_pb2.WriteResponse:
+        result: WriteResult = await self.writer.write(
+            changes, actor=ctx.actor or "anonymous", reason=ctx.reason
+        )
+        # Read-your-writes: answer once this server's cache includes the write.
+        await self.source.wait_for_revision(result.revision, READ_YOUR_WRITES_TIMEOUT)
+        return admin_pb2.WriteResponse(revision=result.revision, changed=result.changed)
+
+    async def Put(self, request: admin_pb2.PutRequest, context: grpc.aio.ServicerContext) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            if not request.HasField("value"):
+                raise errors.InvalidArgument("value is required", field="value")
+            change = ChangeSpec(layer_from_pb(request.layer), request.key, from_value(request.value))
+            return await self._write([change], request.context)
+
+        return await self._guard(context, run)
+
+    async def Delete(
+        self, request: admin_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            change = ChangeSpec(layer_from_pb(request.layer), request.key, delete=True)
+            return await self._write([change], request.context)
+
+        return await self._guard(context, run)
+
+    async def Apply(
+        self, request: admin_pb2.ApplyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            changes = []
+            for i, ch in enumerate(request.changes):
+                op = ch.WhichOneof("op")
+                if op is None:
+                    raise errors.InvalidArgument(
+                        f"changes[{i}]: set either value or delete", field=f"changes[{i}]"
+                    )
+                layer = layer_from_pb(ch.layer)
+                if op == "delete":
+                    changes.append(ChangeSpec(layer, ch.key, delete=True))
+                else:
+                    changes.append(ChangeSpec(layer, ch.key, from_value(ch.value)))
+            return await self._write(changes, request.context)
+
+        return await self._guard(context, run)
+
+    async def Resolve(
+        self, request: admin_pb2.ResolveRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ResolveResponse:
+        async def run() -> admin_pb2.ResolveResponse:
+            scope = Scope.checked(request.environment, request.service)
+            if not self.source.store.synced:
+                raise errors.Unavailable(f"server has not synced with etcd yet: {self.source.stale_reason}")
+            snap = self.hub.resolver.snapshot(scope)
+            resp = admin_pb2.ResolveResponse(
+                environment=scope.environment,
+                service=scope.service,
+                version=snap.version,
+                hash=snap.hash,
+                config=to_struct(snap.config),
+            )
+            if request.key:
+                split_key(request.key)
+                store = self.source.store
+                layer_entries = [store.entries(layer) for layer in scope.layers]
+                hits, found, value = explain(layer_entries, request.key)
+                resp.found = found
+                if found:
+                    resp.value.CopyFrom(to_value(value))
+                expl = resp.explanations.add(key=request.key)
+                if found:
+                    expl.resolved.CopyFrom(to_value(value))
+                for hit in hits:
+                    layer = scope.layers[hit.layer_index]
+                    entry = store.raw_entries(layer).get(hit.source_key)
+                    expl.layers.add(
+                        layer=layer_to_pb(layer),
+                        source_key=hit.source_key,
+                        value=to_value(hit.value),
+                        mod_revision=entry.mod_revision if entry else store.layer_revision(layer),
+                    )
+            return resp
+
+        return await self._guard(context, run)
+
+    async def GetStatus(
+        self, request: admin_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetStatusResponse:
+        resp = admin_pb2.GetStatusResponse(
+            server_id=self.server_id,
+            revision=self.source.store.revision,
+            stale=self.source.stale,
+            stale_reason=self.source.stale_reason,
+            etcd_endpoints=self.endpoints,
+            prefix=self.source.store.layout.prefix,
+        )
+        for rec in self.ledger.records():
+            inst = resp.instances.add(
+                instance_id=rec.instance_id,
+                environment=rec.scope.environment,
+                service=rec.scope.service,
+                peer=rec.peer,
+                connected=rec.connected,
+                acked_version=rec.acked_version,
+                acked_hash=rec.acked_hash,
+                sent_version=rec.sent_version,
+                connected_at=_ts(rec.connected_at),
+                last_seen=_ts(rec.last_seen),
+                labels=rec.labels,
+            )
+            if rec.last_nack is not None:
+                n = rec.last_nack
+                inst.last_nack.CopyFrom(
+                    admin_pb2.NackRecord(
+                        version=n.version, hash=n.hash, error=n.error, field_paths=n.field_paths, at=_ts(n.at)
+                    )
+                )
+        return resp

@@ -1,0 +1,179 @@
+"""Wiring: etcd (external or embedded) → store → resolver → hub → gRPC services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from confmesh.errors import InvalidArgument, StartupError
+from confmesh.keys import KeyLayout, Layer
+from confmesh.server.admin_service import AdminService
+from confmesh.server.config_service import ConfigService
+from confmesh.server.embedded_etcd import EmbeddedEtcd
+from confmesh.server.etcd import Etcd
+from confmesh.server.hub import Hub
+from confmesh.server.ledger import Ledger
+from confmesh.server.resolver import Resolver, affects
+from confmesh.server.source import EtcdSource
+from confmesh.server.store import ConfigStore
+from confmesh.server.writer import Writer
+from confmesh.v1 import admin_pb2_grpc, config_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:7070"
+
+
+@dataclass
+class ServerSettings:
+    listen: str = DEFAULT_LISTEN
+    # Empty: start an embedded etcd with its data under data_dir.
+    etcd_endpoints: list[str] = field(default_factory=list)
+    data_dir: str = "confmesh-data"
+    prefix: str = "/confmesh"
+    server_id: str = ""
+    heartbeat_interval: float = 15.0
+    sync_timeout: float = 30.0
+    shutdown_grace: float = 5.0
+
+
+def parse_endpoints(value: str) -> list[str]:
+    endpoints = []
+    for raw in value.split(","):
+        item = raw.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise InvalidArgument(f"invalid etcd endpoint {raw!r}: expected HOST:PORT")
+        endpoints.append(item)
+    if not endpoints:
+        raise InvalidArgument("--etcd needs at least one HOST:PORT")
+    return endpoints
+
+
+class ConfmeshServer:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.layout = KeyLayout(settings.prefix)
+        self.server_id = settings.server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.embedded: EmbeddedEtcd | None = None
+        self.etcd: Etcd | None = None
+        self.store = ConfigStore(self.layout)
+        self.resolver = Resolver(self.store)
+        self.hub = Hub(self.resolver)
+        self.ledger = Ledger()
+        self.source: EtcdSource | None = None
+        self.grpc_server: grpc.aio.Server | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    def _on_change(self, layers: set[Layer]) -> None:
+        self.resolver.invalidate(layers)
+        self.hub.publish(s for s in self.hub.scopes() if any(affects(layer, s) for layer in layers))
+
+    async def start(self) -> None:
+        s = self.settings
+        try:
+            endpoints = list(s.etcd_endpoints)
+            if not endpoints:
+                self.embedded = EmbeddedEtcd(Path(s.data_dir) / "etcd")
+                await self.embedded.start()
+                endpoints = [self.embedded.endpoint]
+            self.etcd = Etcd(endpoints)
+            await self.etcd.connect()
+            self.source = EtcdSource(self.etcd, self.store, self._on_change)
+            self.source.start()
+            if not await self.source.wait_synced(s.sync_timeout):
+                raise StartupError(
+                    f"could not sync with etcd at {','.join(endpoints)} within {s.sync_timeout:.0f}s: "
+                    f"{self.source.stale_reason}"
+                )
+            server = grpc.aio.server(
+                options=[
+                    ("grpc.keepalive_time_ms", 20_000),
+                    ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                ]
+            )
+            config_pb2_grpc.add_ConfigServiceServicer_to_server(
+                ConfigService(self.hub, self.ledger, self.source, heartbeat_interval=s.heartbeat_interval),
+                server,
+            )
+            admin_pb2_grpc.add_AdminServiceServicer_to_server(
+                AdminService(
+                    Writer(self.etcd, self.layout),
+                    self.hub,
+                    self.ledger,
+                    self.source,
+                    server_id=self.server_id,
+                    endpoints=",".join(endpoints),
+                ),
+                server,
+            )
+            try:
+                self.port = server.add_insecure_port(s.listen)
+            except RuntimeError as exc:
+                raise StartupError(f"cannot listen on {s.listen}: {exc}") from exc
+            if not self.port:
+                raise StartupError(f"cannot listen on {s.listen} (address in use?)")
+            await server.start()
+            self.grpc_server = server
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("confmesh %s serving on %s (etcd %s, prefix %s)", self.server_id, self.address,
+                 ",".join(endpoints), self.layout.prefix)
+
+    async def stop(self) -> None:
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(self.settings.shutdown_grace)
+            self.grpc_server = None
+        if self.source is not None:
+            await self.source.stop()
+            self.source = None
+        if self.etcd is not None:
+            await self.etcd.close()
+            self.etcd = None
+        if self.embedded is not None:
+            await self.embedded.stop()
+            self.embedded = None
+
+    async def __aenter__(self) -> ConfmeshServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def run_server(settings: ServerSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain streams and stop (embedded etcd included)."""
+    server = ConfmeshServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    print(f"confmesh serving on {server.address}", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.stop()

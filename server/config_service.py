@@ -1,0 +1,185 @@
+"""ConfigService: the Watch stream and GetSnapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+from google.protobuf import timestamp_pb2
+
+from confmesh import errors
+from confmesh.keys import Scope
+from confmesh.server.hub import Hub, Subscriber
+from confmesh.server.ledger import Ledger
+from confmesh.server.resolver import Resolved
+from confmesh.server.source import EtcdSource
+from confmesh.v1 import config_pb2, config_pb2_grpc
+from confmesh.wire import error_trailers, status_for, to_struct
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_to_pb(resolved: Resolved, *, stale: bool) -> config_pb2.Snapshot:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(resolved.resolved_at * 1e9))
+    return config_pb2.Snapshot(
+        environment=resolved.scope.environment,
+        service=resolved.scope.service,
+        version=resolved.version,
+        hash=resolved.hash,
+        config=to_struct(resolved.config),
+        stale=stale,
+        resolved_at=ts,
+    )
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: errors.ConfmeshError) -> None:
+    context.set_trailing_metadata(error_trailers(exc))
+    await context.abort(status_for(exc), exc.message)
+
+
+class ConfigService(config_pb2_grpc.ConfigServiceServicer):
+    def __init__(
+        self,
+        hub: Hub,
+        ledger: Ledger,
+        source: EtcdSource,
+        *,
+        heartbeat_interval: float = 15.0,
+        subscribe_timeout: float = 30.0,
+        catch_up_timeout: float = 10.0,
+    ) -> None:
+        self.hub = hub
+        self.ledger = ledger
+        self.source = source
+        self.heartbeat_interval = heartbeat_interval
+        self.subscribe_timeout = subscribe_timeout
+        self.catch_up_timeout = catch_up_timeout
+        self._streams: set[asyncio.Task[object]] = set()
+
+    async def _ready(self, known_version: int = 0) -> None:
+        """Wait until the cache is synced and at least at `known_version`.
+
+        A replica that lags behind a resuming client catches up before
+        answering it, so the client is never offered an older version.
+        """
+        if not await self.source.wait_for_revision(known_version, self.catch_up_timeout):
+            if not self.source.store.synced:
+                raise errors.Unavailable(f"server has not synced with etcd yet: {self.source.stale_reason}")
+            if not self.source.stale:
+                raise errors.Unavailable(
+                    f"server is behind the client's version {known_version} "
+                    f"(at {self.source.store.revision}); try another replica"
+                )
+
+    async def GetSnapshot(
+        self, request: config_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> config_pb2.Snapshot:
+        try:
+            scope = Scope.checked(request.environment, request.service)
+            await self._ready()
+        except errors.ConfmeshError as exc:
+            await abort(context, exc)
+            raise
+        return snapshot_to_pb(self.hub.resolver.snapshot(scope), stale=self.source.stale)
+
+    async def Watch(
+        self, request_iterator: AsyncIterator[config_pb2.WatchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[config_pb2.WatchResponse]:
+        try:
+            async with asyncio.timeout(self.subscribe_timeout):
+                first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("kind") != "subscribe":
+                raise errors.InvalidArgument(
+                    "the first message on a Watch stream must be a subscribe", code="no_subscribe"
+                )
+            sub_msg = first.subscribe
+            scope = Scope.checked(sub_msg.environment, sub_msg.service)
+            if not sub_msg.instance_id or len(sub_msg.instance_id) > 253:
+                raise errors.InvalidArgument(
+                    "subscribe.instance_id must be 1-253 characters", field="instance_id"
+                )
+            if sub_msg.known_version < 0:
+                raise errors.InvalidArgument("subscribe.known_version must be >= 0", field="known_version")
+            await self._ready(sub_msg.known_version)
+        except TimeoutError:
+            await abort(context, errors.InvalidArgument("no subscribe received in time", code="no_subscribe"))
+            return
+        except errors.ConfmeshError as exc:
+            await abort(context, exc)
+            return
+
+        sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash)
+        self.ledger.connect(
+            sub.id,
+            instance_id=sub_msg.instance_id,
+            scope=scope,
+            peer=context.peer(),
+            labels=dict(sub_msg.labels),
+            known_version=sub_msg.known_version,
+            known_hash=sub_msg.known_hash,
+        )
+        self.hub.add(sub)
+        reader = asyncio.create_task(self._read(sub, request_iterator))
+        try:
+            self.hub.publish([scope])
+            while True:
+                try:
+                    async with asyncio.timeout(self.heartbeat_interval):
+                        await sub.wakeup.wait()
+                except TimeoutError:
+                    yield config_pb2.WatchResponse(
+                        heartbeat=config_pb2.Heartbeat(
+                            server_revision=self.source.store.revision, stale=self.source.stale
+                        )
+                    )
+                    continue
+                sub.wakeup.clear()
+                if sub.error is not None:
+                    code, message = sub.error
+                    if code == "closed":
+                        return
+                    await abort(context, errors.InvalidArgument(message, code=code))
+                    return
+                snapshot = sub.take()
+                if snapshot is not None:
+                    self.ledger.sent(sub.id, snapshot.version)
+                    yield config_pb2.WatchResponse(snapshot=snapshot_to_pb(snapshot, stale=self.source.stale))
+        finally:
+            reader.cancel()
+            self.hub.remove(sub)
+            self.ledger.disconnect(sub.id)
+
+    async def _read(self, sub: Subscriber, requests: AsyncIterator[config_pb2.WatchRequest]) -> None:
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("kind")
+                if kind == "ack":
+                    if sub.sent.get(msg.ack.version) != msg.ack.hash:
+                        sub.fail("unknown_version", f"ACK for version {msg.ack.version} ({msg.ack.hash!r}), "
+                                 "which was never sent on this stream")
+                        return
+                    self.ledger.ack(sub.id, msg.ack.version, msg.ack.hash)
+                elif kind == "nack":
+                    nack = msg.nack
+                    if sub.sent.get(nack.version) != nack.hash:
+                        sub.fail("unknown_version", f"NACK for version {nack.version} ({nack.hash!r}), "
+                                 "which was never sent on this stream")
+                        return
+                    paths = [fe.path for fe in nack.field_errors]
+                    self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
+                    log.warning(
+                        "instance rejected %s version %d: %s", sub.scope, nack.version, nack.error
+                    )
+                elif kind == "subscribe":
+                    sub.fail("duplicate_subscribe", "a Watch stream takes exactly one subscribe")
+                    return
+                else:
+                    sub.fail("empty_message", "empty WatchRequest")
+                    return
+            sub.fail("closed", "client closed its side of the stream")
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass

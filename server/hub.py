@@ -1,0 +1,84 @@
+"""Fan-out of snapshots to Watch subscribers.
+
+Each subscriber has a one-slot mailbox: a newer snapshot replaces one that has
+not been sent yet, so a slow client costs one pending snapshot of memory and
+never delays the others (publishing never awaits a stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from confmesh.keys import Scope
+from confmesh.server.resolver import Resolved, Resolver
+
+SENT_MEMORY = 64
+
+_ids = itertools.count(1)
+
+
+class Subscriber:
+    def __init__(self, scope: Scope, known_version: int, known_hash: str) -> None:
+        self.id = next(_ids)
+        self.scope = scope
+        self.pending: Resolved | None = None
+        self.wakeup = asyncio.Event()
+        self.last_offered: tuple[int, str] = (known_version, known_hash)
+        # Versions sent on this stream, so an ACK/NACK can be checked.
+        self.sent: OrderedDict[int, str] = OrderedDict()
+        self.error: tuple[str, str] | None = None
+
+    def offer(self, snapshot: Resolved) -> None:
+        if (snapshot.version, snapshot.hash) == self.last_offered:
+            return
+        if snapshot.hash == self.last_offered[1] and snapshot.version <= self.last_offered[0]:
+            return
+        self.last_offered = (snapshot.version, snapshot.hash)
+        self.pending = snapshot
+        self.wakeup.set()
+
+    def take(self) -> Resolved | None:
+        snapshot, self.pending = self.pending, None
+        if snapshot is not None:
+            self.sent[snapshot.version] = snapshot.hash
+            while len(self.sent) > SENT_MEMORY:
+                self.sent.popitem(last=False)
+        return snapshot
+
+    def fail(self, code: str, message: str) -> None:
+        self.error = (code, message)
+        self.wakeup.set()
+
+
+class Hub:
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self._by_scope: dict[Scope, set[Subscriber]] = {}
+
+    def add(self, sub: Subscriber) -> None:
+        self._by_scope.setdefault(sub.scope, set()).add(sub)
+
+    def remove(self, sub: Subscriber) -> None:
+        subs = self._by_scope.get(sub.scope)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_scope[sub.scope]
+                self.resolver.forget(sub.scope)
+
+    def publish(self, scopes: Iterable[Scope] | None = None) -> None:
+        """Offer the current snapshot of `scopes` (default: all) to their subscribers."""
+        targets = list(self._by_scope) if scopes is None else [s for s in scopes if s in self._by_scope]
+        for scope in targets:
+            snapshot = self.resolver.snapshot(scope)
+            for sub in self._by_scope[scope]:
+                sub.offer(snapshot)
+
+    def scopes(self) -> list[Scope]:
+        return list(self._by_scope)
+
+    def count(self) -> int:
+        return sum(len(s) for s in self._by_scope.values())

@@ -1,0 +1,119 @@
+"""The revision-consistent in-memory copy of confmesh's etcd key space.
+
+Pure state, no I/O: ``EtcdSource`` feeds it full lists and watch events and
+it answers which layers changed. Each layer carries a revision that only
+grows: the newest of its keys' and marker's mod revisions, and of the deletes
+seen while watching. A scope's snapshot version is the max over its layers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from confmesh.errors import InvalidArgument
+from confmesh.keys import KeyLayout, Layer, Scope
+from confmesh.merge import JSONValue, parse_json_value
+from confmesh.server.etcd import Event, KeyValue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    value: JSONValue
+    mod_revision: int
+
+
+class ConfigStore:
+    def __init__(self, layout: KeyLayout) -> None:
+        self.layout = layout
+        self.revision = 0
+        self.synced = False
+        self._layers: dict[Layer, dict[str, Entry]] = {}
+        self._layer_revision: dict[Layer, int] = {}
+        # etcd keys under the prefix whose content is unusable, with the reason.
+        self.bad_keys: dict[str, str] = {}
+
+    def entries(self, layer: Layer) -> dict[str, JSONValue]:
+        return {k: e.value for k, e in self._layers.get(layer, {}).items()}
+
+    def raw_entries(self, layer: Layer) -> Mapping[str, Entry]:
+        return self._layers.get(layer, {})
+
+    def layer_revision(self, layer: Layer) -> int:
+        return self._layer_revision.get(layer, 0)
+
+    def scope_version(self, scope: Scope) -> int:
+        return max(self.layer_revision(layer) for layer in scope.layers)
+
+    def layers(self) -> list[Layer]:
+        return sorted(self._layers)
+
+    def _bump(self, layer: Layer, revision: int) -> None:
+        if revision > self._layer_revision.get(layer, 0):
+            self._layer_revision[layer] = revision
+
+    def _parse(self, etcd_key: str, value: bytes | None) -> tuple[Layer, str | None, JSONValue] | None:
+        try:
+            parsed = self.layout.parse(etcd_key)
+            if parsed is None:
+                return None
+            layer, key = parsed
+            decoded = parse_json_value(value, path=key) if (key is not None and value is not None) else None
+        except InvalidArgument as exc:
+            if value is not None:
+                self.bad_keys[etcd_key] = exc.message
+                log.warning("ignoring unusable etcd key %s: %s", etcd_key, exc.message)
+            return None
+        self.bad_keys.pop(etcd_key, None)
+        return layer, key, decoded
+
+    def replace(self, kvs: Iterable[KeyValue], revision: int) -> set[Layer]:
+        """Load a full list taken at `revision`; return the layers that changed."""
+        before = {layer: dict(entries) for layer, entries in self._layers.items()}
+        self._layers = {}
+        self.bad_keys = {}
+        for kv in kvs:
+            parsed = self._parse(kv.key, kv.value)
+            if parsed is None:
+                continue
+            layer, key, value = parsed
+            self._layers.setdefault(layer, {})
+            self._bump(layer, kv.mod_revision)
+            if key is not None:
+                self._layers[layer][key] = Entry(value, kv.mod_revision)
+        changed = {
+            layer
+            for layer in before.keys() | self._layers.keys()
+            if before.get(layer, {}) != self._layers.get(layer, {})
+        }
+        if self.synced:
+            # Changes missed while not watching (deletes leave no revision behind)
+            # are dated at the list revision, so versions never go backwards.
+            for layer in changed:
+                self._bump(layer, revision)
+        self.revision = max(self.revision, revision)
+        self.synced = True
+        return changed
+
+    def apply(self, events: Iterable[Event]) -> set[Layer]:
+        """Apply watch events in order; return the layers that changed."""
+        changed: set[Layer] = set()
+        for ev in events:
+            parsed = self._parse(ev.key, None if ev.deleted else ev.value)
+            self.revision = max(self.revision, ev.mod_revision)
+            if parsed is None:
+                continue
+            layer, key, value = parsed
+            self._bump(layer, ev.mod_revision)
+            changed.add(layer)
+            if key is None:
+                continue
+            entries = self._layers.setdefault(layer, {})
+            if ev.deleted:
+                entries.pop(key, None)
+            else:
+                entries[key] = Entry(value, ev.mod_revision)
+        return changed
