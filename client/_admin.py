@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 import grpc.aio
-
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, Scope
 from confmesh.merge import JSONValue
@@ -63,7 +62,7 @@ class AdminClient:
         self._config = config_pb2_grpc.ConfigServiceStub(self._channel)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def __aenter__(self) -> AdminClient:
         return self
@@ -81,10 +80,19 @@ class AdminClient:
         return admin_pb2.ChangeContext(actor=self.actor, reason=reason)
 
     async def put(
-        self, key: str, value: JSONValue, *, env: str | None = None, service: str | None = None, reason: str = ""
+        self,
+        key: str,
+        value: JSONValue,
+        *,
+        env: str | None = None,
+        service: str | None = None,
+        reason: str = "",
     ) -> WriteResult:
         req = admin_pb2.PutRequest(
-            layer=layer_to_pb(Layer.of(env, service)), key=key, value=to_value(value), context=self._context(reason)
+            layer=layer_to_pb(Layer.of(env, service)),
+            key=key,
+            value=to_value(value),
+            context=self._context(reason),
         )
         resp = await self._call(self._admin.Put, req)
         return WriteResult(resp.revision, list(resp.changed))
@@ -138,5 +146,7 @@ class AdminClient:
         return snapshot
 
     async def status(self) -> admin_pb2.GetStatusResponse:
-        status: admin_pb2.GetStatusResponse = await self._call(self._admin.GetStatus, admin_pb2.GetStatusRequest())
+        status: admin_pb2.GetStatusResponse = await self._call(
+            self._admin.GetStatus, admin_pb2.GetStatusRequest()
+        )
         return status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -17,23 +18,26 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
-from pydantic import BaseModel
-
 from confmesh import errors
 from confmesh.client._validation import validate
 from confmesh.keys import Scope
 from confmesh.merge import content_hash, lookup
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_from_rpc, from_struct
+from pydantic import BaseModel
 
 log = logging.getLogger("confmesh.client")
 
 T = TypeVar("T")
-ChangeCallback = Callable[[Any, Any], None | Awaitable[None]]
+ChangeCallback = Callable[[Any, Any], Awaitable[None] | None]
 
 # Errors a retry cannot fix: the client stops and reports them.
-FATAL_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
-               grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED}
+FATAL_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
 
 
 @dataclass(frozen=True)
@@ -174,12 +178,10 @@ class ConfigClient(Generic[T]):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
             self._channel = None
         self.connected = False
 
@@ -272,7 +274,9 @@ class ConfigClient(Generic[T]):
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, self.backoff_max)
 
-    def _nack(self, snap: config_pb2.Snapshot, error: str, issues: list[errors.FieldIssue]) -> config_pb2.WatchRequest:
+    def _nack(
+        self, snap: config_pb2.Snapshot, error: str, issues: list[errors.FieldIssue]
+    ) -> config_pb2.WatchRequest:
         self.last_rejection = Rejection(snap.version, snap.hash, error, issues, time.time())
         log.warning("rejected %s version %d: %s", self.scope, snap.version, error)
         return config_pb2.WatchRequest(

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from confmesh.errors import FieldIssue, SnapshotRejected
+from pydantic import BaseModel, ValidationError
 
 
 def issues_from(exc: ValidationError) -> list[FieldIssue]:
-    return [
-        FieldIssue(".".join(str(part) for part in err["loc"]), err["msg"]) for err in exc.errors()
-    ]
+    return [FieldIssue(".".join(str(part) for part in err["loc"]), err["msg"]) for err in exc.errors()]
 
 
 def validate(schema: type[BaseModel] | None, config: dict[str, Any]) -> Any:

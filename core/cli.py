@@ -7,6 +7,7 @@ Errors are one line on stderr and a non-zero exit (1: the operation failed,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-
 from confmesh import __version__
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.merge import JSONValue
@@ -112,7 +112,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
     help="etcd endpoints HOST:PORT[,HOST:PORT...] (env CONFMESH_ETCD). "
     "Omitted: start an embedded etcd for development.",
 )
-@click.option("--data-dir", default="confmesh-data", show_default=True, help="Embedded etcd's data directory.")
+@click.option(
+    "--data-dir", default="confmesh-data", show_default=True, help="Embedded etcd's data directory."
+)
 @click.option("--prefix", default="/confmesh", show_default=True, help="etcd key prefix.")
 @click.option("--heartbeat", default=15.0, show_default=True, help="Watch heartbeat interval (s).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
@@ -143,13 +145,17 @@ def serve(listen: str, etcd: str, data_dir: str, prefix: str, heartbeat: float, 
 @env_option
 @service_option
 @reason_option
-@click.option("--string", "as_string", is_flag=True, help="Store VALUE as a string even if it parses as JSON.")
+@click.option(
+    "--string", "as_string", is_flag=True, help="Store VALUE as a string even if it parses as JSON."
+)
 @admin_command
-async def put(admin: Any, key: str, value: str, env: str | None, service: str | None, reason: str,
-              as_string: bool) -> None:
+async def put(
+    admin: Any, key: str, value: str, env: str | None, service: str | None, reason: str, as_string: bool
+) -> None:
     """Set KEY (dotted path) to VALUE (JSON) in one layer."""
-    result = await admin.put(key, parse_cli_value(value, as_string=as_string), env=env, service=service,
-                             reason=reason)
+    result = await admin.put(
+        key, parse_cli_value(value, as_string=as_string), env=env, service=service, reason=reason
+    )
     click.echo(f"ok revision {result.revision}: {', '.join(result.changed)}")
 
 
@@ -176,16 +182,31 @@ async def get(admin: Any, key: str, env: str, service: str, explain: bool, as_js
     """Print the resolved value of KEY (whole config without KEY) for --env/--service."""
     result = await admin.resolve(env, service, key)
     if not key:
-        click.echo(dumps({"version": result.version, "hash": result.hash, "config": result.config}
-                         if as_json else result.config, pretty=not as_json))
+        click.echo(
+            dumps(
+                {"version": result.version, "hash": result.hash, "config": result.config}
+                if as_json
+                else result.config,
+                pretty=not as_json,
+            )
+        )
         return
     if as_json:
-        out: dict[str, Any] = {"key": key, "found": result.found, "value": result.value,
-                               "version": result.version, "hash": result.hash}
+        out: dict[str, Any] = {
+            "key": key,
+            "found": result.found,
+            "value": result.value,
+            "version": result.version,
+            "hash": result.hash,
+        }
         if explain:
             out["layers"] = [
-                {"layer": str(lv.layer), "source_key": lv.source_key, "value": lv.value,
-                 "mod_revision": lv.mod_revision}
+                {
+                    "layer": str(lv.layer),
+                    "source_key": lv.source_key,
+                    "value": lv.value,
+                    "mod_revision": lv.mod_revision,
+                }
                 for lv in result.layers
             ]
             out["winner"] = str(result.layers[-1].layer) if result.layers else None
@@ -206,11 +227,11 @@ async def get(admin: Any, key: str, env: str, service: str, explain: bool, as_js
     for layer in Scope(env, service).layers:
         lv = by_layer.get(layer)
         if lv is None:
-            click.echo(f"  {str(layer):<32} -")
+            click.echo(f"  {layer!s:<32} -")
             continue
         via = f" via {lv.source_key}" if lv.source_key != key else ""
         mark = "   <- wins" if layer == winner else ""
-        click.echo(f"  {str(layer):<32} {dumps(lv.value)}   (rev {lv.mod_revision}{via}){mark}")
+        click.echo(f"  {layer!s:<32} {dumps(lv.value)}   (rev {lv.mod_revision}{via}){mark}")
 
 
 @main.command()
@@ -240,7 +261,9 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None) -
 
     async def body() -> None:
         client: ConfigClient[Any] = ConfigClient(
-            ctx.obj["server"], environment=env, service=service,
+            ctx.obj["server"],
+            environment=env,
+            service=service,
             instance_id=instance_id or f"cli-watch-{default_instance_id()}",
             startup_timeout=3600 * 24 * 365,
         )
@@ -253,10 +276,8 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None) -
         async with client:
             await asyncio.Event().wait()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         run(body())
-    except KeyboardInterrupt:
-        pass
 
 
 @main.command()
@@ -280,8 +301,10 @@ async def status(admin: Any, as_json: bool) -> None:
         click.echo(dumps(out))
         return
     state = f"STALE ({resp.stale_reason})" if resp.stale else "serving"
-    click.echo(f"server {resp.server_id}  {state}  revision {resp.revision}  "
-               f"etcd {resp.etcd_endpoints}  prefix {resp.prefix}")
+    click.echo(
+        f"server {resp.server_id}  {state}  revision {resp.revision}  "
+        f"etcd {resp.etcd_endpoints}  prefix {resp.prefix}"
+    )
     if not resp.instances:
         click.echo("no instances connected")
         return
@@ -290,8 +313,16 @@ async def status(admin: Any, as_json: bool) -> None:
         nack = ""
         if inst.HasField("last_nack"):
             nack = f"v{inst.last_nack.version}: {inst.last_nack.error}"
-        rows.append((inst.instance_id, f"{inst.environment}/{inst.service}", str(inst.acked_version),
-                     str(inst.sent_version), "connected" if inst.connected else "gone", nack))
+        rows.append(
+            (
+                inst.instance_id,
+                f"{inst.environment}/{inst.service}",
+                str(inst.acked_version),
+                str(inst.sent_version),
+                "connected" if inst.connected else "gone",
+                nack,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])

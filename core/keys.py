@@ -99,9 +99,7 @@ class Layer:
 
     @classmethod
     def svc(cls, environment: str, service: str) -> Layer:
-        return cls(
-            LayerKind.SERVICE, check_name(environment, "environment"), check_name(service, "service")
-        )
+        return cls(LayerKind.SERVICE, check_name(environment, "environment"), check_name(service, "service"))
 
     @classmethod
     def of(cls, environment: str | None, service: str | None) -> Layer:

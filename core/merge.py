@@ -57,7 +57,9 @@ def normalize(value: JSONValue, *, path: str = "value", depth: int = 0) -> JSONV
         out: dict[str, JSONValue] = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise InvalidArgument(f"{path}: object keys must be strings", code="invalid_value", field=path)
+                raise InvalidArgument(
+                    f"{path}: object keys must be strings", code="invalid_value", field=path
+                )
             out[k] = normalize(v, path=f"{path}.{k}", depth=depth + 1)
         return out
     if isinstance(value, (list, tuple)):

@@ -23,8 +23,8 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
 def generate(dest: Path) -> list[Path]:
-    from grpc_tools import protoc  # type: ignore[import-untyped]
     import grpc_tools
+    from grpc_tools import protoc  # type: ignore[import-untyped]
 
     protos = sorted(PROTO_ROOT.glob("confmesh/v1/*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"

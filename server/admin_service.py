@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf import timestamp_pb2
-
 from confmesh import errors
+from confmesh.changes import ChangeSpec
 from confmesh.keys import Scope, split_key
 from confmesh.merge import explain
 from confmesh.server.config_service import abort
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
 from confmesh.server.source import EtcdSource
-from confmesh.changes import ChangeSpec
 from confmesh.server.writer import Writer, WriteResult
 from confmesh.v1 import admin_pb2, admin_pb2_grpc
 from confmesh.wire import from_value, layer_from_pb, layer_to_pb, to_struct, to_value
+from google.protobuf import timestamp_pb2
 
 T = TypeVar("T")
 READ_YOUR_WRITES_TIMEOUT = 5.0
@@ -42,14 +41,18 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self.server_id = server_id
         self.endpoints = endpoints
 
-    async def _guard(self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(
+        self, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]
+    ) -> T:
         try:
             return await call()
         except errors.ConfmeshError as exc:
             await abort(context, exc)
             raise
 
-    async def _write(self, changes: list[ChangeSpec], ctx: admin_pb2.ChangeContext) -> admin_pb2.WriteResponse:
+    async def _write(
+        self, changes: list[ChangeSpec], ctx: admin_pb2.ChangeContext
+    ) -> admin_pb2.WriteResponse:
         result: WriteResult = await self.writer.write(
             changes, actor=ctx.actor or "anonymous", reason=ctx.reason
         )
@@ -57,7 +60,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         await self.source.wait_for_revision(result.revision, READ_YOUR_WRITES_TIMEOUT)
         return admin_pb2.WriteResponse(revision=result.revision, changed=result.changed)
 
-    async def Put(self, request: admin_pb2.PutRequest, context: grpc.aio.ServicerContext) -> admin_pb2.WriteResponse:
+    async def Put(
+        self, request: admin_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
             if not request.HasField("value"):
                 raise errors.InvalidArgument("value is required", field="value")
@@ -67,7 +72,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return await self._guard(context, run)
 
     async def Delete(
-        self, request: admin_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
             change = ChangeSpec(layer_from_pb(request.layer), request.key, delete=True)
@@ -76,7 +81,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return await self._guard(context, run)
 
     async def Apply(
-        self, request: admin_pb2.ApplyRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.ApplyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
             changes = []
@@ -96,7 +101,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return await self._guard(context, run)
 
     async def Resolve(
-        self, request: admin_pb2.ResolveRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.ResolveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ResolveResponse:
         async def run() -> admin_pb2.ResolveResponse:
             scope = Scope.checked(request.environment, request.service)
@@ -135,7 +140,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return await self._guard(context, run)
 
     async def GetStatus(
-        self, request: admin_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetStatusResponse:
         resp = admin_pb2.GetStatusResponse(
             server_id=self.server_id,

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
-
 from confmesh.errors import InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, Layer
 from confmesh.server.admin_service import AdminService
@@ -136,8 +135,13 @@ class ConfmeshServer:
         except BaseException:
             await self.stop()
             raise
-        log.info("confmesh %s serving on %s (etcd %s, prefix %s)", self.server_id, self.address,
-                 ",".join(endpoints), self.layout.prefix)
+        log.info(
+            "confmesh %s serving on %s (etcd %s, prefix %s)",
+            self.server_id,
+            self.address,
+            ",".join(endpoints),
+            self.layout.prefix,
+        )
 
     async def stop(self) -> None:
         if self.grpc_server is not None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import grpc.aio
-from google.protobuf import timestamp_pb2
-
 from confmesh import errors
 from confmesh.keys import Scope
 from confmesh.server.hub import Hub, Subscriber
@@ -18,6 +17,7 @@ from confmesh.server.resolver import Resolved
 from confmesh.server.source import EtcdSource
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_trailers, status_for, to_struct
+from google.protobuf import timestamp_pb2
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def snapshot_to_pb(resolved: Resolved, *, stale: bool) -> config_pb2.Snapshot:
     )
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: errors.ConfmeshError) -> None:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: errors.ConfmeshError) -> None:
     context.set_trailing_metadata(error_trailers(exc))
     await context.abort(status_for(exc), exc.message)
 
@@ -76,7 +76,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                 )
 
     async def GetSnapshot(
-        self, request: config_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext
+        self, request: config_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> config_pb2.Snapshot:
         try:
             scope = Scope.checked(request.environment, request.service)
@@ -87,7 +87,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         return snapshot_to_pb(self.hub.resolver.snapshot(scope), stale=self.source.stale)
 
     async def Watch(
-        self, request_iterator: AsyncIterator[config_pb2.WatchRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[config_pb2.WatchRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[config_pb2.WatchResponse]:
         try:
             async with asyncio.timeout(self.subscribe_timeout):
@@ -159,21 +161,25 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                 kind = msg.WhichOneof("kind")
                 if kind == "ack":
                     if sub.sent.get(msg.ack.version) != msg.ack.hash:
-                        sub.fail("unknown_version", f"ACK for version {msg.ack.version} ({msg.ack.hash!r}), "
-                                 "which was never sent on this stream")
+                        sub.fail(
+                            "unknown_version",
+                            f"ACK for version {msg.ack.version} ({msg.ack.hash!r}), "
+                            "which was never sent on this stream",
+                        )
                         return
                     self.ledger.ack(sub.id, msg.ack.version, msg.ack.hash)
                 elif kind == "nack":
                     nack = msg.nack
                     if sub.sent.get(nack.version) != nack.hash:
-                        sub.fail("unknown_version", f"NACK for version {nack.version} ({nack.hash!r}), "
-                                 "which was never sent on this stream")
+                        sub.fail(
+                            "unknown_version",
+                            f"NACK for version {nack.version} ({nack.hash!r}), "
+                            "which was never sent on this stream",
+                        )
                         return
                     paths = [fe.path for fe in nack.field_errors]
                     self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
-                    log.warning(
-                        "instance rejected %s version %d: %s", sub.scope, nack.version, nack.error
-                    )
+                    log.warning("instance rejected %s version %d: %s", sub.scope, nack.version, nack.error)
                 elif kind == "subscribe":
                     sub.fail("duplicate_subscribe", "a Watch stream takes exactly one subscribe")
                     return

@@ -71,7 +71,7 @@ class EmbeddedEtcd:
         binary: str | None = None,
         extra_args: list[str] | None = None,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.client_port = client_port or free_port(host)
         self.peer_port = peer_port or free_port(host)
@@ -106,14 +106,7 @@ class EmbeddedEtcd:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         log.info("starting embedded etcd (%s) on %s, data in %s", self.binary, self.endpoint, self.data_dir)
-        with open(log_path, "ab") as log_file:
-            self.process = subprocess.Popen(
-                self.command(),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
-            )
+        self.process = await asyncio.to_thread(self._spawn, log_path)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
@@ -130,6 +123,16 @@ class EmbeddedEtcd:
                 await asyncio.sleep(0.05)
         await self.stop()
         raise StartupError(f"embedded etcd did not listen on {self.endpoint} within {timeout:.0f}s")
+
+    def _spawn(self, log_path: Path) -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log_file:
+            return subprocess.Popen(
+                self.command(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
 
     async def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None

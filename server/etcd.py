@@ -15,15 +15,15 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
+from confmesh.errors import Unavailable
 from etcd3aio import Etcd3Client
+
+# etcd3aio's own message classes, so the Compare/RequestOp we build are the
+# very types its KV service accepts (a second import path would clash).
+from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc  # type: ignore[attr-defined]
 from etcd3aio.connections import ConnectionManager
 from etcd3aio.errors import EtcdError
 from etcd3aio.kv import prefix_range_end
-# etcd3aio's own message classes, so the Compare/RequestOp we build are the
-# very types its KV service accepts (a second import path would clash).
-from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc
-
-from confmesh.errors import Unavailable
 
 PAGE_SIZE = 1000
 
@@ -68,7 +68,7 @@ class Etcd:
     async def close(self) -> None:
         await self._client.close()
         if self._watch_channel is not None:
-            await self._watch_channel.close()
+            await self._watch_channel.close(None)
             self._watch_channel = None
 
     def _unavailable(self, exc: BaseException) -> Unavailable:

@@ -106,9 +106,7 @@ class Ledger:
 
     def records(self) -> list[InstanceRecord]:
         self._prune(time.time())
-        return sorted(
-            self._records.values(), key=lambda r: (r.scope, r.instance_id, -r.connected_at)
-        )
+        return sorted(self._records.values(), key=lambda r: (r.scope, r.instance_id, -r.connected_at))
 
     def _prune(self, now: float) -> None:
         for sid, record in list(self._records.items()):

@@ -11,6 +11,7 @@ the store keeps its last state and ``stale`` says why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -53,10 +54,8 @@ class EtcdSource:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     async def wait_for_revision(self, revision: int, timeout: float) -> bool:

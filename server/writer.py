@@ -14,13 +14,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from etcd3aio.kv import KVService, prefix_range_end
-
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import KeyLayout, Layer, split_key
 from confmesh.merge import MAX_VALUE_BYTES, JSONValue, find_conflicts, normalize, parse_json_value
 from confmesh.server.etcd import Etcd
+from etcd3aio.kv import KVService, prefix_range_end
 
 MAX_CHANGES = 100
 CONFLICT_RETRIES = 5
@@ -108,7 +107,9 @@ class Writer:
                     for k in doomed:
                         del entries[k]
                     ops.append(KVService.txn_op_delete(etcd_key))
-                    ops.append(KVService.txn_op_delete(etcd_key + ".", range_end=prefix_range_end(etcd_key + ".")))
+                    ops.append(
+                        KVService.txn_op_delete(etcd_key + ".", range_end=prefix_range_end(etcd_key + "."))
+                    )
                     changed.extend(f"{change.layer}/{k}" for k in sorted(doomed))
                 else:
                     entries[change.key] = json.loads(encoded)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# mypy --strict over the package as it installs (core/, server/ and client/
+# become confmesh, confmesh.server and confmesh.client), staged under build/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf build/typecheck
+python -m pip install -q --no-deps --no-build-isolation --target build/typecheck . 2>&1 | grep -v "^WARNING" || true
+cd build/typecheck
+MYPYPATH=. python -m mypy --config-file ../../pyproject.toml -p confmesh
