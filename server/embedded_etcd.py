@@ -106,7 +106,10 @@ class EmbeddedEtcd:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         log.info("starting embedded etcd (%s) on %s, data in %s", self.binary, self.endpoint, self.data_dir)
-        self.process = await asyncio.to_thread(self._spawn, log_path)
+        # Spawned on this thread on purpose: PR_SET_PDEATHSIG fires when the
+        # *thread* that forked the child exits, so an executor thread would
+        # take etcd down with it. Popen itself returns at once.
+        self.process = self._spawn(log_path)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
