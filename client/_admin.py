@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, Scope
 from confmesh.merge import JSONValue

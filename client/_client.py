@@ -18,13 +18,14 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
+from pydantic import BaseModel
+
 from confmesh import errors
 from confmesh.client._validation import validate
 from confmesh.keys import Scope
 from confmesh.merge import content_hash, lookup
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_from_rpc, from_struct
-from pydantic import BaseModel
 
 log = logging.getLogger("confmesh.client")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from confmesh.errors import FieldIssue, SnapshotRejected
 from pydantic import BaseModel, ValidationError
+
+from confmesh.errors import FieldIssue, SnapshotRejected
 
 
 def issues_from(exc: ValidationError) -> list[FieldIssue]:

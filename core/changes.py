@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
 from confmesh.errors import InvalidArgument
 from confmesh.keys import Layer, split_key
 from confmesh.merge import JSONValue, normalize

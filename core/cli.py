@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
 from confmesh import __version__
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.merge import JSONValue

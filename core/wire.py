@@ -6,11 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
+
 from confmesh import errors
 from confmesh.keys import Layer, LayerKind, check_name
 from confmesh.merge import JSONValue, normalize
 from confmesh.v1 import admin_pb2
-from google.protobuf import struct_pb2
 
 ERROR_DETAIL_KEY = "confmesh-error-bin"
 

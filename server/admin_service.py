@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf import timestamp_pb2
+
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Scope, split_key
@@ -18,7 +20,6 @@ from confmesh.server.source import EtcdSource
 from confmesh.server.writer import Writer, WriteResult
 from confmesh.v1 import admin_pb2, admin_pb2_grpc
 from confmesh.wire import from_value, layer_from_pb, layer_to_pb, to_struct, to_value
-from google.protobuf import timestamp_pb2
 
 T = TypeVar("T")
 READ_YOUR_WRITES_TIMEOUT = 5.0

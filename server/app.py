@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+
 from confmesh.errors import InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, Layer
 from confmesh.server.admin_service import AdminService

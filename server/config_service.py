@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf import timestamp_pb2
+
 from confmesh import errors
 from confmesh.keys import Scope
 from confmesh.server.hub import Hub, Subscriber
@@ -17,7 +19,6 @@ from confmesh.server.resolver import Resolved
 from confmesh.server.source import EtcdSource
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_trailers, status_for, to_struct
-from google.protobuf import timestamp_pb2
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
-from confmesh.errors import Unavailable
 from etcd3aio import Etcd3Client
 
 # etcd3aio's own message classes, so the Compare/RequestOp we build are the
@@ -24,6 +23,8 @@ from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc  # type: ignore[attr-define
 from etcd3aio.connections import ConnectionManager
 from etcd3aio.errors import EtcdError
 from etcd3aio.kv import prefix_range_end
+
+from confmesh.errors import Unavailable
 
 PAGE_SIZE = 1000
 

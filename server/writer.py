@@ -14,12 +14,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from etcd3aio.kv import KVService, prefix_range_end
+
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import KeyLayout, Layer, split_key
 from confmesh.merge import MAX_VALUE_BYTES, JSONValue, find_conflicts, normalize, parse_json_value
 from confmesh.server.etcd import Etcd
-from etcd3aio.kv import KVService, prefix_range_end
 
 MAX_CHANGES = 100
 CONFLICT_RETRIES = 5

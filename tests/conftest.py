@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
 from confmesh.client import AdminClient
 from confmesh.server import ConfmeshServer, EmbeddedEtcd, ServerSettings, find_etcd_binary
-from hypothesis import HealthCheck, settings
 
 # Shared 2-core machines are noisy: no per-example deadline, no "too slow" failures.
 settings.register_profile("confmesh", deadline=None, suppress_health_check=[HealthCheck.too_slow])

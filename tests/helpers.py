@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+
 from confmesh.v1 import config_pb2, config_pb2_grpc
 
 

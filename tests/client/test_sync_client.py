@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from pydantic import BaseModel
+
 from confmesh.client import AdminClient, SyncConfigClient
 from confmesh.server import ConfmeshServer
-from pydantic import BaseModel
 
 
 class Settings(BaseModel):

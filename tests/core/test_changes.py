@@ -1,4 +1,5 @@
 import pytest
+
 from confmesh.changes import parse_apply_document
 from confmesh.errors import InvalidArgument
 from confmesh.keys import Layer

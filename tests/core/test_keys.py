@@ -1,4 +1,5 @@
 import pytest
+
 from confmesh.errors import InvalidArgument
 from confmesh.keys import KeyLayout, Layer, LayerKind, Scope, check_name, split_key
 

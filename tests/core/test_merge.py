@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from confmesh.errors import InvalidArgument
 from confmesh.merge import (
     canonical_json,
@@ -18,8 +21,6 @@ from confmesh.merge import (
     resolve,
 )
 from confmesh.wire import from_struct, to_struct
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def test_three_layers_merge_deeply_and_lists_replace() -> None:

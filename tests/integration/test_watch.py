@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
 from confmesh.client import AdminClient, ConfigClient, StartupError
 from confmesh.server import ConfmeshServer
 from confmesh.v1 import config_pb2
-from pydantic import BaseModel, ConfigDict, Field
-
 from tests.conftest import EtcdHandle
 from tests.helpers import RawWatch, eventually
 
