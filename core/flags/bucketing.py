@@ -1,0 +1,32 @@
+"""Deterministic, language-neutral bucketing into 10,000 buckets.
+
+murmur3 (the default, flagd-compatible):
+    h = MurmurHash3_x86_32(utf8(salt + value), seed=0), read as unsigned
+    bucket = (h * 10000) >> 32                  integer maths only
+where ``salt`` is the flag's salt, or its key when no salt is set (so an
+unsalted flag hashes ``flagKey + targetingKey`` exactly as flagd v2 does).
+
+legacy-md5 (flags imported from the classic JSON format keep their users):
+    n = int(md5(utf8(value + flagName)).hexdigest()[:8], 16) % 100
+    bucket = n * 100
+
+A split or ramp with the "on" range first serves "on" to ``bucket < bps``,
+so raising a percentage only ever adds users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import mmh3
+
+BUCKETS = 10_000
+
+
+def murmur3_bucket(salt: str, value: str) -> int:
+    return (mmh3.hash(salt + value, 0, False) * BUCKETS) >> 32
+
+
+def legacy_md5_bucket(flag_name: str, value: str) -> int:
+    digest = hashlib.md5((value + flag_name).encode(), usedforsecurity=False).hexdigest()
+    return (int(digest[:8], 16) % 100) * 100

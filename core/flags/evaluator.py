@@ -1,0 +1,477 @@
+"""Local flag evaluation: flags compiled to closures, details pre-built.
+
+Each flag of a snapshot is compiled once into a function ``ctx -> details``.
+Every possible outcome (variant x reason x rule) is an immutable
+``EvaluationDetails`` built at compile time, so evaluating allocates nothing
+on the common paths. The order follows LaunchDarkly's: off → prerequisites →
+individual targets → rules in order → default variant.
+
+Getters never raise into a request path: on any error they return the
+caller's default, with the error in the details.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import re2
+import semver
+
+from confmesh.flags.bucketing import legacy_md5_bucket, murmur3_bucket
+from confmesh.flags.model import Clause, Flag, FlagSet, Rule, Serve, parse_flag_set
+
+log = logging.getLogger("confmesh.flags")
+
+Context = Mapping[str, Any]
+
+
+class Reason(enum.StrEnum):
+    """OpenFeature resolution reasons, plus PREREQUISITE_FAILED and PROPAGATED."""
+
+    STATIC = "STATIC"
+    TARGETING_MATCH = "TARGETING_MATCH"
+    SPLIT = "SPLIT"
+    DISABLED = "DISABLED"
+    DEFAULT = "DEFAULT"
+    PREREQUISITE_FAILED = "PREREQUISITE_FAILED"
+    PROPAGATED = "PROPAGATED"
+    ERROR = "ERROR"
+
+
+class ErrorCode(enum.StrEnum):
+    FLAG_NOT_FOUND = "FLAG_NOT_FOUND"
+    TYPE_MISMATCH = "TYPE_MISMATCH"
+    PARSE_ERROR = "PARSE_ERROR"
+    TARGETING_KEY_MISSING = "TARGETING_KEY_MISSING"
+    GENERAL = "GENERAL"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EvaluationDetails:
+    flag_key: str
+    value: Any
+    variant: str | None
+    reason: Reason
+    error_code: ErrorCode | None = None
+    error_message: str | None = None
+    # The rule that decided ("" when none): a rule id, "target", "prerequisite:<flag>".
+    rule: str = ""
+    flag_version: int = 0
+
+
+_CALLER_DEFAULT = object()
+_MISSING = object()
+
+Outcome = Callable[[Context], EvaluationDetails]
+Matcher = Callable[[Context], bool]
+
+
+@functools.lru_cache(maxsize=4096)
+def _semver(text: str) -> semver.Version | None:
+    try:
+        return semver.Version.parse(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def compile_clause(clause: Clause) -> Matcher:
+    """ctx -> bool; a missing attribute never matches."""
+    attr, op, values = clause.attribute, clause.op, clause.values
+    first = values[0]
+    if op in ("in", "not_in", "equals", "not_equals"):
+        wanted = values if op in ("in", "not_in") else [first]
+        if all(type(v) is str for v in wanted):
+            strings = frozenset(wanted)
+            if op in ("in", "equals"):
+                return lambda ctx: type(v := ctx.get(attr)) is str and v in strings
+            return lambda ctx: type(v := ctx.get(attr)) is str and v not in strings
+        typed = frozenset((type(v) is bool, v) for v in wanted)
+        positive = op in ("in", "equals")
+
+        def match_typed(ctx: Context) -> bool:
+            v = ctx.get(attr, _MISSING)
+            if v is _MISSING or not isinstance(v, (str, int, float, bool)):
+                return False
+            return ((type(v) is bool, v) in typed) is positive
+
+        return match_typed
+    if op == "contains":
+
+        def contains(ctx: Context) -> bool:
+            v = ctx.get(attr)
+            if isinstance(v, str):
+                return any(isinstance(x, str) and x in v for x in values)
+            if isinstance(v, (list, tuple, set, frozenset)):
+                return any(x in v for x in values)
+            return False
+
+        return contains
+    if op == "starts_with":
+        prefix = str(first)
+        return lambda ctx: type(v := ctx.get(attr)) is str and v.startswith(prefix)
+    if op == "ends_with":
+        suffix = str(first)
+        return lambda ctx: type(v := ctx.get(attr)) is str and v.endswith(suffix)
+    if op == "regex":
+        pattern = re2.compile(str(first))
+        return lambda ctx: type(v := ctx.get(attr)) is str and pattern.search(v) is not None
+    if op in ("lt", "lte", "gt", "gte"):
+        bound = float(first)
+        compare: Callable[[float], bool] = {
+            "lt": lambda x: x < bound, "lte": lambda x: x <= bound,
+            "gt": lambda x: x > bound, "gte": lambda x: x >= bound,
+        }[op]  # fmt: skip
+        return lambda ctx: _is_number(v := ctx.get(attr)) and compare(v)
+    version = semver.Version.parse(str(first))
+    check: Callable[[semver.Version], bool] = {
+        "semver_eq": lambda x: x == version, "semver_lt": lambda x: x < version,
+        "semver_lte": lambda x: x <= version, "semver_gt": lambda x: x > version,
+        "semver_gte": lambda x: x >= version,
+    }[op]  # fmt: skip
+
+    def match_semver(ctx: Context) -> bool:
+        v = ctx.get(attr)
+        parsed = _semver(v) if isinstance(v, str) else None
+        return parsed is not None and check(parsed)
+
+    return match_semver
+
+
+def compile_rule(rule: Rule) -> Matcher | None:
+    """None for a rule without clauses (it matches everyone)."""
+    matchers = [compile_clause(c) for c in rule.clauses]
+    if not matchers:
+        return None
+    if len(matchers) == 1:
+        return matchers[0]
+    return lambda ctx: all(m(ctx) for m in matchers)
+
+
+def bucket_value(bucket_by: str | None) -> Callable[[Context], str | None]:
+    if bucket_by is None:
+
+        def default_key(ctx: Context) -> str | None:
+            for name in ("targetingKey", "userId", "sessionId"):
+                v = ctx.get(name)
+                if v is not None and v != "":
+                    return v if type(v) is str else str(v)
+            return None
+
+        return default_key
+
+    def attribute_key(ctx: Context) -> str | None:
+        v = ctx.get(bucket_by)
+        if v is None or v == "":
+            return None
+        return v if type(v) is str else str(v)
+
+    return attribute_key
+
+
+@dataclass
+class CompiledFlag:
+    flag: Flag
+    type: str
+    evaluate: Callable[[Context, FlagEvaluator], EvaluationDetails]
+    rule_matchers: list[Matcher | None] = field(default_factory=list)
+
+
+class _Builder:
+    """Compiles one flag; caches one details object per distinct outcome."""
+
+    def __init__(self, flag: Flag, version: int, clock: Callable[[], float]) -> None:
+        self.flag = flag
+        self.version = version
+        self.clock = clock
+        self._outcomes: dict[tuple[str | None, Reason, str], EvaluationDetails] = {}
+        self.user_key = bucket_value(None)
+        self.bucket_key = bucket_value(flag.bucket_by)
+        if flag.bucketing == "legacy-md5":
+            name = flag.key
+            self.bucket: Callable[[str], int] = lambda value: legacy_md5_bucket(name, value)
+        else:
+            salt = flag.salt or flag.key
+            self.bucket = lambda value: murmur3_bucket(salt, value)
+        self.missing_key = EvaluationDetails(
+            flag.key, _CALLER_DEFAULT, None, Reason.ERROR, ErrorCode.TARGETING_KEY_MISSING,
+            f"flag {flag.key!r} needs a bucketing key: set "
+            + (f"{flag.bucket_by!r}" if flag.bucket_by else "targetingKey, userId or sessionId")
+            + " in the evaluation context",
+            flag_version=version,
+        )  # fmt: skip
+
+    def outcome(self, variant: str | None, reason: Reason, rule: str = "") -> EvaluationDetails:
+        cache_key = (variant, reason, rule)
+        details = self._outcomes.get(cache_key)
+        if details is None:
+            value = self.flag.variants[variant] if variant is not None else _CALLER_DEFAULT
+            details = EvaluationDetails(
+                self.flag.key, value, variant, reason, rule=rule, flag_version=self.version
+            )
+            self._outcomes[cache_key] = details
+        return details
+
+    def serve(self, serve: Serve, reason: Reason, rule: str) -> Outcome:
+        if serve.split is not None:
+            cuts: list[tuple[int, EvaluationDetails]] = []
+            total = 0
+            for part in serve.split:
+                total += part.bps
+                cuts.append((total, self.outcome(part.variant, Reason.SPLIT, rule)))
+            key, bucket, missing = self.bucket_key, self.bucket, self.missing_key
+
+            def split(ctx: Context) -> EvaluationDetails:
+                value = key(ctx)
+                if value is None:
+                    return missing
+                b = bucket(value)
+                for cut, details in cuts:
+                    if b < cut:
+                        return details
+                return cuts[-1][1]
+
+            return split
+        if serve.rollout is not None:
+            ramp = serve.rollout
+            start, end = ramp.start.timestamp(), ramp.end.timestamp()
+            on = self.outcome(ramp.variant, Reason.SPLIT, rule)
+            other = self.outcome(ramp.other, Reason.SPLIT, rule)
+            key, bucket, missing, clock = self.bucket_key, self.bucket, self.missing_key, self.clock
+
+            def rollout(ctx: Context) -> EvaluationDetails:
+                now = clock()
+                if now >= end:
+                    return on
+                if now <= start:
+                    return other
+                value = key(ctx)
+                if value is None:
+                    return missing
+                threshold = int((now - start) / (end - start) * 10_000)
+                return on if bucket(value) < threshold else other
+
+            return rollout
+        fixed = self.outcome(serve.variant, reason, rule)
+        return lambda ctx: fixed
+
+    def compile(self) -> CompiledFlag:
+        flag = self.flag
+        if not flag.enabled:
+            off = self.outcome(flag.off_variant, Reason.DISABLED)
+            return CompiledFlag(flag, flag.type, lambda ctx, ev: off)
+        has_logic = bool(flag.prerequisites or flag.targets or flag.rules)
+        fallback = self.outcome(flag.default_variant, Reason.DEFAULT if has_logic else Reason.STATIC)
+        if not has_logic:
+            return CompiledFlag(flag, flag.type, lambda ctx, ev: fallback)
+
+        prereqs = [(p.flag, p.variant) for p in flag.prerequisites]
+        prereq_failed = {
+            p.flag: self.outcome(flag.off_variant, Reason.PREREQUISITE_FAILED, f"prerequisite:{p.flag}")
+            for p in flag.prerequisites
+        }
+        targets: list[tuple[Callable[[Context], str | None], dict[str, EvaluationDetails]]] = []
+        for target in flag.targets:
+            lookup_key = self.user_key if target.attribute is None else bucket_value(target.attribute)
+            outcome = self.outcome(target.variant, Reason.TARGETING_MATCH, "target")
+            table = {value: outcome for value in target.values}
+            targets.append((lookup_key, table))
+        matchers = [compile_rule(rule) for rule in flag.rules]
+        rules = [
+            (m, self.serve(rule.serve, Reason.TARGETING_MATCH, rule.id or f"rules[{i}]"))
+            for i, (m, rule) in enumerate(zip(matchers, flag.rules, strict=True))
+        ]
+
+        def evaluate(ctx: Context, ev: FlagEvaluator) -> EvaluationDetails:
+            for pkey, pvariant in prereqs:
+                if ev.evaluate_variant(pkey, ctx) != pvariant:
+                    return prereq_failed[pkey]
+            for lookup_key, table in targets:
+                k = lookup_key(ctx)
+                if k is not None and (hit := table.get(k)) is not None:
+                    return hit
+            for matcher, serve in rules:
+                if matcher is None or matcher(ctx):
+                    return serve(ctx)
+            return fallback
+
+        if not prereqs and not targets and len(rules) == 1 and rules[0][0] is None:
+            only = rules[0][1]
+            return CompiledFlag(flag, flag.type, lambda ctx, ev: only(ctx), matchers)
+        return CompiledFlag(flag, flag.type, evaluate, matchers)
+
+
+_GETTER_TYPES: dict[str, tuple[str, ...]] = {
+    "boolean": ("boolean",),
+    "string": ("string",),
+    "integer": ("number",),
+    "float": ("number",),
+    "object": ("object",),
+}
+_EMPTY: Context = {}
+
+
+class FlagEvaluator:
+    """Evaluates one environment's flags locally.
+
+    ``is_enabled`` and ``get_bool/str/int/float/object(key, default, context)``
+    return values; the ``*_details`` variants return ``EvaluationDetails``.
+    The context is a mapping: ``{"targetingKey": "user-1", "tier": "premium"}``.
+    """
+
+    def __init__(
+        self,
+        flags: FlagSet | Mapping[str, Any] | None = None,
+        *,
+        version: int = 0,
+        environment: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if flags is None:
+            flags = FlagSet(flags={})
+        elif not isinstance(flags, FlagSet):
+            flags = parse_flag_set(dict(flags))
+        self.flag_set = flags
+        self.version = version
+        self.environment = environment
+        self.clock = clock
+        self._compiled = {key: _Builder(flag, version, clock).compile() for key, flag in flags.flags.items()}
+        self._overrides: dict[str, Any] = {}
+        self._depth = 0
+
+    def keys(self) -> list[str]:
+        return sorted(self._compiled)
+
+    def flag(self, key: str) -> Flag | None:
+        compiled = self._compiled.get(key)
+        return compiled.flag if compiled else None
+
+    # -- the core -------------------------------------------------------------
+
+    def evaluate_variant(self, key: str, ctx: Context) -> str | None:
+        """The variant `key` serves for `ctx` (prerequisite checks)."""
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            return None
+        self._depth += 1
+        try:
+            if self._depth > 32:
+                return None
+            return compiled.evaluate(ctx, self).variant
+        finally:
+            self._depth -= 1
+
+    def details(self, key: str, default: Any, context: Context | None, getter: str) -> EvaluationDetails:
+        if self._overrides and key in self._overrides:
+            return EvaluationDetails(
+                key, self._overrides[key], None, Reason.STATIC, rule="override", flag_version=self.version
+            )
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            return EvaluationDetails(
+                key,
+                default,
+                None,
+                Reason.ERROR,
+                ErrorCode.FLAG_NOT_FOUND,
+                f"flag {key!r} not found",
+                flag_version=self.version,
+            )
+        if compiled.type not in _GETTER_TYPES[getter]:
+            return EvaluationDetails(
+                key, default, None, Reason.ERROR, ErrorCode.TYPE_MISMATCH,
+                f"flag {key!r} is a {compiled.type} flag, read as {getter}", flag_version=self.version,
+            )  # fmt: skip
+        try:
+            details = compiled.evaluate(context if context is not None else _EMPTY, self)
+        except Exception as exc:  # never into the request path
+            log.exception("evaluating flag %r failed", key)
+            return EvaluationDetails(
+                key, default, None, Reason.ERROR, ErrorCode.GENERAL, str(exc), flag_version=self.version
+            )
+        if details.value is _CALLER_DEFAULT:
+            return replace(details, value=default)
+        if getter == "integer" and type(details.value) is float:
+            if not details.value.is_integer():
+                return EvaluationDetails(
+                    key, default, None, Reason.ERROR, ErrorCode.TYPE_MISMATCH,
+                    f"flag {key!r} served {details.value}, not an integer", flag_version=self.version,
+                )  # fmt: skip
+            return replace(details, value=int(details.value))
+        return details
+
+    # -- typed getters ----------------------------------------------------------
+
+    def get_bool_details(self, key: str, default: bool, context: Context | None = None) -> EvaluationDetails:
+        return self.details(key, default, context, "boolean")
+
+    def get_str_details(self, key: str, default: str, context: Context | None = None) -> EvaluationDetails:
+        return self.details(key, default, context, "string")
+
+    def get_int_details(self, key: str, default: int, context: Context | None = None) -> EvaluationDetails:
+        return self.details(key, default, context, "integer")
+
+    def get_float_details(
+        self, key: str, default: float, context: Context | None = None
+    ) -> EvaluationDetails:
+        details = self.details(key, default, context, "float")
+        if type(details.value) is int:
+            return replace(details, value=float(details.value))
+        return details
+
+    def get_object_details(self, key: str, default: Any, context: Context | None = None) -> EvaluationDetails:
+        return self.details(key, default, context, "object")
+
+    def get_bool(self, key: str, default: bool, context: Context | None = None) -> bool:
+        value: bool = self.details(key, default, context, "boolean").value
+        return value
+
+    def is_enabled(self, key: str, context: Context | None = None) -> bool:
+        value: bool = self.details(key, False, context, "boolean").value
+        return value
+
+    def get_str(self, key: str, default: str, context: Context | None = None) -> str:
+        value: str = self.details(key, default, context, "string").value
+        return value
+
+    def get_int(self, key: str, default: int, context: Context | None = None) -> int:
+        value: int = self.get_int_details(key, default, context).value
+        return value
+
+    def get_float(self, key: str, default: float, context: Context | None = None) -> float:
+        value: float = self.get_float_details(key, default, context).value
+        return value
+
+    def get_object(self, key: str, default: Any, context: Context | None = None) -> Any:
+        return self.details(key, default, context, "object").value
+
+    # -- tests and explanations ---------------------------------------------------
+
+    @contextmanager
+    def override(self, values: Mapping[str, Any]) -> Iterator[FlagEvaluator]:
+        """Serve fixed values for some flags inside the block (tests)."""
+        saved = dict(self._overrides)
+        self._overrides.update(values)
+        try:
+            yield self
+        finally:
+            self._overrides = saved
+
+    def explain(self, key: str, context: Context | None = None) -> list[str]:
+        """Human-readable steps: which rule matched and why."""
+        from confmesh.flags.explain import explain_flag
+
+        return explain_flag(self, key, context or {})
+
+    def compiled(self, key: str) -> CompiledFlag | None:
+        return self._compiled.get(key)

@@ -1,0 +1,341 @@
+"""The flag model and flag-set validation.
+
+A flag, in its JSON form::
+
+    {
+      "key": "new-checkout", "kind": "release", "owner": "team-checkout",
+      "description": "...", "created": "2026-11-01T00:00:00Z", "expires": "2027-02-01T00:00:00Z",
+      "enabled": true,
+      "variants": {"on": true, "off": false},
+      "default_variant": "off",             # served when on and nothing matched
+      "off_variant": "off",                 # served when off (null: the caller's default)
+      "prerequisites": [{"flag": "checkout-api", "variant": "on"}],
+      "targets": [{"variant": "on", "values": ["user-1", "user-2"]}],
+      "rules": [
+        {"id": "premium", "clauses": [{"attribute": "tier", "op": "in", "values": ["premium"]}],
+         "serve": {"variant": "on"}},
+        {"id": "quarter", "serve": {"split": [{"variant": "on", "percent": 25},
+                                             {"variant": "off", "percent": 75}]}},
+        {"id": "ramp", "serve": {"rollout": {"variant": "on", "other": "off",
+                                            "start": "2026-12-01T00:00:00Z", "end": "2026-12-08T00:00:00Z"}}}
+      ],
+      "bucket_by": null, "salt": "", "bucketing": "murmur3"
+    }
+
+A rule without clauses matches everyone. ``bucket_by`` null means the
+context's ``targetingKey``, else ``userId``, else ``sessionId``. A variant
+name of null anywhere means "the caller's default value".
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import re2
+import semver
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from confmesh.errors import FieldIssue, InvalidArgument
+
+FLAG_KEY_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+MAX_TARGET_VALUES = 10_000
+MAX_RULES = 200
+MAX_REGEX_LENGTH = 1_000
+
+STRING_OPS = ("equals", "not_equals", "contains", "starts_with", "ends_with", "in", "not_in", "regex")
+NUMBER_OPS = ("lt", "lte", "gt", "gte")
+SEMVER_OPS = ("semver_eq", "semver_lt", "semver_lte", "semver_gt", "semver_gte")
+Op = Literal[
+    "equals", "not_equals", "contains", "starts_with", "ends_with", "in", "not_in", "regex",
+    "lt", "lte", "gt", "gte",
+    "semver_eq", "semver_lt", "semver_lte", "semver_gt", "semver_gte",
+]  # fmt: skip
+
+Scalar = str | int | float | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Clause(_Strict):
+    attribute: str = Field(min_length=1, max_length=256)
+    op: Op
+    values: list[Scalar] = Field(min_length=1, max_length=MAX_TARGET_VALUES)
+
+    @model_validator(mode="after")
+    def _check_values(self) -> Clause:
+        if (
+            self.op in ("equals", "not_equals", "contains", "starts_with", "ends_with", "regex")
+            and len(self.values) != 1
+            and self.op != "contains"
+        ):
+            raise ValueError(f"op {self.op!r} takes exactly one value")
+        if self.op in ("starts_with", "ends_with", "regex") and not isinstance(self.values[0], str):
+            raise ValueError(f"op {self.op!r} takes a string value")
+        if self.op in NUMBER_OPS:
+            if (
+                len(self.values) != 1
+                or isinstance(self.values[0], bool)
+                or not isinstance(self.values[0], (int, float))
+            ):
+                raise ValueError(f"op {self.op!r} takes exactly one number")
+        if self.op in SEMVER_OPS:
+            if len(self.values) != 1 or not isinstance(self.values[0], str):
+                raise ValueError(f"op {self.op!r} takes exactly one version string")
+            try:
+                semver.Version.parse(self.values[0])
+            except ValueError as exc:
+                raise ValueError(f"{self.values[0]!r} is not a semantic version: {exc}") from exc
+        if self.op == "regex":
+            pattern = self.values[0]
+            assert isinstance(pattern, str)
+            if len(pattern) > MAX_REGEX_LENGTH:
+                raise ValueError(f"regex is longer than {MAX_REGEX_LENGTH} characters")
+            try:
+                re2.compile(pattern)
+            except re2.error as exc:
+                raise ValueError(f"regex {pattern!r} does not compile (RE2 syntax): {exc}") from exc
+        return self
+
+
+class SplitPart(_Strict):
+    variant: str | None
+    percent: float = Field(ge=0, le=100)
+
+    @field_validator("percent")
+    @classmethod
+    def _two_decimals(cls, value: float) -> float:
+        if abs(round(value * 100) - value * 100) > 1e-6:
+            raise ValueError("percent takes at most two decimals (10,000 buckets)")
+        return value
+
+    @property
+    def bps(self) -> int:
+        return round(self.percent * 100)
+
+
+class Rollout(_Strict):
+    """A linear ramp: 0% of users get `variant` at `start`, 100% at `end`."""
+
+    variant: str | None
+    other: str | None
+    start: datetime
+    end: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Rollout:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("start and end need a timezone (e.g. 2026-12-01T00:00:00Z)")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class Serve(_Strict):
+    """Exactly one of: a variant, a percentage split, a time-based rollout."""
+
+    variant: str | None = None
+    split: list[SplitPart] | None = None
+    rollout: Rollout | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [k for k in ("variant", "split", "rollout") if k in data]
+            if len(given) != 1:
+                raise ValueError("serve takes exactly one of 'variant', 'split' or 'rollout'")
+        return data
+
+    @model_validator(mode="after")
+    def _split_sums(self) -> Serve:
+        if self.split is not None:
+            total = sum(part.bps for part in self.split)
+            if not self.split or total != 10_000:
+                raise ValueError(f"split percents must sum to 100 (they sum to {total / 100:g})")
+        return self
+
+    def variant_names(self) -> list[str | None]:
+        if self.split is not None:
+            return [p.variant for p in self.split]
+        if self.rollout is not None:
+            return [self.rollout.variant, self.rollout.other]
+        return [self.variant]
+
+
+class Rule(_Strict):
+    id: str = Field(default="", max_length=128)
+    clauses: list[Clause] = Field(default_factory=list, max_length=50)
+    serve: Serve
+
+
+class Target(_Strict):
+    variant: str | None
+    values: list[str] = Field(min_length=1, max_length=MAX_TARGET_VALUES)
+    attribute: str | None = None
+
+
+class Prerequisite(_Strict):
+    flag: str
+    variant: str
+
+
+VariantValue = Annotated[
+    StrictBool | StrictInt | StrictFloat | StrictStr | dict[str, Any] | list[Any],
+    Field(union_mode="left_to_right"),
+]
+
+
+def value_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "object"
+
+
+class Flag(_Strict):
+    key: str = Field(pattern=FLAG_KEY_RE)
+    description: str = Field(default="", max_length=2_000)
+    owner: str = Field(default="", max_length=256)
+    kind: Literal["release", "experiment", "ops", "permission"] = "release"
+    created: datetime | None = None
+    expires: datetime | None = None
+    enabled: bool = True
+    variants: dict[str, VariantValue] = Field(min_length=1, max_length=100)
+    default_variant: str | None
+    off_variant: str | None = None
+    prerequisites: list[Prerequisite] = Field(default_factory=list, max_length=20)
+    targets: list[Target] = Field(default_factory=list, max_length=100)
+    rules: list[Rule] = Field(default_factory=list, max_length=MAX_RULES)
+    bucket_by: str | None = None
+    salt: str = Field(default="", max_length=256)
+    bucketing: Literal["murmur3", "legacy-md5"] = "murmur3"
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _string_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise ValueError(
+                    f"variant names must be strings, got {bad!r} "
+                    "(YAML reads bare on/off/yes/no as booleans: quote them)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Flag:
+        types = {value_type(v) for v in self.variants.values()}
+        if len(types) > 1:
+            raise ValueError(f"variants must all have one type; found {', '.join(sorted(types))}")
+        names: list[tuple[str, str | None]] = [
+            ("default_variant", self.default_variant),
+            ("off_variant", self.off_variant),
+        ]
+        names += [(f"targets[{i}].variant", t.variant) for i, t in enumerate(self.targets)]
+        for i, rule in enumerate(self.rules):
+            names += [(f"rules[{i}].serve", v) for v in rule.serve.variant_names()]
+        for where, name in names:
+            if name is not None and name not in self.variants:
+                raise ValueError(f"{where}: unknown variant {name!r} (variants: {', '.join(self.variants)})")
+        if self.created and self.expires and self.expires <= self.created:
+            raise ValueError("expires must be after created")
+        if any(p.flag == self.key for p in self.prerequisites):
+            raise ValueError("a flag cannot be its own prerequisite")
+        return self
+
+    @property
+    def type(self) -> str:
+        return value_type(next(iter(self.variants.values())))
+
+
+class FlagSet(BaseModel):
+    """All flags of one environment, checked as a whole."""
+
+    model_config = ConfigDict(frozen=True)
+    flags: dict[str, Flag]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> FlagSet:
+        for key, flag in self.flags.items():
+            if flag.key != key:
+                raise ValueError(f"{key}: the flag's key is {flag.key!r}")
+            for p in flag.prerequisites:
+                other = self.flags.get(p.flag)
+                if other is None:
+                    raise ValueError(f"{key}: prerequisite flag {p.flag!r} does not exist")
+                if p.variant not in other.variants:
+                    raise ValueError(f"{key}: prerequisite {p.flag!r} has no variant {p.variant!r}")
+        cycle = find_cycle({k: [p.flag for p in f.prerequisites] for k, f in self.flags.items()})
+        if cycle:
+            raise ValueError(f"prerequisite cycle: {' -> '.join(cycle)}")
+        return self
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if state.get(nxt, 0) == 0 and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if state.get(node, 0) == 0 and (found := visit(node)):
+            return found
+    return None
+
+
+def _issues(exc: ValidationError, prefix: str) -> list[FieldIssue]:
+    out = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"] if p != "flags")
+        msg = re.sub(r"^Value error, ", "", err["msg"])
+        out.append(FieldIssue(f"{prefix}.{path}" if path else prefix, msg))
+    return out
+
+
+def parse_flag_set(flags: dict[str, Any], *, prefix: str = "flags") -> FlagSet:
+    """Validate a flag set; InvalidArgument names the first failing field."""
+    try:
+        return FlagSet.model_validate({"flags": flags})
+    except ValidationError as exc:
+        issues = _issues(exc, prefix)
+        first = issues[0]
+        raise InvalidArgument(f"invalid flag set: {first}", code="invalid_flag", field=first.path) from exc
+
+
+def parse_flag(definition: Any, *, key: str | None = None) -> Flag:
+    try:
+        flag = Flag.model_validate(definition)
+    except ValidationError as exc:
+        first = _issues(exc, f"flags.{key}" if key else "flag")[0]
+        raise InvalidArgument(f"invalid flag: {first}", code="invalid_flag", field=first.path) from exc
+    if key is not None and flag.key != key:
+        raise InvalidArgument(f"flag key {flag.key!r} does not match {key!r}", field="key")
+    return flag
