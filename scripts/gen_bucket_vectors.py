@@ -30,7 +30,8 @@ FLAGS: dict[str, Any] = {
     "newCheckoutFlow": {
         "key": "newCheckoutFlow", "bucketing": "legacy-md5", "variants": {"on": True, "off": False},
         "default_variant": "off",
-        "rules": [{"serve": {"split": [{"variant": "on", "percent": 25}, {"variant": "off", "percent": 75}]}}],
+        "rules": [{"serve": {"split": [{"variant": "on", "percent": 25},
+                                       {"variant": "off", "percent": 75}]}}],
     },
 }  # fmt: skip
 

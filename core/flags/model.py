@@ -86,13 +86,11 @@ class Clause(_Strict):
             raise ValueError(f"op {self.op!r} takes exactly one value")
         if self.op in ("starts_with", "ends_with", "regex") and not isinstance(self.values[0], str):
             raise ValueError(f"op {self.op!r} takes a string value")
-        if self.op in NUMBER_OPS:
-            if (
-                len(self.values) != 1
-                or isinstance(self.values[0], bool)
-                or not isinstance(self.values[0], (int, float))
-            ):
-                raise ValueError(f"op {self.op!r} takes exactly one number")
+        number = self.values[0]
+        if self.op in NUMBER_OPS and (
+            len(self.values) != 1 or isinstance(number, bool) or not isinstance(number, (int, float))
+        ):
+            raise ValueError(f"op {self.op!r} takes exactly one number")
         if self.op in SEMVER_OPS:
             if len(self.values) != 1 or not isinstance(self.values[0], str):
                 raise ValueError(f"op {self.op!r} takes exactly one version string")
