@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import getpass
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,15 @@ from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, Scope
 from confmesh.merge import JSONValue
 from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
-from confmesh.wire import error_from_rpc, from_struct, from_value, layer_from_pb, layer_to_pb, to_value
+from confmesh.wire import (
+    error_from_rpc,
+    from_struct,
+    from_value,
+    layer_from_pb,
+    layer_to_pb,
+    to_struct,
+    to_value,
+)
 
 
 @dataclass(frozen=True)
@@ -151,3 +159,43 @@ class AdminClient:
             self._admin.GetStatus, admin_pb2.GetStatusRequest()
         )
         return status
+
+    # -- feature flags ------------------------------------------------------------
+
+    async def put_flags(
+        self, env: str, flags: Mapping[str, Any], *, replace_all: bool = False, reason: str = ""
+    ) -> WriteResult:
+        """Create or replace flag definitions in one environment, atomically."""
+        req = admin_pb2.PutFlagsRequest(
+            environment=env,
+            flags=to_struct(dict(flags)),
+            replace_all=replace_all,
+            context=self._context(reason),
+        )
+        resp = await self._call(self._admin.PutFlags, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def delete_flag(self, env: str, key: str, *, reason: str = "") -> WriteResult:
+        req = admin_pb2.DeleteFlagRequest(environment=env, key=key, context=self._context(reason))
+        resp = await self._call(self._admin.DeleteFlag, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def set_flag_enabled(
+        self, key: str, enabled: bool, *, envs: Sequence[str] = (), reason: str = ""
+    ) -> WriteResult:
+        """Turn a flag on or off in `envs` (none given: every environment that has it)."""
+        req = admin_pb2.SetFlagEnabledRequest(
+            environments=list(envs), key=key, enabled=enabled, context=self._context(reason)
+        )
+        resp = await self._call(self._admin.SetFlagEnabled, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def get_flags(self, env: str) -> tuple[int, dict[str, Any]]:
+        """(version, flag key -> definition) of one environment."""
+        resp = await self._call(self._admin.GetFlags, admin_pb2.GetFlagsRequest(environment=env))
+        return resp.version, from_struct(resp.flags)
+
+    async def flag_usage(self, env: str = "", window_seconds: int = 0) -> admin_pb2.GetFlagUsageResponse:
+        req = admin_pb2.GetFlagUsageRequest(environment=env, window_seconds=window_seconds)
+        usage: admin_pb2.GetFlagUsageResponse = await self._call(self._admin.GetFlagUsage, req)
+        return usage

@@ -22,8 +22,9 @@ from pydantic import BaseModel
 
 from confmesh import errors
 from confmesh.client._validation import validate
+from confmesh.flags import FlagEvaluator, UsageCounter
 from confmesh.keys import Scope
-from confmesh.merge import content_hash, lookup
+from confmesh.merge import lookup, snapshot_hash
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_from_rpc, from_struct
 
@@ -31,6 +32,8 @@ log = logging.getLogger("confmesh.client")
 
 T = TypeVar("T")
 ChangeCallback = Callable[[Any, Any], Awaitable[None] | None]
+
+MAX_USAGE_ENTRIES = 1000
 
 # Errors a retry cannot fix: the client stops and reports them.
 FATAL_CODES = {
@@ -49,6 +52,7 @@ class AppliedSnapshot:
     hash: str
     raw: Mapping[str, Any]
     config: Any
+    flags: FlagEvaluator
     applied_at: float
 
 
@@ -91,6 +95,7 @@ class ConfigClient(Generic[T]):
         start_from_defaults: bool = False,
         startup_timeout: float = 10.0,
         history_size: int = 16,
+        usage_interval: float = 10.0,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
         channel_options: list[tuple[str, Any]] | None = None,
@@ -107,11 +112,14 @@ class ConfigClient(Generic[T]):
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.history: deque[AppliedSnapshot] = deque(maxlen=history_size)
+        self.usage = UsageCounter()
+        self.usage_interval = usage_interval
         self.last_rejection: Rejection | None = None
         self.server_stale = False
         self.connected = False
         self.reconnects = 0
         self._current: AppliedSnapshot | None = None
+        self._no_flags = FlagEvaluator(environment=environment, usage=self.usage)
         self._callbacks: list[ChangeCallback] = []
         self._applied = asyncio.Condition()
         self._fatal: errors.ConfmeshError | None = None
@@ -137,6 +145,11 @@ class ConfigClient(Generic[T]):
     def version(self) -> int:
         """The version this instance runs (0: none / schema defaults)."""
         return self._current.version if self._current else 0
+
+    @property
+    def flags(self) -> FlagEvaluator:
+        """The environment's flags, evaluated locally (an empty set before the first snapshot)."""
+        return self._current.flags if self._current else self._no_flags
 
     @property
     def hash(self) -> str:
@@ -223,7 +236,7 @@ class ConfigClient(Generic[T]):
             raise errors.StartupError(
                 f"start_from_defaults: the schema has fields without defaults: {exc.message}"
             ) from exc
-        self._current = AppliedSnapshot(0, "", {}, config, time.time())
+        self._current = AppliedSnapshot(0, "", {}, config, self._no_flags, time.time())
 
     async def _run(self) -> None:
         assert self._channel is not None
@@ -251,6 +264,7 @@ class ConfigClient(Generic[T]):
                     yield await box.get()
 
             call = stub.Watch(requests())
+            reporter = asyncio.create_task(self._report_usage(outbox))
             try:
                 async for resp in call:
                     self.connected = True
@@ -269,11 +283,28 @@ class ConfigClient(Generic[T]):
                     return
                 log.info("confmesh watch for %s interrupted: %s", self.scope, error.message)
             finally:
+                reporter.cancel()
                 call.cancel()
                 self.connected = False
             self.reconnects += 1
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, self.backoff_max)
+
+    async def _report_usage(self, outbox: asyncio.Queue[config_pb2.WatchRequest]) -> None:
+        """Send flag evaluation counts every `usage_interval` seconds (bounded)."""
+        while True:
+            start = time.time()
+            await asyncio.sleep(self.usage_interval)
+            counts = self.usage.take()
+            if not counts:
+                continue
+            items = sorted(counts.items(), key=lambda kv: -kv[1])[:MAX_USAGE_ENTRIES]
+            report = config_pb2.FlagUsage(
+                counts=[config_pb2.FlagUsageCount(flag=f, variant=v, count=n) for (f, v), n in items]
+            )
+            report.window_start.FromNanoseconds(int(start * 1e9))
+            report.window_end.FromNanoseconds(int(time.time() * 1e9))
+            outbox.put_nowait(config_pb2.WatchRequest(usage=report))
 
     def _nack(
         self, snap: config_pb2.Snapshot, error: str, issues: list[errors.FieldIssue]
@@ -304,13 +335,20 @@ class ConfigClient(Generic[T]):
                     snap, f"version {snap.version} is older than the running version {current.version}", []
                 )
         raw = from_struct(snap.config)
-        if content_hash(raw) != snap.hash:
+        raw_flags = from_struct(snap.flags)
+        if snapshot_hash(raw, raw_flags) != snap.hash:
             return self._nack(snap, "content does not match its hash; snapshot corrupted in transit", [])
         try:
             config = validate(self.schema, raw)  # type: ignore[arg-type]
         except errors.SnapshotRejected as exc:
             return self._nack(snap, exc.message, exc.issues)
-        applied = AppliedSnapshot(snap.version, snap.hash, raw, config, time.time())
+        try:
+            flags = FlagEvaluator(
+                raw_flags, version=snap.version, environment=self.scope.environment, usage=self.usage
+            )
+        except errors.InvalidArgument as exc:
+            return self._nack(snap, exc.message, [errors.FieldIssue(exc.field, exc.message)])
+        applied = AppliedSnapshot(snap.version, snap.hash, raw, config, flags, time.time())
         self._current = applied
         self.history.append(applied)
         async with self._applied:

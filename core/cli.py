@@ -329,5 +329,13 @@ async def status(admin: Any, as_json: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
 
 
+def _register() -> None:
+    from confmesh.cli_flags import flags
+
+    main.add_command(flags)
+
+
+_register()
+
 if __name__ == "__main__":
     main()

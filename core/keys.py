@@ -6,9 +6,11 @@ human-readable, so ``etcdctl get --prefix /confmesh`` is a usable view::
     P/config/defaults/<key>                      defaults: every environment and service
     P/config/env/<environment>/<key>             environment-global
     P/config/service/<environment>/<service>/<key>
+    P/flags/<environment>/<flag-key>             feature flags (JSON flag definitions)
     P/meta/layers/defaults                       touched by every API write to a layer,
     P/meta/layers/env/<environment>              so a delete moves that layer's version
     P/meta/layers/service/<environment>/<service>
+    P/meta/layers/flags/<environment>
 
 Values are JSON documents. Keys are dotted paths (``database.pool.max``).
 """
@@ -81,6 +83,7 @@ class LayerKind(enum.IntEnum):
     DEFAULTS = 1
     ENVIRONMENT = 2
     SERVICE = 3
+    FLAGS = 4
 
 
 @dataclass(frozen=True, order=True)
@@ -102,6 +105,10 @@ class Layer:
         return cls(LayerKind.SERVICE, check_name(environment, "environment"), check_name(service, "service"))
 
     @classmethod
+    def flags(cls, environment: str) -> Layer:
+        return cls(LayerKind.FLAGS, check_name(environment, "environment"))
+
+    @classmethod
     def of(cls, environment: str | None, service: str | None) -> Layer:
         """The layer a CLI-style (--env, --service) pair names."""
         if service and not environment:
@@ -119,6 +126,8 @@ class Layer:
             return "defaults"
         if self.kind is LayerKind.ENVIRONMENT:
             return f"env/{self.environment}"
+        if self.kind is LayerKind.FLAGS:
+            return f"flags/{self.environment}"
         return f"service/{self.environment}/{self.service}"
 
     def __str__(self) -> str:
@@ -138,12 +147,16 @@ class Scope:
 
     @property
     def layers(self) -> tuple[Layer, Layer, Layer]:
-        """The scope's layers, lowest precedence first."""
+        """The scope's config layers, lowest precedence first."""
         return (
             Layer(LayerKind.DEFAULTS),
             Layer(LayerKind.ENVIRONMENT, self.environment),
             Layer(LayerKind.SERVICE, self.environment, self.service),
         )
+
+    @property
+    def flag_layer(self) -> Layer:
+        return Layer(LayerKind.FLAGS, self.environment)
 
     def __str__(self) -> str:
         return f"{self.environment}/{self.service}"
@@ -155,12 +168,15 @@ class KeyLayout:
     def __init__(self, prefix: str = "/confmesh") -> None:
         self.prefix = normalize_prefix(prefix)
         self.config_root = f"{self.prefix}/config/"
+        self.flags_root = f"{self.prefix}/flags/"
         self.marker_root = f"{self.prefix}/meta/layers/"
 
     def config_key(self, layer: Layer, key: str) -> str:
-        return f"{self.config_root}{layer.path}/{key}"
+        return f"{self.layer_root(layer)}{key}"
 
     def layer_root(self, layer: Layer) -> str:
+        if layer.kind is LayerKind.FLAGS:
+            return f"{self.flags_root}{layer.environment}/"
         return f"{self.config_root}{layer.path}/"
 
     def marker_key(self, layer: Layer) -> str:
@@ -172,7 +188,10 @@ class KeyLayout:
         Returns None for keys outside the layout; raises InvalidArgument for
         keys inside it that are malformed (e.g. written out of band).
         """
-        if etcd_key.startswith(self.config_root):
+        if etcd_key.startswith(self.flags_root):
+            rest = "flags/" + etcd_key[len(self.flags_root) :]
+            marker = False
+        elif etcd_key.startswith(self.config_root):
             rest = etcd_key[len(self.config_root) :]
             marker = False
         elif etcd_key.startswith(self.marker_root):
@@ -182,7 +201,7 @@ class KeyLayout:
             return None
         parts = rest.split("/")
         kind, args = parts[0], parts[1:]
-        need = {"defaults": 0, "env": 1, "service": 2}.get(kind)
+        need = {"defaults": 0, "env": 1, "flags": 1, "service": 2}.get(kind)
         if need is None:
             raise InvalidArgument(f"etcd key {etcd_key!r}: unknown layer kind {kind!r}")
         if len(args) != need + (0 if marker else 1):
@@ -191,6 +210,8 @@ class KeyLayout:
             layer = Layer.defaults()
         elif kind == "env":
             layer = Layer.env(args[0])
+        elif kind == "flags":
+            layer = Layer.flags(args[0])
         else:
             layer = Layer.svc(args[0], args[1])
         if marker:

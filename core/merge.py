@@ -95,6 +95,11 @@ def content_hash(value: JSONValue) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
 
 
+def snapshot_hash(config: JSONValue, flags: JSONValue) -> str:
+    """The hash a snapshot carries: over its config and its flags together."""
+    return content_hash({"config": config, "flags": flags})
+
+
 def _depth_order(key: str) -> tuple[int, str]:
     return key.count("."), key
 

@@ -83,6 +83,8 @@ def layer_from_pb(msg: admin_pb2.Layer) -> Layer:
         return Layer(LayerKind.ENVIRONMENT, check_name(msg.environment, "environment"))
     if kind == LayerKind.SERVICE:
         return Layer.svc(msg.environment, msg.service)
+    if kind == LayerKind.FLAGS:
+        return Layer.flags(msg.environment)
     raise errors.InvalidArgument("layer kind is not set", field="layer.kind")
 
 

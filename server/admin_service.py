@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -11,15 +13,18 @@ from google.protobuf import timestamp_pb2
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
-from confmesh.keys import Scope, split_key
+from confmesh.flags.lifecycle import flag_ages, percentile
+from confmesh.flags.model import parse_flag, parse_flag_set
+from confmesh.keys import Layer, LayerKind, Scope, check_name, split_key
 from confmesh.merge import explain
 from confmesh.server.config_service import abort
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
 from confmesh.server.source import EtcdSource
-from confmesh.server.writer import Writer, WriteResult
+from confmesh.server.usage import FlagUsageStore
+from confmesh.server.writer import Current, Writer, WriteResult
 from confmesh.v1 import admin_pb2, admin_pb2_grpc
-from confmesh.wire import from_value, layer_from_pb, layer_to_pb, to_struct, to_value
+from confmesh.wire import from_struct, from_value, layer_from_pb, layer_to_pb, to_struct, to_value
 
 T = TypeVar("T")
 READ_YOUR_WRITES_TIMEOUT = 5.0
@@ -33,8 +38,17 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, writer: Writer, hub: Hub, ledger: Ledger, source: EtcdSource, *, server_id: str, endpoints: str
+        self,
+        writer: Writer,
+        hub: Hub,
+        ledger: Ledger,
+        source: EtcdSource,
+        usage: FlagUsageStore,
+        *,
+        server_id: str,
+        endpoints: str,
     ) -> None:
+        self.usage = usage
         self.writer = writer
         self.hub = hub
         self.ledger = ledger
@@ -173,3 +187,133 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     )
                 )
         return resp
+
+    # -- feature flags ------------------------------------------------------------
+
+    async def _commit(self, result: WriteResult) -> admin_pb2.WriteResponse:
+        await self.source.wait_for_revision(result.revision, READ_YOUR_WRITES_TIMEOUT)
+        return admin_pb2.WriteResponse(revision=result.revision, changed=result.changed)
+
+    async def PutFlags(
+        self, request: admin_pb2.PutFlagsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            layer = Layer.flags(request.environment)
+            incoming = from_struct(request.flags)
+            if not incoming and not request.replace_all:
+                raise errors.InvalidArgument("no flags given", field="flags")
+            flags = {
+                k: ({**v, "key": k} if isinstance(v, dict) and "key" not in v else v)
+                for k, v in incoming.items()
+            }
+            for key, definition in flags.items():  # each on its own; the set is checked in the txn
+                split_key(key)
+                parse_flag(definition, key=key)
+
+            def plan(current: Current) -> list[ChangeSpec]:
+                changes = [ChangeSpec(layer, k, v) for k, v in flags.items()]
+                if request.replace_all:
+                    changes += [ChangeSpec(layer, k, delete=True) for k in current[layer] if k not in flags]
+                return changes
+
+            return await self._commit(
+                await self.writer.transact(
+                    [layer], plan, actor=request.context.actor or "anonymous", reason=request.context.reason
+                )
+            )
+
+        return await self._guard(context, run)
+
+    async def DeleteFlag(
+        self, request: admin_pb2.DeleteFlagRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            change = ChangeSpec(Layer.flags(request.environment), request.key, delete=True)
+            return await self._write([change], request.context)
+
+        return await self._guard(context, run)
+
+    async def SetFlagEnabled(
+        self, request: admin_pb2.SetFlagEnabledRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            split_key(request.key)
+            if request.environments:
+                layers = [Layer.flags(env) for env in request.environments]
+            else:
+                layers = [
+                    layer for layer in self.source.store.layers()
+                    if layer.kind is LayerKind.FLAGS and request.key in self.source.store.raw_entries(layer)
+                ]  # fmt: skip
+                if not layers:
+                    raise errors.NotFound(f"flag {request.key!r} exists in no environment", field="key")
+
+            def plan(current: Current) -> list[ChangeSpec]:
+                changes = []
+                for layer in layers:
+                    definition = current[layer].get(request.key)
+                    if not isinstance(definition, dict):
+                        raise errors.NotFound(
+                            f"flag {request.key!r} does not exist in environment {layer.environment!r}",
+                            field="key",
+                        )
+                    changes.append(ChangeSpec(layer, request.key, {**definition, "enabled": request.enabled}))
+                return changes
+
+            return await self._commit(
+                await self.writer.transact(
+                    sorted(set(layers)),
+                    plan,
+                    actor=request.context.actor or "anonymous",
+                    reason=request.context.reason,
+                )
+            )
+
+        return await self._guard(context, run)
+
+    async def GetFlags(
+        self, request: admin_pb2.GetFlagsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetFlagsResponse:
+        async def run() -> admin_pb2.GetFlagsResponse:
+            layer = Layer.flags(request.environment)
+            store = self.source.store
+            return admin_pb2.GetFlagsResponse(
+                environment=layer.environment,
+                version=store.layer_revision(layer),
+                flags=to_struct(store.entries(layer)),
+            )
+
+        return await self._guard(context, run)
+
+    async def GetFlagUsage(
+        self, request: admin_pb2.GetFlagUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetFlagUsageResponse:
+        async def run() -> admin_pb2.GetFlagUsageResponse:
+            env = check_name(request.environment, "environment") if request.environment else ""
+            if request.window_seconds < 0:
+                raise errors.InvalidArgument("window_seconds must be >= 0", field="window_seconds")
+            now = time.time()
+            resp = admin_pb2.GetFlagUsageResponse(
+                window_seconds=request.window_seconds or int(self.usage.retention)
+            )
+            for s in self.usage.summary(env, request.window_seconds, now):
+                resp.flags.add(
+                    environment=s.environment,
+                    flag=s.flag,
+                    variants=s.variants,
+                    first_seen=_ts(s.first_seen),
+                    last_seen=_ts(s.last_seen),
+                )
+            ages: list[float] = []
+            store = self.source.store
+            for layer in store.layers():
+                if layer.kind is LayerKind.FLAGS and (not env or layer.environment == env):
+                    try:
+                        flag_set = parse_flag_set(store.entries(layer))
+                    except errors.InvalidArgument:
+                        continue
+                    ages += flag_ages(flag_set.flags.values(), datetime.now(UTC))
+            resp.flag_age_p95_seconds = percentile(ages, 95)
+            return resp
+
+        return await self._guard(context, run)

@@ -24,6 +24,7 @@ from confmesh.server.ledger import Ledger
 from confmesh.server.resolver import Resolver, affects
 from confmesh.server.source import EtcdSource
 from confmesh.server.store import ConfigStore
+from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Writer
 from confmesh.v1 import admin_pb2_grpc, config_pb2_grpc
 
@@ -71,6 +72,7 @@ class ConfmeshServer:
         self.resolver = Resolver(self.store)
         self.hub = Hub(self.resolver)
         self.ledger = Ledger()
+        self.usage = FlagUsageStore()
         self.source: EtcdSource | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0
@@ -111,7 +113,9 @@ class ConfmeshServer:
                 ]
             )
             config_pb2_grpc.add_ConfigServiceServicer_to_server(
-                ConfigService(self.hub, self.ledger, self.source, heartbeat_interval=s.heartbeat_interval),
+                ConfigService(
+                    self.hub, self.ledger, self.source, self.usage, heartbeat_interval=s.heartbeat_interval
+                ),
                 server,
             )
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -120,6 +124,7 @@ class ConfmeshServer:
                     self.hub,
                     self.ledger,
                     self.source,
+                    self.usage,
                     server_id=self.server_id,
                     endpoints=",".join(endpoints),
                 ),

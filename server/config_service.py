@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +18,13 @@ from confmesh.server.hub import Hub, Subscriber
 from confmesh.server.ledger import Ledger
 from confmesh.server.resolver import Resolved
 from confmesh.server.source import EtcdSource
+from confmesh.server.usage import FlagUsageStore
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_trailers, status_for, to_struct
 
 log = logging.getLogger(__name__)
+
+MAX_USAGE_ENTRIES = 1000
 
 
 def snapshot_to_pb(resolved: Resolved, *, stale: bool) -> config_pb2.Snapshot:
@@ -32,6 +36,7 @@ def snapshot_to_pb(resolved: Resolved, *, stale: bool) -> config_pb2.Snapshot:
         version=resolved.version,
         hash=resolved.hash,
         config=to_struct(resolved.config),
+        flags=to_struct(resolved.flags),
         stale=stale,
         resolved_at=ts,
     )
@@ -48,6 +53,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         hub: Hub,
         ledger: Ledger,
         source: EtcdSource,
+        usage: FlagUsageStore,
         *,
         heartbeat_interval: float = 15.0,
         subscribe_timeout: float = 30.0,
@@ -56,6 +62,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self.hub = hub
         self.ledger = ledger
         self.source = source
+        self.usage = usage
         self.heartbeat_interval = heartbeat_interval
         self.subscribe_timeout = subscribe_timeout
         self.catch_up_timeout = catch_up_timeout
@@ -181,6 +188,20 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     paths = [fe.path for fe in nack.field_errors]
                     self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
                     log.warning("instance rejected %s version %d: %s", sub.scope, nack.version, nack.error)
+                elif kind == "usage":
+                    counts = msg.usage.counts
+                    if len(counts) > MAX_USAGE_ENTRIES or any(
+                        c.count < 0 or len(c.flag) > 256 or len(c.variant) > 256 for c in counts
+                    ):
+                        sub.fail(
+                            "bad_usage",
+                            f"usage reports take at most {MAX_USAGE_ENTRIES} "
+                            "non-negative counts with names up to 256 characters",
+                        )
+                        return
+                    self.usage.record(
+                        sub.scope.environment, ((c.flag, c.variant, c.count) for c in counts), time.time()
+                    )
                 elif kind == "subscribe":
                     sub.fail("duplicate_subscribe", "a Watch stream takes exactly one subscribe")
                     return

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confmesh.keys import Layer, LayerKind, Scope
-from confmesh.merge import JSONValue, content_hash, resolve
+from confmesh.merge import JSONValue, resolve, snapshot_hash
 from confmesh.server.store import ConfigStore
 
 
@@ -17,13 +17,14 @@ class Resolved:
     version: int
     hash: str
     config: dict[str, JSONValue]
+    flags: dict[str, JSONValue]
     resolved_at: float
 
 
 def affects(layer: Layer, scope: Scope) -> bool:
     if layer.kind is LayerKind.DEFAULTS:
         return True
-    if layer.kind is LayerKind.ENVIRONMENT:
+    if layer.kind in (LayerKind.ENVIRONMENT, LayerKind.FLAGS):
         return layer.environment == scope.environment
     return layer.environment == scope.environment and layer.service == scope.service
 
@@ -38,11 +39,13 @@ class Resolver:
         if cached is not None:
             return cached
         config = resolve(self.store.entries(layer) for layer in scope.layers)
+        flags = self.store.entries(scope.flag_layer)
         resolved = Resolved(
             scope=scope,
             version=self.store.scope_version(scope),
-            hash=content_hash(config),
+            hash=snapshot_hash(config, flags),
             config=config,
+            flags=flags,
             resolved_at=time.time(),
         )
         self._cache[scope] = resolved

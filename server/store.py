@@ -46,7 +46,7 @@ class ConfigStore:
         return self._layer_revision.get(layer, 0)
 
     def scope_version(self, scope: Scope) -> int:
-        return max(self.layer_revision(layer) for layer in scope.layers)
+        return max(self.layer_revision(layer) for layer in (*scope.layers, scope.flag_layer))
 
     def layers(self) -> list[Layer]:
         return sorted(self._layers)

@@ -1,29 +1,35 @@
 """Validated writes: each request becomes one etcd transaction.
 
-A write reads the current contents of every layer it touches at revision R,
-checks the layer would still be well-formed afterwards, and commits only if
-no key in those layers changed since R (optimistic concurrency, retried a few
-times). The same transaction touches each layer's marker key, so deletes move
-the layer's version too. Nothing is ever half-written.
+A write reads the current contents of every layer it touches at one revision
+R, builds the changes from them, checks each layer is still well-formed
+afterwards (config layers: no key below a non-object; flag layers: the whole
+flag set validates), and commits only if no key in those layers changed
+since R (optimistic concurrency, retried a few times). The transaction also
+touches each layer's marker key, so deletes move the layer's version too.
+Nothing is ever half-written.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from etcd3aio.kv import KVService, prefix_range_end
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
-from confmesh.keys import KeyLayout, Layer, split_key
+from confmesh.flags.model import parse_flag_set
+from confmesh.keys import KeyLayout, Layer, LayerKind, split_key
 from confmesh.merge import MAX_VALUE_BYTES, JSONValue, find_conflicts, normalize, parse_json_value
 from confmesh.server.etcd import Etcd
 
 MAX_CHANGES = 100
 CONFLICT_RETRIES = 5
+
+Current = dict[Layer, dict[str, JSONValue]]
+Plan = Callable[[Current], Sequence[ChangeSpec]]
 
 
 @dataclass(frozen=True)
@@ -32,47 +38,65 @@ class WriteResult:
     changed: list[str]
 
 
+def _encode(change: ChangeSpec) -> bytes:
+    value = normalize(change.value, path=change.key)
+    encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(encoded) > MAX_VALUE_BYTES:
+        raise errors.InvalidArgument(
+            f"{change.key}: value is {len(encoded)} bytes; the limit is {MAX_VALUE_BYTES}",
+            code="value_too_large",
+            field=change.key,
+        )
+    return encoded
+
+
+def validate_changes(changes: Sequence[ChangeSpec]) -> list[tuple[ChangeSpec, bytes]]:
+    if not changes:
+        raise errors.InvalidArgument("no changes given", field="changes")
+    if len(changes) > MAX_CHANGES:
+        raise errors.InvalidArgument(
+            f"{len(changes)} changes in one request; the limit is {MAX_CHANGES}", field="changes"
+        )
+    seen: set[tuple[Layer, str]] = set()
+    out = []
+    for i, change in enumerate(changes):
+        split_key(change.key)
+        if (change.layer, change.key) in seen:
+            raise errors.InvalidArgument(
+                f"key {change.key!r} appears twice for layer {change.layer}", field=f"changes[{i}].key"
+            )
+        seen.add((change.layer, change.key))
+        out.append((change, b"" if change.delete else _encode(change)))
+    deletes = [(c.layer, c.key) for c in changes if c.delete and c.layer.kind is not LayerKind.FLAGS]
+    for c in changes:
+        for layer, key in deletes:
+            if c.layer == layer and not c.delete and (c.key == key or c.key.startswith(key + ".")):
+                raise errors.InvalidArgument(
+                    f"key {c.key!r} is both written and deleted (via {key!r}) in layer {layer}",
+                    field=c.key,
+                )
+    return out
+
+
+def check_layer(layer: Layer, entries: dict[str, JSONValue]) -> None:
+    if layer.kind is LayerKind.FLAGS:
+        parse_flag_set(entries, prefix="flags")
+        return
+    conflicts = find_conflicts(entries)
+    if conflicts:
+        key, ancestor = conflicts[0]
+        raise errors.InvalidArgument(
+            f"key {key!r} would sit below {ancestor!r} in layer {layer}, but {ancestor!r} "
+            "is not an object; delete one of them first",
+            code="layer_conflict",
+            field=key,
+        )
+
+
 class Writer:
     def __init__(self, etcd: Etcd, layout: KeyLayout) -> None:
         self.etcd = etcd
         self.layout = layout
-
-    def _validate(self, changes: Sequence[ChangeSpec]) -> list[tuple[ChangeSpec, bytes]]:
-        if not changes:
-            raise errors.InvalidArgument("no changes given", field="changes")
-        if len(changes) > MAX_CHANGES:
-            raise errors.InvalidArgument(
-                f"{len(changes)} changes in one request; the limit is {MAX_CHANGES}", field="changes"
-            )
-        seen: set[tuple[Layer, str]] = set()
-        out = []
-        for i, change in enumerate(changes):
-            split_key(change.key)
-            if (change.layer, change.key) in seen:
-                raise errors.InvalidArgument(
-                    f"key {change.key!r} appears twice for layer {change.layer}", field=f"changes[{i}].key"
-                )
-            seen.add((change.layer, change.key))
-            encoded = b""
-            if not change.delete:
-                value = normalize(change.value, path=change.key)
-                encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-                if len(encoded) > MAX_VALUE_BYTES:
-                    raise errors.InvalidArgument(
-                        f"{change.key}: value is {len(encoded)} bytes; the limit is {MAX_VALUE_BYTES}",
-                        code="value_too_large",
-                        field=change.key,
-                    )
-            out.append((change, encoded))
-        deletes = [(c.layer, c.key) for c in changes if c.delete]
-        for c in changes:
-            for layer, key in deletes:
-                if c.layer == layer and not c.delete and (c.key == key or c.key.startswith(key + ".")):
-                    raise errors.InvalidArgument(
-                        f"key {c.key!r} is both written and deleted (via {key!r}) in layer {layer}",
-                        field=c.key,
-                    )
-        return out
 
     async def _read_layer(self, layer: Layer, revision: int) -> tuple[int, dict[str, JSONValue]]:
         root = self.layout.layer_root(layer)
@@ -87,20 +111,32 @@ class Writer:
         return revision, entries
 
     async def write(self, changes: Sequence[ChangeSpec], *, actor: str, reason: str) -> WriteResult:
-        validated = self._validate(changes)
-        layers = sorted({c.layer for c, _ in validated})
+        validate_changes(changes)
+        return await self.transact(
+            sorted({c.layer for c in changes}), lambda _: changes, actor=actor, reason=reason
+        )
+
+    async def transact(self, layers: Sequence[Layer], plan: Plan, *, actor: str, reason: str) -> WriteResult:
+        """Read `layers` at one revision, let `plan` build the changes, commit atomically."""
         for _ in range(CONFLICT_RETRIES):
             revision = 0
-            current: dict[Layer, dict[str, JSONValue]] = {}
+            current: Current = {}
             for layer in layers:
                 revision, current[layer] = await self._read_layer(layer, revision)
+            validated = validate_changes(plan({k: dict(v) for k, v in current.items()}))
+            touched = sorted({c.layer for c, _ in validated})
+            if any(layer not in current for layer in touched):
+                raise errors.ConfmeshError("internal: a plan touched a layer it did not read")
             ops = []
             changed: list[str] = []
             for change, encoded in validated:
                 entries = current[change.layer]
                 etcd_key = self.layout.config_key(change.layer, change.key)
                 if change.delete:
-                    doomed = [k for k in entries if k == change.key or k.startswith(change.key + ".")]
+                    if change.layer.kind is LayerKind.FLAGS:
+                        doomed = [change.key] if change.key in entries else []
+                    else:
+                        doomed = [k for k in entries if k == change.key or k.startswith(change.key + ".")]
                     if not doomed:
                         raise errors.NotFound(
                             f"key {change.key!r} is not set in layer {change.layer}", field=change.key
@@ -108,28 +144,21 @@ class Writer:
                     for k in doomed:
                         del entries[k]
                     ops.append(KVService.txn_op_delete(etcd_key))
-                    ops.append(
-                        KVService.txn_op_delete(etcd_key + ".", range_end=prefix_range_end(etcd_key + "."))
-                    )
+                    if change.layer.kind is not LayerKind.FLAGS:
+                        ops.append(
+                            KVService.txn_op_delete(
+                                etcd_key + ".", range_end=prefix_range_end(etcd_key + ".")
+                            )
+                        )
                     changed.extend(f"{change.layer}/{k}" for k in sorted(doomed))
                 else:
                     entries[change.key] = json.loads(encoded)
                     ops.append(KVService.txn_op_put(etcd_key, encoded))
                     changed.append(f"{change.layer}/{change.key}")
-            for layer in layers:
-                conflicts = find_conflicts(current[layer])
-                if conflicts:
-                    key, ancestor = conflicts[0]
-                    raise errors.InvalidArgument(
-                        f"key {key!r} would sit below {ancestor!r} in layer {layer}, but {ancestor!r} "
-                        "is not an object; delete one of them first",
-                        code="layer_conflict",
-                        field=key,
-                    )
-                marker = json.dumps(
-                    {"actor": actor, "reason": reason, "at": time.time()}, separators=(",", ":")
-                ).encode()
-                ops.append(KVService.txn_op_put(self.layout.marker_key(layer), marker))
+            marker = json.dumps({"actor": actor, "reason": reason, "at": time.time()}, separators=(",", ":"))
+            for layer in touched:
+                check_layer(layer, current[layer])
+                ops.append(KVService.txn_op_put(self.layout.marker_key(layer), marker.encode()))
             compare = [self.etcd.unchanged_since(self.layout.layer_root(layer), revision) for layer in layers]
             resp = await self.etcd.txn(compare, ops)
             if resp.succeeded:

@@ -5,7 +5,7 @@ One definition serves the server (write-time validation), the client
 Watch snapshots).
 """
 
-from confmesh.flags.evaluator import ErrorCode, EvaluationDetails, FlagEvaluator, Reason
+from confmesh.flags.evaluator import ErrorCode, EvaluationDetails, FlagEvaluator, Reason, UsageCounter
 from confmesh.flags.model import Flag, FlagSet, parse_flag_set
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "FlagEvaluator",
     "FlagSet",
     "Reason",
+    "UsageCounter",
     "parse_flag_set",
 ]

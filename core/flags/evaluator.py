@@ -132,7 +132,12 @@ def compile_clause(clause: Clause) -> Matcher:
             "lt": lambda x: x < bound, "lte": lambda x: x <= bound,
             "gt": lambda x: x > bound, "gte": lambda x: x >= bound,
         }[op]  # fmt: skip
-        return lambda ctx: _is_number(v := ctx.get(attr)) and compare(v)
+
+        def match_number(ctx: Context) -> bool:
+            v = ctx.get(attr)
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and compare(v)
+
+        return match_number
     version = semver.Version.parse(str(first))
     check: Callable[[semver.Version], bool] = {
         "semver_eq": lambda x: x == version, "semver_lt": lambda x: x < version,
@@ -311,6 +316,25 @@ class _Builder:
         return CompiledFlag(flag, flag.type, evaluate, matchers)
 
 
+class UsageCounter:
+    """Evaluation counts per outcome, swapped out whole when reported.
+
+    Outcomes are the evaluator's pre-built details objects (hashed by
+    identity), so counting costs one dict update and allocates nothing.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[EvaluationDetails, int] = {}
+
+    def take(self) -> dict[tuple[str, str], int]:
+        counts, self.counts = self.counts, {}
+        out: dict[tuple[str, str], int] = {}
+        for details, n in counts.items():
+            key = (details.flag_key, details.variant or "")
+            out[key] = out.get(key, 0) + n
+        return out
+
+
 _GETTER_TYPES: dict[str, tuple[str, ...]] = {
     "boolean": ("boolean",),
     "string": ("string",),
@@ -336,6 +360,7 @@ class FlagEvaluator:
         version: int = 0,
         environment: str = "",
         clock: Callable[[], float] = time.time,
+        usage: UsageCounter | None = None,
     ) -> None:
         if flags is None:
             flags = FlagSet(flags={})
@@ -348,6 +373,7 @@ class FlagEvaluator:
         self._compiled = {key: _Builder(flag, version, clock).compile() for key, flag in flags.flags.items()}
         self._overrides: dict[str, Any] = {}
         self._depth = 0
+        self._usage = usage
 
     def keys(self) -> list[str]:
         return sorted(self._compiled)
@@ -399,6 +425,9 @@ class FlagEvaluator:
             return EvaluationDetails(
                 key, default, None, Reason.ERROR, ErrorCode.GENERAL, str(exc), flag_version=self.version
             )
+        if self._usage is not None:
+            counts = self._usage.counts
+            counts[details] = counts.get(details, 0) + 1
         if details.value is _CALLER_DEFAULT:
             return replace(details, value=default)
         if getter == "integer" and type(details.value) is float:

@@ -50,7 +50,8 @@ from pydantic import (
 
 from confmesh.errors import FieldIssue, InvalidArgument
 
-FLAG_KEY_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+# The same rule as config keys (confmesh.keys.split_key).
+FLAG_KEY_RE = r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}$"
 MAX_TARGET_VALUES = 10_000
 MAX_RULES = 200
 MAX_REGEX_LENGTH = 1_000

@@ -17,10 +17,12 @@ class LayerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LAYER_KIND_DEFAULTS: _ClassVar[LayerKind]
     LAYER_KIND_ENVIRONMENT: _ClassVar[LayerKind]
     LAYER_KIND_SERVICE: _ClassVar[LayerKind]
+    LAYER_KIND_FLAGS: _ClassVar[LayerKind]
 LAYER_KIND_UNSPECIFIED: LayerKind
 LAYER_KIND_DEFAULTS: LayerKind
 LAYER_KIND_ENVIRONMENT: LayerKind
 LAYER_KIND_SERVICE: LayerKind
+LAYER_KIND_FLAGS: LayerKind
 
 class Layer(_message.Message):
     __slots__ = ("kind", "environment", "service")
@@ -222,3 +224,92 @@ class ErrorDetail(_message.Message):
     field: str
     message: str
     def __init__(self, code: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PutFlagsRequest(_message.Message):
+    __slots__ = ("environment", "flags", "replace_all", "context")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_ALL_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    flags: _struct_pb2.Struct
+    replace_all: bool
+    context: ChangeContext
+    def __init__(self, environment: _Optional[str] = ..., flags: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., replace_all: _Optional[bool] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class DeleteFlagRequest(_message.Message):
+    __slots__ = ("environment", "key", "context")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    key: str
+    context: ChangeContext
+    def __init__(self, environment: _Optional[str] = ..., key: _Optional[str] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class SetFlagEnabledRequest(_message.Message):
+    __slots__ = ("environments", "key", "enabled", "context")
+    ENVIRONMENTS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    environments: _containers.RepeatedScalarFieldContainer[str]
+    key: str
+    enabled: bool
+    context: ChangeContext
+    def __init__(self, environments: _Optional[_Iterable[str]] = ..., key: _Optional[str] = ..., enabled: _Optional[bool] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class GetFlagsRequest(_message.Message):
+    __slots__ = ("environment",)
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    def __init__(self, environment: _Optional[str] = ...) -> None: ...
+
+class GetFlagsResponse(_message.Message):
+    __slots__ = ("environment", "version", "flags")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    version: int
+    flags: _struct_pb2.Struct
+    def __init__(self, environment: _Optional[str] = ..., version: _Optional[int] = ..., flags: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class GetFlagUsageRequest(_message.Message):
+    __slots__ = ("environment", "window_seconds")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    window_seconds: int
+    def __init__(self, environment: _Optional[str] = ..., window_seconds: _Optional[int] = ...) -> None: ...
+
+class FlagUsageSummary(_message.Message):
+    __slots__ = ("environment", "flag", "variants", "first_seen", "last_seen")
+    class VariantsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    FLAG_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    flag: str
+    variants: _containers.ScalarMap[str, int]
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    def __init__(self, environment: _Optional[str] = ..., flag: _Optional[str] = ..., variants: _Optional[_Mapping[str, int]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetFlagUsageResponse(_message.Message):
+    __slots__ = ("flags", "window_seconds", "flag_age_p95_seconds")
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FLAG_AGE_P95_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    flags: _containers.RepeatedCompositeFieldContainer[FlagUsageSummary]
+    window_seconds: int
+    flag_age_p95_seconds: float
+    def __init__(self, flags: _Optional[_Iterable[_Union[FlagUsageSummary, _Mapping]]] = ..., window_seconds: _Optional[int] = ..., flag_age_p95_seconds: _Optional[float] = ...) -> None: ...

@@ -59,6 +59,31 @@ class AdminServiceStub:
                 request_serializer=confmesh_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=confmesh_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.PutFlags = channel.unary_unary(
+                '/confmesh.v1.AdminService/PutFlags',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.PutFlagsRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.DeleteFlag = channel.unary_unary(
+                '/confmesh.v1.AdminService/DeleteFlag',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.DeleteFlagRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.SetFlagEnabled = channel.unary_unary(
+                '/confmesh.v1.AdminService/SetFlagEnabled',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.SetFlagEnabledRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.GetFlags = channel.unary_unary(
+                '/confmesh.v1.AdminService/GetFlags',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.GetFlagsRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.GetFlagsResponse.FromString,
+                _registered_method=True)
+        self.GetFlagUsage = channel.unary_unary(
+                '/confmesh.v1.AdminService/GetFlagUsage',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.GetFlagUsageRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.GetFlagUsageResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -98,6 +123,40 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutFlags(self, request, context):
+        """Feature flags (scoped per environment). Every flag write validates the
+        environment's whole flag set and is one etcd transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFlag(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetFlagEnabled(self, request, context):
+        """Enable or disable (kill) a flag in some or all environments at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFlags(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFlagUsage(self, request, context):
+        """Evaluation counts reported by clients, for stale-flag detection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +184,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=confmesh_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=confmesh_dot_v1_dot_admin__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'PutFlags': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutFlags,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.PutFlagsRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'DeleteFlag': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFlag,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.DeleteFlagRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'SetFlagEnabled': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFlagEnabled,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.SetFlagEnabledRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'GetFlags': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlags,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.GetFlagsRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.GetFlagsResponse.SerializeToString,
+            ),
+            'GetFlagUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlagUsage,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.GetFlagUsageRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.GetFlagUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +346,141 @@ class AdminService:
             '/confmesh.v1.AdminService/GetStatus',
             confmesh_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             confmesh_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutFlags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/PutFlags',
+            confmesh_dot_v1_dot_admin__pb2.PutFlagsRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFlag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/DeleteFlag',
+            confmesh_dot_v1_dot_admin__pb2.DeleteFlagRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFlagEnabled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/SetFlagEnabled',
+            confmesh_dot_v1_dot_admin__pb2.SetFlagEnabledRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFlags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/GetFlags',
+            confmesh_dot_v1_dot_admin__pb2.GetFlagsRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.GetFlagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFlagUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/GetFlagUsage',
+            confmesh_dot_v1_dot_admin__pb2.GetFlagUsageRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.GetFlagUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,14 +11,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WatchRequest(_message.Message):
-    __slots__ = ("subscribe", "ack", "nack")
+    __slots__ = ("subscribe", "ack", "nack", "usage")
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     NACK_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     subscribe: Subscribe
     ack: Ack
     nack: Nack
-    def __init__(self, subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ...) -> None: ...
+    usage: FlagUsage
+    def __init__(self, subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., usage: _Optional[_Union[FlagUsage, _Mapping]] = ...) -> None: ...
 
 class Subscribe(_message.Message):
     __slots__ = ("environment", "service", "known_version", "known_hash", "instance_id", "labels")
@@ -65,6 +67,26 @@ class Nack(_message.Message):
     field_errors: _containers.RepeatedCompositeFieldContainer[FieldError]
     def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., running_version: _Optional[int] = ..., error: _Optional[str] = ..., field_errors: _Optional[_Iterable[_Union[FieldError, _Mapping]]] = ...) -> None: ...
 
+class FlagUsage(_message.Message):
+    __slots__ = ("counts", "window_start", "window_end")
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedCompositeFieldContainer[FlagUsageCount]
+    window_start: _timestamp_pb2.Timestamp
+    window_end: _timestamp_pb2.Timestamp
+    def __init__(self, counts: _Optional[_Iterable[_Union[FlagUsageCount, _Mapping]]] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FlagUsageCount(_message.Message):
+    __slots__ = ("flag", "variant", "count")
+    FLAG_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    flag: str
+    variant: str
+    count: int
+    def __init__(self, flag: _Optional[str] = ..., variant: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
 class FieldError(_message.Message):
     __slots__ = ("path", "message")
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -90,7 +112,7 @@ class Heartbeat(_message.Message):
     def __init__(self, server_revision: _Optional[int] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("environment", "service", "version", "hash", "config", "stale", "resolved_at")
+    __slots__ = ("environment", "service", "version", "hash", "config", "stale", "resolved_at", "flags")
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +120,7 @@ class Snapshot(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
     environment: str
     service: str
     version: int
@@ -105,7 +128,8 @@ class Snapshot(_message.Message):
     config: _struct_pb2.Struct
     stale: bool
     resolved_at: _timestamp_pb2.Timestamp
-    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., version: _Optional[int] = ..., hash: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stale: _Optional[bool] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    flags: _struct_pb2.Struct
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., version: _Optional[int] = ..., hash: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stale: _Optional[bool] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flags: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GetSnapshotRequest(_message.Message):
     __slots__ = ("environment", "service")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from confmesh.client import ConfigClient
-from confmesh.merge import content_hash
+from confmesh.merge import snapshot_hash
 from confmesh.v1 import config_pb2
 from confmesh.wire import to_struct
 
@@ -17,7 +17,7 @@ class Settings(BaseModel):
 def snapshot(version: int, config: dict[str, object], hash_: str | None = None) -> config_pb2.Snapshot:
     return config_pb2.Snapshot(
         environment="prod", service="api", version=version,
-        hash=hash_ or content_hash(config), config=to_struct(config),
+        hash=hash_ or snapshot_hash(config, {}), config=to_struct(config),
     )  # fmt: skip
 
 

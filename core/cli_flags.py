@@ -1,0 +1,340 @@
+"""``confmesh flags``: define, switch, import, evaluate and retire feature flags."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from confmesh.errors import ConfmeshError, InvalidArgument
+from confmesh.flags.evaluator import EvaluationDetails, FlagEvaluator
+from confmesh.flags.files import flags_from_document, load_flags_file
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from `90`, `30m`, `12h`, `7d`."""
+    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not match:
+        raise InvalidArgument(f"invalid duration {text!r}: use e.g. 3600, 30m, 12h or 7d")
+    return int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+def load_document(path: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"{path}: not valid JSON/YAML: {exc}") from exc
+
+
+def details_json(d: EvaluationDetails) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "flag": d.flag_key,
+        "value": d.value,
+        "variant": d.variant,
+        "reason": str(d.reason),
+    }
+    if d.error_code:
+        out["error_code"] = str(d.error_code)
+        out["error_message"] = d.error_message
+    return out
+
+
+def parse_context(text: str, where: str) -> dict[str, Any]:
+    try:
+        ctx = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"{where}: not valid JSON: {exc}") from exc
+    if not isinstance(ctx, dict):
+        raise InvalidArgument(f"{where}: a context is a JSON object")
+    return ctx
+
+
+@click.group()
+def flags() -> None:
+    """Feature flags: evaluated locally in every client, scoped per environment."""
+
+
+def _admin(ctx: click.Context) -> Any:
+    from confmesh.client import AdminClient
+
+    return AdminClient(ctx.obj["server"], actor=ctx.obj["actor"])
+
+
+def _run(ctx: click.Context, body: Any) -> Any:
+    from confmesh.cli import run
+
+    async def go() -> Any:
+        async with _admin(ctx) as admin:
+            return await body(admin)
+
+    return run(go())
+
+
+env_required = click.option("--env", "env", required=True, help="Environment.")
+reason_option = click.option("--reason", default="", help="Why: recorded with the change.")
+
+
+@flags.command("set")
+@click.argument("key")
+@env_required
+@click.option("--file", "file", default=None, help="Flag definition file (JSON/YAML, - for stdin).")
+@click.option("--definition", default=None, help="Flag definition as inline JSON.")
+@reason_option
+@click.pass_context
+def set_flag(
+    ctx: click.Context, key: str, env: str, file: str | None, definition: str | None, reason: str
+) -> None:
+    """Create or replace flag KEY from a definition (--file or --definition)."""
+    if (file is None) == (definition is None):
+        raise InvalidArgument("give exactly one of --file or --definition")
+    body = load_document(file) if file else parse_context(definition or "", "--definition")
+    if not isinstance(body, dict):
+        raise InvalidArgument("a flag definition is a JSON object")
+    result = _run(ctx, lambda a: a.put_flags(env, {key: {**body, "key": key}}, reason=reason))
+    click.echo(f"ok revision {result.revision}: {', '.join(result.changed)}")
+
+
+@flags.command("get")
+@click.argument("key")
+@env_required
+@click.pass_context
+def get_flag(ctx: click.Context, key: str, env: str) -> None:
+    """Print flag KEY's definition (JSON)."""
+    _, defs = _run(ctx, lambda a: a.get_flags(env))
+    if key not in defs:
+        raise ConfmeshError(f"flag {key!r} does not exist in environment {env!r}")
+    click.echo(json.dumps(defs[key], indent=2, ensure_ascii=False))
+
+
+@flags.command("list")
+@env_required
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.pass_context
+def list_flags(ctx: click.Context, env: str, as_json: bool) -> None:
+    """List the environment's flags."""
+    version, defs = _run(ctx, lambda a: a.get_flags(env))
+    if as_json:
+        click.echo(dumps({"environment": env, "version": version, "flags": defs}))
+        return
+    if not defs:
+        click.echo(f"no flags in {env}")
+        return
+    rows = [("FLAG", "KIND", "STATE", "VARIANTS", "DEFAULT", "OWNER", "EXPIRES")]
+    for key in sorted(defs):
+        d = defs[key]
+        rows.append(
+            (
+                key,
+                d.get("kind", "release"),
+                "on" if d.get("enabled", True) else "OFF",
+                ",".join(d.get("variants", {})),
+                str(d.get("default_variant")),
+                d.get("owner", ""),
+                str(d.get("expires") or ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _switch(ctx: click.Context, key: str, enabled: bool, envs: tuple[str, ...], reason: str) -> None:
+    result = _run(ctx, lambda a: a.set_flag_enabled(key, enabled, envs=envs, reason=reason))
+    state = "on" if enabled else "OFF"
+    click.echo(
+        f"ok revision {result.revision}: {key} is {state} in "
+        + ", ".join(c.split("/")[1] for c in result.changed)
+    )
+
+
+@flags.command()
+@click.argument("key")
+@env_required
+@reason_option
+@click.pass_context
+def enable(ctx: click.Context, key: str, env: str, reason: str) -> None:
+    """Turn flag KEY on in one environment."""
+    _switch(ctx, key, True, (env,), reason)
+
+
+@flags.command()
+@click.argument("key")
+@env_required
+@reason_option
+@click.pass_context
+def disable(ctx: click.Context, key: str, env: str, reason: str) -> None:
+    """Turn flag KEY off in one environment (it serves its off variant)."""
+    _switch(ctx, key, False, (env,), reason)
+
+
+@flags.command()
+@click.argument("key")
+@click.option("--env", "envs", multiple=True, help="Limit to these environments (default: all).")
+@reason_option
+@click.pass_context
+def kill(ctx: click.Context, key: str, envs: tuple[str, ...], reason: str) -> None:
+    """Kill switch: turn flag KEY off in every environment at once (one transaction)."""
+    _switch(ctx, key, False, envs, reason or "kill switch")
+
+
+@flags.command("delete")
+@click.argument("key")
+@env_required
+@reason_option
+@click.pass_context
+def delete_flag(ctx: click.Context, key: str, env: str, reason: str) -> None:
+    """Delete flag KEY from one environment."""
+    result = _run(ctx, lambda a: a.delete_flag(env, key, reason=reason))
+    click.echo(f"ok revision {result.revision}: deleted {key}")
+
+
+@flags.command("import")
+@click.argument("file")
+@env_required
+@click.option("--replace", is_flag=True, help="Also delete the environment's flags that are not in FILE.")
+@reason_option
+@click.pass_context
+def import_flags(ctx: click.Context, file: str, env: str, replace: bool, reason: str) -> None:
+    """Import flags from FILE: confmesh's format or the classic JSON (kept bucketing)."""
+    flag_set = flags_from_document(load_document(file), source=file)
+    payload = {
+        k: f.model_dump(mode="json", exclude_defaults=True) | {"key": k} for k, f in flag_set.flags.items()
+    }
+    result = _run(
+        ctx, lambda a: a.put_flags(env, payload, replace_all=replace, reason=reason or f"import {file}")
+    )
+    click.echo(f"ok revision {result.revision}: {len(result.changed)} flag change(s) in {env}")
+
+
+def _evaluator(ctx: click.Context, flags_file: str | None, env: str | None) -> FlagEvaluator:
+    if (flags_file is None) == (env is None):
+        raise InvalidArgument("give exactly one of --flags-file (offline) or --env (from the server)")
+    if flags_file is not None:
+        return FlagEvaluator(load_flags_file(flags_file))
+    version, defs = _run(ctx, lambda a: a.get_flags(env))
+    return FlagEvaluator(defs, version=version, environment=env or "")
+
+
+def _contexts(context: str | None, contexts: str | None) -> list[dict[str, Any]]:
+    if context is not None and contexts is not None:
+        raise InvalidArgument("give --context or --contexts, not both")
+    if contexts is not None:
+        lines = (sys.stdin if contexts == "-" else open(contexts)).read().splitlines()  # noqa: SIM115
+        return [parse_context(line, f"{contexts}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+    return [parse_context(context or "{}", "--context")]
+
+
+def _typed(ev: FlagEvaluator, key: str, ctx: dict[str, Any]) -> EvaluationDetails:
+    flag = ev.flag(key)
+    getter = (
+        {"boolean": "boolean", "string": "string", "number": "float"}.get(flag.type, "object")
+        if flag
+        else ("object")
+    )
+    return ev.details(key, None, ctx, getter)
+
+
+@flags.command("eval")
+@click.argument("key")
+@click.option(
+    "--flags-file", default=None, help="Evaluate offline from this file (confmesh or classic format)."
+)
+@click.option("--env", "env", default=None, help="Evaluate the server's flags of this environment.")
+@click.option("--context", default=None, help='Evaluation context as JSON, e.g. \'{"targetingKey": "u1"}\'.')
+@click.option("--contexts", default=None, help="A JSON-lines file of contexts (- for stdin).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per context.")
+@click.pass_context
+def eval_flag(
+    ctx: click.Context,
+    key: str,
+    flags_file: str | None,
+    env: str | None,
+    context: str | None,
+    contexts: str | None,
+    as_json: bool,
+) -> None:
+    """Evaluate flag KEY for one or many contexts, locally, as a client would."""
+    ev = _evaluator(ctx, flags_file, env)
+    for c in _contexts(context, contexts):
+        d = _typed(ev, key, c)
+        if as_json:
+            click.echo(dumps(details_json(d)))
+        else:
+            err = f"  ({d.error_code}: {d.error_message})" if d.error_code else ""
+            click.echo(f"{dumps(d.value)}  variant={d.variant}  reason={d.reason}{err}")
+
+
+@flags.command()
+@click.argument("key")
+@click.option("--flags-file", default=None, help="Explain offline from this file.")
+@click.option("--env", "env", default=None, help="Explain with the server's flags of this environment.")
+@click.option("--context", default="{}", help="Evaluation context as JSON.")
+@click.pass_context
+def explain(ctx: click.Context, key: str, flags_file: str | None, env: str | None, context: str) -> None:
+    """Say which rule decided flag KEY for a context, and why."""
+    ev = _evaluator(ctx, flags_file, env)
+    for line in ev.explain(key, parse_context(context, "--context")):
+        click.echo(line)
+
+
+@flags.command()
+@env_required
+@click.option("--window", default="7d", show_default=True, help="Usage window: 3600, 30m, 12h, 7d.")
+@click.option(
+    "--min-evaluations",
+    default=100,
+    show_default=True,
+    help="Evaluations needed before a single-variant flag counts as stale.",
+)
+@click.option("--check", is_flag=True, help="Exit 1 when any flag is stale (for CI or a daily job).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.pass_context
+def stale(
+    ctx: click.Context, env: str, window: str, min_evaluations: int, check: bool, as_json: bool
+) -> None:
+    """Flags past their expiry, and flags that served one variant to everyone over the window."""
+    from confmesh.flags.lifecycle import stale_flags
+    from confmesh.flags.model import parse_flag_set
+
+    seconds = parse_duration(window)
+
+    async def body(admin: Any) -> tuple[dict[str, Any], Any]:
+        return (await admin.get_flags(env))[1], await admin.flag_usage(env, seconds)
+
+    defs, usage = _run(ctx, body)
+    per_flag = {u.flag: dict(u.variants) for u in usage.flags}
+    found = stale_flags(
+        env, parse_flag_set(defs).flags, per_flag, now=datetime.now(UTC), min_evaluations=min_evaluations
+    )
+    p95_days = usage.flag_age_p95_seconds / 86400
+    if as_json:
+        click.echo(
+            dumps(
+                {
+                    "environment": env,
+                    "window_seconds": seconds,
+                    "flag_age_p95_days": round(p95_days, 2),
+                    "stale": [{"flag": s.flag, "reason": s.reason} for s in found],
+                }
+            )
+        )
+    else:
+        for s in found:
+            click.echo(f"{s.flag}: {s.reason}")
+        click.echo(f"{len(found)} stale flag(s) of {len(defs)} in {env}; flag age p95 {p95_days:.1f} days")
+    if check and found:
+        sys.exit(1)
