@@ -1,10 +1,12 @@
 """Deterministic, language-neutral bucketing into 10,000 buckets.
 
-murmur3 (the default, flagd-compatible):
+murmur3 (the default):
     h = MurmurHash3_x86_32(utf8(salt + value), seed=0), read as unsigned
     bucket = (h * 10000) >> 32                  integer maths only
-where ``salt`` is the flag's salt, or its key when no salt is set (so an
-unsalted flag hashes ``flagKey + targetingKey`` exactly as flagd v2 does).
+where ``salt`` is the flag's salt, or its key when no salt is set. This is
+flagd's fractional scheme (murmur3, integer weights, ``flagKey +
+targetingKey``) over the plain UTF-8 string; flagd-core >= 2.0 hashes the
+CBOR encoding instead, so buckets are not identical to current flagd.
 
 legacy-md5 (flags imported from the classic JSON format keep their users):
     n = int(md5(utf8(value + flagName)).hexdigest()[:8], 16) % 100

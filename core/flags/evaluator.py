@@ -16,9 +16,10 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import re2
@@ -65,6 +66,9 @@ class EvaluationDetails:
     rule: str = ""
     flag_version: int = 0
 
+
+# Test overrides (confmesh.flags.testing): process-wide, flag key -> value.
+OVERRIDES: dict[str, Any] = {}
 
 _CALLER_DEFAULT = object()
 _MISSING = object()
@@ -190,6 +194,8 @@ class CompiledFlag:
     type: str
     evaluate: Callable[[Context, FlagEvaluator], EvaluationDetails]
     rule_matchers: list[Matcher | None] = field(default_factory=list)
+    # Set when the outcome never depends on the context (static or off).
+    constant: EvaluationDetails | None = None
 
 
 class _Builder:
@@ -274,11 +280,11 @@ class _Builder:
         flag = self.flag
         if not flag.enabled:
             off = self.outcome(flag.off_variant, Reason.DISABLED)
-            return CompiledFlag(flag, flag.type, lambda ctx, ev: off)
+            return CompiledFlag(flag, flag.type, lambda ctx, ev: off, constant=off)
         has_logic = bool(flag.prerequisites or flag.targets or flag.rules)
         fallback = self.outcome(flag.default_variant, Reason.DEFAULT if has_logic else Reason.STATIC)
         if not has_logic:
-            return CompiledFlag(flag, flag.type, lambda ctx, ev: fallback)
+            return CompiledFlag(flag, flag.type, lambda ctx, ev: fallback, constant=fallback)
 
         prereqs = [(p.flag, p.variant) for p in flag.prerequisites]
         prereq_failed = {
@@ -310,9 +316,19 @@ class _Builder:
                     return serve(ctx)
             return fallback
 
-        if not prereqs and not targets and len(rules) == 1 and rules[0][0] is None:
-            only = rules[0][1]
-            return CompiledFlag(flag, flag.type, lambda ctx, ev: only(ctx), matchers)
+        if not prereqs and not targets and len(rules) == 1:
+            matcher, only = rules[0]
+            if matcher is None:
+                return CompiledFlag(flag, flag.type, lambda ctx, ev: only(ctx), matchers)
+            serve = flag.rules[0].serve
+            if serve.split is None and serve.rollout is None:
+                hit = self.outcome(serve.variant, Reason.TARGETING_MATCH, flag.rules[0].id or "rules[0]")
+                return CompiledFlag(
+                    flag, flag.type, lambda ctx, ev: hit if matcher(ctx) else fallback, matchers
+                )
+            return CompiledFlag(
+                flag, flag.type, lambda ctx, ev: only(ctx) if matcher(ctx) else fallback, matchers
+            )
         return CompiledFlag(flag, flag.type, evaluate, matchers)
 
 
@@ -324,10 +340,12 @@ class UsageCounter:
     """
 
     def __init__(self) -> None:
-        self.counts: dict[EvaluationDetails, int] = {}
+        # Never replaced, so evaluators can hold it directly; take() empties it.
+        self.counts: defaultdict[EvaluationDetails, int] = defaultdict(int)
 
     def take(self) -> dict[tuple[str, str], int]:
-        counts, self.counts = self.counts, {}
+        counts = dict(self.counts)
+        self.counts.clear()
         out: dict[tuple[str, str], int] = {}
         for details, n in counts.items():
             key = (details.flag_key, details.variant or "")
@@ -346,6 +364,14 @@ _EMPTY: Context = {}
 
 
 class FlagEvaluator:
+    get_bool_details: Callable[..., EvaluationDetails]
+    get_str_details: Callable[..., EvaluationDetails]
+    get_object_details: Callable[..., EvaluationDetails]
+    get_bool: Callable[..., bool]
+    get_str: Callable[..., str]
+    get_object: Callable[..., Any]
+    is_enabled: Callable[..., bool]
+
     """Evaluates one environment's flags locally.
 
     ``is_enabled`` and ``get_bool/str/int/float/object(key, default, context)``
@@ -371,9 +397,27 @@ class FlagEvaluator:
         self.environment = environment
         self.clock = clock
         self._compiled = {key: _Builder(flag, version, clock).compile() for key, flag in flags.flags.items()}
-        self._overrides: dict[str, Any] = {}
         self._depth = 0
         self._usage = usage
+        by_type: dict[str, dict[str, Any]] = {}
+        for key, compiled in self._compiled.items():
+            constant = compiled.constant
+            usable = constant is not None and constant.value is not _CALLER_DEFAULT
+            by_type.setdefault(compiled.type, {})[key] = constant if usable else compiled.evaluate
+        for name, flag_type, getter in (("bool", "boolean", "boolean"), ("str", "string", "string"),
+                                        ("object", "object", "object")):  # fmt: skip
+            details_fn, value_fn = self._fast_getters(by_type.get(flag_type, {}), getter)
+            setattr(self, f"get_{name}_details", details_fn)
+            setattr(self, f"get_{name}", value_fn)
+            if name == "bool":
+                self.is_enabled = lambda key, context=None, _get=value_fn: _get(key, False, context)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, clock: Callable[[], float] = time.time) -> FlagEvaluator:
+        """Offline mode: flags from a confmesh or classic JSON/YAML file."""
+        from confmesh.flags.files import load_flags_file
+
+        return cls(load_flags_file(path), clock=clock)
 
     def keys(self) -> list[str]:
         return sorted(self._compiled)
@@ -398,9 +442,9 @@ class FlagEvaluator:
             self._depth -= 1
 
     def details(self, key: str, default: Any, context: Context | None, getter: str) -> EvaluationDetails:
-        if self._overrides and key in self._overrides:
+        if OVERRIDES and key in OVERRIDES:
             return EvaluationDetails(
-                key, self._overrides[key], None, Reason.STATIC, rule="override", flag_version=self.version
+                key, OVERRIDES[key], None, Reason.STATIC, rule="override", flag_version=self.version
             )
         compiled = self._compiled.get(key)
         if compiled is None:
@@ -426,8 +470,7 @@ class FlagEvaluator:
                 key, default, None, Reason.ERROR, ErrorCode.GENERAL, str(exc), flag_version=self.version
             )
         if self._usage is not None:
-            counts = self._usage.counts
-            counts[details] = counts.get(details, 0) + 1
+            self._usage.counts[details] += 1
         if details.value is _CALLER_DEFAULT:
             return replace(details, value=default)
         if getter == "integer" and type(details.value) is float:
@@ -439,13 +482,57 @@ class FlagEvaluator:
             return replace(details, value=int(details.value))
         return details
 
-    # -- typed getters ----------------------------------------------------------
+    def _fast_getters(
+        self, table: dict[str, Any], getter: str
+    ) -> tuple[Callable[..., EvaluationDetails], Callable[..., Any]]:
+        """Getters for one flag type: the common case in one call, the rest via details().
 
-    def get_bool_details(self, key: str, default: bool, context: Context | None = None) -> EvaluationDetails:
-        return self.details(key, default, context, "boolean")
+        `table` maps a flag key to its evaluate function, or to its details
+        object when the outcome never depends on the context.
+        """
+        slow, empty, caller_default, overrides = self.details, _EMPTY, _CALLER_DEFAULT, OVERRIDES
+        details_class = EvaluationDetails
+        counts = self._usage.counts if self._usage is not None else None
 
-    def get_str_details(self, key: str, default: str, context: Context | None = None) -> EvaluationDetails:
-        return self.details(key, default, context, "string")
+        def get_details(key: str, default: Any, context: Context | None = None) -> EvaluationDetails:
+            try:
+                entry = table[key]
+            except KeyError:
+                return slow(key, default, context, getter)
+            if overrides:
+                return slow(key, default, context, getter)
+            if entry.__class__ is details_class:
+                if counts is not None:
+                    counts[entry] += 1
+                return entry  # type: ignore[no-any-return]
+            d = entry(empty if context is None else context, self)
+            if d.value is caller_default:
+                return slow(key, default, context, getter)
+            if counts is not None:
+                counts[d] += 1
+            return d  # type: ignore[no-any-return]
+
+        def get_value(key: str, default: Any, context: Context | None = None) -> Any:
+            try:
+                entry = table[key]
+            except KeyError:
+                return slow(key, default, context, getter).value
+            if overrides:
+                return slow(key, default, context, getter).value
+            if entry.__class__ is details_class:
+                if counts is not None:
+                    counts[entry] += 1
+                return entry.value
+            d = entry(empty if context is None else context, self)
+            if d.value is caller_default:
+                return slow(key, default, context, getter).value
+            if counts is not None:
+                counts[d] += 1
+            return d.value
+
+        return get_details, get_value
+
+    # -- typed getters (get_bool/str/object and their *_details are built in __init__) ------------
 
     def get_int_details(self, key: str, default: int, context: Context | None = None) -> EvaluationDetails:
         return self.details(key, default, context, "integer")
@@ -458,21 +545,6 @@ class FlagEvaluator:
             return replace(details, value=float(details.value))
         return details
 
-    def get_object_details(self, key: str, default: Any, context: Context | None = None) -> EvaluationDetails:
-        return self.details(key, default, context, "object")
-
-    def get_bool(self, key: str, default: bool, context: Context | None = None) -> bool:
-        value: bool = self.details(key, default, context, "boolean").value
-        return value
-
-    def is_enabled(self, key: str, context: Context | None = None) -> bool:
-        value: bool = self.details(key, False, context, "boolean").value
-        return value
-
-    def get_str(self, key: str, default: str, context: Context | None = None) -> str:
-        value: str = self.details(key, default, context, "string").value
-        return value
-
     def get_int(self, key: str, default: int, context: Context | None = None) -> int:
         value: int = self.get_int_details(key, default, context).value
         return value
@@ -481,20 +553,7 @@ class FlagEvaluator:
         value: float = self.get_float_details(key, default, context).value
         return value
 
-    def get_object(self, key: str, default: Any, context: Context | None = None) -> Any:
-        return self.details(key, default, context, "object").value
-
     # -- tests and explanations ---------------------------------------------------
-
-    @contextmanager
-    def override(self, values: Mapping[str, Any]) -> Iterator[FlagEvaluator]:
-        """Serve fixed values for some flags inside the block (tests)."""
-        saved = dict(self._overrides)
-        self._overrides.update(values)
-        try:
-            yield self
-        finally:
-            self._overrides = saved
 
     def explain(self, key: str, context: Context | None = None) -> list[str]:
         """Human-readable steps: which rule matched and why."""

@@ -17,6 +17,7 @@ from confmesh.errors import InvalidArgument
 from confmesh.flags import ErrorCode, FlagEvaluator, Reason, parse_flag_set
 from confmesh.flags.bucketing import legacy_md5_bucket, murmur3_bucket
 from confmesh.flags.files import flags_from_document, load_flags_file
+from confmesh.flags.testing import FlagOverrides, override_flags
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BOOL = {"on": True, "off": False}
@@ -288,12 +289,22 @@ def test_arbitrary_contexts_never_raise(ctx: dict[str, Any]) -> None:
     assert ev.get_bool_details("f", False, ctx).value in (True, False)
 
 
-def test_overrides_for_tests() -> None:
+def test_override_context_manager_applies_to_every_evaluator() -> None:
     ev = FlagEvaluator({"f": flag("f")})
-    with ev.override({"f": True, "ghost": "x"}):
+    with override_flags({"f": True, "ghost": "x"}):
         assert ev.get_bool("f", False) is True
+        assert FlagEvaluator({"f": flag("f")}).get_bool_details("f", False).rule == "override"
         assert ev.get_str("ghost", "d") == "x"
     assert ev.get_bool("f", True) is False
+
+
+def test_the_pytest_fixture_overrides_for_one_test(confmesh_flags: FlagOverrides) -> None:
+    confmesh_flags.set("f", True)
+    assert FlagEvaluator({"f": flag("f")}).is_enabled("f") is True
+
+
+def test_fixture_overrides_do_not_leak_into_the_next_test() -> None:
+    assert FlagEvaluator({"f": flag("f")}).is_enabled("f") is False
 
 
 CLASSIC = {
@@ -352,7 +363,7 @@ def test_classic_operators_equals_contains_regex() -> None:
 def test_offline_mode_loads_flags_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "flags.yaml"
     path.write_text("flags:\n  dark: {variants: {'on': true, 'off': false}, default_variant: 'on'}\n")
-    assert FlagEvaluator(load_flags_file(path)).get_bool("dark", False) is True
+    assert FlagEvaluator.from_file(path).get_bool("dark", False) is True
     path.write_text("flags:\n  dark: {variants: {on: true, off: false}, default_variant: 'on'}\n")
     with pytest.raises(InvalidArgument, match="quote them"):
         load_flags_file(path)
