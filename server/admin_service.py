@@ -68,12 +68,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def _write(
         self, changes: list[ChangeSpec], ctx: admin_pb2.ChangeContext
     ) -> admin_pb2.WriteResponse:
-        result: WriteResult = await self.writer.write(
-            changes, actor=ctx.actor or "anonymous", reason=ctx.reason
+        return await self._commit(
+            await self.writer.write(changes, actor=ctx.actor or "anonymous", reason=ctx.reason)
         )
-        # Read-your-writes: answer once this server's cache includes the write.
-        await self.source.wait_for_revision(result.revision, READ_YOUR_WRITES_TIMEOUT)
-        return admin_pb2.WriteResponse(revision=result.revision, changed=result.changed)
 
     async def Put(
         self, request: admin_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -191,6 +188,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     # -- feature flags ------------------------------------------------------------
 
     async def _commit(self, result: WriteResult) -> admin_pb2.WriteResponse:
+        """Read-your-writes: answer once this server's cache includes the write."""
         await self.source.wait_for_revision(result.revision, READ_YOUR_WRITES_TIMEOUT)
         return admin_pb2.WriteResponse(revision=result.revision, changed=result.changed)
 
