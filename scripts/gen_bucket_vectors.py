@@ -58,7 +58,7 @@ def build() -> dict[str, Any]:
                 bucket = (
                     legacy_md5_bucket(key, value)
                     if flag.get("bucketing") == "legacy-md5"
-                    else murmur3_bucket(flag.get("salt") or key, value)
+                    else murmur3_bucket(flag.get("salt", ""), key, value)
                 )
             details = (
                 ev.get_object_details(key, None, ctx)

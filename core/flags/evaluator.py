@@ -212,8 +212,8 @@ class _Builder:
             name = flag.key
             self.bucket: Callable[[str], int] = lambda value: legacy_md5_bucket(name, value)
         else:
-            salt = flag.salt or flag.key
-            self.bucket = lambda value: murmur3_bucket(salt, value)
+            prefix = flag.salt + flag.key
+            self.bucket = lambda value: murmur3_bucket("", prefix, value)
         self.missing_key = EvaluationDetails(
             flag.key, _CALLER_DEFAULT, None, Reason.ERROR, ErrorCode.TARGETING_KEY_MISSING,
             f"flag {flag.key!r} needs a bucketing key: set "

@@ -381,7 +381,7 @@ def test_committed_bucketing_vectors_still_hold() -> None:
             expect = (
                 legacy_md5_bucket(vec["flag"], vec["bucket_value"])
                 if flag_def.get("bucketing") == "legacy-md5"
-                else murmur3_bucket(flag_def.get("salt") or vec["flag"], vec["bucket_value"])
+                else murmur3_bucket(flag_def.get("salt", ""), vec["flag"], vec["bucket_value"])
             )
             assert vec["bucket"] == expect
         getter = "string" if isinstance(next(iter(flag_def["variants"].values())), str) else "boolean"
