@@ -14,6 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -21,6 +22,7 @@ import grpc.aio
 from pydantic import BaseModel
 
 from confmesh import errors
+from confmesh.client import _cache
 from confmesh.client._validation import validate
 from confmesh.flags import FlagEvaluator, UsageCounter
 from confmesh.keys import Scope
@@ -96,6 +98,9 @@ class ConfigClient(Generic[T]):
         startup_timeout: float = 10.0,
         history_size: int = 16,
         usage_interval: float = 10.0,
+        report_interval: float = 30.0,
+        cache_path: str | os.PathLike[str] | None = None,
+        max_cache_age: float | None = 7 * 24 * 3600,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
         channel_options: list[tuple[str, Any]] | None = None,
@@ -112,13 +117,20 @@ class ConfigClient(Generic[T]):
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.history: deque[AppliedSnapshot] = deque(maxlen=history_size)
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.max_cache_age = max_cache_age
+        # True while the config in use came from the cache file and no server has confirmed it.
+        self.cached = False
         self.usage = UsageCounter()
         self.usage_interval = usage_interval
+        self.report_interval = report_interval
         self.last_rejection: Rejection | None = None
         self.server_stale = False
         self.connected = False
         self.reconnects = 0
         self._current: AppliedSnapshot | None = None
+        # True once a server delivered a snapshot (cached and default configs do not count).
+        self._from_server = False
         self._no_flags = FlagEvaluator(environment=environment, usage=self.usage)
         self._callbacks: list[ChangeCallback] = []
         self._applied = asyncio.Condition()
@@ -175,6 +187,13 @@ class ConfigClient(Generic[T]):
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
     async def start(self) -> None:
+        """Connect and wait for the first valid snapshot.
+
+        With `cache_path`, a server that does not answer within
+        `startup_timeout` is not fatal: the client starts from the cached
+        last-good snapshot (``client.cached`` is True) unless it is older than
+        `max_cache_age`, and keeps trying the server in the background.
+        """
         if self._task is not None:
             raise errors.ConfmeshError("client already started")
         if self.start_from_defaults:
@@ -183,10 +202,40 @@ class ConfigClient(Generic[T]):
         self._task = asyncio.create_task(self._run(), name=f"confmesh-watch-{self.scope}")
         if self._current is None:
             try:
-                await self.wait_for_version(1, timeout=self.startup_timeout)
+                await self._wait_first_snapshot()
+            except errors.StartupError as exc:
+                if self.cache_path is None or not self._start_from_cache(exc):
+                    await self.close()
+                    raise
             except BaseException:
                 await self.close()
                 raise
+
+    def _start_from_cache(self, cause: errors.StartupError) -> bool:
+        assert self.cache_path is not None
+        cached = _cache.load(self.cache_path, self.scope, self.max_cache_age)
+        if cached is None:
+            return False
+        try:
+            config = validate(self.schema, cached.config)  # type: ignore[arg-type]
+            flags = FlagEvaluator(
+                cached.flags, version=cached.version, environment=self.scope.environment, usage=self.usage
+            )
+        except (errors.SnapshotRejected, errors.InvalidArgument) as exc:
+            log.warning("config cache %s no longer fits the schema: %s", self.cache_path, exc.message)
+            return False
+        self._current = AppliedSnapshot(
+            cached.version, cached.hash, cached.config, config, flags, time.time()
+        )
+        self.cached = True
+        log.warning(
+            "starting %s from cached version %d (saved %.0fs ago): %s",
+            self.scope,
+            cached.version,
+            time.time() - cached.saved_at,
+            cause.message,
+        )
+        return True
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -206,11 +255,17 @@ class ConfigClient(Generic[T]):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _wait_first_snapshot(self) -> None:
+        """Wait for the first snapshot from a server (an empty scope is version 0)."""
+        await self._wait_until(lambda: self._from_server, self.startup_timeout)
+
     async def wait_for_version(self, version: int, timeout: float | None = None) -> None:
         """Wait until this client runs `version` or newer."""
+        await self._wait_until(lambda: self._from_server and self.version >= version, timeout)
 
+    async def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> None:
         def reached() -> bool:
-            return self._fatal is not None or self.version >= version
+            return self._fatal is not None or done()
 
         try:
             async with asyncio.timeout(timeout), self._applied:
@@ -224,7 +279,7 @@ class ConfigClient(Generic[T]):
             raise errors.StartupError(
                 f"no valid configuration for {self.scope} within {timeout}s{why}"
             ) from None
-        if self._fatal is not None and self.version < version:
+        if self._fatal is not None and not done():
             raise self._fatal
 
     # -- internals ------------------------------------------------------------
@@ -264,13 +319,18 @@ class ConfigClient(Generic[T]):
                     yield await box.get()
 
             call = stub.Watch(requests())
-            reporter = asyncio.create_task(self._report_usage(outbox))
+            reporter = asyncio.create_task(self._report(outbox))
+            draining = False
             try:
                 async for resp in call:
                     self.connected = True
                     backoff = self.backoff_initial
                     if resp.WhichOneof("kind") == "heartbeat":
+                        # Nothing newer was sent first, so what we run is current.
                         self.server_stale = resp.heartbeat.stale
+                        if self._current is not None and self.version > 0:
+                            self.cached = False
+                            await self._confirmed()
                         continue
                     outbox.put_nowait(await self._receive(resp.snapshot))
             except grpc.aio.AioRpcError as exc:
@@ -281,30 +341,52 @@ class ConfigClient(Generic[T]):
                     async with self._applied:
                         self._applied.notify_all()
                     return
+                draining = error.code == "draining"
                 log.info("confmesh watch for %s interrupted: %s", self.scope, error.message)
             finally:
                 reporter.cancel()
                 call.cancel()
                 self.connected = False
             self.reconnects += 1
+            if draining:  # a replica shutting down on purpose: move on at once (small jitter)
+                await asyncio.sleep(random.uniform(0, 0.05))
+                continue
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, self.backoff_max)
 
-    async def _report_usage(self, outbox: asyncio.Queue[config_pb2.WatchRequest]) -> None:
-        """Send flag evaluation counts every `usage_interval` seconds (bounded)."""
+    async def _report(self, outbox: asyncio.Queue[config_pb2.WatchRequest]) -> None:
+        """Periodic messages: what this instance runs, and flag usage counts."""
+        loop = asyncio.get_running_loop()
+        next_report = loop.time() + self.report_interval * random.uniform(0.5, 1.0)
+        next_usage = loop.time() + self.usage_interval
         while True:
-            start = time.time()
-            await asyncio.sleep(self.usage_interval)
-            counts = self.usage.take()
-            if not counts:
-                continue
-            items = sorted(counts.items(), key=lambda kv: -kv[1])[:MAX_USAGE_ENTRIES]
-            report = config_pb2.FlagUsage(
-                counts=[config_pb2.FlagUsageCount(flag=f, variant=v, count=n) for (f, v), n in items]
-            )
-            report.window_start.FromNanoseconds(int(start * 1e9))
-            report.window_end.FromNanoseconds(int(time.time() * 1e9))
-            outbox.put_nowait(config_pb2.WatchRequest(usage=report))
+            await asyncio.sleep(max(0.0, min(next_report, next_usage) - loop.time()))
+            now = loop.time()
+            if now >= next_report:
+                next_report = now + self.report_interval
+                if self.version > 0:
+                    outbox.put_nowait(
+                        config_pb2.WatchRequest(
+                            report=config_pb2.Report(version=self.version, hash=self.hash)
+                        )
+                    )
+            if now >= next_usage:
+                next_usage = now + self.usage_interval
+                self._send_usage(outbox, self.usage_interval)
+
+    def _send_usage(self, outbox: asyncio.Queue[config_pb2.WatchRequest], window: float) -> None:
+        """Flag evaluation counts since the last report (at most MAX_USAGE_ENTRIES)."""
+        counts = self.usage.take()
+        if not counts:
+            return
+        items = sorted(counts.items(), key=lambda kv: -kv[1])[:MAX_USAGE_ENTRIES]
+        report = config_pb2.FlagUsage(
+            counts=[config_pb2.FlagUsageCount(flag=f, variant=v, count=n) for (f, v), n in items]
+        )
+        now = time.time()
+        report.window_start.FromNanoseconds(int((now - window) * 1e9))
+        report.window_end.FromNanoseconds(int(now * 1e9))
+        outbox.put_nowait(config_pb2.WatchRequest(usage=report))
 
     def _nack(
         self, snap: config_pb2.Snapshot, error: str, issues: list[errors.FieldIssue]
@@ -329,6 +411,8 @@ class ConfigClient(Generic[T]):
         current = self._current
         if current is not None and current.version > 0:
             if snap.hash == current.hash and snap.version <= current.version:
+                self.cached = False
+                await self._confirmed()
                 return self._ack()
             if snap.version < current.version:
                 return self._nack(
@@ -350,13 +434,31 @@ class ConfigClient(Generic[T]):
             return self._nack(snap, exc.message, [errors.FieldIssue(exc.field, exc.message)])
         applied = AppliedSnapshot(snap.version, snap.hash, raw, config, flags, time.time())
         self._current = applied
+        self._from_server = True
+        self.cached = False
         self.history.append(applied)
+        if self.cache_path is not None:
+            try:
+                _cache.save(
+                    self.cache_path,
+                    self.scope,
+                    _cache.CachedSnapshot(snap.version, snap.hash, raw, raw_flags, applied.applied_at),
+                )
+            except OSError as exc:
+                log.warning("could not write config cache %s: %s", self.cache_path, exc)
         async with self._applied:
             self._applied.notify_all()
         old = current.config if current is not None else None
         if current is None or current.hash != applied.hash:
             self._fire(old, config)
         return self._ack()
+
+    async def _confirmed(self) -> None:
+        """A server confirmed that what we run (e.g. from the cache) is current."""
+        if not self._from_server:
+            self._from_server = True
+            async with self._applied:
+                self._applied.notify_all()
 
     def _fire(self, old: Any, new: Any) -> None:
         for callback in list(self._callbacks):

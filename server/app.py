@@ -44,6 +44,10 @@ class ServerSettings:
     heartbeat_interval: float = 15.0
     sync_timeout: float = 30.0
     shutdown_grace: float = 5.0
+    # Push backed by reconcile (see confmesh.server.source).
+    progress_interval: float = 30.0
+    watch_idle_timeout: float = 120.0
+    resync_interval: float = 300.0
 
 
 def parse_endpoints(value: str) -> list[str]:
@@ -75,6 +79,7 @@ class ConfmeshServer:
         self.usage = FlagUsageStore()
         self.source: EtcdSource | None = None
         self.grpc_server: grpc.aio.Server | None = None
+        self.config_service: ConfigService | None = None
         self.port = 0
 
     @property
@@ -96,7 +101,15 @@ class ConfmeshServer:
                 endpoints = [self.embedded.endpoint]
             self.etcd = Etcd(endpoints)
             await self.etcd.connect()
-            self.source = EtcdSource(self.etcd, self.store, self._on_change)
+            self.source = EtcdSource(
+                self.etcd,
+                self.store,
+                self._on_change,
+                on_stale_change=lambda _stale: self.hub.ping_all(),
+                progress_interval=s.progress_interval,
+                watch_idle_timeout=s.watch_idle_timeout,
+                resync_interval=s.resync_interval,
+            )
             self.source.start()
             if not await self.source.wait_synced(s.sync_timeout):
                 raise StartupError(
@@ -112,12 +125,10 @@ class ConfmeshServer:
                     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                 ]
             )
-            config_pb2_grpc.add_ConfigServiceServicer_to_server(
-                ConfigService(
-                    self.hub, self.ledger, self.source, self.usage, heartbeat_interval=s.heartbeat_interval
-                ),
-                server,
+            self.config_service = ConfigService(
+                self.hub, self.ledger, self.source, self.usage, heartbeat_interval=s.heartbeat_interval
             )
+            config_pb2_grpc.add_ConfigServiceServicer_to_server(self.config_service, server)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminService(
                     Writer(self.etcd, self.layout),
@@ -150,6 +161,9 @@ class ConfmeshServer:
         )
 
     async def stop(self) -> None:
+        """Drain Watch streams (clients move to another replica at once), then stop everything."""
+        if self.config_service is not None:
+            self.config_service.drain()
         if self.grpc_server is not None:
             await self.grpc_server.stop(self.settings.shutdown_grace)
             self.grpc_server = None

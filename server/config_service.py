@@ -66,7 +66,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self.heartbeat_interval = heartbeat_interval
         self.subscribe_timeout = subscribe_timeout
         self.catch_up_timeout = catch_up_timeout
-        self._streams: set[asyncio.Task[object]] = set()
+        self.draining = False
 
     async def _ready(self, known_version: int = 0) -> None:
         """Wait until the cache is synced and at least at `known_version`.
@@ -122,6 +122,11 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             await abort(context, exc)
             return
 
+        if self.draining:
+            await abort(
+                context, errors.Unavailable("server is shutting down; use another replica", code="draining")
+            )
+            return
         sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash)
         self.ledger.connect(
             sub.id,
@@ -136,6 +141,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
             self.hub.publish([scope])
+            if sub.pending is None:
+                sub.ping()  # already current: say so at once
             while True:
                 try:
                     async with asyncio.timeout(self.heartbeat_interval):
@@ -152,9 +159,22 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     code, message = sub.error
                     if code == "closed":
                         return
+                    if code == "draining":
+                        await abort(context, errors.Unavailable(message, code=code))
+                        return
                     await abort(context, errors.InvalidArgument(message, code=code))
                     return
+                if sub.heartbeat_now:
+                    sub.heartbeat_now = False
+                    yield config_pb2.WatchResponse(
+                        heartbeat=config_pb2.Heartbeat(
+                            server_revision=self.source.store.revision, stale=self.source.stale
+                        )
+                    )
                 snapshot = sub.take()
+                if snapshot is not None and self.hub.drop_pushes > 0:
+                    self.hub.drop_pushes -= 1
+                    continue
                 if snapshot is not None:
                     self.ledger.sent(sub.id, snapshot.version)
                     yield config_pb2.WatchResponse(snapshot=snapshot_to_pb(snapshot, stale=self.source.stale))
@@ -162,6 +182,12 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             reader.cancel()
             self.hub.remove(sub)
             self.ledger.disconnect(sub.id)
+
+    def drain(self) -> None:
+        """End every stream with UNAVAILABLE/draining, so clients move to another replica now."""
+        self.draining = True
+        for sub in self.hub.subscribers():
+            sub.fail("draining", "server is shutting down; reconnect to another replica")
 
     async def _read(self, sub: Subscriber, requests: AsyncIterator[config_pb2.WatchRequest]) -> None:
         try:
@@ -185,6 +211,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                             "which was never sent on this stream",
                         )
                         return
+                    sub.nacked.add(nack.version)
                     paths = [fe.path for fe in nack.field_errors]
                     self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
                     log.warning("instance rejected %s version %d: %s", sub.scope, nack.version, nack.error)
@@ -202,6 +229,16 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     self.usage.record(
                         sub.scope.environment, ((c.flag, c.variant, c.count) for c in counts), time.time()
                     )
+                elif kind == "report":
+                    self.ledger.report(sub.id, msg.report.version, msg.report.hash)
+                    current = self.hub.resolver.snapshot(sub.scope)
+                    if sub.resend_if_behind(current, msg.report.version, msg.report.hash):
+                        log.info(
+                            "instance of %s reports version %d; re-sending %d",
+                            sub.scope,
+                            msg.report.version,
+                            current.version,
+                        )
                 elif kind == "subscribe":
                     sub.fail("duplicate_subscribe", "a Watch stream takes exactly one subscribe")
                     return

@@ -5,15 +5,15 @@ ships (etcd 3.5.1). etcd 3.5.0-3.5.2 can lose committed writes after a crash,
 so this is for development and tests only: production points ``--etcd`` at an
 external cluster running etcd >= 3.5.6.
 
-The child gets PR_SET_PDEATHSIG on Linux, so it dies with its parent even when
-the parent is SIGKILLed and cannot stop it.
+On Linux etcd runs with PR_SET_PDEATHSIG, so it dies with its parent even
+when the parent is SIGKILLed and cannot stop it. The flag is set by a tiny
+launcher process that then execs etcd: running Python between fork and exec
+(``preexec_fn``) in a process with live gRPC threads can crash the child.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -52,11 +52,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+# Sets PR_SET_PDEATHSIG (1) to SIGTERM, then becomes etcd (the flag survives exec).
+_LAUNCHER = (
+    "import ctypes, os, sys; ctypes.CDLL('libc.so.6').prctl(1, 15); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def _with_parent_death_signal(command: list[str]) -> list[str]:
     if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        return [sys.executable, "-c", _LAUNCHER, *command]
+    return command
 
 
 class EmbeddedEtcd:
@@ -107,7 +112,7 @@ class EmbeddedEtcd:
         log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         log.info("starting embedded etcd (%s) on %s, data in %s", self.binary, self.endpoint, self.data_dir)
         # Spawned on this thread on purpose: PR_SET_PDEATHSIG fires when the
-        # *thread* that forked the child exits, so an executor thread would
+        # *thread* that created the child exits, so an executor thread would
         # take etcd down with it. Popen itself returns at once.
         self.process = self._spawn(log_path)
         loop = asyncio.get_running_loop()
@@ -130,11 +135,10 @@ class EmbeddedEtcd:
     def _spawn(self, log_path: Path) -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as log_file:
             return subprocess.Popen(
-                self.command(),
+                _with_parent_death_signal(self.command()),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
             )
 
     async def stop(self, timeout: float = 10.0) -> None:

@@ -10,7 +10,7 @@ resume. All etcd3aio and grpc errors become confmesh errors at this edge.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -124,8 +124,14 @@ class Etcd:
         except (EtcdError, grpc.RpcError, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
-        """One raw watch stream; raises Unavailable when the stream breaks."""
+    async def watch(
+        self, prefix: str, start_revision: int, *, progress_interval: float = 30.0
+    ) -> AsyncGenerator[WatchBatch, None]:
+        """One raw watch stream; raises Unavailable when the stream breaks.
+
+        Every `progress_interval` seconds it asks etcd for a progress
+        notification, so a healthy but quiet watch still shows signs of life.
+        """
         assert self._watch_channel is not None
         stub = rpc_pb2_grpc.WatchStub(self._watch_channel)
         stop = asyncio.Event()
@@ -139,7 +145,12 @@ class Etcd:
                     progress_notify=True,
                 )
             )
-            await stop.wait()
+            while not stop.is_set():
+                try:
+                    async with asyncio.timeout(progress_interval):
+                        await stop.wait()
+                except TimeoutError:
+                    yield rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
 
         call = stub.Watch(requests())
         try:

@@ -29,7 +29,9 @@ class Subscriber:
         self.last_offered: tuple[int, str] = (known_version, known_hash)
         # Versions sent on this stream, so an ACK/NACK can be checked.
         self.sent: OrderedDict[int, str] = OrderedDict()
+        self.nacked: set[int] = set()
         self.error: tuple[str, str] | None = None
+        self.heartbeat_now = False
 
     def offer(self, snapshot: Resolved) -> None:
         if (snapshot.version, snapshot.hash) == self.last_offered:
@@ -38,6 +40,23 @@ class Subscriber:
             return
         self.last_offered = (snapshot.version, snapshot.hash)
         self.pending = snapshot
+        self.wakeup.set()
+
+    def resend_if_behind(self, current: Resolved, version: int, hash_: str) -> bool:
+        """The client says it runs (version, hash): offer `current` again if that differs.
+
+        A version this stream NACKed is never re-sent; the next change will be.
+        """
+        if (version, hash_) == (current.version, current.hash) or current.version in self.nacked:
+            return False
+        if self.pending is not None:
+            return False
+        self.last_offered = (version, hash_)
+        self.offer(current)
+        return True
+
+    def ping(self) -> None:
+        self.heartbeat_now = True
         self.wakeup.set()
 
     def take(self) -> Resolved | None:
@@ -57,6 +76,8 @@ class Hub:
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
         self._by_scope: dict[Scope, set[Subscriber]] = {}
+        # Fault injection for tests: pushes to drop silently, as a broken proxy would.
+        self.drop_pushes = 0
 
     def add(self, sub: Subscriber) -> None:
         self._by_scope.setdefault(sub.scope, set()).add(sub)
@@ -76,6 +97,15 @@ class Hub:
             snapshot = self.resolver.snapshot(scope)
             for sub in self._by_scope[scope]:
                 sub.offer(snapshot)
+
+    def ping_all(self) -> None:
+        """Send every subscriber a heartbeat now (staleness changed)."""
+        for subs in self._by_scope.values():
+            for sub in subs:
+                sub.ping()
+
+    def subscribers(self) -> list[Subscriber]:
+        return [sub for subs in self._by_scope.values() for sub in subs]
 
     def scopes(self) -> list[Scope]:
         return list(self._by_scope)

@@ -35,6 +35,8 @@ class InstanceRecord:
     connected: bool = True
     acked_version: int = 0
     acked_hash: str = ""
+    # What the instance last said it runs (periodic reports).
+    running_version: int = 0
     sent_version: int = 0
     last_nack: NackInfo | None = None
     disconnected_at: float = 0.0
@@ -89,6 +91,12 @@ class Ledger:
         if record:
             record.acked_version = version
             record.acked_hash = hash_
+            record.last_seen = time.time()
+
+    def report(self, stream_id: int, version: int, hash_: str) -> None:
+        record = self._records.get(stream_id)
+        if record:
+            record.running_version = version
             record.last_seen = time.time()
 
     def nack(self, stream_id: int, version: int, hash_: str, error: str, field_paths: list[str]) -> None:

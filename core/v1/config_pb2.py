@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63onfmesh/v1/config.proto\x12\x0b\x63onfmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n\x0cWatchRequest\x12+\n\tsubscribe\x18\x01 \x01(\x0b\x32\x16.confmesh.v1.SubscribeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.confmesh.v1.AckH\x00\x12!\n\x04nack\x18\x03 \x01(\x0b\x32\x11.confmesh.v1.NackH\x00\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x16.confmesh.v1.FlagUsageH\x00\x42\x06\n\x04kind\"\xd4\x01\n\tSubscribe\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\x03\x12\x12\n\nknown_hash\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x32\n\x06labels\x18\x06 \x03(\x0b\x32\".confmesh.v1.Subscribe.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\"|\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x17\n\x0frunning_version\x18\x03 \x01(\x03\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12-\n\x0c\x66ield_errors\x18\x05 \x03(\x0b\x32\x17.confmesh.v1.FieldError\"\x9a\x01\n\tFlagUsage\x12+\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1b.confmesh.v1.FlagUsageCount\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x0e\x46lagUsageCount\x12\x0c\n\x04\x66lag\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"+\n\nFieldError\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"o\n\rWatchResponse\x12)\n\x08snapshot\x18\x01 \x01(\x0b\x32\x15.confmesh.v1.SnapshotH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.confmesh.v1.HeartbeatH\x00\x42\x06\n\x04kind\"3\n\tHeartbeat\x12\x17\n\x0fserver_revision\x18\x01 \x01(\x03\x12\r\n\x05stale\x18\x02 \x01(\x08\"\xe0\x01\n\x08Snapshot\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12\'\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05stale\x18\x06 \x01(\x08\x12/\n\x0bresolved_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05\x66lags\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\":\n\x12GetSnapshotRequest\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t2\x9a\x01\n\rConfigService\x12\x42\n\x05Watch\x12\x19.confmesh.v1.WatchRequest\x1a\x1a.confmesh.v1.WatchResponse(\x01\x30\x01\x12\x45\n\x0bGetSnapshot\x12\x1f.confmesh.v1.GetSnapshotRequest\x1a\x15.confmesh.v1.Snapshotb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63onfmesh/v1/config.proto\x12\x0b\x63onfmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\x0cWatchRequest\x12+\n\tsubscribe\x18\x01 \x01(\x0b\x32\x16.confmesh.v1.SubscribeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.confmesh.v1.AckH\x00\x12!\n\x04nack\x18\x03 \x01(\x0b\x32\x11.confmesh.v1.NackH\x00\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x16.confmesh.v1.FlagUsageH\x00\x12%\n\x06report\x18\x05 \x01(\x0b\x32\x13.confmesh.v1.ReportH\x00\x42\x06\n\x04kind\"\'\n\x06Report\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\"\xd4\x01\n\tSubscribe\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\x03\x12\x12\n\nknown_hash\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x32\n\x06labels\x18\x06 \x03(\x0b\x32\".confmesh.v1.Subscribe.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\"|\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x17\n\x0frunning_version\x18\x03 \x01(\x03\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12-\n\x0c\x66ield_errors\x18\x05 \x03(\x0b\x32\x17.confmesh.v1.FieldError\"\x9a\x01\n\tFlagUsage\x12+\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1b.confmesh.v1.FlagUsageCount\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x0e\x46lagUsageCount\x12\x0c\n\x04\x66lag\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"+\n\nFieldError\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"o\n\rWatchResponse\x12)\n\x08snapshot\x18\x01 \x01(\x0b\x32\x15.confmesh.v1.SnapshotH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.confmesh.v1.HeartbeatH\x00\x42\x06\n\x04kind\"3\n\tHeartbeat\x12\x17\n\x0fserver_revision\x18\x01 \x01(\x03\x12\r\n\x05stale\x18\x02 \x01(\x08\"\xe0\x01\n\x08Snapshot\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12\'\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05stale\x18\x06 \x01(\x08\x12/\n\x0bresolved_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05\x66lags\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\":\n\x12GetSnapshotRequest\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t2\x9a\x01\n\rConfigService\x12\x42\n\x05Watch\x12\x19.confmesh.v1.WatchRequest\x1a\x1a.confmesh.v1.WatchResponse(\x01\x30\x01\x12\x45\n\x0bGetSnapshot\x12\x1f.confmesh.v1.GetSnapshotRequest\x1a\x15.confmesh.v1.Snapshotb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,29 +36,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBE_LABELSENTRY']._loaded_options = None
   _globals['_SUBSCRIBE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_WATCHREQUEST']._serialized_start=105
-  _globals['_WATCHREQUEST']._serialized_end=281
-  _globals['_SUBSCRIBE']._serialized_start=284
-  _globals['_SUBSCRIBE']._serialized_end=496
-  _globals['_SUBSCRIBE_LABELSENTRY']._serialized_start=451
-  _globals['_SUBSCRIBE_LABELSENTRY']._serialized_end=496
-  _globals['_ACK']._serialized_start=498
-  _globals['_ACK']._serialized_end=534
-  _globals['_NACK']._serialized_start=536
-  _globals['_NACK']._serialized_end=660
-  _globals['_FLAGUSAGE']._serialized_start=663
-  _globals['_FLAGUSAGE']._serialized_end=817
-  _globals['_FLAGUSAGECOUNT']._serialized_start=819
-  _globals['_FLAGUSAGECOUNT']._serialized_end=881
-  _globals['_FIELDERROR']._serialized_start=883
-  _globals['_FIELDERROR']._serialized_end=926
-  _globals['_WATCHRESPONSE']._serialized_start=928
-  _globals['_WATCHRESPONSE']._serialized_end=1039
-  _globals['_HEARTBEAT']._serialized_start=1041
-  _globals['_HEARTBEAT']._serialized_end=1092
-  _globals['_SNAPSHOT']._serialized_start=1095
-  _globals['_SNAPSHOT']._serialized_end=1319
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=1321
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=1379
-  _globals['_CONFIGSERVICE']._serialized_start=1382
-  _globals['_CONFIGSERVICE']._serialized_end=1536
+  _globals['_WATCHREQUEST']._serialized_end=320
+  _globals['_REPORT']._serialized_start=322
+  _globals['_REPORT']._serialized_end=361
+  _globals['_SUBSCRIBE']._serialized_start=364
+  _globals['_SUBSCRIBE']._serialized_end=576
+  _globals['_SUBSCRIBE_LABELSENTRY']._serialized_start=531
+  _globals['_SUBSCRIBE_LABELSENTRY']._serialized_end=576
+  _globals['_ACK']._serialized_start=578
+  _globals['_ACK']._serialized_end=614
+  _globals['_NACK']._serialized_start=616
+  _globals['_NACK']._serialized_end=740
+  _globals['_FLAGUSAGE']._serialized_start=743
+  _globals['_FLAGUSAGE']._serialized_end=897
+  _globals['_FLAGUSAGECOUNT']._serialized_start=899
+  _globals['_FLAGUSAGECOUNT']._serialized_end=961
+  _globals['_FIELDERROR']._serialized_start=963
+  _globals['_FIELDERROR']._serialized_end=1006
+  _globals['_WATCHRESPONSE']._serialized_start=1008
+  _globals['_WATCHRESPONSE']._serialized_end=1119
+  _globals['_HEARTBEAT']._serialized_start=1121
+  _globals['_HEARTBEAT']._serialized_end=1172
+  _globals['_SNAPSHOT']._serialized_start=1175
+  _globals['_SNAPSHOT']._serialized_end=1399
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=1401
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=1459
+  _globals['_CONFIGSERVICE']._serialized_start=1462
+  _globals['_CONFIGSERVICE']._serialized_end=1616
 # @@protoc_insertion_point(module_scope)
