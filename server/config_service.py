@@ -27,6 +27,22 @@ log = logging.getLogger(__name__)
 MAX_USAGE_ENTRIES = 1000
 
 
+_encoded: dict[tuple[int, bool], tuple[Resolved, config_pb2.WatchResponse]] = {}
+
+
+def snapshot_response(resolved: Resolved, *, stale: bool) -> config_pb2.WatchResponse:
+    """The WatchResponse for a snapshot, built once and shared by every stream that sends it."""
+    key = (id(resolved), stale)
+    hit = _encoded.get(key)
+    if hit is not None and hit[0] is resolved:
+        return hit[1]
+    if len(_encoded) > 4096:
+        _encoded.clear()
+    response = config_pb2.WatchResponse(snapshot=snapshot_to_pb(resolved, stale=stale))
+    _encoded[key] = (resolved, response)
+    return response
+
+
 def snapshot_to_pb(resolved: Resolved, *, stale: bool) -> config_pb2.Snapshot:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(resolved.resolved_at * 1e9))
@@ -177,7 +193,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     continue
                 if snapshot is not None:
                     self.ledger.sent(sub.id, snapshot.version)
-                    yield config_pb2.WatchResponse(snapshot=snapshot_to_pb(snapshot, stale=self.source.stale))
+                    yield snapshot_response(snapshot, stale=self.source.stale)
         finally:
             reader.cancel()
             self.hub.remove(sub)

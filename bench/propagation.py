@@ -1,0 +1,319 @@
+"""Propagation latency: a write issued -> applied by N clients, confmesh vs raw etcd watchers.
+
+    python bench/propagation.py --clients 100,1000,5000 [--writes 20] [--procs 4]
+
+For each N, in one run and on the same etcd:
+
+* confmesh: N ConfigClient instances (a pydantic schema, validate-then-apply,
+  ACK) in --procs worker processes, connected to one `confmesh serve`
+  process. Latency = when a client has applied the write (its change
+  callback ran) minus when the writer issued the AdminService Put.
+* confmesh receive-only: N bare Watch streams to the same server that read
+  the stamp and ACK, without decoding or validating the snapshot: the
+  server's fan-out, the same work a raw etcd watcher does.
+* raw etcd: N etcd watch streams (plain gRPC Watch on the key) in --procs
+  worker processes. Latency = when the event reached the watcher minus when
+  the writer issued the etcd Put.
+
+Each write carries its issue time (ns, same machine clock). Reports p50,
+p99 and max over all (client, write) pairs, the confmesh server's resident
+memory per stream, and its CPU time per write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+KEY = "bench.stamp"
+ETCD_KEY = "/bench/raw/stamp"
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- workers (separate processes) -------------------------------------------------------------
+
+
+def confmesh_worker(target: str, count: int, writes: int, ready: Any, results: Any, index: int) -> None:
+    from pydantic import BaseModel
+
+    from confmesh.client import ConfigClient
+
+    class Stamp(BaseModel):
+        seq: int = -1
+        t: int = 0
+
+    class Settings(BaseModel):
+        bench: dict[str, Stamp] = {}
+
+    async def main() -> None:
+        latencies: list[int] = []
+        clients = [ConfigClient(target, environment="bench", service="svc", schema=Settings,
+                                instance_id=f"w{index}-{n}", startup_timeout=120, usage_interval=3600,
+                                report_interval=3600) for n in range(count)]  # fmt: skip
+        seen = 0
+
+        def on_change(_old: Any, new: Any) -> None:
+            nonlocal seen
+            stamp = new.bench.get("stamp")
+            if stamp is not None and stamp.seq >= 0:
+                latencies.append(time.time_ns() - stamp.t)
+                seen += 1
+
+        for c in clients:
+            c.on_change(on_change)
+        for i in range(0, count, 200):
+            await asyncio.gather(*(c.start() for c in clients[i : i + 200]))
+        ready.put(index)
+        deadline = time.monotonic() + 60 + writes * 2
+        while seen < count * writes and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        results.put(latencies)
+        await asyncio.gather(*(c.close() for c in clients))
+
+    asyncio.run(main())
+
+
+def receiver_worker(target: str, count: int, writes: int, ready: Any, results: Any, index: int) -> None:
+    """Bare confmesh Watch streams: receive, read the stamp, ACK (no decode-all, no validation)."""
+    import grpc.aio
+
+    from confmesh.v1 import config_pb2, config_pb2_grpc
+
+    async def main() -> None:
+        latencies: list[int] = []
+        channel = grpc.aio.insecure_channel(target)
+        stub = config_pb2_grpc.ConfigServiceStub(channel)
+        done = asyncio.Event()
+        seen = 0
+
+        async def stream(n: int) -> None:
+            nonlocal seen
+            outbox: asyncio.Queue[config_pb2.WatchRequest] = asyncio.Queue()
+            outbox.put_nowait(
+                config_pb2.WatchRequest(
+                    subscribe=config_pb2.Subscribe(
+                        environment="bench", service="svc", instance_id=f"r{index}-{n}"
+                    )
+                )
+            )
+
+            async def requests() -> Any:
+                while not done.is_set():
+                    yield await outbox.get()
+
+            call = stub.Watch(requests())
+            first = True
+            async for resp in call:
+                if resp.WhichOneof("kind") != "snapshot":
+                    continue
+                snap = resp.snapshot
+                if not first:
+                    stamp = snap.config.fields["bench"].struct_value.fields["stamp"].struct_value.fields
+                    latencies.append(time.time_ns() - int(stamp["t"].number_value))
+                    seen += 1
+                first = False
+                outbox.put_nowait(
+                    config_pb2.WatchRequest(ack=config_pb2.Ack(version=snap.version, hash=snap.hash))
+                )
+
+        tasks = [asyncio.create_task(stream(n)) for n in range(count)]
+        await asyncio.sleep(1.0 + count / 2000)
+        ready.put(index)
+        deadline = time.monotonic() + 60 + writes * 2
+        while seen < count * writes and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        done.set()
+        results.put(latencies)
+        for t in tasks:
+            t.cancel()
+        await channel.close()
+
+    asyncio.run(main())
+
+
+def etcd_worker(endpoint: str, count: int, writes: int, ready: Any, results: Any, index: int) -> None:
+    import grpc.aio
+    from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        latencies: list[int] = []
+        channel = grpc.aio.insecure_channel(endpoint)
+        stub = rpc_pb2_grpc.WatchStub(channel)
+        done = asyncio.Event()
+        seen = 0
+
+        async def watch() -> None:
+            nonlocal seen
+            created = asyncio.Event()
+
+            async def requests() -> Any:
+                yield rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=ETCD_KEY.encode()))
+                await done.wait()
+
+            call = stub.Watch(requests())
+            async for resp in call:
+                if resp.created:
+                    created.set()
+                for ev in resp.events:
+                    stamp = json.loads(ev.kv.value)
+                    latencies.append(time.time_ns() - stamp["t"])
+                    seen += 1
+            call.cancel()
+
+        tasks = [asyncio.create_task(watch()) for _ in range(count)]
+        await asyncio.sleep(1.0 + count / 2000)
+        ready.put(index)
+        deadline = time.monotonic() + 60 + writes * 2
+        while seen < count * writes and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        done.set()
+        results.put(latencies)
+        for t in tasks:
+            t.cancel()
+        await channel.close()
+
+    asyncio.run(main())
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+
+def start_workers(fn: Any, target: str, n: int, procs: int, writes: int) -> tuple[list[Any], Any, Any]:
+    ctx = mp.get_context("spawn")
+    ready, results = ctx.Queue(), ctx.Queue()
+    sizes = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+    workers = [ctx.Process(target=fn, args=(target, size, writes, ready, results, i))
+               for i, size in enumerate(sizes) if size]  # fmt: skip
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.get(timeout=600)
+    return workers, ready, results
+
+
+def collect(workers: list[Any], results: Any) -> list[int]:
+    out: list[int] = []
+    for _ in workers:
+        out += results.get(timeout=600)
+    for w in workers:
+        w.join(timeout=60)
+    return out
+
+
+def summary(latencies: list[int], expected: int) -> str:
+    if not latencies:
+        return "no deliveries"
+    ms = sorted(x / 1e6 for x in latencies)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return (
+        f"p50 {statistics.median(ms):8.1f} ms  p99 {p99:8.1f} ms  max {ms[-1]:8.1f} ms  "
+        f"({len(ms)}/{expected} deliveries)"
+    )
+
+
+async def write_confmesh(address: str, writes: int, gap: float) -> None:
+    from confmesh.client import AdminClient
+
+    async with AdminClient(address) as admin:
+        for seq in range(writes):
+            await admin.put(f"{KEY}", {"seq": seq, "t": time.time_ns()}, env="bench")
+            await asyncio.sleep(gap)
+
+
+async def write_etcd(endpoint: str, writes: int, gap: float) -> None:
+    from etcd3aio import Etcd3Client
+
+    async with Etcd3Client([endpoint]) as etcd:
+        assert etcd.kv is not None
+        for seq in range(writes):
+            await etcd.kv.put(ETCD_KEY, json.dumps({"seq": seq, "t": time.time_ns()}))
+            await asyncio.sleep(gap)
+
+
+def run(
+    n: int,
+    writes: int,
+    procs: int,
+    etcd_endpoint: str,
+    server: subprocess.Popen[bytes],
+    address: str,
+    gap: float,
+) -> None:
+    base_rss = rss_kib(server.pid)
+    workers, _, results = start_workers(confmesh_worker, address, n, procs, writes)
+    rss = rss_kib(server.pid)
+    cpu0 = cpu_seconds(server.pid)
+    asyncio.run(write_confmesh(address, writes, gap))
+    latencies = collect(workers, results)
+    cpu = (cpu_seconds(server.pid) - cpu0) / writes
+    print(
+        f"N={n:>6}  confmesh clients (validate + apply)  {summary(latencies, n * writes)}   "
+        f"server RSS +{(rss - base_rss) / max(n, 1):.1f} KiB/stream, CPU {cpu * 1000:.1f} ms/write"
+    )
+    workers, _, results = start_workers(receiver_worker, address, n, procs, writes)
+    asyncio.run(write_confmesh(address, writes, gap))
+    print(
+        f"N={n:>6}  confmesh receive-only (no validation)  {summary(collect(workers, results), n * writes)}"
+    )
+    workers, _, results = start_workers(etcd_worker, etcd_endpoint, n, procs, writes)
+    asyncio.run(write_etcd(etcd_endpoint, writes, gap))
+    print(f"N={n:>6}  raw etcd watchers                    {summary(collect(workers, results), n * writes)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="100,1000,5000")
+    parser.add_argument("--writes", type=int, default=20)
+    parser.add_argument("--procs", type=int, default=4)
+    parser.add_argument("--gap", type=float, default=0.25, help="seconds between writes")
+    args = parser.parse_args()
+    from confmesh.server.embedded_etcd import EmbeddedEtcd, free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        etcd = EmbeddedEtcd(Path(tmp) / "etcd")
+        asyncio.run(etcd.start())
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "confmesh.cli", "serve", "--listen", address, "--etcd", etcd.endpoint,
+             "--log-level", "warning"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            assert server.stdout is not None
+            server.stdout.readline()
+            print(
+                f"{os.cpu_count()} CPUs; {args.writes} writes {args.gap}s apart per N; "
+                f"clients in {args.procs} processes\n"
+            )
+            for n in (int(x) for x in args.clients.split(",")):
+                run(n, args.writes, args.procs, etcd.endpoint, server, address, args.gap)
+        finally:
+            server.terminate()
+            server.wait()
+            asyncio.run(etcd.stop())
+
+
+if __name__ == "__main__":
+    main()
