@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -68,26 +69,28 @@ def confmesh_worker(target: str, count: int, writes: int, ready: Any, results: A
 
     async def main() -> None:
         latencies: list[int] = []
+        all_seen = asyncio.Event()
         clients = [ConfigClient(target, environment="bench", service="svc", schema=Settings,
                                 instance_id=f"w{index}-{n}", startup_timeout=120, usage_interval=3600,
                                 report_interval=3600) for n in range(count)]  # fmt: skip
         seen = 0
 
-        def on_change(_old: Any, new: Any) -> None:
+        def on_change(old: Any, new: Any) -> None:
             nonlocal seen
             stamp = new.bench.get("stamp")
-            if stamp is not None and stamp.seq >= 0:
+            if old is not None and stamp is not None and stamp.seq >= 0:  # not the initial snapshot
                 latencies.append(time.time_ns() - stamp.t)
                 seen += 1
+                if seen >= count * writes:
+                    all_seen.set()
 
         for c in clients:
             c.on_change(on_change)
         for i in range(0, count, 200):
             await asyncio.gather(*(c.start() for c in clients[i : i + 200]))
         ready.put(index)
-        deadline = time.monotonic() + 60 + writes * 2
-        while seen < count * writes and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_seen.wait(), 60 + writes * 2)
         results.put(latencies)
         await asyncio.gather(*(c.close() for c in clients))
 
@@ -105,7 +108,9 @@ def receiver_worker(target: str, count: int, writes: int, ready: Any, results: A
         channel = grpc.aio.insecure_channel(target)
         stub = config_pb2_grpc.ConfigServiceStub(channel)
         done = asyncio.Event()
-        seen = 0
+        all_seen = asyncio.Event()
+        all_ready = asyncio.Event()
+        seen = ready_streams = 0
 
         async def stream(n: int) -> None:
             nonlocal seen
@@ -124,6 +129,7 @@ def receiver_worker(target: str, count: int, writes: int, ready: Any, results: A
 
             call = stub.Watch(requests())
             first = True
+            subscribed = False
             async for resp in call:
                 if resp.WhichOneof("kind") != "snapshot":
                     continue
@@ -132,17 +138,25 @@ def receiver_worker(target: str, count: int, writes: int, ready: Any, results: A
                     stamp = snap.config.fields["bench"].struct_value.fields["stamp"].struct_value.fields
                     latencies.append(time.time_ns() - int(stamp["t"].number_value))
                     seen += 1
+                    if seen >= count * writes:
+                        all_seen.set()
                 first = False
+                if not subscribed:
+                    subscribed = True
+                    nonlocal ready_streams
+                    ready_streams += 1
+                    if ready_streams == count:
+                        all_ready.set()
                 outbox.put_nowait(
                     config_pb2.WatchRequest(ack=config_pb2.Ack(version=snap.version, hash=snap.hash))
                 )
 
         tasks = [asyncio.create_task(stream(n)) for n in range(count)]
-        await asyncio.sleep(1.0 + count / 2000)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_ready.wait(), 120)  # every stream has its first snapshot
         ready.put(index)
-        deadline = time.monotonic() + 60 + writes * 2
-        while seen < count * writes and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_seen.wait(), 60 + writes * 2)
         done.set()
         results.put(latencies)
         for t in tasks:
@@ -161,6 +175,7 @@ def etcd_worker(endpoint: str, count: int, writes: int, ready: Any, results: Any
         channel = grpc.aio.insecure_channel(endpoint)
         stub = rpc_pb2_grpc.WatchStub(channel)
         done = asyncio.Event()
+        all_seen = asyncio.Event()
         seen = 0
 
         async def watch() -> None:
@@ -179,14 +194,15 @@ def etcd_worker(endpoint: str, count: int, writes: int, ready: Any, results: Any
                     stamp = json.loads(ev.kv.value)
                     latencies.append(time.time_ns() - stamp["t"])
                     seen += 1
+                    if seen >= count * writes:
+                        all_seen.set()
             call.cancel()
 
         tasks = [asyncio.create_task(watch()) for _ in range(count)]
         await asyncio.sleep(1.0 + count / 2000)
         ready.put(index)
-        deadline = time.monotonic() + 60 + writes * 2
-        while seen < count * writes and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_seen.wait(), 60 + writes * 2)
         done.set()
         results.put(latencies)
         for t in tasks:

@@ -106,13 +106,13 @@ class Etcd:
             raise self._unavailable(exc) from exc
 
     @staticmethod
-    def unchanged_since(key: str, revision: int) -> rpc_pb2.Compare:
-        """A txn guard: no key under the prefix `key` was modified after `revision`."""
+    def unchanged_since(key: str, revision: int, *, exact: bool = False) -> rpc_pb2.Compare:
+        """A txn guard: `key` (exact) or every key under the prefix `key` is unmodified since `revision`."""
         return rpc_pb2.Compare(
             result=rpc_pb2.Compare.LESS,
             target=rpc_pb2.Compare.MOD,
             key=key.encode(),
-            range_end=prefix_range_end(key),
+            range_end=b"" if exact else prefix_range_end(key),
             mod_revision=revision + 1,
         )
 

@@ -11,10 +11,13 @@ Nothing is ever half-written.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from etcd3aio.kv import KVService, prefix_range_end
 
@@ -26,7 +29,8 @@ from confmesh.merge import MAX_VALUE_BYTES, JSONValue, find_conflicts, normalize
 from confmesh.server.etcd import Etcd
 
 MAX_CHANGES = 100
-CONFLICT_RETRIES = 5
+CONFLICT_RETRIES = 10
+MAX_GUARDS = 120  # etcd allows 128 operations per transaction by default
 
 Current = dict[Layer, dict[str, JSONValue]]
 Plan = Callable[[Current], Sequence[ChangeSpec]]
@@ -93,10 +97,43 @@ def check_layer(layer: Layer, entries: dict[str, JSONValue]) -> None:
         )
 
 
+def _ancestors(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:n]) for n in range(1, len(parts))]
+
+
 class Writer:
     def __init__(self, etcd: Etcd, layout: KeyLayout) -> None:
         self.etcd = etcd
         self.layout = layout
+
+    def _guards(
+        self, layers: Sequence[Layer], changes: Sequence[tuple[ChangeSpec, bytes]], revision: int
+    ) -> list[Any]:
+        """Compare clauses: nothing this write's validity depends on changed after `revision`.
+
+        A config key can only conflict with its ancestors and descendants in
+        the same layer, so writes to unrelated keys of one layer do not
+        contend. Flag layers are validated as a whole set, so they are guarded
+        whole; so is any write that would need too many guards.
+        """
+        guard = self.etcd.unchanged_since
+        touched = {c.layer for c, _ in changes}
+        whole = {layer for layer in layers if layer.kind is LayerKind.FLAGS or layer not in touched}
+        compares = []
+        for change, _ in changes:
+            if change.layer in whole:
+                continue
+            key = self.layout.config_key(change.layer, change.key)
+            compares.append(guard(key, revision, exact=True))
+            compares += [
+                guard(self.layout.config_key(change.layer, a), revision, exact=True)
+                for a in _ancestors(change.key)
+            ]
+            compares.append(guard(key + ".", revision))
+        if len(compares) > MAX_GUARDS:
+            compares, whole = [], set(layers)
+        return compares + [guard(self.layout.layer_root(layer), revision) for layer in sorted(whole)]
 
     async def _read_layer(self, layer: Layer, revision: int) -> tuple[int, dict[str, JSONValue]]:
         root = self.layout.layer_root(layer)
@@ -118,7 +155,7 @@ class Writer:
 
     async def transact(self, layers: Sequence[Layer], plan: Plan, *, actor: str, reason: str) -> WriteResult:
         """Read `layers` at one revision, let `plan` build the changes, commit atomically."""
-        for _ in range(CONFLICT_RETRIES):
+        for attempt in range(CONFLICT_RETRIES):
             revision = 0
             current: Current = {}
             for layer in layers:
@@ -159,10 +196,10 @@ class Writer:
             for layer in touched:
                 check_layer(layer, current[layer])
                 ops.append(KVService.txn_op_put(self.layout.marker_key(layer), marker.encode()))
-            compare = [self.etcd.unchanged_since(self.layout.layer_root(layer), revision) for layer in layers]
-            resp = await self.etcd.txn(compare, ops)
+            resp = await self.etcd.txn(self._guards(layers, validated, revision), ops)
             if resp.succeeded:
                 return WriteResult(revision=resp.header.revision, changed=changed)
+            await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))
         raise errors.FailedPrecondition(
             "the layers kept changing under this write; try again", code="write_conflict"
         )
