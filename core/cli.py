@@ -118,8 +118,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 )
 @click.option("--prefix", default="/confmesh", show_default=True, help="etcd key prefix.")
 @click.option("--heartbeat", default=15.0, show_default=True, help="Watch heartbeat interval (s).")
+@click.option("--metrics-listen", default="", help="Serve Prometheus /metrics on HOST:PORT.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(listen: str, etcd: str, data_dir: str, prefix: str, heartbeat: float, log_level: str) -> None:
+def serve(
+    listen: str, etcd: str, data_dir: str, prefix: str, heartbeat: float, metrics_listen: str, log_level: str
+) -> None:
     """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
     from confmesh.server.app import ServerSettings, parse_endpoints, run_server
 
@@ -136,6 +139,7 @@ def serve(listen: str, etcd: str, data_dir: str, prefix: str, heartbeat: float, 
         data_dir=data_dir,
         prefix=prefix,
         heartbeat_interval=heartbeat,
+        metrics_listen=metrics_listen,
     )
     run(run_server(settings))
 

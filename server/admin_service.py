@@ -20,6 +20,7 @@ from confmesh.merge import explain
 from confmesh.server.config_service import abort
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
+from confmesh.server.metrics import Metrics
 from confmesh.server.source import EtcdSource
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Current, Writer, WriteResult
@@ -47,7 +48,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         *,
         server_id: str,
         endpoints: str,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.usage = usage
         self.writer = writer
         self.hub = hub
@@ -81,7 +84,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             change = ChangeSpec(layer_from_pb(request.layer), request.key, from_value(request.value))
             return await self._write([change], request.context)
 
-        return await self._guard(context, run)
+        return await self._timed("Put", context, run)
 
     async def Delete(
         self, request: admin_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -90,7 +93,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             change = ChangeSpec(layer_from_pb(request.layer), request.key, delete=True)
             return await self._write([change], request.context)
 
-        return await self._guard(context, run)
+        return await self._timed("Delete", context, run)
 
     async def Apply(
         self, request: admin_pb2.ApplyRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -110,7 +113,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     changes.append(ChangeSpec(layer, ch.key, from_value(ch.value)))
             return await self._write(changes, request.context)
 
-        return await self._guard(context, run)
+        return await self._timed("Apply", context, run)
 
     async def Resolve(
         self, request: admin_pb2.ResolveRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -187,6 +190,18 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     # -- feature flags ------------------------------------------------------------
 
+    async def _timed(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]
+    ) -> T:
+        started = time.perf_counter()
+        ok = False
+        try:
+            result = await self._guard(context, call)
+            ok = True
+            return result
+        finally:
+            self.metrics.observe_write(method, started, ok)
+
     async def _commit(self, result: WriteResult) -> admin_pb2.WriteResponse:
         """Read-your-writes: answer once this server's cache includes the write."""
         await self.source.wait_for_revision(result.revision, READ_YOUR_WRITES_TIMEOUT)
@@ -220,7 +235,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 )
             )
 
-        return await self._guard(context, run)
+        return await self._timed("PutFlags", context, run)
 
     async def DeleteFlag(
         self, request: admin_pb2.DeleteFlagRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -229,7 +244,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             change = ChangeSpec(Layer.flags(request.environment), request.key, delete=True)
             return await self._write([change], request.context)
 
-        return await self._guard(context, run)
+        return await self._timed("DeleteFlag", context, run)
 
     async def SetFlagEnabled(
         self, request: admin_pb2.SetFlagEnabledRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -267,7 +282,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 )
             )
 
-        return await self._guard(context, run)
+        return await self._timed("SetFlagEnabled", context, run)
 
     async def GetFlags(
         self, request: admin_pb2.GetFlagsRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
 
 from confmesh.errors import InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, Layer
@@ -21,6 +24,7 @@ from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import Etcd
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
+from confmesh.server.metrics import Metrics
 from confmesh.server.resolver import Resolver, affects
 from confmesh.server.source import EtcdSource
 from confmesh.server.store import ConfigStore
@@ -31,6 +35,12 @@ from confmesh.v1 import admin_pb2_grpc, config_pb2_grpc
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
+SERVICE_NAMES = (
+    "confmesh.v1.ConfigService",
+    "confmesh.v1.AdminService",
+    "grpc.health.v1.Health",
+    reflection.SERVICE_NAME,
+)
 
 
 @dataclass
@@ -44,6 +54,8 @@ class ServerSettings:
     heartbeat_interval: float = 15.0
     sync_timeout: float = 30.0
     shutdown_grace: float = 5.0
+    # HOST:PORT for Prometheus /metrics ("" = off).
+    metrics_listen: str = ""
     # Push backed by reconcile (see confmesh.server.source).
     progress_interval: float = 30.0
     watch_idle_timeout: float = 120.0
@@ -80,6 +92,9 @@ class ConfmeshServer:
         self.source: EtcdSource | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.config_service: ConfigService | None = None
+        self.health = health_aio.HealthServicer()
+        self.metrics = Metrics()
+        self.metrics_port = 0
         self.port = 0
 
     @property
@@ -110,7 +125,11 @@ class ConfmeshServer:
                 watch_idle_timeout=s.watch_idle_timeout,
                 resync_interval=s.resync_interval,
             )
+            self.source.on_error = self.metrics.etcd_errors.inc
             self.source.start()
+            self._register_gauges()
+            if s.metrics_listen:
+                self.metrics_port = self.metrics.serve(s.metrics_listen)
             if not await self.source.wait_synced(s.sync_timeout):
                 raise StartupError(
                     f"could not sync with etcd at {','.join(endpoints)} within {s.sync_timeout:.0f}s: "
@@ -126,7 +145,12 @@ class ConfmeshServer:
                 ]
             )
             self.config_service = ConfigService(
-                self.hub, self.ledger, self.source, self.usage, heartbeat_interval=s.heartbeat_interval
+                self.hub,
+                self.ledger,
+                self.source,
+                self.usage,
+                heartbeat_interval=s.heartbeat_interval,
+                metrics=self.metrics,
             )
             config_pb2_grpc.add_ConfigServiceServicer_to_server(self.config_service, server)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -138,9 +162,12 @@ class ConfmeshServer:
                     self.usage,
                     server_id=self.server_id,
                     endpoints=",".join(endpoints),
+                    metrics=self.metrics,
                 ),
                 server,
             )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            reflection.enable_server_reflection(SERVICE_NAMES, server)
             try:
                 self.port = server.add_insecure_port(s.listen)
             except RuntimeError as exc:
@@ -149,6 +176,9 @@ class ConfmeshServer:
                 raise StartupError(f"cannot listen on {s.listen} (address in use?)")
             await server.start()
             self.grpc_server = server
+            # Synced with etcd (startup waited for it): ready. Stale later still serves.
+            for name in ("", *SERVICE_NAMES[:2]):
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
             await self.stop()
             raise
@@ -160,8 +190,34 @@ class ConfmeshServer:
             self.layout.prefix,
         )
 
+    def _register_gauges(self) -> None:
+        source = self.source
+        assert source is not None
+        m = self.metrics
+        m.gauge("confmesh_streams_connected", "Open Watch streams", lambda: float(self.hub.count()))
+        m.gauge(
+            "confmesh_stale",
+            "1 while etcd is unreachable and the last state is served",
+            lambda: float(source.stale),
+        )
+        m.gauge(
+            "confmesh_etcd_revision", "etcd revision the cache reflects", lambda: float(self.store.revision)
+        )
+        m.gauge(
+            "confmesh_etcd_relists",
+            "Full re-lists of the key space (outages, compaction, resync)",
+            lambda: float(source.relists),
+        )
+        m.gauge(
+            "confmesh_etcd_watch_idle_seconds",
+            "Seconds since the etcd watch last said anything",
+            source.watch_idle_seconds,
+        )
+
     async def stop(self) -> None:
         """Drain Watch streams (clients move to another replica at once), then stop everything."""
+        await self.health.enter_graceful_shutdown()
+        self.metrics.close()
         if self.config_service is not None:
             self.config_service.drain()
         if self.grpc_server is not None:

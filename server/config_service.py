@@ -16,6 +16,7 @@ from confmesh import errors
 from confmesh.keys import Scope
 from confmesh.server.hub import Hub, Subscriber
 from confmesh.server.ledger import Ledger
+from confmesh.server.metrics import Metrics
 from confmesh.server.resolver import Resolved
 from confmesh.server.source import EtcdSource
 from confmesh.server.usage import FlagUsageStore
@@ -72,6 +73,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         usage: FlagUsageStore,
         *,
         heartbeat_interval: float = 15.0,
+        metrics: Metrics | None = None,
         subscribe_timeout: float = 30.0,
         catch_up_timeout: float = 10.0,
     ) -> None:
@@ -83,6 +85,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self.subscribe_timeout = subscribe_timeout
         self.catch_up_timeout = catch_up_timeout
         self.draining = False
+        self.metrics = metrics or Metrics()
 
     async def _ready(self, known_version: int = 0) -> None:
         """Wait until the cache is synced and at least at `known_version`.
@@ -193,6 +196,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     continue
                 if snapshot is not None:
                     self.ledger.sent(sub.id, snapshot.version)
+                    self.metrics.pushed.labels(**self.metrics.scope(scope)).inc()
+                    if snapshot.resolved_at >= sub.created:  # a change seen while subscribed
+                        self.metrics.propagation.observe(max(0.0, time.time() - snapshot.resolved_at))
                     yield snapshot_response(snapshot, stale=self.source.stale)
         finally:
             reader.cancel()
@@ -218,6 +224,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         )
                         return
                     self.ledger.ack(sub.id, msg.ack.version, msg.ack.hash)
+                    self.metrics.acks.labels(**self.metrics.scope(sub.scope)).inc()
                 elif kind == "nack":
                     nack = msg.nack
                     if sub.sent.get(nack.version) != nack.hash:
@@ -228,6 +235,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         )
                         return
                     sub.nacked.add(nack.version)
+                    self.metrics.nacks.labels(**self.metrics.scope(sub.scope)).inc()
                     paths = [fe.path for fe in nack.field_errors]
                     self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
                     log.warning("instance rejected %s version %d: %s", sub.scope, nack.version, nack.error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -32,6 +33,7 @@ class Subscriber:
         self.nacked: set[int] = set()
         self.error: tuple[str, str] | None = None
         self.heartbeat_now = False
+        self.created = time.time()
 
     def offer(self, snapshot: Resolved) -> None:
         if (snapshot.version, snapshot.hash) == self.last_offered:

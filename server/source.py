@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 from confmesh.errors import Unavailable
@@ -63,6 +64,8 @@ class EtcdSource:
         self.drop_events = 0
         # Test seam: awaited after each list, before the watch is created.
         self.before_watch: Callable[[int], Awaitable[None]] | None = None
+        self.last_watch_activity = time.monotonic()
+        self.on_error: Callable[[], None] | None = None
         self._relist = asyncio.Event()
         self._progress = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
@@ -97,6 +100,9 @@ class EtcdSource:
     async def wait_synced(self, timeout: float) -> bool:
         return await self.wait_for_revision(0, timeout)
 
+    def watch_idle_seconds(self) -> float:
+        return time.monotonic() - self.last_watch_activity
+
     def request_relist(self, why: str) -> None:
         log.warning("re-listing etcd: %s", why)
         self._relist.set()
@@ -121,6 +127,7 @@ class EtcdSource:
                 try:
                     async with asyncio.timeout(self.watch_idle_timeout):
                         batch = await anext(stream)
+                    self.last_watch_activity = time.monotonic()
                 except TimeoutError:
                     log.warning("etcd watch silent for %.0fs; replacing it", self.watch_idle_timeout)
                     return
@@ -170,6 +177,8 @@ class EtcdSource:
                 if watch in done and watch.exception() is not None:
                     raise watch.exception()  # type: ignore[misc]
             except Unavailable as exc:
+                if self.on_error is not None:
+                    self.on_error()
                 if not self.stale_reason:
                     log.warning("lost etcd: %s; serving the last known state", exc.message)
                 self._set_stale(exc.message)
