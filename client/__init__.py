@@ -6,7 +6,7 @@ configuration through a server's AdminService.
 """
 
 from confmesh.client._admin import AdminClient, Explained, LayerValue, WriteResult
-from confmesh.client._client import AppliedSnapshot, ConfigClient, Rejection
+from confmesh.client._client import AppliedSnapshot, ClientState, ConfigClient, Rejection
 from confmesh.client._sync import SyncConfigClient
 from confmesh.errors import (
     ConfmeshError,
@@ -22,6 +22,7 @@ from confmesh.errors import (
 __all__ = [
     "AdminClient",
     "AppliedSnapshot",
+    "ClientState",
     "ConfigClient",
     "ConfmeshError",
     "Explained",

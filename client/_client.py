@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import inspect
 import logging
 import os
@@ -65,6 +66,15 @@ class Rejection:
     error: str
     issues: list[errors.FieldIssue]
     at: float
+
+
+class ClientState(enum.Enum):
+    """CONNECTING (no config yet), READY, STALE (disconnected, server stale, or cached), ERROR."""
+
+    CONNECTING = "connecting"
+    READY = "ready"
+    STALE = "stale"
+    ERROR = "error"
 
 
 def default_instance_id() -> str:
@@ -133,6 +143,8 @@ class ConfigClient(Generic[T]):
         self._from_server = False
         self._no_flags = FlagEvaluator(environment=environment, usage=self.usage)
         self._callbacks: list[ChangeCallback] = []
+        self._state_callbacks: list[Callable[[ClientState], None]] = []
+        self._state = ClientState.CONNECTING
         self._applied = asyncio.Condition()
         self._fatal: errors.ConfmeshError | None = None
         self._task: asyncio.Task[None] | None = None
@@ -185,6 +197,33 @@ class ConfigClient(Generic[T]):
         """
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    def on_state(self, callback: Callable[[ClientState], None]) -> Callable[[], None]:
+        """Call `callback(state)` whenever the client's ClientState changes; returns an unsubscribe."""
+        self._state_callbacks.append(callback)
+        return lambda: self._state_callbacks.remove(callback) if callback in self._state_callbacks else None
+
+    def _update_state(self) -> None:
+        if self._fatal is not None:
+            state = ClientState.ERROR
+        elif self._current is None:
+            state = ClientState.CONNECTING
+        elif not self.connected or self.server_stale or self.cached:
+            state = ClientState.STALE
+        else:
+            state = ClientState.READY
+        if state is self._state:
+            return
+        self._state = state
+        for callback in list(self._state_callbacks):
+            try:
+                callback(state)
+            except Exception:
+                log.exception("confmesh state callback %r failed", callback)
 
     async def start(self) -> None:
         """Connect and wait for the first valid snapshot.
@@ -331,8 +370,10 @@ class ConfigClient(Generic[T]):
                         if self._current is not None and self.version > 0:
                             self.cached = False
                             await self._confirmed()
+                        self._update_state()
                         continue
                     outbox.put_nowait(await self._receive(resp.snapshot))
+                    self._update_state()
             except grpc.aio.AioRpcError as exc:
                 error = error_from_rpc(exc, self.target)
                 if exc.code() in FATAL_CODES:
@@ -340,6 +381,7 @@ class ConfigClient(Generic[T]):
                     self._fatal = error
                     async with self._applied:
                         self._applied.notify_all()
+                    self._update_state()
                     return
                 draining = error.code == "draining"
                 log.info("confmesh watch for %s interrupted: %s", self.scope, error.message)
@@ -347,6 +389,7 @@ class ConfigClient(Generic[T]):
                 reporter.cancel()
                 call.cancel()
                 self.connected = False
+                self._update_state()
             self.reconnects += 1
             if draining:  # a replica shutting down on purpose: move on at once (small jitter)
                 await asyncio.sleep(random.uniform(0, 0.05))
