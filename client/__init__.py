@@ -18,6 +18,7 @@ from confmesh.errors import (
     StartupError,
     Unavailable,
 )
+from confmesh.tls import TLSConfig
 
 __all__ = [
     "AdminClient",
@@ -35,6 +36,7 @@ __all__ = [
     "SnapshotRejected",
     "StartupError",
     "SyncConfigClient",
+    "TLSConfig",
     "Unavailable",
     "WriteResult",
 ]

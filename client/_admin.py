@@ -13,6 +13,7 @@ import grpc.aio
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, Scope
 from confmesh.merge import JSONValue
+from confmesh.tls import TLSConfig, aio_channel
 from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
 from confmesh.wire import (
     error_from_rpc,
@@ -62,11 +63,13 @@ def default_actor() -> str:
 class AdminClient:
     """``async with AdminClient("127.0.0.1:7070") as admin: await admin.put("a.b", 1)``."""
 
-    def __init__(self, target: str, *, actor: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, target: str, *, actor: str | None = None, timeout: float = 10.0, tls: TLSConfig | None = None
+    ) -> None:
         self.target = target
         self.actor = actor or default_actor()
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = aio_channel(target, tls)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._config = config_pb2_grpc.ConfigServiceStub(self._channel)
 

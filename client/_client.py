@@ -28,6 +28,7 @@ from confmesh.client._validation import validate
 from confmesh.flags import FlagEvaluator, UsageCounter
 from confmesh.keys import Scope
 from confmesh.merge import lookup, snapshot_hash
+from confmesh.tls import TLSConfig, aio_channel
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_from_rpc, from_struct
 
@@ -114,8 +115,10 @@ class ConfigClient(Generic[T]):
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
         channel_options: list[tuple[str, Any]] | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.target = target
+        self.tls = tls
         self.scope = Scope.checked(environment, service)
         if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
             raise TypeError("schema must be a pydantic BaseModel subclass")
@@ -237,7 +240,7 @@ class ConfigClient(Generic[T]):
             raise errors.ConfmeshError("client already started")
         if self.start_from_defaults:
             self._apply_defaults()
-        self._channel = grpc.aio.insecure_channel(self.target, options=self._channel_options)
+        self._channel = aio_channel(self.target, self.tls, self._channel_options)
         self._task = asyncio.create_task(self._run(), name=f"confmesh-watch-{self.scope}")
         if self._current is None:
             try:

@@ -29,14 +29,17 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from confmesh.errors import StartupError
 from confmesh.keys import Scope
 from confmesh.merge import snapshot_hash
+from confmesh.tls import TLSConfig, sync_channel
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_from_rpc, from_struct
 
 
-def fetch_config(target: str, environment: str, service: str, timeout: float = 10.0) -> dict[str, Any]:
+def fetch_config(
+    target: str, environment: str, service: str, timeout: float = 10.0, tls: TLSConfig | None = None
+) -> dict[str, Any]:
     """The resolved config of one (environment, service), read once (hash-checked)."""
     scope = Scope.checked(environment, service)
-    with grpc.insecure_channel(target) as channel:
+    with sync_channel(target, tls) as channel:
         stub = config_pb2_grpc.ConfigServiceStub(channel)
         try:
             snap = stub.GetSnapshot(
@@ -62,9 +65,10 @@ class ConfmeshSettingsSource(PydanticBaseSettingsSource):
         environment: str,
         service: str,
         timeout: float = 10.0,
+        tls: TLSConfig | None = None,
     ) -> None:
         super().__init__(settings_cls)
-        self.confmesh_config = fetch_config(target, environment, service, timeout)
+        self.confmesh_config = fetch_config(target, environment, service, timeout, tls)
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self.confmesh_config.get(field_name), field_name, False

@@ -72,10 +72,38 @@ class ConfmeshGroup(click.Group):
     help="confmesh server HOST:PORT (env CONFMESH_SERVER).",
 )
 @click.option("--actor", envvar="CONFMESH_ACTOR", default=None, help="Who makes changes (default: $USER).")
+@click.option(
+    "--tls-ca",
+    envvar="CONFMESH_TLS_CA",
+    default=None,
+    help="Connect with TLS, trusting this CA (PEM) (env CONFMESH_TLS_CA).",
+)
+@click.option(
+    "--tls-cert",
+    envvar="CONFMESH_TLS_CERT",
+    default=None,
+    help="Client certificate (PEM) for mutual TLS (env CONFMESH_TLS_CERT).",
+)
+@click.option(
+    "--tls-key",
+    envvar="CONFMESH_TLS_KEY",
+    default=None,
+    help="Client key (PEM) for mutual TLS (env CONFMESH_TLS_KEY).",
+)
 @click.pass_context
-def main(ctx: click.Context, server: str, actor: str | None) -> None:
+def main(
+    ctx: click.Context,
+    server: str,
+    actor: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
     """confmesh: typed config and feature flags for every service, from etcd."""
-    ctx.obj = {"server": server, "actor": actor}
+    from confmesh.tls import TLSConfig
+
+    tls = TLSConfig(ca=tls_ca, cert=tls_cert, key=tls_key) if (tls_ca or tls_cert or tls_key) else None
+    ctx.obj = {"server": server, "actor": actor, "tls": tls}
 
 
 def admin_command(
@@ -89,7 +117,7 @@ def admin_command(
         from confmesh.client import AdminClient
 
         async def body() -> None:
-            async with AdminClient(ctx.obj["server"], actor=ctx.obj["actor"]) as admin:
+            async with AdminClient(ctx.obj["server"], actor=ctx.obj["actor"], tls=ctx.obj["tls"]) as admin:
                 await fn(admin, *args, **kwargs)
 
         run(body())
@@ -119,9 +147,23 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 @click.option("--prefix", default="/confmesh", show_default=True, help="etcd key prefix.")
 @click.option("--heartbeat", default=15.0, show_default=True, help="Watch heartbeat interval (s).")
 @click.option("--metrics-listen", default="", help="Serve Prometheus /metrics on HOST:PORT.")
+@click.option("--tls-cert", "server_cert", default="", help="Serve TLS with this certificate (PEM).")
+@click.option("--tls-key", "server_key", default="", help="The certificate's private key (PEM).")
+@click.option(
+    "--tls-client-ca", default="", help="Require client certificates signed by this CA (mutual TLS)."
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
-    listen: str, etcd: str, data_dir: str, prefix: str, heartbeat: float, metrics_listen: str, log_level: str
+    listen: str,
+    etcd: str,
+    data_dir: str,
+    prefix: str,
+    heartbeat: float,
+    metrics_listen: str,
+    server_cert: str,
+    server_key: str,
+    tls_client_ca: str,
+    log_level: str,
 ) -> None:
     """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
     from confmesh.server.app import ServerSettings, parse_endpoints, run_server
@@ -140,6 +182,9 @@ def serve(
         prefix=prefix,
         heartbeat_interval=heartbeat,
         metrics_listen=metrics_listen,
+        tls_cert=server_cert,
+        tls_key=server_key,
+        tls_client_ca=tls_client_ca,
     )
     run(run_server(settings))
 
@@ -270,6 +315,7 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None) -
             environment=env,
             service=service,
             instance_id=instance_id or f"cli-watch-{default_instance_id()}",
+            tls=ctx.obj["tls"],
             startup_timeout=3600 * 24 * 365,
         )
 

@@ -71,7 +71,7 @@ def flags() -> None:
 def _admin(ctx: click.Context) -> Any:
     from confmesh.client import AdminClient
 
-    return AdminClient(ctx.obj["server"], actor=ctx.obj["actor"])
+    return AdminClient(ctx.obj["server"], actor=ctx.obj["actor"], tls=ctx.obj["tls"])
 
 
 def _run(ctx: click.Context, body: Any) -> Any:

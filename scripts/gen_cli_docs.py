@@ -1,7 +1,7 @@
 """Write docs/cli.md from the CLI's own help texts, so the reference never drifts.
 
-    python scripts/gen_cli_docs.py          # regenerate
-    python scripts/gen_cli_docs.py --check  # exit 1 if docs/cli.md is stale
+python scripts/gen_cli_docs.py          # regenerate
+python scripts/gen_cli_docs.py --check  # exit 1 if docs/cli.md is stale
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ def sections(command: click.Command, path: list[str], parent: click.Context | No
 
 
 def render() -> str:
-    header = ["# CLI reference\n", "Generated from the CLI by `python scripts/gen_cli_docs.py`; do not edit.\n"]
+    header = [
+        "# CLI reference\n",
+        "Generated from the CLI by `python scripts/gen_cli_docs.py`; do not edit.\n",
+    ]
     return "\n".join(header + sections(cli, ["confmesh"], None))
 
 

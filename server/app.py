@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -30,6 +31,7 @@ from confmesh.server.source import EtcdSource
 from confmesh.server.store import ConfigStore
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Writer
+from confmesh.tls import read_pem
 from confmesh.v1 import admin_pb2_grpc, config_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,10 @@ class ServerSettings:
     heartbeat_interval: float = 15.0
     sync_timeout: float = 30.0
     shutdown_grace: float = 5.0
+    # Server TLS (PEM paths); with tls_client_ca, clients must present a certificate it signed.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
     # HOST:PORT for Prometheus /metrics ("" = off).
     metrics_listen: str = ""
     # Push backed by reconcile (see confmesh.server.source).
@@ -75,6 +81,17 @@ def parse_endpoints(value: str) -> list[str]:
     if not endpoints:
         raise InvalidArgument("--etcd needs at least one HOST:PORT")
     return endpoints
+
+
+def is_loopback(listen: str) -> bool:
+    """True when HOST:PORT only accepts connections from this machine."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfmeshServer:
@@ -169,7 +186,11 @@ class ConfmeshServer:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             reflection.enable_server_reflection(SERVICE_NAMES, server)
             try:
-                self.port = server.add_insecure_port(s.listen)
+                credentials = self._server_credentials()
+                if credentials is None:
+                    self.port = server.add_insecure_port(s.listen)
+                else:
+                    self.port = server.add_secure_port(s.listen, credentials)
             except RuntimeError as exc:
                 raise StartupError(f"cannot listen on {s.listen}: {exc}") from exc
             if not self.port:
@@ -188,6 +209,27 @@ class ConfmeshServer:
             self.address,
             ",".join(endpoints),
             self.layout.prefix,
+        )
+
+    def _server_credentials(self) -> grpc.ServerCredentials | None:
+        s = self.settings
+        if not (s.tls_cert or s.tls_key):
+            if s.tls_client_ca:
+                raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
+            if not is_loopback(s.listen):
+                log.warning(
+                    "PLAINTEXT on %s: anyone who can reach this address can read and change config. "
+                    "Use --tls-cert/--tls-key (and --tls-client-ca for mutual TLS).",
+                    s.listen,
+                )
+            return None
+        if not (s.tls_cert and s.tls_key):
+            raise InvalidArgument("TLS needs both --tls-cert and --tls-key")
+        client_ca = read_pem(s.tls_client_ca, "client CA") if s.tls_client_ca else None
+        return grpc.ssl_server_credentials(
+            [(read_pem(s.tls_key, "TLS key"), read_pem(s.tls_cert, "TLS certificate"))],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
         )
 
     def _register_gauges(self) -> None:

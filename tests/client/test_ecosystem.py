@@ -27,8 +27,10 @@ CHECKOUT = {"variants": {"on": True, "off": False}, "default_variant": "off", "o
 async def test_openfeature_sdk_evaluates_confmesh_flags_with_events(
     server: ConfmeshServer, admin: AdminClient
 ) -> None:
-    await admin.put_flags("prod", {"checkout": CHECKOUT, "limit": {"variants": {"low": 10, "high": 100},
-                                                                   "default_variant": "high"}})
+    await admin.put_flags(
+        "prod",
+        {"checkout": CHECKOUT, "limit": {"variants": {"low": 10, "high": 100}, "default_variant": "high"}},
+    )
     events: list[tuple[ProviderEvent, list[str]]] = []
     loop = asyncio.get_running_loop()
 
@@ -37,8 +39,11 @@ async def test_openfeature_sdk_evaluates_confmesh_flags_with_events(
             events.append, (event, list((details or EventDetails(provider_name="")).flags_changed or []))
         )
 
-    for event in (ProviderEvent.PROVIDER_READY, ProviderEvent.PROVIDER_CONFIGURATION_CHANGED,
-                  ProviderEvent.PROVIDER_STALE):
+    for event in (
+        ProviderEvent.PROVIDER_READY,
+        ProviderEvent.PROVIDER_CONFIGURATION_CHANGED,
+        ProviderEvent.PROVIDER_STALE,
+    ):
         api.add_handler(event, record(event))
     try:
         async with ConfigClient(server.address, environment="prod", service="orders") as client:
@@ -46,7 +51,9 @@ async def test_openfeature_sdk_evaluates_confmesh_flags_with_events(
             flags = api.get_client()
             premium = EvaluationContext("user-1", {"tier": "premium"})
             assert flags.get_boolean_value("checkout", False, premium) is True
-            details = flags.get_boolean_details("checkout", False, EvaluationContext("user-2", {"tier": "free"}))
+            details = flags.get_boolean_details(
+                "checkout", False, EvaluationContext("user-2", {"tier": "free"})
+            )
             assert (details.value, details.variant, details.reason) == (False, "off", Reason.DEFAULT)
             assert flags.get_integer_value("limit", 0) == 100
             missing = flags.get_boolean_details("ghost", True)
@@ -87,7 +94,9 @@ def settings_class(address: str, **extra: Any) -> type[BaseSettings]:
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            source = ConfmeshSettingsSource(settings_cls, address, environment="prod", service="orders", **extra)
+            source = ConfmeshSettingsSource(
+                settings_cls, address, environment="prod", service="orders", **extra
+            )
             return init_settings, env_settings, dotenv_settings, source, file_secret_settings
 
     return Settings
