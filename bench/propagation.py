@@ -30,11 +30,11 @@ import multiprocessing as mp
 import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _harness import etcd_and_server
 
 KEY = "bench.stamp"
 ETCD_KEY = "/bench/raw/stamp"
@@ -97,6 +97,25 @@ def confmesh_worker(target: str, count: int, writes: int, ready: Any, results: A
     asyncio.run(main())
 
 
+async def finish(
+    all_seen: asyncio.Event,
+    writes: int,
+    done: asyncio.Event,
+    results: Any,
+    latencies: list[int],
+    tasks: list[asyncio.Task[None]],
+    channel: Any,
+) -> None:
+    """Wait for every delivery (bounded), report the latencies, tear the streams down."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_seen.wait(), 60 + writes * 2)
+    done.set()
+    results.put(latencies)
+    for t in tasks:
+        t.cancel()
+    await channel.close()
+
+
 def receiver_worker(target: str, count: int, writes: int, ready: Any, results: Any, index: int) -> None:
     """Bare confmesh Watch streams: receive, read the stamp, ACK (no decode-all, no validation)."""
     import grpc.aio
@@ -155,13 +174,7 @@ def receiver_worker(target: str, count: int, writes: int, ready: Any, results: A
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_ready.wait(), 120)  # every stream has its first snapshot
         ready.put(index)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_seen.wait(), 60 + writes * 2)
-        done.set()
-        results.put(latencies)
-        for t in tasks:
-            t.cancel()
-        await channel.close()
+        await finish(all_seen, writes, done, results, latencies, tasks, channel)
 
     asyncio.run(main())
 
@@ -201,13 +214,7 @@ def etcd_worker(endpoint: str, count: int, writes: int, ready: Any, results: Any
         tasks = [asyncio.create_task(watch()) for _ in range(count)]
         await asyncio.sleep(1.0 + count / 2000)
         ready.put(index)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_seen.wait(), 60 + writes * 2)
-        done.set()
-        results.put(latencies)
-        for t in tasks:
-            t.cancel()
-        await channel.close()
+        await finish(all_seen, writes, done, results, latencies, tasks, channel)
 
     asyncio.run(main())
 
@@ -304,31 +311,13 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--gap", type=float, default=0.25, help="seconds between writes")
     args = parser.parse_args()
-    from confmesh.server.embedded_etcd import EmbeddedEtcd, free_port
-
-    with tempfile.TemporaryDirectory() as tmp:
-        etcd = EmbeddedEtcd(Path(tmp) / "etcd")
-        asyncio.run(etcd.start())
-        port = free_port()
-        address = f"127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "confmesh.cli", "serve", "--listen", address, "--etcd", etcd.endpoint,
-             "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            assert server.stdout is not None
-            server.stdout.readline()
-            print(
-                f"{os.cpu_count()} CPUs; {args.writes} writes {args.gap}s apart per N; "
-                f"clients in {args.procs} processes\n"
-            )
-            for n in (int(x) for x in args.clients.split(",")):
-                run(n, args.writes, args.procs, etcd.endpoint, server, address, args.gap)
-        finally:
-            server.terminate()
-            server.wait()
-            asyncio.run(etcd.stop())
+    with etcd_and_server() as stack:
+        print(
+            f"{os.cpu_count()} CPUs; {args.writes} writes {args.gap}s apart per N; "
+            f"clients in {args.procs} processes\n"
+        )
+        for n in (int(x) for x in args.clients.split(",")):
+            run(n, args.writes, args.procs, stack.etcd_endpoint, stack.server, stack.address, args.gap)
 
 
 if __name__ == "__main__":

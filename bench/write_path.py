@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
+
+from _harness import etcd_and_server
 
 
 async def rate(put: object, seconds: float, concurrency: int) -> float:
@@ -61,30 +59,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", default="1,16")
     args = parser.parse_args()
-    from confmesh.server.embedded_etcd import EmbeddedEtcd, free_port
-
-    with tempfile.TemporaryDirectory() as tmp:
-        etcd = EmbeddedEtcd(Path(tmp) / "etcd")
-        asyncio.run(etcd.start())
-        address = f"127.0.0.1:{free_port()}"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "confmesh.cli", "serve", "--listen", address, "--etcd", etcd.endpoint,
-             "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            assert server.stdout is not None
-            server.stdout.readline()
-            for c in (int(x) for x in args.concurrency.split(",")):
-                ours, raw = asyncio.run(measure(address, etcd.endpoint, args.seconds, c))
-                print(
-                    f"concurrency {c:>3}: confmesh Put {ours:8.0f}/s   raw etcd put {raw:8.0f}/s   "
-                    f"ratio {ours / raw:.2f}"
-                )
-        finally:
-            server.terminate()
-            server.wait()
-            asyncio.run(etcd.stop())
+    with etcd_and_server() as stack:
+        for c in (int(x) for x in args.concurrency.split(",")):
+            ours, raw = asyncio.run(measure(stack.address, stack.etcd_endpoint, args.seconds, c))
+            print(
+                f"concurrency {c:>3}: confmesh Put {ours:8.0f}/s   raw etcd put {raw:8.0f}/s   "
+                f"ratio {ours / raw:.2f}"
+            )
 
 
 if __name__ == "__main__":
