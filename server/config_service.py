@@ -147,6 +147,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             )
             return
         sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash)
+        counters = sub.counters = self.metrics.for_stream(scope)
         self.ledger.connect(
             sub.id,
             instance_id=sub_msg.instance_id,
@@ -196,7 +197,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     continue
                 if snapshot is not None:
                     self.ledger.sent(sub.id, snapshot.version)
-                    self.metrics.pushed.labels(**self.metrics.scope(scope)).inc()
+                    counters.pushed.inc()
                     if snapshot.resolved_at >= sub.created:  # a change seen while subscribed
                         self.metrics.propagation.observe(max(0.0, time.time() - snapshot.resolved_at))
                     yield snapshot_response(snapshot, stale=self.source.stale)
@@ -224,7 +225,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         )
                         return
                     self.ledger.ack(sub.id, msg.ack.version, msg.ack.hash)
-                    self.metrics.acks.labels(**self.metrics.scope(sub.scope)).inc()
+                    sub.counters.acks.inc()
                 elif kind == "nack":
                     nack = msg.nack
                     if sub.sent.get(nack.version) != nack.hash:
@@ -235,7 +236,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         )
                         return
                     sub.nacked.add(nack.version)
-                    self.metrics.nacks.labels(**self.metrics.scope(sub.scope)).inc()
+                    sub.counters.nacks.inc()
                     paths = [fe.path for fe in nack.field_errors]
                     self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
                     log.warning("instance rejected %s version %d: %s", sub.scope, nack.version, nack.error)

@@ -12,6 +12,7 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Any
 
 from confmesh.keys import Scope
 from confmesh.server.resolver import Resolved, Resolver
@@ -34,6 +35,7 @@ class Subscriber:
         self.error: tuple[str, str] | None = None
         self.heartbeat_now = False
         self.created = time.time()
+        self.counters: Any = None  # metrics.StreamCounters, set by the servicer
 
     def offer(self, snapshot: Resolved) -> None:
         if (snapshot.version, snapshot.hash) == self.last_offered:

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from confmesh.keys import Scope
+
+
+@dataclass(frozen=True)
+class StreamCounters:
+    pushed: Any
+    acks: Any
+    nacks: Any
 
 
 class Metrics:
@@ -43,8 +51,12 @@ class Metrics:
         g.set_function(read)
         self._gauges.append(g)
 
-    def scope(self, scope: Scope) -> dict[str, str]:
-        return {"environment": scope.environment, "service": scope.service}
+    def for_stream(self, scope: Scope) -> StreamCounters:
+        """The labelled counters of one scope, resolved once per stream (cheap per push)."""
+        labels = (scope.environment, scope.service)
+        return StreamCounters(
+            self.pushed.labels(*labels), self.acks.labels(*labels), self.nacks.labels(*labels)
+        )
 
     def observe_write(self, method: str, started: float, ok: bool) -> None:
         self.writes.labels(method, "ok" if ok else "error").observe(time.perf_counter() - started)
