@@ -12,7 +12,7 @@ import grpc.aio
 
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, Scope
-from confmesh.merge import JSONValue
+from confmesh.merge import JSONValue, normalize
 from confmesh.tls import TLSConfig, aio_channel
 from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
 from confmesh.wire import (
@@ -100,6 +100,7 @@ class AdminClient:
         service: str | None = None,
         reason: str = "",
     ) -> WriteResult:
+        value = normalize(value, path=key, depth=key.count("."))
         req = admin_pb2.PutRequest(
             layer=layer_to_pb(Layer.of(env, service)),
             key=key,
@@ -125,7 +126,7 @@ class AdminClient:
             if ch.delete:
                 msg.delete = True
             else:
-                msg.value.CopyFrom(to_value(ch.value))
+                msg.value.CopyFrom(to_value(normalize(ch.value, path=ch.key, depth=ch.key.count("."))))
         resp = await self._call(self._admin.Apply, req)
         return WriteResult(resp.revision, list(resp.changed))
 

@@ -21,7 +21,10 @@ from confmesh.errors import InvalidArgument
 
 JSONValue = Any
 MAX_SAFE_INTEGER = 2**53
-MAX_VALUE_DEPTH = 32
+# Total nesting of a resolved document (key segments + value levels). Each JSON
+# level costs ~3 protobuf levels on the wire (Value > Struct > map entry) and
+# protobuf parsers stop at 100, so 28 is the most that always crosses the wire.
+MAX_VALUE_DEPTH = 28
 MAX_VALUE_BYTES = 512 * 1024
 
 

@@ -24,6 +24,7 @@ from confmesh.server.config_service import ConfigService
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import Etcd
 from confmesh.server.hub import Hub
+from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
 from confmesh.server.resolver import Resolver, affects
@@ -153,13 +154,14 @@ class ConfmeshServer:
                     f"{self.source.stale_reason}"
                 )
             server = grpc.aio.server(
+                interceptors=[DecodeErrorsAsInvalidArgument()],
                 options=[
                     ("grpc.keepalive_time_ms", 20_000),
                     ("grpc.keepalive_timeout_ms", 10_000),
                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                     ("grpc.keepalive_permit_without_calls", 1),
                     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-                ]
+                ],
             )
             self.config_service = ConfigService(
                 self.hub,

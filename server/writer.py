@@ -43,7 +43,7 @@ class WriteResult:
 
 
 def _encode(change: ChangeSpec) -> bytes:
-    value = normalize(change.value, path=change.key)
+    value = normalize(change.value, path=change.key, depth=change.key.count("."))
     encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
     if len(encoded) > MAX_VALUE_BYTES:
         raise errors.InvalidArgument(

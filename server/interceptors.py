@@ -1,0 +1,76 @@
+"""Turn undecodable requests into INVALID_ARGUMENT instead of gRPC's UNKNOWN.
+
+gRPC decodes a request before any servicer code runs, and a message that is
+not valid protobuf surfaces as UNKNOWN ("Unexpected DecodeError"). This
+interceptor takes the raw bytes and decodes them itself, so a malformed
+request gets a clear INVALID_ARGUMENT naming the message type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+
+def _decoder(deserialize: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as exc:
+            raise _Malformed(f"malformed request for {method}: {exc}") from exc
+
+    return decode
+
+
+class _Malformed(Exception):
+    pass
+
+
+class DecodeErrorsAsInvalidArgument(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method = details.method  # type: ignore[attr-defined]
+        decode = _decoder(handler.request_deserializer, method)
+        if handler.unary_unary is not None:
+            inner: Any = handler.unary_unary
+
+            async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    request = decode(raw)
+                except _Malformed as exc:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=None, response_serializer=handler.response_serializer
+            )
+        if handler.stream_stream is not None:
+            stream: Any = handler.stream_stream
+
+            async def bidi(
+                raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                async def requests() -> AsyncIterator[Any]:
+                    async for raw in raw_requests:
+                        try:
+                            yield decode(raw)
+                        except _Malformed as exc:
+                            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+                async for response in stream(requests(), context):
+                    yield response
+
+            return grpc.stream_stream_rpc_method_handler(
+                bidi, request_deserializer=None, response_serializer=handler.response_serializer
+            )
+        return handler
