@@ -28,6 +28,7 @@ from confmesh.client._validation import validate
 from confmesh.flags import FlagEvaluator, UsageCounter
 from confmesh.keys import Scope
 from confmesh.merge import lookup, snapshot_hash
+from confmesh.secrets import resolve_refs
 from confmesh.tls import TLSConfig, aio_channel
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_from_rpc, from_struct
@@ -184,7 +185,7 @@ class ConfigClient(Generic[T]):
 
     @property
     def raw(self) -> Mapping[str, Any]:
-        """The resolved config as plain JSON-like data."""
+        """The config as distributed (secret references not resolved: safe to log)."""
         return self._current.raw if self._current else {}
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -259,7 +260,10 @@ class ConfigClient(Generic[T]):
         if cached is None:
             return False
         try:
-            config = validate(self.schema, cached.config)  # type: ignore[arg-type]
+            resolved, issues = resolve_refs(cached.config)
+            if issues:
+                raise errors.SnapshotRejected("; ".join(str(i) for i in issues), issues)
+            config = validate(self.schema, resolved)  # type: ignore[arg-type]
             flags = FlagEvaluator(
                 cached.flags, version=cached.version, environment=self.scope.environment, usage=self.usage
             )
@@ -468,8 +472,11 @@ class ConfigClient(Generic[T]):
         raw_flags = from_struct(snap.flags)
         if snapshot_hash(raw, raw_flags) != snap.hash:
             return self._nack(snap, "content does not match its hash; snapshot corrupted in transit", [])
+        resolved, secret_issues = resolve_refs(raw)
+        if secret_issues:
+            return self._nack(snap, "; ".join(str(i) for i in secret_issues), secret_issues)
         try:
-            config = validate(self.schema, raw)  # type: ignore[arg-type]
+            config = validate(self.schema, resolved)  # type: ignore[arg-type]
         except errors.SnapshotRejected as exc:
             return self._nack(snap, exc.message, exc.issues)
         try:

@@ -26,6 +26,7 @@ from confmesh.changes import ChangeSpec
 from confmesh.flags.model import parse_flag_set
 from confmesh.keys import KeyLayout, Layer, LayerKind, split_key
 from confmesh.merge import MAX_VALUE_BYTES, JSONValue, find_conflicts, normalize, parse_json_value
+from confmesh.secrets import check_refs
 from confmesh.server.etcd import Etcd
 
 MAX_CHANGES = 100
@@ -44,6 +45,8 @@ class WriteResult:
 
 def _encode(change: ChangeSpec) -> bytes:
     value = normalize(change.value, path=change.key, depth=change.key.count("."))
+    if change.layer.kind is not LayerKind.FLAGS:
+        check_refs(value, change.key)
     encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
     if len(encoded) > MAX_VALUE_BYTES:
         raise errors.InvalidArgument(
