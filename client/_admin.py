@@ -203,3 +203,13 @@ class AdminClient:
         req = admin_pb2.GetFlagUsageRequest(environment=env, window_seconds=window_seconds)
         usage: admin_pb2.GetFlagUsageResponse = await self._call(self._admin.GetFlagUsage, req)
         return usage
+
+    async def audit(
+        self, *, env: str = "", service: str = "", key_prefix: str = "", actor: str = "", limit: int = 100
+    ) -> admin_pb2.ListAuditResponse:
+        """Audit records, newest first, filtered by scope, key prefix and actor."""
+        req = admin_pb2.ListAuditRequest(
+            environment=env, service=service, key_prefix=key_prefix, actor=actor, limit=limit
+        )
+        resp: admin_pb2.ListAuditResponse = await self._call(self._admin.ListAudit, req)
+        return resp

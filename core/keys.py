@@ -11,6 +11,7 @@ human-readable, so ``etcdctl get --prefix /confmesh`` is a usable view::
     P/meta/layers/env/<environment>              so a delete moves that layer's version
     P/meta/layers/service/<environment>/<service>
     P/meta/layers/flags/<environment>
+    P/audit/<time-ns>-<random>                   one audit record per change (same transaction)
 
 Values are JSON documents. Keys are dotted paths (``database.pool.max``).
 """
@@ -109,6 +110,20 @@ class Layer:
         return cls(LayerKind.FLAGS, check_name(environment, "environment"))
 
     @classmethod
+    def from_path(cls, path: str) -> Layer:
+        """The inverse of `path`: "defaults", "env/E", "service/E/S" or "flags/E"."""
+        kind, *args = path.split("/")
+        if kind == "defaults" and not args:
+            return cls.defaults()
+        if kind == "env" and len(args) == 1:
+            return cls.env(args[0])
+        if kind == "flags" and len(args) == 1:
+            return cls.flags(args[0])
+        if kind == "service" and len(args) == 2:
+            return cls.svc(args[0], args[1])
+        raise InvalidArgument(f"invalid layer {path!r}")
+
+    @classmethod
     def of(cls, environment: str | None, service: str | None) -> Layer:
         """The layer a CLI-style (--env, --service) pair names."""
         if service and not environment:
@@ -170,6 +185,7 @@ class KeyLayout:
         self.config_root = f"{self.prefix}/config/"
         self.flags_root = f"{self.prefix}/flags/"
         self.marker_root = f"{self.prefix}/meta/layers/"
+        self.audit_root = f"{self.prefix}/audit/"
 
     def config_key(self, layer: Layer, key: str) -> str:
         return f"{self.layer_root(layer)}{key}"

@@ -69,10 +69,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             raise
 
     async def _write(
-        self, changes: list[ChangeSpec], ctx: admin_pb2.ChangeContext
+        self, changes: list[ChangeSpec], ctx: admin_pb2.ChangeContext, source: str
     ) -> admin_pb2.WriteResponse:
         return await self._commit(
-            await self.writer.write(changes, actor=ctx.actor or "anonymous", reason=ctx.reason)
+            await self.writer.write(changes, actor=ctx.actor or "anonymous", reason=ctx.reason, source=source)
         )
 
     async def Put(
@@ -82,7 +82,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             if not request.HasField("value"):
                 raise errors.InvalidArgument("value is required", field="value")
             change = ChangeSpec(layer_from_pb(request.layer), request.key, from_value(request.value))
-            return await self._write([change], request.context)
+            return await self._write([change], request.context, "Put")
 
         return await self._timed("Put", context, run)
 
@@ -91,7 +91,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
             change = ChangeSpec(layer_from_pb(request.layer), request.key, delete=True)
-            return await self._write([change], request.context)
+            return await self._write([change], request.context, "Delete")
 
         return await self._timed("Delete", context, run)
 
@@ -111,7 +111,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     changes.append(ChangeSpec(layer, ch.key, delete=True))
                 else:
                     changes.append(ChangeSpec(layer, ch.key, from_value(ch.value)))
-            return await self._write(changes, request.context)
+            return await self._write(changes, request.context, "Apply")
 
         return await self._timed("Apply", context, run)
 
@@ -231,7 +231,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
             return await self._commit(
                 await self.writer.transact(
-                    [layer], plan, actor=request.context.actor or "anonymous", reason=request.context.reason
+                    [layer],
+                    plan,
+                    actor=request.context.actor or "anonymous",
+                    reason=request.context.reason,
+                    source="PutFlags",
                 )
             )
 
@@ -242,7 +246,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
             change = ChangeSpec(Layer.flags(request.environment), request.key, delete=True)
-            return await self._write([change], request.context)
+            return await self._write([change], request.context, "DeleteFlag")
 
         return await self._timed("DeleteFlag", context, run)
 
@@ -279,6 +283,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     plan,
                     actor=request.context.actor or "anonymous",
                     reason=request.context.reason,
+                    source="SetFlagEnabled" if request.enabled else "SetFlagEnabled(kill)",
                 )
             )
 
@@ -330,3 +335,60 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return resp
 
         return await self._guard(context, run)
+
+    # -- audit ----------------------------------------------------------------------
+
+    async def ListAudit(
+        self, request: admin_pb2.ListAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ListAuditResponse:
+        async def run() -> admin_pb2.ListAuditResponse:
+            if request.environment:
+                check_name(request.environment, "environment")
+            if request.service:
+                check_name(request.service, "service")
+            limit = request.limit or 100
+            if not 0 < limit <= 1000:
+                raise errors.InvalidArgument("limit must be 1-1000", field="limit")
+            records = await self.writer.read_audit(
+                limit=limit,
+                newest_first=True,
+                keep=lambda entry: _matches(
+                    entry, request.environment, request.service, request.key_prefix, request.actor
+                ),
+            )
+            resp = admin_pb2.ListAuditResponse()
+            for audit_id, revision, entry in records:
+                rec = resp.records.add(
+                    id=audit_id,
+                    revision=revision,
+                    at=_ts(entry["at"]),
+                    actor=entry["actor"],
+                    reason=entry["reason"],
+                    source=entry.get("source", ""),
+                )
+                for ch in entry["changes"]:
+                    msg = rec.changes.add(
+                        layer=layer_to_pb(Layer.from_path(ch["layer"])), key=ch["key"], op=ch["op"]
+                    )
+                    if "old" in ch:
+                        msg.old_value.CopyFrom(to_value(ch["old"]))
+                    if "new" in ch:
+                        msg.new_value.CopyFrom(to_value(ch["new"]))
+            return resp
+
+        return await self._guard(context, run)
+
+
+def _matches(entry: dict[str, Any], env: str, service: str, key_prefix: str, actor: str) -> bool:
+    if actor and entry.get("actor") != actor:
+        return False
+    for ch in entry.get("changes", []):
+        layer = Layer.from_path(ch["layer"])
+        if env and layer.environment not in (env, ""):  # defaults affect every environment
+            continue
+        if service and layer.service not in (service, ""):  # so do environment layers every service
+            continue
+        if key_prefix and not ch["key"].startswith(key_prefix):
+            continue
+        return True
+    return False

@@ -313,3 +313,55 @@ class GetFlagUsageResponse(_message.Message):
     window_seconds: int
     flag_age_p95_seconds: float
     def __init__(self, flags: _Optional[_Iterable[_Union[FlagUsageSummary, _Mapping]]] = ..., window_seconds: _Optional[int] = ..., flag_age_p95_seconds: _Optional[float] = ...) -> None: ...
+
+class AuditChange(_message.Message):
+    __slots__ = ("layer", "key", "op", "old_value", "new_value")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    OLD_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NEW_VALUE_FIELD_NUMBER: _ClassVar[int]
+    layer: Layer
+    key: str
+    op: str
+    old_value: _struct_pb2.Value
+    new_value: _struct_pb2.Value
+    def __init__(self, layer: _Optional[_Union[Layer, _Mapping]] = ..., key: _Optional[str] = ..., op: _Optional[str] = ..., old_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., new_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("id", "revision", "at", "actor", "reason", "source", "changes")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    revision: int
+    at: _timestamp_pb2.Timestamp
+    actor: str
+    reason: str
+    source: str
+    changes: _containers.RepeatedCompositeFieldContainer[AuditChange]
+    def __init__(self, id: _Optional[str] = ..., revision: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., source: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[AuditChange, _Mapping]]] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("environment", "service", "key_prefix", "actor", "limit")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    KEY_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    key_prefix: str
+    actor: str
+    limit: int
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., key_prefix: _Optional[str] = ..., actor: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...

@@ -84,6 +84,11 @@ class AdminServiceStub:
                 request_serializer=confmesh_dot_v1_dot_admin__pb2.GetFlagUsageRequest.SerializeToString,
                 response_deserializer=confmesh_dot_v1_dot_admin__pb2.GetFlagUsageResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/confmesh.v1.AdminService/ListAudit',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -157,6 +162,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The audit log: one record per change, written in the change's own transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +221,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetFlagUsage,
                     request_deserializer=confmesh_dot_v1_dot_admin__pb2.GetFlagUsageRequest.FromString,
                     response_serializer=confmesh_dot_v1_dot_admin__pb2.GetFlagUsageResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +498,33 @@ class AdminService:
             '/confmesh.v1.AdminService/GetFlagUsage',
             confmesh_dot_v1_dot_admin__pb2.GetFlagUsageRequest.SerializeToString,
             confmesh_dot_v1_dot_admin__pb2.GetFlagUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/ListAudit',
+            confmesh_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
