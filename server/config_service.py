@@ -28,20 +28,23 @@ log = logging.getLogger(__name__)
 MAX_USAGE_ENTRIES = 1000
 
 
-_encoded: dict[tuple[int, bool], tuple[Resolved, config_pb2.WatchResponse]] = {}
+class EncodedSnapshots:
+    """WatchResponses built once per (snapshot, stale) and shared by every stream that sends them."""
 
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._cache: dict[tuple[int, bool], tuple[Resolved, config_pb2.WatchResponse]] = {}
 
-def snapshot_response(resolved: Resolved, *, stale: bool) -> config_pb2.WatchResponse:
-    """The WatchResponse for a snapshot, built once and shared by every stream that sends it."""
-    key = (id(resolved), stale)
-    hit = _encoded.get(key)
-    if hit is not None and hit[0] is resolved:
-        return hit[1]
-    if len(_encoded) > 4096:
-        _encoded.clear()
-    response = config_pb2.WatchResponse(snapshot=snapshot_to_pb(resolved, stale=stale))
-    _encoded[key] = (resolved, response)
-    return response
+    def response(self, resolved: Resolved, *, stale: bool) -> config_pb2.WatchResponse:
+        key = (id(resolved), stale)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is resolved:  # the Resolved itself guards against id reuse
+            return hit[1]
+        if len(self._cache) >= self.limit:
+            self._cache.clear()
+        response = config_pb2.WatchResponse(snapshot=snapshot_to_pb(resolved, stale=stale))
+        self._cache[key] = (resolved, response)
+        return response
 
 
 def snapshot_to_pb(resolved: Resolved, *, stale: bool) -> config_pb2.Snapshot:
@@ -85,6 +88,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self.subscribe_timeout = subscribe_timeout
         self.catch_up_timeout = catch_up_timeout
         self.draining = False
+        self.encoded = EncodedSnapshots()
         self.metrics = metrics or Metrics()
 
     async def _ready(self, known_version: int = 0) -> None:
@@ -200,7 +204,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     counters.pushed.inc()
                     if snapshot.resolved_at >= sub.created:  # a change seen while subscribed
                         self.metrics.propagation.observe(max(0.0, time.time() - snapshot.resolved_at))
-                    yield snapshot_response(snapshot, stale=self.source.stale)
+                    yield self.encoded.response(snapshot, stale=self.source.stale)
         finally:
             reader.cancel()
             self.hub.remove(sub)

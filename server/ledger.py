@@ -9,7 +9,7 @@ last NACK is still visible.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from confmesh.keys import Scope
 
@@ -40,7 +40,6 @@ class InstanceRecord:
     sent_version: int = 0
     last_nack: NackInfo | None = None
     disconnected_at: float = 0.0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class Ledger:
