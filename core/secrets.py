@@ -20,10 +20,6 @@ REF_KEY = "$secret"
 REF_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]{0,255}|file:/[^\x00]{1,4095})$")
 
 
-def is_ref(value: Any) -> bool:
-    return isinstance(value, Mapping) and REF_KEY in value
-
-
 def check_refs(value: Any, path: str) -> None:
     """Refuse malformed references (write time)."""
     if isinstance(value, Mapping):

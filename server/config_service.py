@@ -259,7 +259,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         sub.scope.environment, ((c.flag, c.variant, c.count) for c in counts), time.time()
                     )
                 elif kind == "report":
-                    self.ledger.report(sub.id, msg.report.version, msg.report.hash)
+                    self.ledger.seen(sub.id)
                     current = self.hub.resolver.snapshot(sub.scope)
                     if sub.resend_if_behind(current, msg.report.version, msg.report.hash):
                         log.info(

@@ -35,8 +35,6 @@ class InstanceRecord:
     connected: bool = True
     acked_version: int = 0
     acked_hash: str = ""
-    # What the instance last said it runs (periodic reports).
-    running_version: int = 0
     sent_version: int = 0
     last_nack: NackInfo | None = None
     disconnected_at: float = 0.0
@@ -92,10 +90,9 @@ class Ledger:
             record.acked_hash = hash_
             record.last_seen = time.time()
 
-    def report(self, stream_id: int, version: int, hash_: str) -> None:
+    def seen(self, stream_id: int) -> None:
         record = self._records.get(stream_id)
         if record:
-            record.running_version = version
             record.last_seen = time.time()
 
     def nack(self, stream_id: int, version: int, hash_: str, error: str, field_paths: list[str]) -> None:

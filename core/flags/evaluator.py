@@ -85,9 +85,6 @@ def _semver(text: str) -> semver.Version | None:
         return None
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
 
 def compile_clause(clause: Clause) -> Matcher:
     """ctx -> bool; a missing attribute never matches."""
