@@ -22,7 +22,7 @@ from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc  # type: ignore[attr-defined]
 from etcd3aio.connections import ConnectionManager
 from etcd3aio.errors import EtcdError
-from etcd3aio.kv import prefix_range_end
+from etcd3aio.kv import SortOrder, SortTarget, prefix_range_end
 
 from confmesh.errors import Unavailable
 
@@ -95,6 +95,38 @@ class Etcd:
                 start = resp.kvs[-1].key + b"\x00"
         except (EtcdError, grpc.RpcError, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
+
+    async def newest_mod_revision(self, prefix: str) -> int:
+        """The newest modification revision of any key under `prefix` (0: no keys): one tiny read."""
+        assert self._client.kv is not None
+        try:
+            resp = await self._client.kv.get(
+                prefix, prefix_range_end(prefix), limit=1, keys_only=True, sort_order=SortOrder.DESCEND,
+                sort_target=SortTarget.MOD, timeout=self.timeout,
+            )  # fmt: skip
+        except (EtcdError, grpc.RpcError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        return int(resp.kvs[0].mod_revision) if resp.kvs else 0
+
+    async def newest_first(self, prefix: str, *, page: int = 200) -> AsyncIterator[KeyValue]:
+        """Keys under `prefix` in descending key order, read a page at a time."""
+        assert self._client.kv is not None
+        end = prefix_range_end(prefix)
+        revision = 0
+        while True:
+            try:
+                resp = await self._client.kv.get(
+                    prefix, end, revision=revision, limit=page, sort_order=SortOrder.DESCEND,
+                    sort_target=SortTarget.KEY, timeout=self.timeout,
+                )  # fmt: skip
+            except (EtcdError, grpc.RpcError, TimeoutError) as exc:
+                raise self._unavailable(exc) from exc
+            revision = revision or resp.header.revision
+            for kv in resp.kvs:
+                yield KeyValue(kv.key.decode(), kv.value, kv.mod_revision)
+            if not resp.more or not resp.kvs:
+                return
+            end = resp.kvs[-1].key  # exclusive: continue below the last key seen
 
     async def txn(
         self, compare: Sequence[rpc_pb2.Compare], success: Sequence[rpc_pb2.RequestOp]

@@ -204,8 +204,7 @@ class EtcdSource:
         match the store.
         """
         prefix = self.store.layout.prefix + "/"
-        _, latest = await self.etcd.list_prefix(prefix)
-        newest = max((kv.mod_revision for kv in latest), default=0)
+        newest = await self.etcd.newest_mod_revision(prefix)
         if newest > self.store.revision and not await self.wait_for_revision(newest, catch_up_grace):
             self.divergences += 1
             self.request_relist(
