@@ -17,6 +17,7 @@ from confmesh.flags.lifecycle import flag_ages, percentile
 from confmesh.flags.model import parse_flag, parse_flag_set
 from confmesh.keys import Layer, LayerKind, Scope, check_name, split_key
 from confmesh.merge import explain
+from confmesh.server.audit import AuditFilter, read_audit
 from confmesh.server.config_service import abort
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
@@ -349,13 +350,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             limit = request.limit or 100
             if not 0 < limit <= 1000:
                 raise errors.InvalidArgument("limit must be 1-1000", field="limit")
-            records = await self.writer.read_audit(
-                limit=limit,
-                newest_first=True,
-                keep=lambda entry: _matches(
-                    entry, request.environment, request.service, request.key_prefix, request.actor
-                ),
-            )
+            which = AuditFilter(request.environment, request.service, request.key_prefix, request.actor)
+            records = await read_audit(self.writer.etcd, self.writer.layout, which, limit)
             resp = admin_pb2.ListAuditResponse()
             for audit_id, revision, entry in records:
                 rec = resp.records.add(
@@ -377,18 +373,3 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return resp
 
         return await self._guard(context, run)
-
-
-def _matches(entry: dict[str, Any], env: str, service: str, key_prefix: str, actor: str) -> bool:
-    if actor and entry.get("actor") != actor:
-        return False
-    for ch in entry.get("changes", []):
-        layer = Layer.from_path(ch["layer"])
-        if env and layer.environment not in (env, ""):  # defaults affect every environment
-            continue
-        if service and layer.service not in (service, ""):  # so do environment layers every service
-            continue
-        if key_prefix and not ch["key"].startswith(key_prefix):
-            continue
-        return True
-    return False

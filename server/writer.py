@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +27,8 @@ from confmesh.flags.model import parse_flag_set
 from confmesh.keys import KeyLayout, Layer, LayerKind, split_key
 from confmesh.merge import MAX_VALUE_BYTES, JSONValue, find_conflicts, normalize, parse_json_value
 from confmesh.secrets import check_refs
+from confmesh.server.audit import AuditEntry
 from confmesh.server.etcd import Etcd
-
-audit_log = logging.getLogger("confmesh.audit")
 
 MAX_CHANGES = 100
 CONFLICT_RETRIES = 10
@@ -142,23 +139,6 @@ class Writer:
             compares, whole = [], set(layers)
         return compares + [guard(self.layout.layer_root(layer), revision) for layer in sorted(whole)]
 
-    async def read_audit(
-        self, *, limit: int, newest_first: bool, keep: Callable[[dict[str, Any]], bool]
-    ) -> list[tuple[str, int, dict[str, Any]]]:
-        """(id, revision, record) of audit records that `keep` accepts, newest first."""
-        _, kvs = await self.etcd.list_prefix(self.layout.audit_root)
-        out = []
-        for kv in reversed(kvs) if newest_first else kvs:
-            try:
-                entry = json.loads(kv.value)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and keep(entry):
-                out.append((kv.key[len(self.layout.audit_root) :], kv.mod_revision, entry))
-                if len(out) >= limit:
-                    break
-        return out
-
     async def _read_layer(self, layer: Layer, revision: int) -> tuple[int, dict[str, JSONValue]]:
         root = self.layout.layer_root(layer)
         revision, kvs = await self.etcd.list_prefix(root, revision)
@@ -194,7 +174,7 @@ class Writer:
                 raise errors.ConfmeshError("internal: a plan touched a layer it did not read")
             ops = []
             changed: list[str] = []
-            audit: list[dict[str, Any]] = []
+            audit = AuditEntry(actor, reason, source)
             for change, encoded in validated:
                 entries = current[change.layer]
                 etcd_key = self.layout.config_key(change.layer, change.key)
@@ -208,9 +188,7 @@ class Writer:
                             f"key {change.key!r} is not set in layer {change.layer}", field=change.key
                         )
                     for k in doomed:
-                        audit.append(
-                            {"layer": str(change.layer), "key": k, "op": "delete", "old": entries[k]}
-                        )
+                        audit.delete(change.layer, k, entries[k])
                         del entries[k]
                     ops.append(KVService.txn_op_delete(etcd_key))
                     if change.layer.kind is not LayerKind.FLAGS:
@@ -221,23 +199,19 @@ class Writer:
                         )
                     changed.extend(f"{change.layer}/{k}" for k in sorted(doomed))
                 else:
-                    record = {"layer": str(change.layer), "key": change.key, "op": "put"}
-                    if change.key in entries:
-                        record["old"] = entries[change.key]
+                    existed, old = change.key in entries, entries.get(change.key)
                     entries[change.key] = json.loads(encoded)
-                    audit.append(record | {"new": entries[change.key]})
+                    audit.put(change.layer, change.key, old, entries[change.key], existed)
                     ops.append(KVService.txn_op_put(etcd_key, encoded))
                     changed.append(f"{change.layer}/{change.key}")
             marker = json.dumps({"actor": actor, "reason": reason, "at": time.time()}, separators=(",", ":"))
             for layer in touched:
                 check_layer(layer, current[layer])
                 ops.append(KVService.txn_op_put(self.layout.marker_key(layer), marker.encode()))
-            entry = {"actor": actor, "reason": reason, "source": source, "at": time.time(), "changes": audit}
-            audit_key = f"{self.layout.audit_root}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-            ops.append(KVService.txn_op_put(audit_key, json.dumps(entry, ensure_ascii=False).encode()))
+            ops.append(KVService.txn_op_put(audit.key(self.layout), audit.encode()))
             resp = await self.etcd.txn(self._guards(layers, validated, revision), ops)
             if resp.succeeded:
-                audit_log.info(json.dumps({"revision": resp.header.revision, **entry}, ensure_ascii=False))
+                audit.committed(resp.header.revision)
                 return WriteResult(revision=resp.header.revision, changed=changed)
             await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))
         raise errors.FailedPrecondition(

@@ -85,7 +85,6 @@ def _semver(text: str) -> semver.Version | None:
         return None
 
 
-
 def compile_clause(clause: Clause) -> Matcher:
     """ctx -> bool; a missing attribute never matches."""
     attr, op, values = clause.attribute, clause.op, clause.values

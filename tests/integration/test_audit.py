@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -9,6 +10,8 @@ import pytest
 
 from confmesh.client import AdminClient, InvalidArgument
 from confmesh.server import ConfmeshServer
+from confmesh.server.etcd import Etcd
+from tests.conftest import EtcdHandle
 from tests.cli.test_cli import cli
 
 
@@ -65,3 +68,17 @@ async def test_every_change_is_audited_with_old_and_new_values(
 
     code, out, _ = await cli(server.address, "audit", "--key", "db.")
     assert code == 0 and "env/prod:db.pool.max  10 -> 20" in out and "cleanup" in out
+
+
+async def test_newest_first_pages_through_every_key_in_descending_order(
+    etcd: EtcdHandle, prefix: str
+) -> None:
+    for n in range(11):
+        await asyncio.to_thread(etcd.ctl, "put", f"{prefix}/audit/{n:03d}", str(n))
+    client = Etcd([etcd.endpoint])
+    await client.connect()
+    try:
+        keys = [kv.key async for kv in client.newest_first(f"{prefix}/audit/", page=3)]
+    finally:
+        await client.close()
+    assert keys == [f"{prefix}/audit/{n:03d}" for n in range(10, -1, -1)]
