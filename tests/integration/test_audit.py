@@ -11,8 +11,8 @@ import pytest
 from confmesh.client import AdminClient, InvalidArgument
 from confmesh.server import ConfmeshServer
 from confmesh.server.etcd import Etcd
-from tests.conftest import EtcdHandle
 from tests.cli.test_cli import cli
+from tests.conftest import EtcdHandle
 
 
 async def test_every_change_is_audited_with_old_and_new_values(
