@@ -11,6 +11,7 @@ import grpc
 import grpc.aio
 
 from confmesh.changes import ChangeSpec
+from confmesh.client.interceptors import FlagClientInterceptor
 from confmesh.keys import Layer, Scope
 from confmesh.merge import JSONValue, normalize
 from confmesh.tls import TLSConfig, aio_channel
@@ -69,7 +70,8 @@ class AdminClient:
         self.target = target
         self.actor = actor or default_actor()
         self.timeout = timeout
-        self._channel = aio_channel(target, tls)
+        # Traced writes carry their trace context, so the change trace starts at the caller.
+        self._channel = aio_channel(target, tls, interceptors=[FlagClientInterceptor()])  # type: ignore[list-item]
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._config = config_pb2_grpc.ConfigServiceStub(self._channel)
 

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
+from opentelemetry.trace import TracerProvider
 from pydantic import BaseModel
 
 from confmesh import errors
@@ -30,6 +31,7 @@ from confmesh.keys import Scope
 from confmesh.merge import lookup, snapshot_hash
 from confmesh.secrets import resolve_refs
 from confmesh.tls import TLSConfig, aio_channel
+from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_from_rpc, from_struct
 
@@ -117,9 +119,12 @@ class ConfigClient(Generic[T]):
         backoff_max: float = 10.0,
         channel_options: list[tuple[str, Any]] | None = None,
         tls: TLSConfig | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.target = target
         self.tls = tls
+        self.tracer_provider = tracer_provider
+        self._traced_version = 0
         self.scope = Scope.checked(environment, service)
         if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
             raise TypeError("schema must be a pydantic BaseModel subclass")
@@ -379,7 +384,9 @@ class ConfigClient(Generic[T]):
                             await self._confirmed()
                         self._update_state()
                         continue
-                    outbox.put_nowait(await self._receive(resp.snapshot))
+                    answer = await self._receive(resp.snapshot)
+                    self._trace_answer(resp.snapshot, answer)
+                    outbox.put_nowait(answer)
                     self._update_state()
             except grpc.aio.AioRpcError as exc:
                 error = error_from_rpc(exc, self.target)
@@ -505,6 +512,23 @@ class ConfigClient(Generic[T]):
         if current is None or current.hash != applied.hash:
             self._fire(old, config)
         return self._ack()
+
+    def _trace_answer(self, snap: config_pb2.Snapshot, answer: config_pb2.WatchRequest) -> None:
+        """Join the change's trace with one apply or reject span per version received."""
+        if not snap.trace_parent or snap.version == self._traced_version:
+            return
+        self._traced_version = snap.version
+        attributes = {
+            "confmesh.environment": self.scope.environment,
+            "confmesh.service": self.scope.service,
+            "confmesh.instance_id": self.instance_id,
+            "confmesh.version": snap.version,
+        }
+        if answer.HasField("nack"):
+            change_span(self.tracer_provider, snap.trace_parent, "confmesh.reject", attributes,
+                        error=answer.nack.error)  # fmt: skip
+        else:
+            change_span(self.tracer_provider, snap.trace_parent, "confmesh.apply", attributes)
 
     async def _confirmed(self) -> None:
         """A server confirmed that what we run (e.g. from the cache) is current."""

@@ -403,7 +403,8 @@ async def audit(
     for rec in resp.records:
         when = rec.at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
         why = f" ({rec.reason})" if rec.reason else ""
-        click.echo(f"rev {rec.revision}  {when}  {rec.actor}  {rec.source}{why}")
+        trace = f"  trace {rec.trace_parent.split('-')[1]}" if rec.trace_parent.count("-") == 3 else ""
+        click.echo(f"rev {rec.revision}  {when}  {rec.actor}  {rec.source}{why}{trace}")
         for ch in rec.changes:
             old = dumps(from_value(ch.old_value)) if ch.HasField("old_value") else "-"
             new = dumps(from_value(ch.new_value)) if ch.HasField("new_value") else "-"

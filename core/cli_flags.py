@@ -13,7 +13,7 @@ import click
 import yaml
 
 from confmesh.errors import ConfmeshError, InvalidArgument
-from confmesh.flags.evaluator import EvaluationDetails, FlagEvaluator
+from confmesh.flags import EvaluationDetails, FlagEvaluator
 from confmesh.flags.files import flags_from_document, load_flags_file
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,17 @@ class TLSConfig:
 
 
 def aio_channel(
-    target: str, tls: TLSConfig | None, options: list[tuple[str, Any]] | None = None
+    target: str,
+    tls: TLSConfig | None,
+    options: list[tuple[str, Any]] | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
 ) -> grpc.aio.Channel:
     options = list(options or [])
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.secure_channel(target, tls.credentials(), options=options + tls.options())
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        target, tls.credentials(), options=options + tls.options(), interceptors=interceptors
+    )
 
 
 def sync_channel(target: str, tls: TLSConfig | None) -> grpc.Channel:

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 from google.protobuf import timestamp_pb2
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, TracerProvider
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
@@ -50,7 +52,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         server_id: str,
         endpoints: str,
         metrics: Metrics | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
+        self.tracer = trace.get_tracer("confmesh.server", tracer_provider=tracer_provider)
         self.metrics = metrics or Metrics()
         self.usage = usage
         self.writer = writer
@@ -196,12 +200,25 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> T:
         started = time.perf_counter()
         ok = False
-        try:
-            result = await self._guard(context, call)
-            ok = True
-            return result
-        finally:
-            self.metrics.observe_write(method, started, ok)
+        parent = propagate.extract(
+            {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        )
+        with self.tracer.start_as_current_span(
+            f"confmesh.admin/{method}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "confmesh.v1.AdminService",
+                "rpc.method": method,
+            },
+        ):
+            try:
+                result = await self._guard(context, call)
+                ok = True
+                return result
+            finally:
+                self.metrics.observe_write(method, started, ok)
 
     async def _commit(self, result: WriteResult) -> admin_pb2.WriteResponse:
         """Read-your-writes: answer once this server's cache includes the write."""
@@ -361,6 +378,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     actor=entry["actor"],
                     reason=entry["reason"],
                     source=entry.get("source", ""),
+                    trace_parent=entry.get("trace", ""),
                 )
                 for ch in entry["changes"]:
                     msg = rec.changes.add(

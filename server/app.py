@@ -16,6 +16,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import TracerProvider
 
 from confmesh.errors import InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, Layer
@@ -96,8 +97,10 @@ def is_loopback(listen: str) -> bool:
 
 
 class ConfmeshServer:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, tracer_provider: TracerProvider | None = None) -> None:
+        """`tracer_provider` defaults to OpenTelemetry's global one."""
         self.settings = settings
+        self.tracer_provider = tracer_provider
         self.layout = KeyLayout(settings.prefix)
         self.server_id = settings.server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.embedded: EmbeddedEtcd | None = None
@@ -170,6 +173,7 @@ class ConfmeshServer:
                 self.usage,
                 heartbeat_interval=s.heartbeat_interval,
                 metrics=self.metrics,
+                tracer_provider=self.tracer_provider,
             )
             config_pb2_grpc.add_ConfigServiceServicer_to_server(self.config_service, server)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -180,6 +184,7 @@ class ConfmeshServer:
                     self.source,
                     self.usage,
                     server_id=self.server_id,
+                    tracer_provider=self.tracer_provider,
                     endpoints=",".join(endpoints),
                     metrics=self.metrics,
                 ),

@@ -29,6 +29,8 @@ class AuditEntry:
     source: str
     at: float = field(default_factory=time.time)
     changes: list[dict[str, Any]] = field(default_factory=list)
+    # W3C traceparent of the write's span ("" when untraced).
+    trace: str = ""
 
     def put(self, layer: Layer, key: str, old: JSONValue | None, new: JSONValue, existed: bool) -> None:
         change: dict[str, Any] = {"layer": str(layer), "key": key, "op": "put", "new": new}
@@ -46,8 +48,11 @@ class AuditEntry:
         return json.dumps(self.as_dict(), ensure_ascii=False).encode()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"actor": self.actor, "reason": self.reason, "source": self.source, "at": self.at,
-                "changes": self.changes}  # fmt: skip
+        record = {"actor": self.actor, "reason": self.reason, "source": self.source, "at": self.at,
+                  "changes": self.changes}  # fmt: skip
+        if self.trace:
+            record["trace"] = self.trace
+        return record
 
     def committed(self, revision: int) -> None:
         log.info(json.dumps({"revision": revision, **self.as_dict()}, ensure_ascii=False))

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf import timestamp_pb2
+from opentelemetry.trace import SpanKind, TracerProvider
 
 from confmesh import errors
 from confmesh.keys import Scope
@@ -20,6 +21,7 @@ from confmesh.server.metrics import Metrics
 from confmesh.server.resolver import Resolved
 from confmesh.server.source import EtcdSource
 from confmesh.server.usage import FlagUsageStore
+from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_trailers, status_for, to_struct
 
@@ -31,8 +33,9 @@ MAX_USAGE_ENTRIES = 1000
 class EncodedSnapshots:
     """WatchResponses built once per (snapshot, stale) and shared by every stream that sends them."""
 
-    def __init__(self, limit: int = 4096) -> None:
+    def __init__(self, limit: int = 4096, tracer_provider: TracerProvider | None = None) -> None:
         self.limit = limit
+        self.tracer_provider = tracer_provider
         self._cache: dict[tuple[int, bool], tuple[Resolved, config_pb2.WatchResponse]] = {}
 
     def response(self, resolved: Resolved, *, stale: bool) -> config_pb2.WatchResponse:
@@ -44,6 +47,13 @@ class EncodedSnapshots:
             self._cache.clear()
         response = config_pb2.WatchResponse(snapshot=snapshot_to_pb(resolved, stale=stale))
         self._cache[key] = (resolved, response)
+        if resolved.trace_parent:
+            change_span(self.tracer_provider, resolved.trace_parent, "confmesh.publish", {
+                "confmesh.environment": resolved.scope.environment,
+                "confmesh.service": resolved.scope.service,
+                "confmesh.version": resolved.version,
+                "confmesh.stale": stale,
+            }, kind=SpanKind.PRODUCER)  # fmt: skip
         return response
 
 
@@ -59,6 +69,7 @@ def snapshot_to_pb(resolved: Resolved, *, stale: bool) -> config_pb2.Snapshot:
         flags=to_struct(resolved.flags),
         stale=stale,
         resolved_at=ts,
+        trace_parent=resolved.trace_parent,
     )
 
 
@@ -79,6 +90,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         metrics: Metrics | None = None,
         subscribe_timeout: float = 30.0,
         catch_up_timeout: float = 10.0,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.hub = hub
         self.ledger = ledger
@@ -88,7 +100,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self.subscribe_timeout = subscribe_timeout
         self.catch_up_timeout = catch_up_timeout
         self.draining = False
-        self.encoded = EncodedSnapshots()
+        self.encoded = EncodedSnapshots(tracer_provider=tracer_provider)
         self.metrics = metrics or Metrics()
 
     async def _ready(self, known_version: int = 0) -> None:

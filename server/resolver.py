@@ -19,6 +19,8 @@ class Resolved:
     config: dict[str, JSONValue]
     flags: dict[str, JSONValue]
     resolved_at: float
+    # traceparent of the admin write that made this version ("" when untraced).
+    trace_parent: str = ""
 
 
 def affects(layer: Layer, scope: Scope) -> bool:
@@ -40,13 +42,15 @@ class Resolver:
             return cached
         config = resolve(self.store.entries(layer) for layer in scope.layers)
         flags = self.store.entries(scope.flag_layer)
+        version = self.store.scope_version(scope)
         resolved = Resolved(
             scope=scope,
-            version=self.store.scope_version(scope),
+            version=version,
             hash=snapshot_hash(config, flags),
             config=config,
             flags=flags,
             resolved_at=time.time(),
+            trace_parent=self.store.scope_trace(scope, version),
         )
         self._cache[scope] = resolved
         return resolved

@@ -8,6 +8,7 @@ seen while watching. A scope's snapshot version is the max over its layers.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class ConfigStore:
         self.synced = False
         self._layers: dict[Layer, dict[str, Entry]] = {}
         self._layer_revision: dict[Layer, int] = {}
+        # Per layer: (revision, traceparent) of the newest traced write, from its marker.
+        self._layer_trace: dict[Layer, tuple[int, str]] = {}
         # etcd keys under the prefix whose content is unusable, with the reason.
         self.bad_keys: dict[str, str] = {}
 
@@ -47,6 +50,22 @@ class ConfigStore:
 
     def scope_version(self, scope: Scope) -> int:
         return max(self.layer_revision(layer) for layer in (*scope.layers, scope.flag_layer))
+
+    def scope_trace(self, scope: Scope, version: int) -> str:
+        """The traceparent of the write that made `version` of `scope` ("" if untraced)."""
+        for layer in (*scope.layers, scope.flag_layer):
+            revision, trace = self._layer_trace.get(layer, (0, ""))
+            if revision == version:
+                return trace
+        return ""
+
+    def _note_marker(self, layer: Layer, value: bytes | None, revision: int) -> None:
+        try:
+            trace = json.loads(value or b"{}").get("trace", "")
+        except (ValueError, AttributeError):
+            trace = ""
+        if isinstance(trace, str) and trace:
+            self._layer_trace[layer] = (revision, trace[:128])
 
     def layers(self) -> list[Layer]:
         return sorted(self._layers)
@@ -84,6 +103,8 @@ class ConfigStore:
             self._bump(layer, kv.mod_revision)
             if key is not None:
                 self._layers[layer][key] = Entry(value, kv.mod_revision)
+            else:
+                self._note_marker(layer, kv.value, kv.mod_revision)
         changed = {
             layer
             for layer in before.keys() | self._layers.keys()
@@ -110,6 +131,8 @@ class ConfigStore:
             self._bump(layer, ev.mod_revision)
             changed.add(layer)
             if key is None:
+                if not ev.deleted:
+                    self._note_marker(layer, ev.value, ev.mod_revision)
                 continue
             entries = self._layers.setdefault(layer, {})
             if ev.deleted:

@@ -29,6 +29,7 @@ from confmesh.merge import MAX_VALUE_BYTES, JSONValue, find_conflicts, normalize
 from confmesh.secrets import check_refs
 from confmesh.server.audit import AuditEntry
 from confmesh.server.etcd import Etcd
+from confmesh.tracing import current_traceparent
 
 MAX_CHANGES = 100
 CONFLICT_RETRIES = 10
@@ -174,7 +175,8 @@ class Writer:
                 raise errors.ConfmeshError("internal: a plan touched a layer it did not read")
             ops = []
             changed: list[str] = []
-            audit = AuditEntry(actor, reason, source)
+            trace = current_traceparent()
+            audit = AuditEntry(actor, reason, source, trace=trace)
             for change, encoded in validated:
                 entries = current[change.layer]
                 etcd_key = self.layout.config_key(change.layer, change.key)
@@ -204,7 +206,10 @@ class Writer:
                     audit.put(change.layer, change.key, old, entries[change.key], existed)
                     ops.append(KVService.txn_op_put(etcd_key, encoded))
                     changed.append(f"{change.layer}/{change.key}")
-            marker = json.dumps({"actor": actor, "reason": reason, "at": time.time()}, separators=(",", ":"))
+            stamp: dict[str, Any] = {"actor": actor, "reason": reason, "at": time.time()}
+            if trace:
+                stamp["trace"] = trace
+            marker = json.dumps(stamp, separators=(",", ":"))
             for layer in touched:
                 check_layer(layer, current[layer])
                 ops.append(KVService.txn_op_put(self.layout.marker_key(layer), marker.encode()))

@@ -5,7 +5,8 @@ One definition serves the server (write-time validation), the client
 Watch snapshots).
 """
 
-from confmesh.flags.evaluator import ErrorCode, EvaluationDetails, FlagEvaluator, Reason, UsageCounter
+from confmesh.flags.details import ErrorCode, EvaluationDetails, Reason
+from confmesh.flags.evaluator import FlagEvaluator, UsageCounter
 from confmesh.flags.model import Flag, FlagSet, parse_flag_set
 
 __all__ = [

@@ -12,7 +12,6 @@ caller's default, with the error in the details.
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import time
@@ -26,49 +25,15 @@ import re2
 import semver
 
 from confmesh.flags.bucketing import legacy_md5_bucket, murmur3_bucket
+from confmesh.flags.details import ErrorCode, EvaluationDetails, Reason
+from confmesh.flags.hooks import HOOKS
 from confmesh.flags.model import Clause, Flag, FlagSet, Rule, Serve, parse_flag_set
+from confmesh.flags.scope import current_scope
 
 log = logging.getLogger("confmesh.flags")
 
 Context = Mapping[str, Any]
 
-
-class Reason(enum.StrEnum):
-    """OpenFeature resolution reasons, plus PREREQUISITE_FAILED and PROPAGATED."""
-
-    STATIC = "STATIC"
-    TARGETING_MATCH = "TARGETING_MATCH"
-    SPLIT = "SPLIT"
-    DISABLED = "DISABLED"
-    DEFAULT = "DEFAULT"
-    PREREQUISITE_FAILED = "PREREQUISITE_FAILED"
-    PROPAGATED = "PROPAGATED"
-    ERROR = "ERROR"
-
-
-class ErrorCode(enum.StrEnum):
-    FLAG_NOT_FOUND = "FLAG_NOT_FOUND"
-    TYPE_MISMATCH = "TYPE_MISMATCH"
-    PARSE_ERROR = "PARSE_ERROR"
-    TARGETING_KEY_MISSING = "TARGETING_KEY_MISSING"
-    GENERAL = "GENERAL"
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class EvaluationDetails:
-    flag_key: str
-    value: Any
-    variant: str | None
-    reason: Reason
-    error_code: ErrorCode | None = None
-    error_message: str | None = None
-    # The rule that decided ("" when none): a rule id, "target", "prerequisite:<flag>".
-    rule: str = ""
-    flag_version: int = 0
-
-
-# Test overrides (confmesh.flags.testing): process-wide, flag key -> value.
-OVERRIDES: dict[str, Any] = {}
 
 _CALLER_DEFAULT = object()
 _MISSING = object()
@@ -438,10 +403,30 @@ class FlagEvaluator:
             self._depth -= 1
 
     def details(self, key: str, default: Any, context: Context | None, getter: str) -> EvaluationDetails:
-        if OVERRIDES and key in OVERRIDES:
-            return EvaluationDetails(
-                key, OVERRIDES[key], None, Reason.STATIC, rule="override", flag_version=self.version
+        """The full evaluation path: overrides, the request scope, observers (see flags.hooks)."""
+        hooks = HOOKS
+        overrides = hooks.overrides
+        if overrides and key in overrides:
+            details = EvaluationDetails(
+                key, overrides[key], None, Reason.STATIC, rule="override", flag_version=self.version
             )
+        elif hooks.scopes and (scope := current_scope()) is not None:
+            hit = scope.lookup(key, getter, self.environment)
+            if hit is None:
+                details = self._evaluate(key, default, context, getter)
+                scope.record(details, self.environment)
+            else:
+                details = hit
+        else:
+            details = self._evaluate(key, default, context, getter)
+        for observer in hooks.observers:
+            try:
+                observer(self, details, context)
+            except Exception:  # an observer must never break an evaluation
+                log.exception("flag evaluation observer %r failed", observer)
+        return details
+
+    def _evaluate(self, key: str, default: Any, context: Context | None, getter: str) -> EvaluationDetails:
         compiled = self._compiled.get(key)
         if compiled is None:
             return EvaluationDetails(
@@ -486,7 +471,7 @@ class FlagEvaluator:
         `table` maps a flag key to its evaluate function, or to its details
         object when the outcome never depends on the context.
         """
-        slow, empty, caller_default, overrides = self.details, _EMPTY, _CALLER_DEFAULT, OVERRIDES
+        slow, empty, caller_default, hooks = self.details, _EMPTY, _CALLER_DEFAULT, HOOKS
         details_class = EvaluationDetails
         counts = self._usage.counts if self._usage is not None else None
 
@@ -495,7 +480,7 @@ class FlagEvaluator:
                 entry = table[key]
             except KeyError:
                 return slow(key, default, context, getter)
-            if overrides:
+            if hooks.active:
                 return slow(key, default, context, getter)
             if entry.__class__ is details_class:
                 if counts is not None:
@@ -513,7 +498,7 @@ class FlagEvaluator:
                 entry = table[key]
             except KeyError:
                 return slow(key, default, context, getter).value
-            if overrides:
+            if hooks.active:
                 return slow(key, default, context, getter).value
             if entry.__class__ is details_class:
                 if counts is not None:

@@ -21,29 +21,26 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from confmesh.flags.evaluator import OVERRIDES
+from confmesh.flags.hooks import HOOKS
 
 
 @contextmanager
 def override_flags(values: Mapping[str, Any]) -> Iterator[None]:
-    saved = dict(OVERRIDES)
-    OVERRIDES.update(values)
+    saved = dict(HOOKS.overrides)
+    HOOKS.set_overrides({**saved, **values})
     try:
         yield
     finally:
-        OVERRIDES.clear()
-        OVERRIDES.update(saved)
+        HOOKS.set_overrides(saved)
 
 
 class FlagOverrides:
     def set(self, key: str, value: Any) -> None:
-        OVERRIDES[key] = value
+        HOOKS.set_overrides({**HOOKS.overrides, key: value})
 
     def clear(self, key: str | None = None) -> None:
-        if key is None:
-            OVERRIDES.clear()
-        else:
-            OVERRIDES.pop(key, None)
+        remaining = {} if key is None else {k: v for k, v in HOOKS.overrides.items() if k != key}
+        HOOKS.set_overrides(remaining)
 
 
 try:
@@ -54,9 +51,8 @@ else:
 
     @pytest.fixture
     def confmesh_flags() -> Iterator[FlagOverrides]:
-        saved = dict(OVERRIDES)
+        saved = dict(HOOKS.overrides)
         try:
             yield FlagOverrides()
         finally:
-            OVERRIDES.clear()
-            OVERRIDES.update(saved)
+            HOOKS.set_overrides(saved)

@@ -329,7 +329,7 @@ class AuditChange(_message.Message):
     def __init__(self, layer: _Optional[_Union[Layer, _Mapping]] = ..., key: _Optional[str] = ..., op: _Optional[str] = ..., old_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., new_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
-    __slots__ = ("id", "revision", "at", "actor", "reason", "source", "changes")
+    __slots__ = ("id", "revision", "at", "actor", "reason", "source", "changes", "trace_parent")
     ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +337,7 @@ class AuditRecord(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_PARENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     revision: int
     at: _timestamp_pb2.Timestamp
@@ -344,7 +345,8 @@ class AuditRecord(_message.Message):
     reason: str
     source: str
     changes: _containers.RepeatedCompositeFieldContainer[AuditChange]
-    def __init__(self, id: _Optional[str] = ..., revision: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., source: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[AuditChange, _Mapping]]] = ...) -> None: ...
+    trace_parent: str
+    def __init__(self, id: _Optional[str] = ..., revision: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., source: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[AuditChange, _Mapping]]] = ..., trace_parent: _Optional[str] = ...) -> None: ...
 
 class ListAuditRequest(_message.Message):
     __slots__ = ("environment", "service", "key_prefix", "actor", "limit")

@@ -1,0 +1,139 @@
+"""Flag decisions through the sync gRPC interceptors, the HTTP middlewares and the propagator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent import futures
+from importlib.metadata import entry_points
+from typing import Any
+
+import grpc
+from opentelemetry import baggage
+from opentelemetry import context as otel_context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from confmesh.client.interceptors import SyncFlagClientInterceptor, SyncFlagServerInterceptor
+from confmesh.client.middleware import FlagScopeMiddleware, WSGIFlagScopeMiddleware
+from confmesh.client.propagation import ConfmeshBaggagePropagator, Trust, inject_headers
+from confmesh.flags import FlagEvaluator
+from confmesh.flags.scope import request_scope
+
+FLAGS = {"dark": {"key": "dark", "variants": {"on": True, "off": False}, "default_variant": "off"}}
+FORGED = "cmf.set=prod,cmf.f.dark=1%21on%21true,team=payments"
+
+
+def evaluator() -> FlagEvaluator:
+    return FlagEvaluator(FLAGS, version=3, environment="prod")
+
+
+def test_sync_grpc_interceptors_carry_decisions_between_threads() -> None:
+    ev = evaluator()
+    seen: list[Any] = []
+
+    def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+        d = ev.get_bool_details("dark", False)
+        seen.append((d.value, d.reason.value, baggage.get_baggage("team")))
+        return b"ok"
+
+    def stream(request: bytes, context: grpc.ServicerContext) -> Any:
+        yield json.dumps(ev.get_bool("dark", False)).encode()
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(2), interceptors=[SyncFlagServerInterceptor(Trust.internal())]
+    )
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "demo.S",
+                {
+                    "U": grpc.unary_unary_rpc_method_handler(handle),
+                    "S": grpc.unary_stream_rpc_method_handler(stream),
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(f"127.0.0.1:{port}"), SyncFlagClientInterceptor()
+        )
+        call = channel.unary_unary("/demo.S/U")
+        with request_scope():
+            assert FlagEvaluator(
+                {**FLAGS, "dark": {**FLAGS["dark"], "default_variant": "on"}}, version=2, environment="prod"
+            ).get_bool("dark", False)
+            token = otel_context.attach(baggage.set_baggage("team", "payments"))
+            try:
+                call(b"x", timeout=5)
+                streamed = list(channel.unary_stream("/demo.S/S")(b"x", timeout=5))
+            finally:
+                otel_context.detach(token)
+        call(b"x", timeout=5)
+        channel.close()
+    finally:
+        server.stop(None)
+    # Decided upstream (on, version 2); other baggage travels too. Outside a scope: local (off).
+    assert seen == [(True, "PROPAGATED", "payments"), (False, "STATIC", None)]
+    assert streamed == [b"true"]
+
+
+def asgi_call(app: Any, headers: list[tuple[bytes, bytes]]) -> None:
+    scope = {"type": "http", "headers": headers}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    asyncio.run(app(scope, receive, send))
+
+
+def test_asgi_middleware_honours_only_trusted_requests() -> None:
+    ev = evaluator()
+    results: list[tuple[bool, str]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        d = ev.get_bool_details("dark", False)
+        results.append((d.value, d.reason.value))
+        # What would travel on: never the forged member when untrusted.
+        results.append((bool(inject_headers({}).get("baggage", "").count("cmf.f.dark")), "outgoing"))
+
+    headers = [(b"baggage", FORGED.encode())]
+    asgi_call(FlagScopeMiddleware(app), headers)
+    asgi_call(FlagScopeMiddleware(app, trusted=lambda scope: True), headers)
+    assert results == [(False, "STATIC"), (True, "outgoing"), (True, "PROPAGATED"), (True, "outgoing")]
+
+
+def test_wsgi_middleware() -> None:
+    ev = evaluator()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [json.dumps(ev.get_bool_details("dark", False).reason.value).encode()]
+
+    def call(mw: WSGIFlagScopeMiddleware) -> bytes:
+        return b"".join(mw({"HTTP_BAGGAGE": FORGED}, lambda *a: None))
+
+    assert call(WSGIFlagScopeMiddleware(app)) == b'"STATIC"'
+    assert call(WSGIFlagScopeMiddleware(app, trusted=True)) == b'"PROPAGATED"'
+
+
+def test_propagator_puts_the_scope_decisions_in_standard_baggage() -> None:
+    ev = evaluator()
+    propagator = CompositePropagator([TraceContextTextMapPropagator(), ConfmeshBaggagePropagator()])
+    forged_ctx = baggage.set_baggage("cmf.f.dark", "9!on!true")
+    carrier: dict[str, str] = {}
+    with request_scope():
+        ev.get_bool("dark", False)
+        propagator.inject(carrier, context=forged_ctx)
+    assert carrier["baggage"] == "cmf.f.dark=3%21off%21false,cmf.set=prod"
+    extracted = propagator.extract(carrier)
+    assert baggage.get_baggage("cmf.f.dark", extracted) == "3!off!false"
+    assert ConfmeshBaggagePropagator().fields == {"baggage"}
+    # OTEL_PROPAGATORS=tracecontext,confmesh_baggage finds it by its entry point.
+    (entry,) = entry_points(group="opentelemetry_propagator", name="confmesh_baggage")
+    assert entry.load() is ConfmeshBaggagePropagator
