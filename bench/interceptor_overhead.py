@@ -161,7 +161,7 @@ async def run(calls: int, repeats: int, work_us: float) -> dict[str, list[float]
                 if remove is not None:
                     remove()
     for channel in channels.values():
-        await channel.close()
+        await channel.close(None)
     for server, _ in stacks.values():
         await server.stop(None)
     return results

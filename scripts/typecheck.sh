@@ -7,3 +7,5 @@ rm -rf build/typecheck
 python -m pip install -q --no-deps --no-build-isolation --target build/typecheck . 2>&1 | grep -v "^WARNING" || true
 cd build/typecheck
 MYPYPATH=. python -m mypy --config-file ../../pyproject.toml -p confmesh
+# The examples are user-facing code: strict too, against the installed package.
+MYPYPATH=. python -m mypy --config-file ../../pyproject.toml ../../examples

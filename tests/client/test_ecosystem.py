@@ -7,15 +7,21 @@ from typing import Any
 
 import pytest
 from openfeature import api
+from openfeature.contrib.hook.opentelemetry import TracingHook
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import EventDetails, ProviderEvent
 from openfeature.flag_evaluation import ErrorCode, Reason
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from confmesh.client import AdminClient, ConfigClient, StartupError
 from confmesh.client.openfeature import ConfmeshProvider
 from confmesh.client.settings import ConfmeshSettingsSource
+from confmesh.flags.decisions import Decision
+from confmesh.flags.scope import request_scope
 from confmesh.server import ConfmeshServer
 from tests.helpers import eventually
 
@@ -129,3 +135,43 @@ async def test_pydantic_settings_reads_confmesh_below_env_vars(
     Unreachable = settings_class("127.0.0.1:1", timeout=0.5)
     with pytest.raises(StartupError, match="cannot read config for prod/orders"):
         await asyncio.to_thread(Unreachable)
+
+
+async def test_openfeature_opentelemetry_hook_works_alongside(
+    server: ConfmeshServer, admin: AdminClient
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    await admin.put_flags("prod", {"checkout": CHECKOUT})
+    try:
+        async with ConfigClient(server.address, environment="prod", service="orders") as client:
+            api.set_provider(ConfmeshProvider(client))
+            api.add_hooks([TracingHook()])
+            flags = api.get_client()
+            with provider.get_tracer("t").start_as_current_span("request"):
+                assert flags.get_boolean_value(
+                    "checkout", False, EvaluationContext("u-1", {"tier": "premium"})
+                )
+                # Decided upstream: the hook sees the propagated decision.
+                with request_scope({"checkout": Decision("checkout", False, "off", 1)}, flag_set="prod"):
+                    assert (
+                        flags.get_boolean_value(
+                            "checkout", True, EvaluationContext("u-1", {"tier": "premium"})
+                        )
+                        is False
+                    )
+    finally:
+        api.clear_providers()
+        api.clear_hooks()
+    (span,) = exporter.get_finished_spans()
+    local, propagated = (dict(e.attributes or {}) for e in span.events)
+    assert local["feature_flag.key"] == "checkout" and local["feature_flag.provider.name"] == "confmesh"
+    assert (local["feature_flag.result.variant"], local["feature_flag.result.reason"]) == (
+        "on",
+        "targeting_match",
+    )
+    assert (propagated["feature_flag.result.variant"], propagated["feature_flag.result.reason"]) == (
+        "off",
+        "propagated",
+    )

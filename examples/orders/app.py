@@ -1,0 +1,134 @@
+"""The orders service: a FastAPI app with typed, hot-reloaded config and a checkout flag.
+
+    python examples/orders/app.py --confmesh 127.0.0.1:7070 --inventory 127.0.0.1:50051
+
+* Typed config: ``OrdersSettings`` validates every snapshot before it is
+  applied; a bad write is rejected (NACK) and the last good config stays.
+* Hot reload: the database pool follows ``database.pool_size`` without a restart.
+* One decision per request: ``new-checkout`` is evaluated here, at the edge,
+  and ``inventory`` honours it through the gRPC interceptors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import grpc.aio
+import uvicorn
+from fastapi import FastAPI, Request
+from google.protobuf import json_format, struct_pb2
+from pydantic import BaseModel, ConfigDict, Field
+
+from confmesh.client import ConfigClient
+from confmesh.client.interceptors import FlagClientInterceptor
+from confmesh.client.middleware import FlagScopeMiddleware
+from confmesh.client.telemetry import instrument_flags
+
+
+class Database(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    pool_size: int = Field(ge=1, le=200)
+
+
+class OrdersSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    database: Database
+
+
+class Pool:
+    """Stands in for a database connection pool that can be resized live."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.resizes = 0
+
+    def resize(self, size: int) -> None:
+        if size != self.size:
+            self.size, self.resizes = size, self.resizes + 1
+
+
+class PlaceOrder(BaseModel):
+    user: str
+    sku: str
+    qty: int = Field(ge=1)
+
+
+def create_app(confmesh: str, inventory: str, environment: str = "prod") -> FastAPI:
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        instrument_flags()
+        config: ConfigClient[OrdersSettings] = ConfigClient(
+            confmesh, environment=environment, service="orders", schema=OrdersSettings
+        )
+        await config.start()
+        pool = Pool(config.config.database.pool_size)
+        config.on_change(lambda old, new: pool.resize(new.database.pool_size))
+        interceptors: Any = [FlagClientInterceptor()]  # grpc-stubs leave channel interceptors untyped
+        channel = grpc.aio.insecure_channel(inventory, interceptors=interceptors)
+        reserve = channel.unary_unary(
+            "/inventory.Inventory/Reserve",
+            request_serializer=struct_pb2.Struct.SerializeToString,
+            response_deserializer=struct_pb2.Struct.FromString,
+        )
+        state.update(config=config, pool=pool, reserve=reserve)
+        try:
+            yield
+        finally:
+            await channel.close(None)
+            await config.close()
+
+    app = FastAPI(title="orders", lifespan=lifespan)
+    # The edge: flag baggage sent by outside callers is dropped.
+    app.add_middleware(FlagScopeMiddleware)
+
+    @app.post("/orders")
+    async def place(order: PlaceOrder, request: Request) -> dict[str, Any]:
+        config: ConfigClient[OrdersSettings] = state["config"]
+        decision = config.flags.get_bool_details("new-checkout", False, {"targetingKey": order.user})
+        reply = await state["reserve"](
+            json_format.ParseDict(order.model_dump(), struct_pb2.Struct()), timeout=5
+        )
+        return {
+            "flow": "new" if decision.value else "classic",
+            "reason": decision.reason.value,
+            "flag_version": decision.flag_version,
+            "inventory": json_format.MessageToDict(reply),
+        }
+
+    @app.get("/status")
+    async def status() -> dict[str, Any]:
+        config: ConfigClient[OrdersSettings] = state["config"]
+        pool: Pool = state["pool"]
+        return {
+            "pid": os.getpid(),
+            "version": config.version,
+            "pool_size": pool.size,
+            "resizes": pool.resizes,
+        }
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--confmesh", default="127.0.0.1:7070")
+    parser.add_argument("--inventory", default="127.0.0.1:50051")
+    parser.add_argument("--listen", default="127.0.0.1:8000")
+    parser.add_argument("--env", default="prod")
+    args = parser.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    uvicorn.run(
+        create_app(args.confmesh, args.inventory, args.env), host=host, port=int(port), log_level="warning"
+    )
+
+
+if __name__ == "__main__":
+    main()
