@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
@@ -141,6 +142,15 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
     help="etcd endpoints HOST:PORT[,HOST:PORT...] (env CONFMESH_ETCD). "
     "Omitted: start an embedded etcd for development.",
 )
+@click.option("--etcd-cacert", default="", help="Verify etcd's TLS certificate with this CA (PEM).")
+@click.option("--etcd-cert", default="", help="Client certificate for etcd (PEM, with --etcd-key).")
+@click.option("--etcd-key", default="", help="The etcd client certificate's private key (PEM).")
+@click.option("--etcd-user", default="", help="etcd user (etcd auth enabled).")
+@click.option(
+    "--etcd-password-file",
+    default="",
+    help="File holding the etcd user's password (or env CONFMESH_ETCD_PASSWORD).",
+)
 @click.option(
     "--data-dir", default="confmesh-data", show_default=True, help="Embedded etcd's data directory."
 )
@@ -156,6 +166,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 def serve(
     listen: str,
     etcd: str,
+    etcd_cacert: str,
+    etcd_cert: str,
+    etcd_key: str,
+    etcd_user: str,
+    etcd_password_file: str,
     data_dir: str,
     prefix: str,
     heartbeat: float,
@@ -167,6 +182,7 @@ def serve(
 ) -> None:
     """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
     from confmesh.server.app import ServerSettings, parse_endpoints, run_server
+    from confmesh.server.etcd import EtcdCredentials
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not etcd:
@@ -175,9 +191,19 @@ def serve(
             f"{Path(data_dir) / 'etcd'} (development only; production uses an external etcd >= 3.5.6)",
             err=True,
         )
+    password = os.environ.get("CONFMESH_ETCD_PASSWORD", "")
+    if etcd_password_file:
+        password = Path(etcd_password_file).read_text().strip()
+    if (etcd_cacert or etcd_cert or etcd_key or etcd_user) and not etcd:
+        raise InvalidArgument("--etcd-cacert/--etcd-cert/--etcd-key/--etcd-user need --etcd")
+    if etcd_user and not password:
+        raise InvalidArgument("--etcd-user needs a password: --etcd-password-file or CONFMESH_ETCD_PASSWORD")
     settings = ServerSettings(
         listen=listen,
         etcd_endpoints=parse_endpoints(etcd) if etcd else [],
+        etcd_credentials=EtcdCredentials(
+            ca=etcd_cacert, cert=etcd_cert, key=etcd_key, user=etcd_user, password=password
+        ),
         data_dir=data_dir,
         prefix=prefix,
         heartbeat_interval=heartbeat,

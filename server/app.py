@@ -23,7 +23,7 @@ from confmesh.keys import KeyLayout, Layer
 from confmesh.server.admin_service import AdminService
 from confmesh.server.config_service import ConfigService
 from confmesh.server.embedded_etcd import EmbeddedEtcd
-from confmesh.server.etcd import Etcd
+from confmesh.server.etcd import Etcd, EtcdCredentials
 from confmesh.server.hub import Hub
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
 from confmesh.server.ledger import Ledger
@@ -52,6 +52,7 @@ class ServerSettings:
     listen: str = DEFAULT_LISTEN
     # Empty: start an embedded etcd with its data under data_dir.
     etcd_endpoints: list[str] = field(default_factory=list)
+    etcd_credentials: EtcdCredentials = field(default_factory=EtcdCredentials)
     data_dir: str = "confmesh-data"
     prefix: str = "/confmesh"
     server_id: str = ""
@@ -135,7 +136,7 @@ class ConfmeshServer:
                 self.embedded = EmbeddedEtcd(Path(s.data_dir) / "etcd")
                 await self.embedded.start()
                 endpoints = [self.embedded.endpoint]
-            self.etcd = Etcd(endpoints)
+            self.etcd = Etcd(endpoints, credentials=s.etcd_credentials)
             await self.etcd.connect()
             self.source = EtcdSource(
                 self.etcd,

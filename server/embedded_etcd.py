@@ -75,7 +75,9 @@ class EmbeddedEtcd:
         name: str = "confmesh-embedded",
         binary: str | None = None,
         extra_args: list[str] | None = None,
+        client_scheme: str = "http",
     ) -> None:
+        """`extra_args` go to etcd as given; with client_scheme "https" they must name its certificates."""
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.client_port = client_port or free_port(host)
@@ -83,6 +85,7 @@ class EmbeddedEtcd:
         self.name = name
         self.binary = binary or find_etcd_binary()
         self.extra_args = extra_args or []
+        self.client_scheme = client_scheme
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,7 +93,7 @@ class EmbeddedEtcd:
         return f"{self.host}:{self.client_port}"
 
     def command(self) -> list[str]:
-        client_url = f"http://{self.host}:{self.client_port}"
+        client_url = f"{self.client_scheme}://{self.host}:{self.client_port}"
         peer_url = f"http://{self.host}:{self.peer_port}"
         return [
             self.binary,

@@ -10,8 +10,11 @@ resume. All etcd3aio and grpc errors become confmesh errors at this edge.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+import functools
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -21,12 +24,16 @@ from etcd3aio import Etcd3Client
 # very types its KV service accepts (a second import path would clash).
 from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc  # type: ignore[attr-defined]
 from etcd3aio.connections import ConnectionManager
-from etcd3aio.errors import EtcdError
+from etcd3aio.errors import EtcdConnectionError, EtcdError, EtcdTransientError, EtcdUnauthenticatedError
 from etcd3aio.kv import SortOrder, SortTarget, prefix_range_end
 
-from confmesh.errors import Unavailable
+from confmesh.errors import InvalidArgument, Unavailable
+from confmesh.tls import read_pem
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,20 +60,94 @@ class WatchBatch:
     cancel_reason: str = ""
 
 
-class Etcd:
-    """A connection to an etcd cluster (one or more endpoints)."""
+@dataclass(frozen=True)
+class EtcdCredentials:
+    """TLS (PEM paths) and user/password authentication for etcd; empty fields are unused."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    # The name etcd's certificate must carry (default: the first endpoint's host).
+    server_name: str = ""
+    user: str = ""
+    password: str = field(default="", repr=False)
+
+    def conn_args(self, endpoints: Sequence[str]) -> dict[str, Any]:
+        if not self.ca:
+            if self.cert or self.key:
+                raise InvalidArgument("etcd client certificates need the etcd CA (--etcd-cacert) as well")
+            return {}
+        if bool(self.cert) != bool(self.key):
+            raise InvalidArgument("an etcd client certificate needs both --etcd-cert and --etcd-key")
+        return {
+            "ca_cert": read_pem(self.ca, "etcd CA certificate"),
+            "cert_key": read_pem(self.key, "etcd client key") if self.key else None,
+            "cert_chain": read_pem(self.cert, "etcd client certificate") if self.cert else None,
+            "tls_server_name": self.server_name or endpoints[0].rsplit(":", 1)[0],
+        }
+
+
+class Etcd:
+    """A connection to an etcd cluster (one or more endpoints).
+
+    With a user, it authenticates at connect and again every
+    `token_refresh` seconds (etcd's simple tokens expire when idle), and
+    right away after etcd rejects the token.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 5.0,
+        credentials: EtcdCredentials | None = None,
+        token_refresh: float = 60.0,
+    ) -> None:
         self.endpoints = list(endpoints)
         self.timeout = timeout
-        self._client = Etcd3Client(self.endpoints, rpc_max_attempts=2)
+        self.credentials = credentials or EtcdCredentials()
+        self.token_refresh = token_refresh
+        self._conn_args = self.credentials.conn_args(self.endpoints)
+        self._client = Etcd3Client(self.endpoints, rpc_max_attempts=2, **self._conn_args)
         self._watch_channel: grpc.aio.Channel | None = None
+        self._token = ""
+        self._refresher: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         await self._client.connect()
-        self._watch_channel = ConnectionManager(self.endpoints).get_channel()
+        self._watch_channel = ConnectionManager(self.endpoints).get_channel(**self._conn_args)
+        if self.credentials.user:
+            await self.authenticate()
+            self._refresher = asyncio.create_task(self._refresh_token(), name="etcd-token-refresh")
+
+    async def authenticate(self) -> None:
+        assert self._client.auth is not None
+        try:
+            resp = await self._client.auth.authenticate(
+                self.credentials.user, self.credentials.password, timeout=self.timeout
+            )
+        except (EtcdConnectionError, EtcdTransientError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        except (EtcdError, grpc.RpcError) as exc:
+            raise Unavailable(
+                f"etcd at {','.join(self.endpoints)} refused user {self.credentials.user!r}: {exc}"
+            ) from exc
+        self._token = resp.token
+        self._client.set_token(resp.token)
+
+    async def _refresh_token(self) -> None:
+        while True:
+            await asyncio.sleep(self.token_refresh)
+            try:
+                await self.authenticate()
+            except Unavailable as exc:
+                log.warning("%s", exc.message)
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
         await self._client.close()
         if self._watch_channel is not None:
             await self._watch_channel.close(None)
@@ -75,52 +156,59 @@ class Etcd:
     def _unavailable(self, exc: BaseException) -> Unavailable:
         return Unavailable(f"etcd at {','.join(self.endpoints)} is unreachable: {exc}")
 
+    async def _rpc(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One unary call; errors become Unavailable, and a rejected token is renewed and retried once."""
+        try:
+            return await call()
+        except (EtcdError, grpc.RpcError, TimeoutError) as exc:
+            if not (self.credentials.user and _is_auth_failure(exc)):
+                raise self._unavailable(exc) from exc
+        await self.authenticate()
+        try:
+            return await call()
+        except (EtcdError, grpc.RpcError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+
     async def list_prefix(self, prefix: str, revision: int = 0) -> tuple[int, list[KeyValue]]:
         """Every key under `prefix` at one revision (default: the latest), paginated."""
         assert self._client.kv is not None
         end = prefix_range_end(prefix)
         start: bytes = prefix.encode()
         out: list[KeyValue] = []
-        try:
-            while True:
-                resp = await self._client.kv.get(
-                    start, end, revision=revision, limit=PAGE_SIZE, timeout=self.timeout
-                )
-                if revision == 0:
-                    revision = resp.header.revision
-                    # Later pages are read at the first page's revision.
-                out.extend(KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in resp.kvs)
-                if not resp.more or not resp.kvs:
-                    return revision, out
-                start = resp.kvs[-1].key + b"\x00"
-        except (EtcdError, grpc.RpcError, TimeoutError) as exc:
-            raise self._unavailable(exc) from exc
+        get = self._client.kv.get
+        while True:
+            resp = await self._rpc(
+                functools.partial(get, start, end, revision=revision, limit=PAGE_SIZE, timeout=self.timeout)
+            )
+            if revision == 0:
+                revision = resp.header.revision
+                # Later pages are read at the first page's revision.
+            out.extend(KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in resp.kvs)
+            if not resp.more or not resp.kvs:
+                return revision, out
+            start = resp.kvs[-1].key + b"\x00"
 
     async def newest_mod_revision(self, prefix: str) -> int:
         """The newest modification revision of any key under `prefix` (0: no keys): one tiny read."""
         assert self._client.kv is not None
-        try:
-            resp = await self._client.kv.get(
-                prefix, prefix_range_end(prefix), limit=1, keys_only=True, sort_order=SortOrder.DESCEND,
-                sort_target=SortTarget.MOD, timeout=self.timeout,
-            )  # fmt: skip
-        except (EtcdError, grpc.RpcError, TimeoutError) as exc:
-            raise self._unavailable(exc) from exc
+        kv = self._client.kv
+        resp = await self._rpc(lambda: kv.get(
+            prefix, prefix_range_end(prefix), limit=1, keys_only=True, sort_order=SortOrder.DESCEND,
+            sort_target=SortTarget.MOD, timeout=self.timeout,
+        ))  # fmt: skip
         return int(resp.kvs[0].mod_revision) if resp.kvs else 0
 
     async def newest_first(self, prefix: str, *, page: int = 200) -> AsyncIterator[KeyValue]:
         """Keys under `prefix` in descending key order, read a page at a time."""
         assert self._client.kv is not None
+        get = self._client.kv.get
         end = prefix_range_end(prefix)
         revision = 0
         while True:
-            try:
-                resp = await self._client.kv.get(
-                    prefix, end, revision=revision, limit=page, sort_order=SortOrder.DESCEND,
-                    sort_target=SortTarget.KEY, timeout=self.timeout,
-                )  # fmt: skip
-            except (EtcdError, grpc.RpcError, TimeoutError) as exc:
-                raise self._unavailable(exc) from exc
+            resp = await self._rpc(functools.partial(
+                get, prefix, end, revision=revision, limit=page, sort_order=SortOrder.DESCEND,
+                sort_target=SortTarget.KEY, timeout=self.timeout,
+            ))  # fmt: skip
             revision = revision or resp.header.revision
             for kv in resp.kvs:
                 yield KeyValue(kv.key.decode(), kv.value, kv.mod_revision)
@@ -132,10 +220,8 @@ class Etcd:
         self, compare: Sequence[rpc_pb2.Compare], success: Sequence[rpc_pb2.RequestOp]
     ) -> rpc_pb2.TxnResponse:
         assert self._client.kv is not None
-        try:
-            return await self._client.kv.txn(compare, success, timeout=self.timeout, max_attempts=1)
-        except (EtcdError, grpc.RpcError, TimeoutError) as exc:
-            raise self._unavailable(exc) from exc
+        kv = self._client.kv
+        return await self._rpc(lambda: kv.txn(compare, success, timeout=self.timeout, max_attempts=1))
 
     @staticmethod
     def unchanged_since(key: str, revision: int, *, exact: bool = False) -> rpc_pb2.Compare:
@@ -151,10 +237,8 @@ class Etcd:
     async def compact(self, revision: int) -> None:
         """Compact etcd's history up to `revision` (used by tests and operators)."""
         assert self._client.kv is not None
-        try:
-            await self._client.kv.compact(revision, physical=True, timeout=self.timeout)
-        except (EtcdError, grpc.RpcError, TimeoutError) as exc:
-            raise self._unavailable(exc) from exc
+        kv = self._client.kv
+        await self._rpc(lambda: kv.compact(revision, physical=True, timeout=self.timeout))
 
     async def watch(
         self, prefix: str, start_revision: int, *, progress_interval: float = 30.0
@@ -184,7 +268,7 @@ class Etcd:
                 except TimeoutError:
                     yield rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
 
-        call = stub.Watch(requests())
+        call = stub.Watch(requests(), metadata=(("token", self._token),) if self._token else None)
         try:
             async for resp in call:
                 yield WatchBatch(
@@ -208,3 +292,9 @@ class Etcd:
         finally:
             stop.set()
             call.cancel()
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    if isinstance(exc, EtcdUnauthenticatedError):
+        return True
+    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
