@@ -14,7 +14,7 @@ from confmesh.changes import ChangeSpec
 from confmesh.client.interceptors import FlagClientInterceptor
 from confmesh.keys import Layer, Scope
 from confmesh.merge import JSONValue, normalize
-from confmesh.tls import TLSConfig, aio_channel
+from confmesh.tls import TLSConfig, aio_channel, bearer_metadata
 from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
 from confmesh.wire import (
     error_from_rpc,
@@ -65,9 +65,17 @@ class AdminClient:
     """``async with AdminClient("127.0.0.1:7070") as admin: await admin.put("a.b", 1)``."""
 
     def __init__(
-        self, target: str, *, actor: str | None = None, timeout: float = 10.0, tls: TLSConfig | None = None
+        self,
+        target: str,
+        *,
+        actor: str | None = None,
+        timeout: float = 10.0,
+        tls: TLSConfig | None = None,
+        token: str | None = None,
     ) -> None:
+        """`token`: a bearer token from ``confmesh token create`` (default: env CONFMESH_TOKEN)."""
         self.target = target
+        self._metadata = bearer_metadata(token)
         self.actor = actor or default_actor()
         self.timeout = timeout
         # Traced writes carry their trace context, so the change trace starts at the caller.
@@ -86,7 +94,7 @@ class AdminClient:
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, self.target) from None
 
@@ -215,3 +223,35 @@ class AdminClient:
         )
         resp: admin_pb2.ListAuditResponse = await self._call(self._admin.ListAudit, req)
         return resp
+
+    # -- tokens (admins only) -----------------------------------------------------------
+
+    async def create_token(
+        self,
+        name: str,
+        role: str,
+        *,
+        env: str = "",
+        service: str = "",
+        scopes: Sequence[str] = (),
+        flags: Sequence[str] = (),
+        reason: str = "",
+    ) -> str:
+        """Issue a bearer token; the returned string is shown once and stored nowhere."""
+        grant = admin_pb2.Grant(
+            role=role, environment=env, service=service, scopes=list(scopes), flags=list(flags)
+        )
+        req = admin_pb2.CreateTokenRequest(name=name, grant=grant, context=self._context(reason))
+        resp: admin_pb2.CreateTokenResponse = await self._call(self._admin.CreateToken, req)
+        return resp.token
+
+    async def list_tokens(self) -> list[admin_pb2.TokenInfo]:
+        resp: admin_pb2.ListTokensResponse = await self._call(
+            self._admin.ListTokens, admin_pb2.ListTokensRequest()
+        )
+        return list(resp.tokens)
+
+    async def revoke_token(self, name: str, *, reason: str = "") -> WriteResult:
+        req = admin_pb2.RevokeTokenRequest(name=name, context=self._context(reason))
+        resp = await self._call(self._admin.RevokeToken, req)
+        return WriteResult(resp.revision, list(resp.changed))

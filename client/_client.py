@@ -30,7 +30,7 @@ from confmesh.flags import FlagEvaluator, UsageCounter
 from confmesh.keys import Scope
 from confmesh.merge import lookup, snapshot_hash
 from confmesh.secrets import resolve_refs
-from confmesh.tls import TLSConfig, aio_channel
+from confmesh.tls import TLSConfig, aio_channel, bearer_metadata
 from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_from_rpc, from_struct
@@ -120,8 +120,10 @@ class ConfigClient(Generic[T]):
         channel_options: list[tuple[str, Any]] | None = None,
         tls: TLSConfig | None = None,
         tracer_provider: TracerProvider | None = None,
+        token: str | None = None,
     ) -> None:
         self.target = target
+        self._metadata = bearer_metadata(token)
         self.tls = tls
         self.tracer_provider = tracer_provider
         self._traced_version = 0
@@ -369,7 +371,7 @@ class ConfigClient(Generic[T]):
                 while True:
                     yield await box.get()
 
-            call = stub.Watch(requests())
+            call = stub.Watch(requests(), metadata=self._metadata)
             reporter = asyncio.create_task(self._report(outbox))
             draining = False
             try:

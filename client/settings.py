@@ -29,13 +29,18 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from confmesh.errors import StartupError
 from confmesh.keys import Scope
 from confmesh.merge import snapshot_hash
-from confmesh.tls import TLSConfig, sync_channel
+from confmesh.tls import TLSConfig, bearer_metadata, sync_channel
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_from_rpc, from_struct
 
 
 def fetch_config(
-    target: str, environment: str, service: str, timeout: float = 10.0, tls: TLSConfig | None = None
+    target: str,
+    environment: str,
+    service: str,
+    timeout: float = 10.0,
+    tls: TLSConfig | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """The resolved config of one (environment, service), read once (hash-checked)."""
     scope = Scope.checked(environment, service)
@@ -46,6 +51,7 @@ def fetch_config(
                 config_pb2.GetSnapshotRequest(environment=scope.environment, service=scope.service),
                 timeout=timeout,
                 wait_for_ready=True,
+                metadata=bearer_metadata(token),
             )
         except grpc.RpcError as exc:
             error = error_from_rpc(exc, target)
@@ -66,9 +72,10 @@ class ConfmeshSettingsSource(PydanticBaseSettingsSource):
         service: str,
         timeout: float = 10.0,
         tls: TLSConfig | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__(settings_cls)
-        self.confmesh_config = fetch_config(target, environment, service, timeout, tls)
+        self.confmesh_config = fetch_config(target, environment, service, timeout, tls, token)
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self.confmesh_config.get(field_name), field_name, False

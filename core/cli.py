@@ -12,27 +12,26 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from confmesh import __version__
+from confmesh.cli_common import (
+    admin_command,
+    dumps,
+    env_option,
+    json_option,
+    reason_option,
+    run,
+    service_option,
+)
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.merge import JSONValue
 
 T = TypeVar("T")
 DEFAULT_SERVER = "127.0.0.1:7070"
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-def dumps(value: Any, *, pretty: bool = False) -> str:
-    return json.dumps(value, indent=2 if pretty else None, ensure_ascii=False, sort_keys=pretty)
 
 
 def parse_cli_value(raw: str, *, as_string: bool) -> JSONValue:
@@ -91,6 +90,12 @@ class ConfmeshGroup(click.Group):
     default=None,
     help="Client key (PEM) for mutual TLS (env CONFMESH_TLS_KEY).",
 )
+@click.option(
+    "--token",
+    envvar="CONFMESH_TOKEN",
+    default=None,
+    help="Bearer token from `confmesh token create` (env CONFMESH_TOKEN; prefer the env var).",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -99,37 +104,13 @@ def main(
     tls_ca: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    token: str | None,
 ) -> None:
     """confmesh: typed config and feature flags for every service, from etcd."""
     from confmesh.tls import TLSConfig
 
     tls = TLSConfig(ca=tls_ca, cert=tls_cert, key=tls_key) if (tls_ca or tls_cert or tls_key) else None
-    ctx.obj = {"server": server, "actor": actor, "tls": tls}
-
-
-def admin_command(
-    fn: Callable[..., Awaitable[None]],
-) -> Callable[..., None]:
-    """Run an async command body with an AdminClient bound to --server."""
-
-    @wraps(fn)
-    @click.pass_context
-    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> None:
-        from confmesh.client import AdminClient
-
-        async def body() -> None:
-            async with AdminClient(ctx.obj["server"], actor=ctx.obj["actor"], tls=ctx.obj["tls"]) as admin:
-                await fn(admin, *args, **kwargs)
-
-        run(body())
-
-    return wrapper
-
-
-env_option = click.option("--env", "env", default=None, help="Environment (omit: the defaults layer).")
-service_option = click.option("--service", default=None, help="Service (needs --env).")
-reason_option = click.option("--reason", default="", help="Why: recorded with the change.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+    ctx.obj = {"server": server, "actor": actor, "tls": tls, "token": token}
 
 
 @main.command()
@@ -162,6 +143,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 @click.option(
     "--tls-client-ca", default="", help="Require client certificates signed by this CA (mutual TLS)."
 )
+@click.option(
+    "--policy",
+    "policy_file",
+    default="",
+    help="Access policy (YAML) granting identities their rights; reloaded when it changes. "
+    "Omitted: nothing is enforced (development).",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
     listen: str,
@@ -178,6 +166,7 @@ def serve(
     server_cert: str,
     server_key: str,
     tls_client_ca: str,
+    policy_file: str,
     log_level: str,
 ) -> None:
     """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
@@ -211,6 +200,7 @@ def serve(
         tls_cert=server_cert,
         tls_key=server_key,
         tls_client_ca=tls_client_ca,
+        policy_file=policy_file,
     )
     run(run_server(settings))
 
@@ -342,6 +332,7 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None) -
             service=service,
             instance_id=instance_id or f"cli-watch-{default_instance_id()}",
             tls=ctx.obj["tls"],
+            token=ctx.obj["token"],
             startup_timeout=3600 * 24 * 365,
         )
 
@@ -439,8 +430,10 @@ async def audit(
 
 def _register() -> None:
     from confmesh.cli_flags import flags
+    from confmesh.cli_tokens import token
 
     main.add_command(flags)
+    main.add_command(token)
 
 
 _register()

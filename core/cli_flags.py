@@ -12,6 +12,7 @@ from typing import Any
 import click
 import yaml
 
+from confmesh.cli_common import admin_client, reason_option, run
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.flags import EvaluationDetails, FlagEvaluator
 from confmesh.flags.files import flags_from_document, load_flags_file
@@ -68,24 +69,15 @@ def flags() -> None:
     """Feature flags: evaluated locally in every client, scoped per environment."""
 
 
-def _admin(ctx: click.Context) -> Any:
-    from confmesh.client import AdminClient
-
-    return AdminClient(ctx.obj["server"], actor=ctx.obj["actor"], tls=ctx.obj["tls"])
-
-
 def _run(ctx: click.Context, body: Any) -> Any:
-    from confmesh.cli import run
-
     async def go() -> Any:
-        async with _admin(ctx) as admin:
+        async with admin_client(ctx) as admin:
             return await body(admin)
 
     return run(go())
 
 
 env_required = click.option("--env", "env", required=True, help="Environment.")
-reason_option = click.option("--reason", default="", help="Why: recorded with the change.")
 
 
 @flags.command("set")

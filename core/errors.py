@@ -53,6 +53,14 @@ class FailedPrecondition(ConfmeshError):
     code = "failed_precondition"
 
 
+class PermissionDenied(ConfmeshError):
+    code = "permission_denied"
+
+
+class Unauthenticated(ConfmeshError):
+    code = "unauthenticated"
+
+
 class Unavailable(ConfmeshError):
     code = "unavailable"
 

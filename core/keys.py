@@ -186,6 +186,7 @@ class KeyLayout:
         self.flags_root = f"{self.prefix}/flags/"
         self.marker_root = f"{self.prefix}/meta/layers/"
         self.audit_root = f"{self.prefix}/audit/"
+        self.token_root = f"{self.prefix}/meta/tokens/"
 
     def config_key(self, layer: Layer, key: str) -> str:
         return f"{self.layer_root(layer)}{key}"

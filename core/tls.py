@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,3 +64,9 @@ def sync_channel(target: str, tls: TLSConfig | None) -> grpc.Channel:
     if tls is None:
         return grpc.insecure_channel(target)
     return grpc.secure_channel(target, tls.credentials(), options=tls.options())
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """Call metadata for a bearer token; None (no token) falls back to env CONFMESH_TOKEN."""
+    token = token if token is not None else os.environ.get("CONFMESH_TOKEN", "")
+    return (("authorization", f"Bearer {token}"),) if token else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -12,6 +12,7 @@ import grpc.aio
 from google.protobuf import timestamp_pb2
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, TracerProvider
+from pydantic import ValidationError
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
@@ -19,14 +20,16 @@ from confmesh.flags.lifecycle import flag_ages, percentile
 from confmesh.flags.model import parse_flag, parse_flag_set
 from confmesh.keys import Layer, LayerKind, Scope, check_name, split_key
 from confmesh.merge import explain
+from confmesh.server.access import Access, Caller, Grant, Role, new_token
 from confmesh.server.audit import AuditFilter, read_audit
 from confmesh.server.config_service import abort
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
 from confmesh.server.source import EtcdSource
+from confmesh.server.tokens import delete_token, store_token
 from confmesh.server.usage import FlagUsageStore
-from confmesh.server.writer import Current, Writer, WriteResult
+from confmesh.server.writer import Current, Writer, WriteResult, validate_changes
 from confmesh.v1 import admin_pb2, admin_pb2_grpc
 from confmesh.wire import from_struct, from_value, layer_from_pb, layer_to_pb, to_struct, to_value
 
@@ -53,7 +56,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         endpoints: str,
         metrics: Metrics | None = None,
         tracer_provider: TracerProvider | None = None,
+        access: Access | None = None,
     ) -> None:
+        self.access = access or Access(dict)
         self.tracer = trace.get_tracer("confmesh.server", tracer_provider=tracer_provider)
         self.metrics = metrics or Metrics()
         self.usage = usage
@@ -65,20 +70,53 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self.endpoints = endpoints
 
     async def _guard(
-        self, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]
+        self, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]], method: str = ""
     ) -> T:
         try:
             return await call()
         except errors.ConfmeshError as exc:
+            await self.access.audit_denial(exc, context, method)
             await abort(context, exc)
             raise
 
-    async def _write(
-        self, changes: list[ChangeSpec], ctx: admin_pb2.ChangeContext, source: str
+    def _allow(
+        self, context: grpc.aio.ServicerContext[Any, Any], allowed: Callable[[Grant], bool], what: str
+    ) -> Caller:
+        caller = self.access.identify(context)
+        self.access.require(caller, allowed, what)
+        return caller
+
+    @staticmethod
+    def _actor(caller: Caller, ctx: admin_pb2.ChangeContext) -> str:
+        """The authenticated identity when there is one, else the actor the client declared."""
+        return caller.identity if caller.authenticated else (ctx.actor or "anonymous")
+
+    async def _transact(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        layers: Sequence[Layer],
+        plan: Callable[[Current], Sequence[ChangeSpec]],
+        ctx: admin_pb2.ChangeContext,
+        source: str,
     ) -> admin_pb2.WriteResponse:
+        """Every write: check the caller may write `layers`, then commit one audited transaction."""
+        caller = self.access.identify(context)
+        self.access.require_writes(caller, layers)
         return await self._commit(
-            await self.writer.write(changes, actor=ctx.actor or "anonymous", reason=ctx.reason, source=source)
+            await self.writer.transact(
+                sorted(set(layers)), plan, actor=self._actor(caller, ctx), reason=ctx.reason, source=source
+            )
         )
+
+    async def _write(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        changes: list[ChangeSpec],
+        ctx: admin_pb2.ChangeContext,
+        source: str,
+    ) -> admin_pb2.WriteResponse:
+        validate_changes(changes)
+        return await self._transact(context, [c.layer for c in changes], lambda _: changes, ctx, source)
 
     async def Put(
         self, request: admin_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -87,7 +125,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             if not request.HasField("value"):
                 raise errors.InvalidArgument("value is required", field="value")
             change = ChangeSpec(layer_from_pb(request.layer), request.key, from_value(request.value))
-            return await self._write([change], request.context, "Put")
+            return await self._write(context, [change], request.context, "Put")
 
         return await self._timed("Put", context, run)
 
@@ -96,7 +134,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
             change = ChangeSpec(layer_from_pb(request.layer), request.key, delete=True)
-            return await self._write([change], request.context, "Delete")
+            return await self._write(context, [change], request.context, "Delete")
 
         return await self._timed("Delete", context, run)
 
@@ -116,7 +154,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     changes.append(ChangeSpec(layer, ch.key, delete=True))
                 else:
                     changes.append(ChangeSpec(layer, ch.key, from_value(ch.value)))
-            return await self._write(changes, request.context, "Apply")
+            return await self._write(context, changes, request.context, "Apply")
 
         return await self._timed("Apply", context, run)
 
@@ -125,6 +163,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ResolveResponse:
         async def run() -> admin_pb2.ResolveResponse:
             scope = Scope.checked(request.environment, request.service)
+            self._allow(context, lambda g: g.can_read(scope), f"read {scope}")
             if not self.source.store.synced:
                 raise errors.Unavailable(f"server has not synced with etcd yet: {self.source.stale_reason}")
             snap = self.hub.resolver.snapshot(scope)
@@ -157,11 +196,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     )
             return resp
 
-        return await self._guard(context, run)
+        return await self._guard(context, run, "Resolve")
 
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetStatusResponse:
+        async def allowed() -> None:
+            self._allow(context, Grant.can_operate, "read the server status")
+
+        await self._guard(context, allowed, "GetStatus")
         resp = admin_pb2.GetStatusResponse(
             server_id=self.server_id,
             revision=self.source.store.revision,
@@ -214,7 +257,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             },
         ):
             try:
-                result = await self._guard(context, call)
+                result = await self._guard(context, call, method)
                 ok = True
                 return result
             finally:
@@ -247,15 +290,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     changes += [ChangeSpec(layer, k, delete=True) for k in current[layer] if k not in flags]
                 return changes
 
-            return await self._commit(
-                await self.writer.transact(
-                    [layer],
-                    plan,
-                    actor=request.context.actor or "anonymous",
-                    reason=request.context.reason,
-                    source="PutFlags",
-                )
-            )
+            return await self._transact(context, [layer], plan, request.context, "PutFlags")
 
         return await self._timed("PutFlags", context, run)
 
@@ -264,7 +299,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
             change = ChangeSpec(Layer.flags(request.environment), request.key, delete=True)
-            return await self._write([change], request.context, "DeleteFlag")
+            return await self._write(context, [change], request.context, "DeleteFlag")
 
         return await self._timed("DeleteFlag", context, run)
 
@@ -277,9 +312,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 layers = [Layer.flags(env) for env in request.environments]
             else:
                 layers = [
-                    layer for layer in self.source.store.layers()
+                    layer
+                    for layer in self.source.store.layers()
                     if layer.kind is LayerKind.FLAGS and request.key in self.source.store.raw_entries(layer)
-                ]  # fmt: skip
+                ]
                 if not layers:
                     raise errors.NotFound(f"flag {request.key!r} exists in no environment", field="key")
 
@@ -295,15 +331,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     changes.append(ChangeSpec(layer, request.key, {**definition, "enabled": request.enabled}))
                 return changes
 
-            return await self._commit(
-                await self.writer.transact(
-                    sorted(set(layers)),
-                    plan,
-                    actor=request.context.actor or "anonymous",
-                    reason=request.context.reason,
-                    source="SetFlagEnabled" if request.enabled else "SetFlagEnabled(kill)",
-                )
-            )
+            source = "SetFlagEnabled" if request.enabled else "SetFlagEnabled(kill)"
+            return await self._transact(context, layers, plan, request.context, source)
 
         return await self._timed("SetFlagEnabled", context, run)
 
@@ -312,6 +341,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.GetFlagsResponse:
         async def run() -> admin_pb2.GetFlagsResponse:
             layer = Layer.flags(request.environment)
+            self._allow(context, lambda g: g.can_read_flags(layer.environment), f"read {layer}")
             store = self.source.store
             return admin_pb2.GetFlagsResponse(
                 environment=layer.environment,
@@ -319,12 +349,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 flags=to_struct(store.entries(layer)),
             )
 
-        return await self._guard(context, run)
+        return await self._guard(context, run, "GetFlags")
 
     async def GetFlagUsage(
         self, request: admin_pb2.GetFlagUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetFlagUsageResponse:
         async def run() -> admin_pb2.GetFlagUsageResponse:
+            self._allow(context, Grant.can_operate, "read flag usage")
             env = check_name(request.environment, "environment") if request.environment else ""
             if request.window_seconds < 0:
                 raise errors.InvalidArgument("window_seconds must be >= 0", field="window_seconds")
@@ -352,7 +383,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             resp.flag_age_p95_seconds = percentile(ages, 95)
             return resp
 
-        return await self._guard(context, run)
+        return await self._guard(context, run, "GetFlagUsage")
 
     # -- audit ----------------------------------------------------------------------
 
@@ -360,6 +391,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListAuditResponse:
         async def run() -> admin_pb2.ListAuditResponse:
+            self._allow(context, Grant.can_operate, "read the audit log")
             if request.environment:
                 check_name(request.environment, "environment")
             if request.service:
@@ -390,4 +422,89 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                         msg.new_value.CopyFrom(to_value(ch["new"]))
             return resp
 
-        return await self._guard(context, run)
+        return await self._guard(context, run, "ListAudit")
+
+    # -- tokens ------------------------------------------------------------------------
+
+    async def CreateToken(
+        self, request: admin_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.CreateTokenResponse:
+        async def run() -> admin_pb2.CreateTokenResponse:
+            caller = self._allow(context, lambda g: g.role is Role.ADMIN, "create tokens")
+            grant = grant_from_pb(request.grant)
+            if any(t.name == request.name for t in self.source.store.tokens.values()):
+                raise errors.FailedPrecondition(
+                    f"a token named {request.name!r} exists; revoke it first", field="name", code="exists"
+                )
+            record, token = new_token(request.name, grant, caller.identity)
+            revision = await store_token(
+                self.writer.etcd,
+                self.writer.layout,
+                record,
+                actor=self._actor(caller, request.context),
+                reason=request.context.reason,
+            )
+            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
+            return admin_pb2.CreateTokenResponse(token=token, id=record.id, revision=revision)
+
+        return await self._guard(context, run, "CreateToken")
+
+    async def ListTokens(
+        self, request: admin_pb2.ListTokensRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ListTokensResponse:
+        async def run() -> admin_pb2.ListTokensResponse:
+            self._allow(context, lambda g: g.role is Role.ADMIN, "list tokens")
+            resp = admin_pb2.ListTokensResponse()
+            for t in sorted(self.source.store.tokens.values(), key=lambda t: t.name):
+                resp.tokens.add(
+                    id=t.id,
+                    name=t.name,
+                    grant=grant_to_pb(t.grant),
+                    created_at=_ts(t.created_at),
+                    created_by=t.created_by,
+                )
+            return resp
+
+        return await self._guard(context, run, "ListTokens")
+
+    async def RevokeToken(
+        self, request: admin_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            caller = self._allow(context, lambda g: g.role is Role.ADMIN, "revoke tokens")
+            record = next((t for t in self.source.store.tokens.values() if t.name == request.name), None)
+            if record is None:
+                raise errors.NotFound(f"no token named {request.name!r}", field="name")
+            revision = await delete_token(
+                self.writer.etcd,
+                self.writer.layout,
+                record,
+                actor=self._actor(caller, request.context),
+                reason=request.context.reason,
+            )
+            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
+            return admin_pb2.WriteResponse(revision=revision, changed=[f"token/{record.name}"])
+
+        return await self._guard(context, run, "RevokeToken")
+
+
+def grant_from_pb(msg: admin_pb2.Grant) -> Grant:
+    try:
+        return Grant.model_validate({
+            "role": msg.role, "environment": msg.environment, "service": msg.service,
+            "scopes": tuple(msg.scopes), "flags": tuple(msg.flags),
+        })  # fmt: skip
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "grant"
+        raise errors.InvalidArgument(f"grant: {where}: {first['msg']}", field="grant") from exc
+
+
+def grant_to_pb(grant: Grant) -> admin_pb2.Grant:
+    return admin_pb2.Grant(
+        role=grant.role.value,
+        environment=grant.environment,
+        service=grant.service,
+        scopes=list(grant.scopes),
+        flags=list(grant.flags),
+    )

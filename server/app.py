@@ -20,7 +20,9 @@ from opentelemetry.trace import TracerProvider
 
 from confmesh.errors import InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, Layer
+from confmesh.server.access import Access
 from confmesh.server.admin_service import AdminService
+from confmesh.server.audit import record_denial
 from confmesh.server.config_service import ConfigService
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import Etcd, EtcdCredentials
@@ -63,6 +65,8 @@ class ServerSettings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # YAML policy granting identities their rights ("" = nothing enforced); reloaded on change.
+    policy_file: str = ""
     # HOST:PORT for Prometheus /metrics ("" = off).
     metrics_listen: str = ""
     # Push backed by reconcile (see confmesh.server.source).
@@ -118,11 +122,18 @@ class ConfmeshServer:
         self.metrics = Metrics()
         self.metrics_port = 0
         self.port = 0
+        self.access = Access(lambda: self.store.tokens, settings.policy_file)
+        self._policy_watch: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
         host = self.settings.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
         return f"{host}:{self.port}"
+
+    async def _watch_policy(self) -> None:
+        while True:
+            await asyncio.sleep(self.access.reload_interval)
+            self.access.maybe_reload()
 
     def _on_change(self, layers: set[Layer]) -> None:
         self.resolver.invalidate(layers)
@@ -148,6 +159,10 @@ class ConfmeshServer:
                 resync_interval=s.resync_interval,
             )
             self.source.on_error = self.metrics.etcd_errors.inc
+            etcd = self.etcd
+            self.access.record_denial = lambda identity, method, message: record_denial(
+                etcd, self.layout, identity, method, message
+            )
             self.source.start()
             self._register_gauges()
             if s.metrics_listen:
@@ -175,7 +190,11 @@ class ConfmeshServer:
                 heartbeat_interval=s.heartbeat_interval,
                 metrics=self.metrics,
                 tracer_provider=self.tracer_provider,
+                access=self.access,
             )
+            config_service = self.config_service
+            self.access.on_reload.append(config_service.recheck_access)
+            self.store.on_tokens = config_service.recheck_access
             config_pb2_grpc.add_ConfigServiceServicer_to_server(self.config_service, server)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminService(
@@ -186,6 +205,7 @@ class ConfmeshServer:
                     self.usage,
                     server_id=self.server_id,
                     tracer_provider=self.tracer_provider,
+                    access=self.access,
                     endpoints=",".join(endpoints),
                     metrics=self.metrics,
                 ),
@@ -205,6 +225,14 @@ class ConfmeshServer:
                 raise StartupError(f"cannot listen on {s.listen} (address in use?)")
             await server.start()
             self.grpc_server = server
+            if s.policy_file:
+                self._policy_watch = asyncio.create_task(self._watch_policy(), name="policy-reload")
+            elif not is_loopback(s.listen):
+                log.warning(
+                    "NO ACCESS POLICY on %s: every caller may read and change all config. "
+                    "Use --policy (and mutual TLS or tokens) off loopback.",
+                    s.listen,
+                )
             # Synced with etcd (startup waited for it): ready. Stale later still serves.
             for name in ("", *SERVICE_NAMES[:2]):
                 await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -268,6 +296,10 @@ class ConfmeshServer:
         """Drain Watch streams (clients move to another replica at once), then stop everything."""
         await self.health.enter_graceful_shutdown()
         self.metrics.close()
+        if self._policy_watch is not None:
+            self._policy_watch.cancel()
+            await asyncio.gather(self._policy_watch, return_exceptions=True)
+            self._policy_watch = None
         if self.config_service is not None:
             self.config_service.drain()
         if self.grpc_server is not None:

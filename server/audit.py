@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from etcd3aio.kv import KVService
+
 from confmesh.keys import KeyLayout, Layer
 from confmesh.merge import JSONValue
 from confmesh.server.etcd import Etcd
@@ -70,6 +72,8 @@ class AuditFilter:
     def matches(self, entry: dict[str, Any]) -> bool:
         if self.actor and entry.get("actor") != self.actor:
             return False
+        if not (self.environment or self.service or self.key_prefix):
+            return True  # records without changes (denials, tokens) match only unfiltered
         for change in entry.get("changes", []):
             layer = Layer.from_path(change["layer"])
             if self.environment and layer.environment not in (self.environment, ""):  # defaults: every env
@@ -97,3 +101,10 @@ async def read_audit(
             if len(out) >= limit:
                 break
     return out
+
+
+async def record_denial(etcd: Etcd, layout: KeyLayout, identity: str, method: str, message: str) -> None:
+    """An audit record for a refused call: who, which call, and why (no changes)."""
+    entry = AuditEntry(identity, message, f"denied:{method}")
+    resp = await etcd.txn([], [KVService.txn_op_put(entry.key(layout), entry.encode())])
+    entry.committed(resp.header.revision)

@@ -15,6 +15,7 @@ from opentelemetry.trace import SpanKind, TracerProvider
 
 from confmesh import errors
 from confmesh.keys import Scope
+from confmesh.server.access import Access
 from confmesh.server.hub import Hub, Subscriber
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
@@ -91,7 +92,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         subscribe_timeout: float = 30.0,
         catch_up_timeout: float = 10.0,
         tracer_provider: TracerProvider | None = None,
+        access: Access | None = None,
     ) -> None:
+        self.access = access or Access(dict)
         self.hub = hub
         self.ledger = ledger
         self.source = source
@@ -123,8 +126,11 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
     ) -> config_pb2.Snapshot:
         try:
             scope = Scope.checked(request.environment, request.service)
+            caller = self.access.identify(context)
+            self.access.require(caller, lambda g: g.can_watch(scope), f"read the snapshot of {scope}")
             await self._ready()
         except errors.ConfmeshError as exc:
+            await self.access.audit_denial(exc, context, "GetSnapshot")
             await abort(context, exc)
             raise
         return snapshot_to_pb(self.hub.resolver.snapshot(scope), stale=self.source.stale)
@@ -149,11 +155,14 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                 )
             if sub_msg.known_version < 0:
                 raise errors.InvalidArgument("subscribe.known_version must be >= 0", field="known_version")
+            caller = self.access.identify(context)
+            self.access.require(caller, lambda g: g.can_watch(scope), f"watch {scope}")
             await self._ready(sub_msg.known_version)
         except TimeoutError:
             await abort(context, errors.InvalidArgument("no subscribe received in time", code="no_subscribe"))
             return
         except errors.ConfmeshError as exc:
+            await self.access.audit_denial(exc, context, "Watch")
             await abort(context, exc)
             return
 
@@ -163,6 +172,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             )
             return
         sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash)
+        sub.caller = caller
         counters = sub.counters = self.metrics.for_stream(scope)
         self.ledger.connect(
             sub.id,
@@ -198,6 +208,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     if code == "draining":
                         await abort(context, errors.Unavailable(message, code=code))
                         return
+                    if code == "denied":
+                        await abort(context, errors.PermissionDenied(message, code=code))
+                        return
                     await abort(context, errors.InvalidArgument(message, code=code))
                     return
                 if sub.heartbeat_now:
@@ -221,6 +234,18 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             reader.cancel()
             self.hub.remove(sub)
             self.ledger.disconnect(sub.id)
+
+    def recheck_access(self) -> None:
+        """After a policy reload or a token change: end the streams their callers may no longer watch."""
+        if not self.access.enforcing:
+            return
+        for sub in self.hub.subscribers():
+            caller = self.access.still_valid(sub.caller)
+            if caller is None or caller.grant is None or not caller.grant.can_watch(sub.scope):
+                log.warning("ending the watch of %s by %s: access withdrawn", sub.scope, sub.caller.identity)
+                sub.fail("denied", f"{sub.caller.identity} may no longer watch {sub.scope}")
+            else:
+                sub.caller = caller
 
     def drain(self) -> None:
         """End every stream with UNAVAILABLE/draining, so clients move to another replica now."""

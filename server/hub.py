@@ -36,6 +36,7 @@ class Subscriber:
         self.heartbeat_now = False
         self.created = time.time()
         self.counters: Any = None  # metrics.StreamCounters, set by the servicer
+        self.caller: Any = None  # access.Caller, set by the servicer
 
     def offer(self, snapshot: Resolved) -> None:
         if (snapshot.version, snapshot.hash) == self.last_offered:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from confmesh.errors import InvalidArgument
 from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.merge import JSONValue, parse_json_value
+from confmesh.server.access import TokenRecord
 from confmesh.server.etcd import Event, KeyValue
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ class ConfigStore:
         self._layer_trace: dict[Layer, tuple[int, str]] = {}
         # etcd keys under the prefix whose content is unusable, with the reason.
         self.bad_keys: dict[str, str] = {}
+        # Bearer tokens by id (confmesh.server.access), and who to tell when they change.
+        self.tokens: dict[str, TokenRecord] = {}
+        self.on_tokens: Callable[[], None] | None = None
 
     def entries(self, layer: Layer) -> dict[str, JSONValue]:
         return {k: e.value for k, e in self._layers.get(layer, {}).items()}
@@ -74,6 +78,25 @@ class ConfigStore:
         if revision > self._layer_revision.get(layer, 0):
             self._layer_revision[layer] = revision
 
+    def _token(self, etcd_key: str, value: bytes | None) -> bool:
+        """Track a token record; True if `etcd_key` is one."""
+        if not etcd_key.startswith(self.layout.token_root):
+            return False
+        token_id = etcd_key[len(self.layout.token_root) :]
+        if value is None:
+            self.tokens.pop(token_id, None)
+            return True
+        try:
+            self.tokens[token_id] = TokenRecord.decode(token_id, value)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.tokens.pop(token_id, None)
+            self.bad_keys[etcd_key] = f"unusable token record: {exc}"
+        return True
+
+    def _tokens_changed(self) -> None:
+        if self.on_tokens is not None:
+            self.on_tokens()
+
     def _parse(self, etcd_key: str, value: bytes | None) -> tuple[Layer, str | None, JSONValue] | None:
         try:
             parsed = self.layout.parse(etcd_key)
@@ -94,7 +117,10 @@ class ConfigStore:
         before = {layer: dict(entries) for layer, entries in self._layers.items()}
         self._layers = {}
         self.bad_keys = {}
+        tokens_before, self.tokens = self.tokens, {}
         for kv in kvs:
+            if self._token(kv.key, kv.value):
+                continue
             parsed = self._parse(kv.key, kv.value)
             if parsed is None:
                 continue
@@ -117,14 +143,20 @@ class ConfigStore:
                 self._bump(layer, revision)
         self.revision = max(self.revision, revision)
         self.synced = True
+        if self.tokens != tokens_before:
+            self._tokens_changed()
         return changed
 
     def apply(self, events: Iterable[Event]) -> set[Layer]:
         """Apply watch events in order; return the layers that changed."""
         changed: set[Layer] = set()
+        tokens = False
         for ev in events:
-            parsed = self._parse(ev.key, None if ev.deleted else ev.value)
             self.revision = max(self.revision, ev.mod_revision)
+            if self._token(ev.key, None if ev.deleted else ev.value):
+                tokens = True
+                continue
+            parsed = self._parse(ev.key, None if ev.deleted else ev.value)
             if parsed is None:
                 continue
             layer, key, value = parsed
@@ -139,4 +171,6 @@ class ConfigStore:
                 entries.pop(key, None)
             else:
                 entries[key] = Entry(value, ev.mod_revision)
+        if tokens:
+            self._tokens_changed()
         return changed

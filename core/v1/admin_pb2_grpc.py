@@ -89,6 +89,21 @@ class AdminServiceStub:
                 request_serializer=confmesh_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=confmesh_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/confmesh.v1.AdminService/CreateToken',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/confmesh.v1.AdminService/ListTokens',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/confmesh.v1.AdminService/RevokeToken',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -169,6 +184,26 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Bearer tokens (admins only). The token string is returned once by
+        CreateToken; the server stores only a SHA-256 of its secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +261,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=confmesh_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
                     response_serializer=confmesh_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.CreateTokenRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -525,6 +575,87 @@ class AdminService:
             '/confmesh.v1.AdminService/ListAudit',
             confmesh_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
             confmesh_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/CreateToken',
+            confmesh_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/ListTokens',
+            confmesh_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/RevokeToken',
+            confmesh_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,339 @@
+"""Who may do what: caller identities, the policy that grants them rights, bearer tokens.
+
+A caller is identified by a bearer token (``authorization: Bearer cmt_…``),
+else by the names its verified client certificate carries (mutual TLS).
+Grants come from the policy file for certificate identities and from the
+token's own record for tokens. Tokens live in etcd under ``P/meta/tokens/``
+holding only a SHA-256 of their secret, so the server keeps them in memory
+through its ordinary watch, and a revocation reaches every replica at once.
+
+Without a policy file nothing is enforced (the development default); with
+one, every call needs an identity with a grant that covers it.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from confmesh import errors
+from confmesh.identity import peer_identities
+from confmesh.keys import Layer, LayerKind, Scope, check_name
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "cmt_"
+DENIAL_AUDIT_INTERVAL = 10.0
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"  # everything
+    WRITER = "writer"  # write the layers its scopes match, flags of its environments; read those
+    READER = "reader"  # read the scopes it matches, status and audit
+    SERVICE = "service"  # watch its own (environment, service) snapshot, read its environment's flags
+
+
+class Grant(BaseModel):
+    """What one identity may do.
+
+    ``scopes`` are patterns over layer paths: ``defaults``, ``<env>`` (the
+    environment layer) and ``<env>/<service>``, with ``*`` globs (``prod/*``:
+    every service layer in prod; ``*``: everything). ``flags`` lists the
+    environments whose flags a writer may change (``*``: all).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Role
+    environment: str = ""
+    service: str = ""
+    scopes: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _shape(self) -> Grant:
+        if self.role is Role.SERVICE:
+            try:
+                check_name(self.environment, "environment")
+                check_name(self.service, "service")
+            except errors.InvalidArgument as exc:
+                raise ValueError(f"a service grant needs its environment and service: {exc.message}") from exc
+            if self.scopes or self.flags:
+                raise ValueError("a service grant takes environment and service, not scopes or flags")
+        elif self.environment or self.service:
+            raise ValueError(f"a {self.role} grant takes scopes (and flags), not environment/service")
+        if self.role is Role.ADMIN and (self.scopes or self.flags):
+            raise ValueError("an admin grant covers everything; drop scopes and flags")
+        if self.role is Role.READER and self.flags:
+            raise ValueError("a reader cannot change flags")
+        if self.role in (Role.WRITER, Role.READER) and not (self.scopes or self.flags):
+            raise ValueError(f"a {self.role} grant needs scopes or flags")
+        return self
+
+    def describe(self) -> str:
+        if self.role is Role.SERVICE:
+            return f"service {self.environment}/{self.service}"
+        parts = [str(self.role)]
+        if self.scopes:
+            parts.append("scopes " + ",".join(self.scopes))
+        if self.flags:
+            parts.append("flags " + ",".join(self.flags))
+        return " ".join(parts)
+
+    def _matches(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.scopes)
+
+    def can_watch(self, scope: Scope) -> bool:
+        if self.role is Role.SERVICE:
+            return (self.environment, self.service) == (scope.environment, scope.service)
+        return self.can_read(scope)
+
+    def can_read(self, scope: Scope) -> bool:
+        if self.role is Role.ADMIN:
+            return True
+        if self.role is Role.SERVICE:
+            return self.can_watch(scope)
+        return any(self._matches(p) for p in (scope.environment, f"{scope.environment}/{scope.service}"))
+
+    def can_write(self, layer: Layer) -> bool:
+        if self.role is Role.ADMIN:
+            return True
+        if self.role is not Role.WRITER:
+            return False
+        if layer.kind is LayerKind.FLAGS:
+            return any(fnmatch.fnmatchcase(layer.environment, pattern) for pattern in self.flags)
+        return self._matches(scope_path(layer))
+
+    def can_read_flags(self, environment: str) -> bool:
+        if self.role is Role.SERVICE:
+            return self.environment == environment
+        return self.role is not Role.WRITER or self.can_write(Layer.flags(environment)) or bool(self.scopes)
+
+    def can_operate(self) -> bool:
+        """Status, audit, usage: everyone but services."""
+        return self.role is not Role.SERVICE
+
+
+def scope_path(layer: Layer) -> str:
+    """A config layer as grants name it: ``defaults``, ``<env>`` or ``<env>/<service>``."""
+    if layer.kind is LayerKind.DEFAULTS:
+        return "defaults"
+    if layer.kind is LayerKind.SERVICE:
+        return f"{layer.environment}/{layer.service}"
+    return layer.environment
+
+
+class PolicyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    identities: dict[str, Grant] = Field(default_factory=dict)
+
+
+def load_policy(path: str) -> dict[str, Grant]:
+    """Read and validate a policy file; every problem is an InvalidArgument naming its place."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise errors.InvalidArgument(f"policy {path}: {exc}") from exc
+    try:
+        return PolicyFile.model_validate(raw or {}).identities
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise errors.InvalidArgument(f"policy {path}: {where}: {first['msg']}") from exc
+
+
+# -- tokens --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    name: str
+    grant: Grant
+    sha256: str
+    created_at: float
+    created_by: str
+
+    def encode(self) -> bytes:
+        return json.dumps({
+            "name": self.name, "grant": self.grant.model_dump(mode="json"), "sha256": self.sha256,
+            "created_at": self.created_at, "created_by": self.created_by,
+        }).encode()  # fmt: skip
+
+    @classmethod
+    def decode(cls, token_id: str, raw: bytes) -> TokenRecord:
+        doc = json.loads(raw)
+        return cls(token_id, doc["name"], Grant.model_validate(doc["grant"]), doc["sha256"],
+                   float(doc["created_at"]), doc.get("created_by", ""))  # fmt: skip
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_token(name: str, grant: Grant, created_by: str) -> tuple[TokenRecord, str]:
+    """A fresh token: its record (to store) and the bearer string (shown once, never stored)."""
+    check_name(name, "token name")
+    token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    record = TokenRecord(token_id, name, grant, hash_secret(secret), time.time(), created_by)
+    return record, f"{TOKEN_PREFIX}{token_id}.{secret}"
+
+
+def parse_bearer(value: str) -> tuple[str, str] | None:
+    """(id, secret) of ``Bearer cmt_<id>.<secret>``, or None."""
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
+        return None
+    token_id, dot, secret = token[len(TOKEN_PREFIX) :].partition(".")
+    return (token_id, secret) if dot and token_id and secret else None
+
+
+# -- the checker ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    identity: str
+    grant: Grant | None
+    # Set for token callers, so a revocation can be noticed on open streams.
+    token_id: str = ""
+
+    @property
+    def authenticated(self) -> bool:
+        return self.identity != "anonymous"
+
+    def describe(self) -> str:
+        return f"{self.identity} ({self.grant.describe() if self.grant else 'no grant'})"
+
+
+ANONYMOUS = Caller("anonymous", None)
+
+
+class Access:
+    """Identifies callers and enforces the policy (when there is one)."""
+
+    def __init__(
+        self,
+        tokens: Callable[[], dict[str, TokenRecord]],
+        policy_path: str = "",
+        *,
+        reload_interval: float = 2.0,
+    ) -> None:
+        self.tokens = tokens
+        self.policy_path = policy_path
+        self.enforcing = bool(policy_path)
+        self.reload_interval = reload_interval
+        self.policy: dict[str, Grant] = load_policy(policy_path) if policy_path else {}
+        self._mtime = self._policy_mtime()
+        self.on_reload: list[Callable[[], None]] = []
+        self.reload_error = ""
+        # Writes a denial to the audit log: (identity, method, message).
+        self.record_denial: Callable[[str, str, str], Awaitable[None]] | None = None
+        self._denials: dict[tuple[str, str], float] = {}
+
+    def _policy_mtime(self) -> float:
+        try:
+            return Path(self.policy_path).stat().st_mtime if self.policy_path else 0.0
+        except OSError:
+            return 0.0
+
+    def maybe_reload(self) -> bool:
+        """Reload the policy file if it changed; a broken file keeps the last good policy."""
+        mtime = self._policy_mtime()
+        if not self.policy_path or mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            self.policy = load_policy(self.policy_path)
+        except errors.InvalidArgument as exc:
+            self.reload_error = exc.message
+            log.error("keeping the previous policy: %s", exc.message)
+            return False
+        self.reload_error = ""
+        log.info("policy reloaded from %s (%d identities)", self.policy_path, len(self.policy))
+        for callback in self.on_reload:
+            callback()
+        return True
+
+    def identify(self, context: Any) -> Caller:
+        metadata = dict(context.invocation_metadata() or ())
+        bearer = metadata.get("authorization")
+        if isinstance(bearer, str) and bearer:
+            parsed = parse_bearer(bearer)
+            record = self.tokens().get(parsed[0]) if parsed else None
+            if (
+                parsed is None
+                or record is None
+                or not hmac.compare_digest(record.sha256, hash_secret(parsed[1]))
+            ):
+                raise errors.Unauthenticated("invalid or revoked bearer token", code="bad_token")
+            return Caller(f"token:{record.name}", record.grant, record.id)
+        names = peer_identities(context)
+        for name in names:
+            if name in self.policy:
+                return Caller(name, self.policy[name])
+        return Caller(names[0], None) if names else ANONYMOUS
+
+    def still_valid(self, caller: Caller) -> Caller | None:
+        """`caller` with its current grant (after a reload or a revocation), or None if it has none."""
+        if caller.token_id:
+            record = self.tokens().get(caller.token_id)
+            return Caller(caller.identity, record.grant, caller.token_id) if record else None
+        grant = self.policy.get(caller.identity)
+        return Caller(caller.identity, grant) if grant else None
+
+    def require(self, caller: Caller, allowed: Callable[[Grant], bool], what: str) -> None:
+        """Raise unless `caller`'s grant allows `what` (nothing is enforced without a policy)."""
+        if not self.enforcing:
+            return
+        if not caller.authenticated:
+            raise errors.Unauthenticated(
+                f"this server requires a client certificate or a bearer token to {what}", code="no_identity"
+            )
+        if caller.grant is None or not allowed(caller.grant):
+            raise errors.PermissionDenied(f"{caller.describe()} may not {what}", code="denied")
+
+    async def audit_denial(self, exc: errors.ConfmeshError, context: Any, method: str) -> None:
+        """Log a PERMISSION_DENIED and record it in the audit log.
+
+        At most one record per identity and method every `DENIAL_AUDIT_INTERVAL`
+        seconds, so a misbehaving caller cannot flood etcd.
+        """
+        if not isinstance(exc, errors.PermissionDenied):
+            return
+        try:
+            caller = self.identify(context)
+        except errors.ConfmeshError:
+            return
+        log.warning("denied %s to %s: %s", method, caller.identity, exc.message)
+        key, now = (caller.identity, method), time.monotonic()
+        if (
+            self.record_denial is None
+            or now - self._denials.get(key, -DENIAL_AUDIT_INTERVAL) < DENIAL_AUDIT_INTERVAL
+        ):
+            return
+        if len(self._denials) > 10_000:
+            self._denials.clear()
+        self._denials[key] = now
+        try:
+            await self.record_denial(caller.identity, method, exc.message)
+        except errors.ConfmeshError as failure:
+            log.warning("could not audit a denial: %s", failure.message)
+
+    def require_writes(self, caller: Caller, layers: Sequence[Layer]) -> None:
+        for layer in sorted(set(layers)):
+            self.require(caller, lambda g, layer=layer: g.can_write(layer), f"write {layer}")  # type: ignore[misc]
