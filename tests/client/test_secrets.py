@@ -13,7 +13,7 @@ from tests.cli.test_cli import cli
 from tests.conftest import EtcdHandle
 from tests.helpers import eventually
 
-PASSWORD = "hunter2-s3cr3t-v4lue"
+PASSWORD = "hunter2-s3cr3t-v4lue"  # pragma: allowlist secret
 
 
 class Database(BaseModel):

@@ -18,7 +18,7 @@ from confmesh.server.etcd import EtcdCredentials
 from tests.cli.test_cli import cli
 from tests.conftest import etcdctl_binary
 
-PASSWORD = "s3cret-etcd-pw"
+PASSWORD = "s3cret-etcd-pw"  # pragma: allowlist secret
 
 
 class SecureEtcd:
@@ -97,7 +97,10 @@ async def test_serves_from_an_etcd_with_mtls_and_auth_across_token_expiry(secure
 
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
-    [({"password": "wrong"}, "refused user 'root'"), ({"client_cert": False}, "unreachable")],
+    [
+        ({"password": "wrong"}, "refused user 'root'"),  # pragma: allowlist secret
+        ({"client_cert": False}, "unreachable"),
+    ],
 )
 async def test_bad_etcd_credentials_fail_startup_clearly(
     secure_etcd: SecureEtcd, kwargs: dict[str, object], expected: str
