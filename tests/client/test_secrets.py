@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, field_validator
 
-from confmesh.client import AdminClient, ConfigClient, InvalidArgument
+from confmesh.client import AdminClient, ConfigClient, InvalidArgument, SnapshotRejected
+from confmesh.client._validation import validate
 from confmesh.server import ConfmeshServer
 from tests.cli.test_cli import cli
 from tests.conftest import EtcdHandle
@@ -66,3 +67,33 @@ async def test_secrets_resolve_in_the_client_and_nowhere_else(
 async def test_malformed_secret_references_are_refused_at_write_time(admin: AdminClient, ref: object) -> None:
     with pytest.raises(InvalidArgument, match="a secret reference is exactly"):
         await admin.put("db.password", ref, env="prod")
+
+
+class Vault(BaseModel):
+    user: str
+    password: SecretStr
+
+    @field_validator("password")
+    @classmethod
+    def strong(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 12:
+            raise ValueError(f"password {value.get_secret_value()!r} is too short")  # quotes the value
+        return value
+
+
+class WithSecrets(BaseModel):
+    db: Vault
+    api_keys: list[SecretStr] = []
+    name: str = "x"
+
+
+def test_rejections_never_quote_secret_fields() -> None:
+    leaked = "hunter2"  # pragma: allowlist secret
+    with pytest.raises(SnapshotRejected) as info:
+        validate(WithSecrets, {"db": {"user": "u", "password": leaked}, "api_keys": [42], "name": ["bad"]})
+    text = str(info.value) + " ".join(str(i) for i in info.value.issues)
+    assert leaked not in text
+    paths = {i.path: i.message for i in info.value.issues}
+    assert paths["db.password"] == "invalid secret value (value_error; redacted)"
+    assert paths["api_keys.0"].endswith("redacted)")
+    assert "valid string" in paths["name"]  # ordinary fields keep pydantic's message
