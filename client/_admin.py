@@ -255,3 +255,26 @@ class AdminClient:
         req = admin_pb2.RevokeTokenRequest(name=name, context=self._context(reason))
         resp = await self._call(self._admin.RevokeToken, req)
         return WriteResult(resp.revision, list(resp.changed))
+
+    # -- schemas ---------------------------------------------------------------------------
+
+    async def put_schema(
+        self, env: str, service: str, schema: Mapping[str, Any], *, reason: str = ""
+    ) -> WriteResult:
+        """Register the JSON Schema the resolved config of (env, service) must satisfy from now on."""
+        req = admin_pb2.PutSchemaRequest(
+            environment=env, service=service, schema=to_struct(dict(schema)), context=self._context(reason)
+        )
+        resp = await self._call(self._admin.PutSchema, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def get_schema(self, env: str, service: str) -> dict[str, Any]:
+        resp = await self._call(
+            self._admin.GetSchema, admin_pb2.GetSchemaRequest(environment=env, service=service)
+        )
+        return from_struct(resp.schema)
+
+    async def delete_schema(self, env: str, service: str, *, reason: str = "") -> WriteResult:
+        req = admin_pb2.DeleteSchemaRequest(environment=env, service=service, context=self._context(reason))
+        resp = await self._call(self._admin.DeleteSchema, req)
+        return WriteResult(resp.revision, list(resp.changed))

@@ -373,6 +373,10 @@ async def status(admin: Any, as_json: bool) -> None:
         f"server {resp.server_id}  {state}  revision {resp.revision}  "
         f"etcd {resp.etcd_endpoints}  prefix {resp.prefix}"
     )
+    for v in resp.schema_violations:
+        click.echo(
+            f"SCHEMA VIOLATION {v.environment}/{v.service}: {v.message} (serving its last valid config)"
+        )
     if not resp.instances:
         click.echo("no instances connected")
         return
@@ -430,9 +434,11 @@ async def audit(
 
 def _register() -> None:
     from confmesh.cli_flags import flags
+    from confmesh.cli_schemas import schema
     from confmesh.cli_tokens import token
 
     main.add_command(flags)
+    main.add_command(schema)
     main.add_command(token)
 
 

@@ -79,7 +79,7 @@ async def _bootstrap(
     from confmesh.server.access import Grant, new_token
     from confmesh.server.app import parse_endpoints
     from confmesh.server.etcd import Etcd
-    from confmesh.server.tokens import store_token
+    from confmesh.server.records import store_token
 
     try:
         grant = Grant.model_validate(

@@ -187,6 +187,10 @@ class KeyLayout:
         self.marker_root = f"{self.prefix}/meta/layers/"
         self.audit_root = f"{self.prefix}/audit/"
         self.token_root = f"{self.prefix}/meta/tokens/"
+        self.schema_root = f"{self.prefix}/meta/schemas/"
+
+    def schema_key(self, scope: Scope) -> str:
+        return f"{self.schema_root}{scope.environment}/{scope.service}"
 
     def config_key(self, layer: Layer, key: str) -> str:
         return f"{self.layer_root(layer)}{key}"

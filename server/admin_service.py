@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -19,15 +21,16 @@ from confmesh.changes import ChangeSpec
 from confmesh.flags.lifecycle import flag_ages, percentile
 from confmesh.flags.model import parse_flag, parse_flag_set
 from confmesh.keys import Layer, LayerKind, Scope, check_name, split_key
-from confmesh.merge import explain
+from confmesh.merge import explain, resolve
 from confmesh.server.access import Access, Caller, Grant, Role, new_token
-from confmesh.server.audit import AuditFilter, read_audit
+from confmesh.server.audit import AuditEntry, AuditFilter, read_audit
 from confmesh.server.config_service import abort
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
+from confmesh.server.records import delete_token, store_token, write_record
+from confmesh.server.schemas import ServiceSchema, redact, redact_config
 from confmesh.server.source import EtcdSource
-from confmesh.server.tokens import delete_token, store_token
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Current, Writer, WriteResult, validate_changes
 from confmesh.v1 import admin_pb2, admin_pb2_grpc
@@ -167,18 +170,23 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             if not self.source.store.synced:
                 raise errors.Unavailable(f"server has not synced with etcd yet: {self.source.stale_reason}")
             snap = self.hub.resolver.snapshot(scope)
+            schema = self.source.store.schemas.get(scope)
+            secret = schema is not None and bool(request.key) and schema.is_secret(request.key)
             resp = admin_pb2.ResolveResponse(
                 environment=scope.environment,
                 service=scope.service,
                 version=snap.version,
                 hash=snap.hash,
-                config=to_struct(snap.config),
+                config=to_struct(redact_config(snap.config, schema)),
             )
             if request.key:
                 split_key(request.key)
                 store = self.source.store
                 layer_entries = [store.entries(layer) for layer in scope.layers]
                 hits, found, value = explain(layer_entries, request.key)
+                if secret:
+                    value = redact(value)
+                    hits = [replace(hit, value=redact(hit.value)) for hit in hits]
                 resp.found = found
                 if found:
                     resp.value.CopyFrom(to_value(value))
@@ -213,6 +221,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             etcd_endpoints=self.endpoints,
             prefix=self.source.store.layout.prefix,
         )
+        resolver = self.hub.resolver
+        for scope in list(self.source.store.schemas):
+            resolver.snapshot(scope)  # evaluates (and caches) whether the scope's config is valid
+        for scope, message in sorted(resolver.violations.items()):
+            resp.schema_violations.add(environment=scope.environment, service=scope.service, message=message)
         for rec in self.ledger.records():
             inst = resp.instances.add(
                 instance_id=rec.instance_id,
@@ -486,6 +499,64 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.WriteResponse(revision=revision, changed=[f"token/{record.name}"])
 
         return await self._guard(context, run, "RevokeToken")
+
+    # -- schemas -------------------------------------------------------------------------
+
+    async def PutSchema(
+        self, request: admin_pb2.PutSchemaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            scope = Scope.checked(request.environment, request.service)
+            caller = self._allow(context, lambda g: g.can_write(Layer.svc(scope.environment, scope.service)),
+                                 f"register the schema of {scope}")  # fmt: skip
+            document = from_struct(request.schema)
+            schema = ServiceSchema(scope, document)
+            config = resolve(self.source.store.entries(layer) for layer in scope.layers)
+            schema.refuse(config, f"registering this schema (the current config of {scope})")
+            audit = AuditEntry(
+                self._actor(caller, request.context), request.context.reason, f"PutSchema {scope}"
+            )
+            encoded = json.dumps(document, separators=(",", ":")).encode()
+            layout = self.writer.layout
+            revision = await write_record(self.writer.etcd, layout, layout.schema_key(scope), encoded, audit,
+                                          must_exist=None)  # fmt: skip
+            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
+            return admin_pb2.WriteResponse(revision=revision, changed=[f"schema/{scope}"])
+
+        return await self._timed("PutSchema", context, run)
+
+    async def GetSchema(
+        self, request: admin_pb2.GetSchemaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetSchemaResponse:
+        async def run() -> admin_pb2.GetSchemaResponse:
+            scope = Scope.checked(request.environment, request.service)
+            self._allow(context, lambda g: g.can_read(scope), f"read the schema of {scope}")
+            schema = self.source.store.schemas.get(scope)
+            if schema is None:
+                raise errors.NotFound(f"no schema registered for {scope}")
+            return admin_pb2.GetSchemaResponse(
+                schema=to_struct(schema.document), revision=self.source.store.schema_revision.get(scope, 0)
+            )
+
+        return await self._guard(context, run, "GetSchema")
+
+    async def DeleteSchema(
+        self, request: admin_pb2.DeleteSchemaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            scope = Scope.checked(request.environment, request.service)
+            caller = self._allow(context, lambda g: g.can_write(Layer.svc(scope.environment, scope.service)),
+                                 f"remove the schema of {scope}")  # fmt: skip
+            audit = AuditEntry(
+                self._actor(caller, request.context), request.context.reason, f"DeleteSchema {scope}"
+            )
+            layout = self.writer.layout
+            revision = await write_record(self.writer.etcd, layout, layout.schema_key(scope), None, audit,
+                                          must_exist=True)  # fmt: skip
+            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
+            return admin_pb2.WriteResponse(revision=revision, changed=[f"schema/{scope}"])
+
+        return await self._timed("DeleteSchema", context, run)
 
 
 def grant_from_pb(msg: admin_pb2.Grant) -> Grant:

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
 from confmesh.errors import InvalidArgument, StartupError
-from confmesh.keys import KeyLayout, Layer
+from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.server.access import Access
 from confmesh.server.admin_service import AdminService
 from confmesh.server.audit import record_denial
@@ -135,6 +135,11 @@ class ConfmeshServer:
             await asyncio.sleep(self.access.reload_interval)
             self.access.maybe_reload()
 
+    def _on_schemas(self, scopes: set[Scope]) -> None:
+        for scope in scopes:
+            self.resolver.forget(scope)
+        self.hub.publish(scopes)
+
     def _on_change(self, layers: set[Layer]) -> None:
         self.resolver.invalidate(layers)
         self.hub.publish(s for s in self.hub.scopes() if any(affects(layer, s) for layer in layers))
@@ -195,10 +200,11 @@ class ConfmeshServer:
             config_service = self.config_service
             self.access.on_reload.append(config_service.recheck_access)
             self.store.on_tokens = config_service.recheck_access
+            self.store.on_schemas = self._on_schemas
             config_pb2_grpc.add_ConfigServiceServicer_to_server(self.config_service, server)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminService(
-                    Writer(self.etcd, self.layout),
+                    Writer(self.etcd, self.layout, lambda: self.store.schemas),
                     self.hub,
                     self.ledger,
                     self.source,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from confmesh.keys import Layer, LayerKind, Scope
 from confmesh.merge import JSONValue, resolve, snapshot_hash
 from confmesh.server.store import ConfigStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,38 @@ class Resolver:
     def __init__(self, store: ConfigStore) -> None:
         self.store = store
         self._cache: dict[Scope, Resolved] = {}
+        # Scopes whose current config breaks their registered schema: the reason, and the
+        # last valid snapshot served instead (out-of-band writes bypass write-time checks).
+        self.violations: dict[Scope, str] = {}
+        self._last_valid: dict[Scope, Resolved] = {}
 
     def snapshot(self, scope: Scope) -> Resolved:
         cached = self._cache.get(scope)
         if cached is not None:
             return cached
+        resolved = self._resolve(scope)
+        schema = self.store.schemas.get(scope)
+        issues = schema.issues(resolved.config) if schema is not None else []
+        if issues:
+            first = issues[0]
+            self.violations[scope] = (
+                f"version {resolved.version} breaks the schema: {first.path}: {first.message}"
+            )
+            log.error("not serving %s: %s", scope, self.violations[scope])
+            last = self._last_valid.get(scope)
+            if last is not None:
+                # The last valid config, with the current flags: a kill switch still gets through.
+                flags = resolved.flags
+                version = max(last.version, self.store.layer_revision(scope.flag_layer))
+                resolved = Resolved(scope, version, snapshot_hash(last.config, flags), last.config, flags,
+                                    time.time(), self.store.scope_trace(scope, version))  # fmt: skip
+        else:
+            self.violations.pop(scope, None)
+            self._last_valid[scope] = resolved
+        self._cache[scope] = resolved
+        return resolved
+
+    def _resolve(self, scope: Scope) -> Resolved:
         config = resolve(self.store.entries(layer) for layer in scope.layers)
         flags = self.store.entries(scope.flag_layer)
         version = self.store.scope_version(scope)
@@ -52,7 +82,6 @@ class Resolver:
             resolved_at=time.time(),
             trace_parent=self.store.scope_trace(scope, version),
         )
-        self._cache[scope] = resolved
         return resolved
 
     def invalidate(self, layers: Iterable[Layer]) -> None:

@@ -18,6 +18,7 @@ from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.merge import JSONValue, parse_json_value
 from confmesh.server.access import TokenRecord
 from confmesh.server.etcd import Event, KeyValue
+from confmesh.server.schemas import ServiceSchema
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ class ConfigStore:
         # Bearer tokens by id (confmesh.server.access), and who to tell when they change.
         self.tokens: dict[str, TokenRecord] = {}
         self.on_tokens: Callable[[], None] | None = None
+        # Registered service schemas (confmesh.server.schemas) and when each last changed.
+        self.schemas: dict[Scope, ServiceSchema] = {}
+        self.schema_revision: dict[Scope, int] = {}
+        self.on_schemas: Callable[[set[Scope]], None] | None = None
+        self._schemas_changed: set[Scope] = set()
 
     def entries(self, layer: Layer) -> dict[str, JSONValue]:
         return {k: e.value for k, e in self._layers.get(layer, {}).items()}
@@ -93,6 +99,33 @@ class ConfigStore:
             self.bad_keys[etcd_key] = f"unusable token record: {exc}"
         return True
 
+    def _schema(self, etcd_key: str, value: bytes | None, revision: int) -> bool:
+        """Track a registered schema; True if `etcd_key` is one."""
+        if not etcd_key.startswith(self.layout.schema_root):
+            return False
+        env, _, service = etcd_key[len(self.layout.schema_root) :].partition("/")
+        try:
+            scope = Scope.checked(env, service)
+        except InvalidArgument as exc:
+            self.bad_keys[etcd_key] = exc.message
+            return True
+        self.schema_revision[scope] = max(self.schema_revision.get(scope, 0), revision)
+        self._schemas_changed.add(scope)
+        if value is None:
+            self.schemas.pop(scope, None)
+            return True
+        try:
+            self.schemas[scope] = ServiceSchema(scope, json.loads(value))
+        except (ValueError, InvalidArgument) as exc:
+            self.schemas.pop(scope, None)
+            self.bad_keys[etcd_key] = f"unusable schema: {exc}"
+        return True
+
+    def _report_schemas(self) -> None:
+        changed, self._schemas_changed = self._schemas_changed, set()
+        if changed and self.on_schemas is not None:
+            self.on_schemas(changed)
+
     def _tokens_changed(self) -> None:
         if self.on_tokens is not None:
             self.on_tokens()
@@ -118,8 +151,9 @@ class ConfigStore:
         self._layers = {}
         self.bad_keys = {}
         tokens_before, self.tokens = self.tokens, {}
+        schemas_before, self.schemas = self.schemas, {}
         for kv in kvs:
-            if self._token(kv.key, kv.value):
+            if self._token(kv.key, kv.value) or self._schema(kv.key, kv.value, kv.mod_revision):
                 continue
             parsed = self._parse(kv.key, kv.value)
             if parsed is None:
@@ -145,6 +179,10 @@ class ConfigStore:
         self.synced = True
         if self.tokens != tokens_before:
             self._tokens_changed()
+        for scope in schemas_before.keys() ^ self.schemas.keys():
+            self.schema_revision[scope] = max(self.schema_revision.get(scope, 0), revision)
+            self._schemas_changed.add(scope)
+        self._report_schemas()
         return changed
 
     def apply(self, events: Iterable[Event]) -> set[Layer]:
@@ -155,6 +193,8 @@ class ConfigStore:
             self.revision = max(self.revision, ev.mod_revision)
             if self._token(ev.key, None if ev.deleted else ev.value):
                 tokens = True
+                continue
+            if self._schema(ev.key, None if ev.deleted else ev.value, ev.mod_revision):
                 continue
             parsed = self._parse(ev.key, None if ev.deleted else ev.value)
             if parsed is None:
@@ -173,4 +213,5 @@ class ConfigStore:
                 entries[key] = Entry(value, ev.mod_revision)
         if tokens:
             self._tokens_changed()
+        self._report_schemas()
         return changed

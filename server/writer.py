@@ -15,7 +15,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +24,13 @@ from etcd3aio.kv import KVService, prefix_range_end
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.flags.model import parse_flag_set
-from confmesh.keys import KeyLayout, Layer, LayerKind, split_key
-from confmesh.merge import MAX_VALUE_BYTES, JSONValue, find_conflicts, normalize, parse_json_value
+from confmesh.keys import KeyLayout, Layer, LayerKind, Scope, split_key
+from confmesh.merge import MAX_VALUE_BYTES, JSONValue, find_conflicts, normalize, parse_json_value, resolve
 from confmesh.secrets import check_refs
 from confmesh.server.audit import AuditEntry
 from confmesh.server.etcd import Etcd
+from confmesh.server.resolver import affects
+from confmesh.server.schemas import ServiceSchema, redact
 from confmesh.tracing import current_traceparent
 
 MAX_CHANGES = 100
@@ -108,9 +110,16 @@ def _ancestors(key: str) -> list[str]:
 
 
 class Writer:
-    def __init__(self, etcd: Etcd, layout: KeyLayout) -> None:
+    def __init__(
+        self,
+        etcd: Etcd,
+        layout: KeyLayout,
+        schemas: Callable[[], Mapping[Scope, ServiceSchema]] | None = None,
+    ) -> None:
         self.etcd = etcd
         self.layout = layout
+        # The registered service schemas (the store's); writes are checked against them.
+        self.schemas = schemas or dict
 
     def _guards(
         self, layers: Sequence[Layer], changes: Sequence[tuple[ChangeSpec, bytes]], revision: int
@@ -167,7 +176,14 @@ class Writer:
         for attempt in range(CONFLICT_RETRIES):
             revision = 0
             current: Current = {}
-            for layer in layers:
+            schemas = dict(self.schemas())
+            config_layers = [layer for layer in layers if layer.kind is not LayerKind.FLAGS]
+            checked = {
+                sc: sch for sc, sch in schemas.items() if any(affects(layer, sc) for layer in config_layers)
+            }
+            # Every layer a checked service resolves from is read (and guarded) at the same revision.
+            read = sorted(set(layers) | {layer for sc in checked for layer in sc.layers})
+            for layer in read:
                 revision, current[layer] = await self._read_layer(layer, revision)
             validated = validate_changes(plan({k: dict(v) for k, v in current.items()}))
             touched = sorted({c.layer for c, _ in validated})
@@ -177,6 +193,13 @@ class Writer:
             changed: list[str] = []
             trace = current_traceparent()
             audit = AuditEntry(actor, reason, source, trace=trace)
+
+            def shown(
+                layer: Layer, key: str, value: JSONValue, schemas: dict[Scope, ServiceSchema] = schemas
+            ) -> JSONValue:
+                secret = any(sch.is_secret(key) for sc, sch in schemas.items() if affects(layer, sc))
+                return redact(value) if secret else value
+
             for change, encoded in validated:
                 entries = current[change.layer]
                 etcd_key = self.layout.config_key(change.layer, change.key)
@@ -190,7 +213,7 @@ class Writer:
                             f"key {change.key!r} is not set in layer {change.layer}", field=change.key
                         )
                     for k in doomed:
-                        audit.delete(change.layer, k, entries[k])
+                        audit.delete(change.layer, k, shown(change.layer, k, entries[k]))
                         del entries[k]
                     ops.append(KVService.txn_op_delete(etcd_key))
                     if change.layer.kind is not LayerKind.FLAGS:
@@ -203,7 +226,9 @@ class Writer:
                 else:
                     existed, old = change.key in entries, entries.get(change.key)
                     entries[change.key] = json.loads(encoded)
-                    audit.put(change.layer, change.key, old, entries[change.key], existed)
+                    new = entries[change.key]
+                    audit.put(change.layer, change.key, shown(change.layer, change.key, old),
+                              shown(change.layer, change.key, new), existed)  # fmt: skip
                     ops.append(KVService.txn_op_put(etcd_key, encoded))
                     changed.append(f"{change.layer}/{change.key}")
             stamp: dict[str, Any] = {"actor": actor, "reason": reason, "at": time.time()}
@@ -213,8 +238,11 @@ class Writer:
             for layer in touched:
                 check_layer(layer, current[layer])
                 ops.append(KVService.txn_op_put(self.layout.marker_key(layer), marker.encode()))
+            for sc, sch in sorted(checked.items()):
+                if any(affects(layer, sc) for layer in touched):
+                    sch.refuse(resolve(current[layer] for layer in sc.layers), "this change")
             ops.append(KVService.txn_op_put(audit.key(self.layout), audit.encode()))
-            resp = await self.etcd.txn(self._guards(layers, validated, revision), ops)
+            resp = await self.etcd.txn(self._guards(read, validated, revision), ops)
             if resp.succeeded:
                 audit.committed(resp.header.revision)
                 return WriteResult(revision=resp.header.revision, changed=changed)

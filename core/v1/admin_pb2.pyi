@@ -198,7 +198,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected: _Optional[bool] = ..., acked_version: _Optional[int] = ..., acked_hash: _Optional[str] = ..., sent_version: _Optional[int] = ..., last_nack: _Optional[_Union[NackRecord, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason")
+    __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason", "schema_violations")
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class GetStatusResponse(_message.Message):
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     STALE_REASON_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
     server_id: str
     revision: int
     stale: bool
@@ -213,7 +214,18 @@ class GetStatusResponse(_message.Message):
     prefix: str
     instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
     stale_reason: str
-    def __init__(self, server_id: _Optional[str] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ..., etcd_endpoints: _Optional[str] = ..., prefix: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., stale_reason: _Optional[str] = ...) -> None: ...
+    schema_violations: _containers.RepeatedCompositeFieldContainer[SchemaViolation]
+    def __init__(self, server_id: _Optional[str] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ..., etcd_endpoints: _Optional[str] = ..., prefix: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., stale_reason: _Optional[str] = ..., schema_violations: _Optional[_Iterable[_Union[SchemaViolation, _Mapping]]] = ...) -> None: ...
+
+class SchemaViolation(_message.Message):
+    __slots__ = ("environment", "service", "message")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    message: str
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ErrorDetail(_message.Message):
     __slots__ = ("code", "field", "message")
@@ -433,3 +445,41 @@ class RevokeTokenRequest(_message.Message):
     name: str
     context: ChangeContext
     def __init__(self, name: _Optional[str] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class PutSchemaRequest(_message.Message):
+    __slots__ = ("environment", "service", "schema", "context")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    schema: _struct_pb2.Struct
+    context: ChangeContext
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class GetSchemaRequest(_message.Message):
+    __slots__ = ("environment", "service")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
+
+class GetSchemaResponse(_message.Message):
+    __slots__ = ("schema", "revision")
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    schema: _struct_pb2.Struct
+    revision: int
+    def __init__(self, schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class DeleteSchemaRequest(_message.Message):
+    __slots__ = ("environment", "service", "context")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    context: ChangeContext
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...

@@ -104,6 +104,21 @@ class AdminServiceStub:
                 request_serializer=confmesh_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.PutSchema = channel.unary_unary(
+                '/confmesh.v1.AdminService/PutSchema',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.PutSchemaRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.GetSchema = channel.unary_unary(
+                '/confmesh.v1.AdminService/GetSchema',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.GetSchemaRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.GetSchemaResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchema = channel.unary_unary(
+                '/confmesh.v1.AdminService/DeleteSchema',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.DeleteSchemaRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -204,6 +219,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutSchema(self, request, context):
+        """Service schemas (JSON Schema) checked at write time; see docs/safe-change.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchema(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchema(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +309,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'RevokeToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeToken,
                     request_deserializer=confmesh_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'PutSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutSchema,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.PutSchemaRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'GetSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchema,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.GetSchemaRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.GetSchemaResponse.SerializeToString,
+            ),
+            'DeleteSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchema,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.DeleteSchemaRequest.FromString,
                     response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
             ),
     }
@@ -655,6 +704,87 @@ class AdminService:
             target,
             '/confmesh.v1.AdminService/RevokeToken',
             confmesh_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/PutSchema',
+            confmesh_dot_v1_dot_admin__pb2.PutSchemaRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/GetSchema',
+            confmesh_dot_v1_dot_admin__pb2.GetSchemaRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.GetSchemaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/DeleteSchema',
+            confmesh_dot_v1_dot_admin__pb2.DeleteSchemaRequest.SerializeToString,
             confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
