@@ -278,3 +278,28 @@ class AdminClient:
         req = admin_pb2.DeleteSchemaRequest(environment=env, service=service, context=self._context(reason))
         resp = await self._call(self._admin.DeleteSchema, req)
         return WriteResult(resp.revision, list(resp.changed))
+
+    # -- history ---------------------------------------------------------------------------
+
+    async def rollback(
+        self, to_version: int, *, env: str | None = None, service: str | None = None, reason: str = ""
+    ) -> WriteResult:
+        """Restore one layer (defaults, env or env/service) as it was at `to_version`, as a new change."""
+        req = admin_pb2.RollbackRequest(
+            layer=layer_to_pb(Layer.of(env, service)), to_version=to_version, context=self._context(reason)
+        )
+        resp = await self._call(self._admin.Rollback, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def revert(self, env: str, since_seconds: int, *, reason: str = "") -> WriteResult:
+        """Undo every config and flag change to `env`'s layers in the last `since_seconds`, as one change."""
+        req = admin_pb2.RevertRequest(
+            environment=env, since_seconds=since_seconds, context=self._context(reason)
+        )
+        resp = await self._call(self._admin.Revert, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def get_layer(self, layer: Layer) -> tuple[int, dict[str, Any]]:
+        """(revision, entries) of one layer, unmerged."""
+        resp = await self._call(self._admin.GetLayer, admin_pb2.GetLayerRequest(layer=layer_to_pb(layer)))
+        return resp.revision, from_struct(resp.entries)

@@ -150,6 +150,12 @@ def main(
     help="Access policy (YAML) granting identities their rights; reloaded when it changes. "
     "Omitted: nothing is enforced (development).",
 )
+@click.option(
+    "--audit-retention-days",
+    default=90.0,
+    show_default=True,
+    help="Remove audit records (the history rollback uses) older than this; 0 keeps them all.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
     listen: str,
@@ -167,6 +173,7 @@ def serve(
     server_key: str,
     tls_client_ca: str,
     policy_file: str,
+    audit_retention_days: float,
     log_level: str,
 ) -> None:
     """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
@@ -201,6 +208,7 @@ def serve(
         tls_key=server_key,
         tls_client_ca=tls_client_ca,
         policy_file=policy_file,
+        audit_retention_days=audit_retention_days,
     )
     run(run_server(settings))
 
@@ -434,10 +442,13 @@ async def audit(
 
 def _register() -> None:
     from confmesh.cli_flags import flags
+    from confmesh.cli_history import history, revert, rollback
     from confmesh.cli_schemas import schema
     from confmesh.cli_tokens import token
 
     main.add_command(flags)
+    for command in (history, rollback, revert):
+        main.add_command(command)
     main.add_command(schema)
     main.add_command(token)
 

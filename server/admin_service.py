@@ -25,10 +25,12 @@ from confmesh.merge import explain, resolve
 from confmesh.server.access import Access, Caller, Grant, Role, new_token
 from confmesh.server.audit import AuditEntry, AuditFilter, read_audit
 from confmesh.server.config_service import abort
+from confmesh.server.history import Recorded, changes_after, changes_towards, pruned_before, undo
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
 from confmesh.server.records import delete_token, store_token, write_record
+from confmesh.server.resolver import affects
 from confmesh.server.schemas import ServiceSchema, redact, redact_config
 from confmesh.server.source import EtcdSource
 from confmesh.server.usage import FlagUsageStore
@@ -557,6 +559,112 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.WriteResponse(revision=revision, changed=[f"schema/{scope}"])
 
         return await self._timed("DeleteSchema", context, run)
+
+    # -- history -------------------------------------------------------------------------
+
+    async def _restore(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        layers: list[Layer],
+        records: Callable[[int], Awaitable[list[Recorded]]],
+        ctx: admin_pb2.ChangeContext,
+        source: str,
+    ) -> admin_pb2.WriteResponse:
+        """Undo the audited changes `records(base revision)` returns, as one new audited change."""
+        caller = self.access.identify(context)
+        self.access.require_writes(caller, layers)
+        revision, base = 0, {}
+        for layer in layers:
+            revision, base[layer] = await self.writer.read_layer(layer, revision)
+        target = undo(base, [r for r in await records(revision) if r.revision <= revision])
+        changes = [c for layer in layers for c in changes_towards(layer, base[layer], target[layer])]
+        if not changes:
+            raise errors.FailedPrecondition("nothing to undo: the layers already hold that content",
+                                            code="nothing_to_do")  # fmt: skip
+
+        def plan(current: Current) -> list[ChangeSpec]:
+            if any(current[layer] != base[layer] for layer in layers):
+                raise errors.FailedPrecondition("the layers changed while this was prepared; try again",
+                                                code="write_conflict")  # fmt: skip
+            return changes
+
+        return await self._transact(context, layers, plan, ctx, source)
+
+    async def Rollback(
+        self, request: admin_pb2.RollbackRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            layer = layer_from_pb(request.layer)
+            if request.to_version <= 0:
+                raise errors.InvalidArgument("to_version must be a positive version", field="to_version")
+            pruned = await pruned_before(self.writer.etcd, self.writer.layout)
+            if request.to_version < pruned:
+                raise errors.FailedPrecondition(
+                    f"version {request.to_version} is older than the kept history (audit records up to "
+                    f"revision {pruned} were removed by retention)",
+                    field="to_version",
+                    code="history_pruned",
+                )
+
+            async def records(upto: int) -> list[Recorded]:
+                if request.to_version > upto:
+                    raise errors.InvalidArgument(
+                        f"version {request.to_version} is in the future (now {upto})", field="to_version"
+                    )
+                return await changes_after(
+                    self.writer.etcd, self.writer.layout, [layer], revision=request.to_version
+                )
+
+            source = f"Rollback {layer} to {request.to_version}"
+            return await self._restore(context, [layer], records, request.context, source)
+
+        return await self._timed("Rollback", context, run)
+
+    async def Revert(
+        self, request: admin_pb2.RevertRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            env = check_name(request.environment, "environment")
+            if request.since_seconds <= 0:
+                raise errors.InvalidArgument("since_seconds must be positive", field="since_seconds")
+            store = self.source.store
+            services = {
+                layer
+                for layer in store.layers()
+                if layer.kind is LayerKind.SERVICE and layer.environment == env
+            }
+            layers = sorted({Layer.env(env), Layer.flags(env)} | services)
+            since = time.time() - request.since_seconds
+
+            async def records(upto: int) -> list[Recorded]:
+                return await changes_after(self.writer.etcd, self.writer.layout, layers, since=since)
+
+            source = f"Revert {env} last {request.since_seconds}s"
+            return await self._restore(context, layers, records, request.context, source)
+
+        return await self._timed("Revert", context, run)
+
+    async def GetLayer(
+        self, request: admin_pb2.GetLayerRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetLayerResponse:
+        async def run() -> admin_pb2.GetLayerResponse:
+            layer = layer_from_pb(request.layer)
+            caller = self.access.identify(context)
+            self.access.require(
+                caller, lambda g: g.can_write(layer) or g.role is Role.READER, f"read {layer}"
+            )
+            store = self.source.store
+            entries = store.entries(layer)
+            if layer.kind is not LayerKind.FLAGS:
+                secret = [sch for sc, sch in store.schemas.items() if affects(layer, sc)]
+                entries = {
+                    k: redact(v) if any(s.is_secret(k) for s in secret) else v for k, v in entries.items()
+                }
+            return admin_pb2.GetLayerResponse(
+                entries=to_struct(entries), revision=store.layer_revision(layer)
+            )
+
+        return await self._guard(context, run, "GetLayer")
 
 
 def grant_from_pb(msg: admin_pb2.Grant) -> Grant:

@@ -18,7 +18,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
-from confmesh.errors import InvalidArgument, StartupError
+from confmesh.errors import ConfmeshError, InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.server.access import Access
 from confmesh.server.admin_service import AdminService
@@ -26,6 +26,7 @@ from confmesh.server.audit import record_denial
 from confmesh.server.config_service import ConfigService
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import Etcd, EtcdCredentials
+from confmesh.server.history import prune_audit
 from confmesh.server.hub import Hub
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
 from confmesh.server.ledger import Ledger
@@ -65,6 +66,8 @@ class ServerSettings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Audit records (the history that rollback and revert use) older than this are removed; 0 keeps all.
+    audit_retention_days: float = 90.0
     # YAML policy granting identities their rights ("" = nothing enforced); reloaded on change.
     policy_file: str = ""
     # HOST:PORT for Prometheus /metrics ("" = off).
@@ -124,11 +127,21 @@ class ConfmeshServer:
         self.port = 0
         self.access = Access(lambda: self.store.tokens, settings.policy_file)
         self._policy_watch: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
         host = self.settings.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
         return f"{host}:{self.port}"
+
+    async def _prune_audit(self) -> None:
+        assert self.etcd is not None
+        while True:
+            try:
+                await prune_audit(self.etcd, self.layout, self.settings.audit_retention_days * 86400)
+            except ConfmeshError as exc:
+                log.warning("audit retention: %s", exc.message)
+            await asyncio.sleep(3600)
 
     async def _watch_policy(self) -> None:
         while True:
@@ -231,6 +244,8 @@ class ConfmeshServer:
                 raise StartupError(f"cannot listen on {s.listen} (address in use?)")
             await server.start()
             self.grpc_server = server
+            if s.audit_retention_days > 0:
+                self._retention = asyncio.create_task(self._prune_audit(), name="audit-retention")
             if s.policy_file:
                 self._policy_watch = asyncio.create_task(self._watch_policy(), name="policy-reload")
             elif not is_loopback(s.listen):
@@ -302,10 +317,11 @@ class ConfmeshServer:
         """Drain Watch streams (clients move to another replica at once), then stop everything."""
         await self.health.enter_graceful_shutdown()
         self.metrics.close()
-        if self._policy_watch is not None:
-            self._policy_watch.cancel()
-            await asyncio.gather(self._policy_watch, return_exceptions=True)
-            self._policy_watch = None
+        for task in (self._policy_watch, self._retention):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._policy_watch = self._retention = None
         if self.config_service is not None:
             self.config_service.drain()
         if self.grpc_server is not None:

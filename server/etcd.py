@@ -188,12 +188,13 @@ class Etcd:
                 return revision, out
             start = resp.kvs[-1].key + b"\x00"
 
-    async def newest_mod_revision(self, prefix: str) -> int:
-        """The newest modification revision of any key under `prefix` (0: no keys): one tiny read."""
+    async def newest_mod_revision(self, prefix: str, *, end: str = "") -> int:
+        """The newest modification revision of any key under `prefix` (or in [prefix, end)); 0: no keys."""
         assert self._client.kv is not None
-        kv = self._client.kv
-        resp = await self._rpc(lambda: kv.get(
-            prefix, prefix_range_end(prefix), limit=1, keys_only=True, sort_order=SortOrder.DESCEND,
+        get = self._client.kv.get
+        range_end = end.encode() if end else prefix_range_end(prefix)
+        resp = await self._rpc(functools.partial(
+            get, prefix, range_end, limit=1, keys_only=True, sort_order=SortOrder.DESCEND,
             sort_target=SortTarget.MOD, timeout=self.timeout,
         ))  # fmt: skip
         return int(resp.kvs[0].mod_revision) if resp.kvs else 0

@@ -149,7 +149,7 @@ class Writer:
             compares, whole = [], set(layers)
         return compares + [guard(self.layout.layer_root(layer), revision) for layer in sorted(whole)]
 
-    async def _read_layer(self, layer: Layer, revision: int) -> tuple[int, dict[str, JSONValue]]:
+    async def read_layer(self, layer: Layer, revision: int) -> tuple[int, dict[str, JSONValue]]:
         root = self.layout.layer_root(layer)
         revision, kvs = await self.etcd.list_prefix(root, revision)
         entries: dict[str, JSONValue] = {}
@@ -184,7 +184,7 @@ class Writer:
             # Every layer a checked service resolves from is read (and guarded) at the same revision.
             read = sorted(set(layers) | {layer for sc in checked for layer in sc.layers})
             for layer in read:
-                revision, current[layer] = await self._read_layer(layer, revision)
+                revision, current[layer] = await self.read_layer(layer, revision)
             validated = validate_changes(plan({k: dict(v) for k, v in current.items()}))
             touched = sorted({c.layer for c, _ in validated})
             if any(layer not in current for layer in touched):

@@ -483,3 +483,37 @@ class DeleteSchemaRequest(_message.Message):
     service: str
     context: ChangeContext
     def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("layer", "to_version", "context")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    layer: Layer
+    to_version: int
+    context: ChangeContext
+    def __init__(self, layer: _Optional[_Union[Layer, _Mapping]] = ..., to_version: _Optional[int] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class RevertRequest(_message.Message):
+    __slots__ = ("environment", "since_seconds", "context")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    since_seconds: int
+    context: ChangeContext
+    def __init__(self, environment: _Optional[str] = ..., since_seconds: _Optional[int] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class GetLayerRequest(_message.Message):
+    __slots__ = ("layer",)
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    layer: Layer
+    def __init__(self, layer: _Optional[_Union[Layer, _Mapping]] = ...) -> None: ...
+
+class GetLayerResponse(_message.Message):
+    __slots__ = ("entries", "revision")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    entries: _struct_pb2.Struct
+    revision: int
+    def __init__(self, entries: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...

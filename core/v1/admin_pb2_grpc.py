@@ -119,6 +119,21 @@ class AdminServiceStub:
                 request_serializer=confmesh_dot_v1_dot_admin__pb2.DeleteSchemaRequest.SerializeToString,
                 response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/confmesh.v1.AdminService/Rollback',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.Revert = channel.unary_unary(
+                '/confmesh.v1.AdminService/Revert',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.RevertRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.GetLayer = channel.unary_unary(
+                '/confmesh.v1.AdminService/GetLayer',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.GetLayerRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.GetLayerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -238,6 +253,28 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollback(self, request, context):
+        """History (from the audit log, so it survives etcd compaction).
+        Restore one layer's contents as of a past version, as a new change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revert(self, request, context):
+        """Undo every change to an environment's layers (config and flags) in the last N seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLayer(self, request, context):
+        """One layer's own entries (not merged).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +362,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteSchema,
                     request_deserializer=confmesh_dot_v1_dot_admin__pb2.DeleteSchemaRequest.FromString,
                     response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.RollbackRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'Revert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revert,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.RevertRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'GetLayer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLayer,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.GetLayerRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.GetLayerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -786,6 +838,87 @@ class AdminService:
             '/confmesh.v1.AdminService/DeleteSchema',
             confmesh_dot_v1_dot_admin__pb2.DeleteSchemaRequest.SerializeToString,
             confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/Rollback',
+            confmesh_dot_v1_dot_admin__pb2.RollbackRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/Revert',
+            confmesh_dot_v1_dot_admin__pb2.RevertRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLayer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/GetLayer',
+            confmesh_dot_v1_dot_admin__pb2.GetLayerRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.GetLayerResponse.FromString,
             options,
             channel_credentials,
             insecure,
