@@ -309,21 +309,6 @@ async def get(admin: Any, key: str, env: str, service: str, explain: bool, as_js
 
 
 @main.command()
-@click.argument("file", type=click.File("r"))
-@reason_option
-@admin_command
-async def apply(admin: Any, file: Any, reason: str) -> None:
-    """Apply a JSON/YAML change set atomically (FILE or - for stdin)."""
-    from confmesh.changes import parse_apply_document
-
-    doc = parse_apply_document(file.read(), source=getattr(file, "name", "apply file"))
-    result = await admin.apply(doc.changes, reason=reason or doc.reason)
-    click.echo(f"ok revision {result.revision}: {len(result.changed)} key(s) changed")
-    for item in result.changed:
-        click.echo(f"  {item}")
-
-
-@main.command()
 @click.option("--env", "env", required=True, help="Environment.")
 @click.option("--service", required=True, help="Service.")
 @click.option("--instance-id", default=None, help="Instance id shown in status (default: cli-watch-...).")
@@ -441,13 +426,15 @@ async def audit(
 
 
 def _register() -> None:
+    from confmesh.cli_apply import apply
+    from confmesh.cli_diff import diff
     from confmesh.cli_flags import flags
     from confmesh.cli_history import history, revert, rollback
     from confmesh.cli_schemas import schema
     from confmesh.cli_tokens import token
 
     main.add_command(flags)
-    for command in (history, rollback, revert):
+    for command in (apply, history, rollback, revert, diff):
         main.add_command(command)
     main.add_command(schema)
     main.add_command(token)

@@ -106,6 +106,8 @@ class EmbeddedEtcd:
             "--initial-cluster", f"{self.name}={peer_url}",
             "--auto-compaction-mode", "periodic",
             "--auto-compaction-retention", AUTO_COMPACTION_RETENTION,
+            # Large GitOps applies are one transaction each.
+            "--max-txn-ops", "4096",
             "--log-level", "error",
             *self.extra_args,
         ]  # fmt: skip

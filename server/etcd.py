@@ -27,7 +27,7 @@ from etcd3aio.connections import ConnectionManager
 from etcd3aio.errors import EtcdConnectionError, EtcdError, EtcdTransientError, EtcdUnauthenticatedError
 from etcd3aio.kv import SortOrder, SortTarget, prefix_range_end
 
-from confmesh.errors import InvalidArgument, Unavailable
+from confmesh.errors import ConfmeshError, InvalidArgument, Unavailable
 from confmesh.tls import read_pem
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,13 @@ class Etcd:
             await self._watch_channel.close(None)
             self._watch_channel = None
 
-    def _unavailable(self, exc: BaseException) -> Unavailable:
+    def _unavailable(self, exc: BaseException) -> ConfmeshError:
+        if "too many operations in txn request" in str(exc):
+            return InvalidArgument(
+                "this change needs more operations than etcd allows in one transaction; split it, or raise "
+                "etcd's --max-txn-ops (the embedded etcd allows 4096)",
+                code="too_large",
+            )
         return Unavailable(f"etcd at {','.join(self.endpoints)} is unreachable: {exc}")
 
     async def _rpc(self, call: Callable[[], Awaitable[T]]) -> T:

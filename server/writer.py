@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from etcd3aio.kv import KVService, prefix_range_end
+from etcd3aio.kv import KVService
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
@@ -33,7 +33,7 @@ from confmesh.server.resolver import affects
 from confmesh.server.schemas import ServiceSchema, redact
 from confmesh.tracing import current_traceparent
 
-MAX_CHANGES = 100
+MAX_CHANGES = 1000
 CONFLICT_RETRIES = 10
 MAX_GUARDS = 120  # etcd allows 128 operations per transaction by default
 
@@ -78,12 +78,14 @@ def validate_changes(changes: Sequence[ChangeSpec]) -> list[tuple[ChangeSpec, by
             )
         seen.add((change.layer, change.key))
         out.append((change, b"" if change.delete else _encode(change)))
-    deletes = [(c.layer, c.key) for c in changes if c.delete and c.layer.kind is not LayerKind.FLAGS]
-    for c in changes:
-        for layer, key in deletes:
-            if c.layer == layer and not c.delete and (c.key == key or c.key.startswith(key + ".")):
+    # Changes apply in order: deleting a subtree and then writing into it replaces it, but a
+    # write followed by a delete that covers it would silently undo the write.
+    for j, c in enumerate(changes):
+        for d in changes[j + 1 :]:
+            covers = d.delete and d.layer.kind is not LayerKind.FLAGS and d.layer == c.layer
+            if covers and not c.delete and (c.key == d.key or c.key.startswith(d.key + ".")):
                 raise errors.InvalidArgument(
-                    f"key {c.key!r} is both written and deleted (via {key!r}) in layer {layer}",
+                    f"key {c.key!r} is written and then deleted (via {d.key!r}) in layer {d.layer}",
                     field=c.key,
                 )
     return out
@@ -190,6 +192,7 @@ class Writer:
             if any(layer not in current for layer in touched):
                 raise errors.ConfmeshError("internal: a plan touched a layer it did not read")
             ops = []
+            final: dict[str, bytes | None] = {}  # etcd key -> value, None: delete (last change wins)
             changed: list[str] = []
             trace = current_traceparent()
             audit = AuditEntry(actor, reason, source, trace=trace)
@@ -215,13 +218,9 @@ class Writer:
                     for k in doomed:
                         audit.delete(change.layer, k, shown(change.layer, k, entries[k]))
                         del entries[k]
-                    ops.append(KVService.txn_op_delete(etcd_key))
-                    if change.layer.kind is not LayerKind.FLAGS:
-                        ops.append(
-                            KVService.txn_op_delete(
-                                etcd_key + ".", range_end=prefix_range_end(etcd_key + ".")
-                            )
-                        )
+                        # Exact keys, not a range: a later write into the subtree must not overlap
+                        # a delete in the same transaction (etcd refuses that).
+                        final[self.layout.config_key(change.layer, k)] = None
                     changed.extend(f"{change.layer}/{k}" for k in sorted(doomed))
                 else:
                     existed, old = change.key in entries, entries.get(change.key)
@@ -229,8 +228,10 @@ class Writer:
                     new = entries[change.key]
                     audit.put(change.layer, change.key, shown(change.layer, change.key, old),
                               shown(change.layer, change.key, new), existed)  # fmt: skip
-                    ops.append(KVService.txn_op_put(etcd_key, encoded))
+                    final[etcd_key] = encoded
                     changed.append(f"{change.layer}/{change.key}")
+            ops += [KVService.txn_op_delete(k) for k, v in final.items() if v is None]
+            ops += [KVService.txn_op_put(k, v) for k, v in final.items() if v is not None]
             stamp: dict[str, Any] = {"actor": actor, "reason": reason, "at": time.time()}
             if trace:
                 stamp["trace"] = trace

@@ -36,8 +36,8 @@ async def test_each_limit_is_refused_with_the_limit_named(admin: AdminClient) ->
         await admin.put("k" * 300, 1)
     with pytest.raises(InvalidArgument, match="the limit is 16"):
         await admin.put(".".join(["a"] * 20), 1)
-    with pytest.raises(InvalidArgument, match="101 changes in one request; the limit is 100"):
-        await admin.apply([ChangeSpec(Layer.defaults(), f"k{i}", i) for i in range(101)])
+    with pytest.raises(InvalidArgument, match="1001 changes in one request; the limit is 1000"):
+        await admin.apply([ChangeSpec(Layer.defaults(), f"k{i}", i) for i in range(1001)])
     with pytest.raises(InvalidArgument, match=r"beyond ±2\*\*53"):
         await admin.put("n", 2**60)
     assert (await admin.resolve("prod", "api")).config == {}  # nothing was written
