@@ -303,3 +303,55 @@ class AdminClient:
         """(revision, entries) of one layer, unmerged."""
         resp = await self._call(self._admin.GetLayer, admin_pb2.GetLayerRequest(layer=layer_to_pb(layer)))
         return resp.revision, from_struct(resp.entries)
+
+    # -- staged rollouts -------------------------------------------------------------------
+
+    async def start_rollout(
+        self,
+        name: str,
+        env: str,
+        service: str,
+        *,
+        set: Mapping[str, Any] | None = None,
+        delete: Sequence[str] = (),
+        percent: float,
+        max_nack_rate: float | None = None,
+        reason: str = "",
+    ) -> WriteResult:
+        """Show a change to (env, service) to `percent`% of its instances (a stable slice) first."""
+        req = admin_pb2.StartRolloutRequest(
+            name=name,
+            environment=env,
+            service=service,
+            set=to_struct(dict(set or {})),
+            delete=list(delete),
+            percent=percent,
+            context=self._context(reason),
+        )
+        if max_nack_rate is not None:
+            req.max_nack_rate = max_nack_rate
+        resp = await self._call(self._admin.StartRollout, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def update_rollout(
+        self, env: str, service: str, percent: float, *, reason: str = ""
+    ) -> WriteResult:
+        req = admin_pb2.UpdateRolloutRequest(
+            environment=env, service=service, percent=percent, context=self._context(reason)
+        )
+        resp = await self._call(self._admin.UpdateRollout, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def promote_rollout(self, env: str, service: str, *, reason: str = "") -> WriteResult:
+        req = admin_pb2.RolloutRequest(environment=env, service=service, context=self._context(reason))
+        resp = await self._call(self._admin.PromoteRollout, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def abort_rollout(self, env: str, service: str, *, reason: str = "") -> WriteResult:
+        req = admin_pb2.RolloutRequest(environment=env, service=service, context=self._context(reason))
+        resp = await self._call(self._admin.AbortRollout, req)
+        return WriteResult(resp.revision, list(resp.changed))
+
+    async def rollouts(self) -> list[admin_pb2.RolloutInfo]:
+        resp = await self._call(self._admin.ListRollouts, admin_pb2.ListRolloutsRequest())
+        return list(resp.rollouts)

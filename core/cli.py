@@ -391,6 +391,26 @@ async def status(admin: Any, as_json: bool) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+    click.echo("versions (connected instances):")
+    for line in version_summary(resp.instances):
+        click.echo(f"  {line}")
+
+
+def version_summary(instances: Any) -> list[str]:
+    """Per scope and version sent: how many instances ACKed it, NACKed it, or have not answered yet."""
+    counts: dict[tuple[str, int], list[int]] = {}
+    for inst in instances:
+        if not inst.connected:
+            continue
+        row = counts.setdefault((f"{inst.environment}/{inst.service}", inst.sent_version), [0, 0, 0])
+        if inst.acked_version == inst.sent_version:
+            row[0] += 1
+        elif inst.HasField("last_nack") and inst.last_nack.version == inst.sent_version:
+            row[1] += 1
+        else:
+            row[2] += 1
+    return [f"{scope}  version {version}: {a} ACKed, {n} NACKed, {p} pending"
+            for (scope, version), (a, n, p) in sorted(counts.items())]  # fmt: skip
 
 
 @main.command()
@@ -430,6 +450,7 @@ def _register() -> None:
     from confmesh.cli_diff import diff
     from confmesh.cli_flags import flags
     from confmesh.cli_history import history, revert, rollback
+    from confmesh.cli_rollouts import rollout
     from confmesh.cli_schemas import schema
     from confmesh.cli_tokens import token
 
@@ -437,6 +458,7 @@ def _register() -> None:
     for command in (apply, history, rollback, revert, diff):
         main.add_command(command)
     main.add_command(schema)
+    main.add_command(rollout)
     main.add_command(token)
 
 

@@ -188,6 +188,10 @@ class KeyLayout:
         self.audit_root = f"{self.prefix}/audit/"
         self.token_root = f"{self.prefix}/meta/tokens/"
         self.schema_root = f"{self.prefix}/meta/schemas/"
+        self.rollout_root = f"{self.prefix}/meta/rollouts/"
+
+    def rollout_key(self, scope: Scope) -> str:
+        return f"{self.rollout_root}{scope.environment}/{scope.service}"
 
     def schema_key(self, scope: Scope) -> str:
         return f"{self.schema_root}{scope.environment}/{scope.service}"

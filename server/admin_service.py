@@ -29,8 +29,17 @@ from confmesh.server.history import Recorded, changes_after, changes_towards, pr
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
-from confmesh.server.records import delete_token, store_token, write_record
+from confmesh.server.records import (
+    abort_rollout,
+    canary_counts,
+    delete_rollout,
+    delete_token,
+    store_token,
+    write_record,
+    write_rollout,
+)
 from confmesh.server.resolver import affects
+from confmesh.server.rollouts import Rollout
 from confmesh.server.schemas import ServiceSchema, redact, redact_config
 from confmesh.server.source import EtcdSource
 from confmesh.server.usage import FlagUsageStore
@@ -509,8 +518,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
             scope = Scope.checked(request.environment, request.service)
-            caller = self._allow(context, lambda g: g.can_write(Layer.svc(scope.environment, scope.service)),
-                                 f"register the schema of {scope}")  # fmt: skip
+            caller = self._allow(
+                context,
+                lambda g: g.can_write(Layer.svc(scope.environment, scope.service)),
+                f"register the schema of {scope}",
+            )
             document = from_struct(request.schema)
             schema = ServiceSchema(scope, document)
             config = resolve(self.source.store.entries(layer) for layer in scope.layers)
@@ -520,8 +532,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             )
             encoded = json.dumps(document, separators=(",", ":")).encode()
             layout = self.writer.layout
-            revision = await write_record(self.writer.etcd, layout, layout.schema_key(scope), encoded, audit,
-                                          must_exist=None)  # fmt: skip
+            revision = await write_record(
+                self.writer.etcd, layout, layout.schema_key(scope), encoded, audit, must_exist=None
+            )
             await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
             return admin_pb2.WriteResponse(revision=revision, changed=[f"schema/{scope}"])
 
@@ -547,14 +560,18 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
             scope = Scope.checked(request.environment, request.service)
-            caller = self._allow(context, lambda g: g.can_write(Layer.svc(scope.environment, scope.service)),
-                                 f"remove the schema of {scope}")  # fmt: skip
+            caller = self._allow(
+                context,
+                lambda g: g.can_write(Layer.svc(scope.environment, scope.service)),
+                f"remove the schema of {scope}",
+            )
             audit = AuditEntry(
                 self._actor(caller, request.context), request.context.reason, f"DeleteSchema {scope}"
             )
             layout = self.writer.layout
-            revision = await write_record(self.writer.etcd, layout, layout.schema_key(scope), None, audit,
-                                          must_exist=True)  # fmt: skip
+            revision = await write_record(
+                self.writer.etcd, layout, layout.schema_key(scope), None, audit, must_exist=True
+            )
             await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
             return admin_pb2.WriteResponse(revision=revision, changed=[f"schema/{scope}"])
 
@@ -579,13 +596,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         target = undo(base, [r for r in await records(revision) if r.revision <= revision])
         changes = [c for layer in layers for c in changes_towards(layer, base[layer], target[layer])]
         if not changes:
-            raise errors.FailedPrecondition("nothing to undo: the layers already hold that content",
-                                            code="nothing_to_do")  # fmt: skip
+            raise errors.FailedPrecondition(
+                "nothing to undo: the layers already hold that content", code="nothing_to_do"
+            )
 
         def plan(current: Current) -> list[ChangeSpec]:
             if any(current[layer] != base[layer] for layer in layers):
-                raise errors.FailedPrecondition("the layers changed while this was prepared; try again",
-                                                code="write_conflict")  # fmt: skip
+                raise errors.FailedPrecondition(
+                    "the layers changed while this was prepared; try again", code="write_conflict"
+                )
             return changes
 
         return await self._transact(context, layers, plan, ctx, source)
@@ -666,13 +685,167 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
         return await self._guard(context, run, "GetLayer")
 
+    # -- staged rollouts ---------------------------------------------------------------------
+
+    def _rollout(self, environment: str, service: str, *, active: bool = True) -> Rollout:
+        scope = Scope.checked(environment, service)
+        entry = self.source.store.rollouts.get(scope)
+        if entry is None or (active and not entry[0].active):
+            raise errors.NotFound(f"no active rollout for {scope}")
+        return entry[0]
+
+    async def StartRollout(
+        self, request: admin_pb2.StartRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            scope = Scope.checked(request.environment, request.service)
+            layer = Layer.svc(scope.environment, scope.service)
+            caller = self.access.identify(context)
+            self.access.require_writes(caller, [layer])
+            existing = self.source.store.rollouts.get(scope)
+            if existing is not None and existing[0].active:
+                raise errors.FailedPrecondition(
+                    f"rollout {existing[0].name!r} is active for {scope}; promote or abort it first",
+                    code="rollout_active",
+                )
+            changes: dict[str, Any] = dict(from_struct(request.set))
+            changes.update({key: None for key in request.delete})
+            rollout = Rollout(
+                request.name,
+                scope,
+                changes,
+                request.percent,
+                request.max_nack_rate if request.HasField("max_nack_rate") else 0.2,
+                started_by=self._actor(caller, request.context),
+                reason=request.context.reason,
+            )
+            validate_changes(rollout.change_specs())
+            schema = self.source.store.schemas.get(scope)
+            if schema is not None:
+                entries = [self.source.store.entries(x) for x in scope.layers]
+                entries[-1] = rollout.apply_to(entries[-1])
+                schema.refuse(resolve(entries), f"rollout {rollout.name!r}")
+            revision = await write_rollout(
+                self.writer.etcd,
+                self.writer.layout,
+                rollout,
+                actor=rollout.started_by,
+                reason=request.context.reason,
+                action="StartRollout",
+            )
+            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
+            return admin_pb2.WriteResponse(revision=revision, changed=[f"rollout/{scope}"])
+
+        return await self._timed("StartRollout", context, run)
+
+    async def UpdateRollout(
+        self, request: admin_pb2.UpdateRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            rollout = self._rollout(request.environment, request.service)
+            caller = self.access.identify(context)
+            self.access.require_writes(caller, [rollout.layer])
+            updated = rollout.with_(percent=request.percent)
+            revision = await write_rollout(
+                self.writer.etcd,
+                self.writer.layout,
+                updated,
+                actor=self._actor(caller, request.context),
+                reason=request.context.reason,
+                action="UpdateRollout",
+            )
+            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
+            return admin_pb2.WriteResponse(revision=revision, changed=[f"rollout/{rollout.scope}"])
+
+        return await self._timed("UpdateRollout", context, run)
+
+    async def PromoteRollout(
+        self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            rollout = self._rollout(request.environment, request.service)
+            layer = rollout.layer
+
+            def plan(current: Current) -> list[ChangeSpec]:
+                return [c for c in rollout.change_specs() if not c.delete or c.key in current[layer]]
+
+            ctx = admin_pb2.ChangeContext(
+                actor=request.context.actor,
+                reason=request.context.reason or f"promote rollout {rollout.name}",
+            )
+            written = await self._transact(context, [layer], plan, ctx, f"PromoteRollout {rollout.name}")
+            caller = self.access.identify(context)
+            await delete_rollout(
+                self.writer.etcd,
+                self.writer.layout,
+                rollout,
+                actor=self._actor(caller, request.context),
+                reason="promoted",
+            )
+            return written
+
+        return await self._timed("PromoteRollout", context, run)
+
+    async def AbortRollout(
+        self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        async def run() -> admin_pb2.WriteResponse:
+            rollout = self._rollout(request.environment, request.service)
+            caller = self.access.identify(context)
+            self.access.require_writes(caller, [rollout.layer])
+            actor = self._actor(caller, request.context)
+            why = request.context.reason or f"aborted by {actor}"
+            revision = await abort_rollout(
+                self.writer.etcd, self.writer.layout, rollout, actor=actor, why=why
+            )
+            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
+            return admin_pb2.WriteResponse(revision=revision, changed=[f"rollout/{rollout.scope}"])
+
+        return await self._timed("AbortRollout", context, run)
+
+    async def ListRollouts(
+        self, request: admin_pb2.ListRolloutsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ListRolloutsResponse:
+        async def run() -> admin_pb2.ListRolloutsResponse:
+            self._allow(context, Grant.can_operate, "list rollouts")
+            resp = admin_pb2.ListRolloutsResponse()
+            records = self.ledger.records()
+            for scope, (rollout, _) in sorted(self.source.store.rollouts.items()):
+                version = self.hub.resolver.for_instance(scope, "").version
+                if rollout.active:
+                    version = self.hub.resolver.canary(scope).version
+                n, acked, nacked = canary_counts(rollout, version, records)
+                info = resp.rollouts.add(
+                    name=rollout.name,
+                    environment=scope.environment,
+                    service=scope.service,
+                    percent=rollout.percent,
+                    state=rollout.state.value,
+                    max_nack_rate=rollout.max_nack_rate,
+                    version=version,
+                    canary_instances=n,
+                    canary_acked=acked,
+                    canary_nacked=nacked,
+                    abort_reason=rollout.abort_reason,
+                    set=to_struct({k: v for k, v in rollout.changes.items() if v is not None}),
+                )
+                info.delete.extend(k for k, v in rollout.changes.items() if v is None)
+            return resp
+
+        return await self._guard(context, run, "ListRollouts")
+
 
 def grant_from_pb(msg: admin_pb2.Grant) -> Grant:
     try:
-        return Grant.model_validate({
-            "role": msg.role, "environment": msg.environment, "service": msg.service,
-            "scopes": tuple(msg.scopes), "flags": tuple(msg.flags),
-        })  # fmt: skip
+        return Grant.model_validate(
+            {
+                "role": msg.role,
+                "environment": msg.environment,
+                "service": msg.service,
+                "scopes": tuple(msg.scopes),
+                "flags": tuple(msg.flags),
+            }
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "grant"

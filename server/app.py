@@ -31,6 +31,7 @@ from confmesh.server.hub import Hub
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
+from confmesh.server.records import abort_rollout, canary_counts
 from confmesh.server.resolver import Resolver, affects
 from confmesh.server.source import EtcdSource
 from confmesh.server.store import ConfigStore
@@ -66,6 +67,8 @@ class ServerSettings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # How often active rollouts are checked for NACKing canaries (auto-abort).
+    rollout_check_interval: float = 1.0
     # Audit records (the history that rollback and revert use) older than this are removed; 0 keeps all.
     audit_retention_days: float = 90.0
     # YAML policy granting identities their rights ("" = nothing enforced); reloaded on change.
@@ -128,11 +131,36 @@ class ConfmeshServer:
         self.access = Access(lambda: self.store.tokens, settings.policy_file)
         self._policy_watch: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._rollouts: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
         host = self.settings.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
         return f"{host}:{self.port}"
+
+    async def _watch_rollouts(self) -> None:
+        """Abort an active rollout once too many of its canary instances NACK its version."""
+        assert self.etcd is not None
+        while True:
+            await asyncio.sleep(self.settings.rollout_check_interval)
+            for scope, (rollout, _) in list(self.store.rollouts.items()):
+                if not rollout.active:
+                    continue
+                version = self.resolver.canary(scope).version
+                n, _acked, nacked = canary_counts(rollout, version, self.ledger.records())
+                if n == 0 or nacked / n <= rollout.max_nack_rate:
+                    continue
+                why = (
+                    f"auto-abort: {nacked} of {n} canary instances rejected version {version} "
+                    f"(limit {rollout.max_nack_rate:.0%})"
+                )
+                log.warning("rollout %s of %s: %s", rollout.name, scope, why)
+                try:
+                    await abort_rollout(
+                        self.etcd, self.layout, rollout, actor=f"confmesh/{self.server_id}", why=why
+                    )
+                except ConfmeshError as exc:
+                    log.warning("could not abort rollout %s of %s: %s", rollout.name, scope, exc.message)
 
     async def _prune_audit(self) -> None:
         assert self.etcd is not None
@@ -244,6 +272,7 @@ class ConfmeshServer:
                 raise StartupError(f"cannot listen on {s.listen} (address in use?)")
             await server.start()
             self.grpc_server = server
+            self._rollouts = asyncio.create_task(self._watch_rollouts(), name="rollout-guard")
             if s.audit_retention_days > 0:
                 self._retention = asyncio.create_task(self._prune_audit(), name="audit-retention")
             if s.policy_file:
@@ -317,11 +346,11 @@ class ConfmeshServer:
         """Drain Watch streams (clients move to another replica at once), then stop everything."""
         await self.health.enter_graceful_shutdown()
         self.metrics.close()
-        for task in (self._policy_watch, self._retention):
+        for task in (self._policy_watch, self._retention, self._rollouts):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._policy_watch = self._retention = None
+        self._policy_watch = self._retention = self._rollouts = None
         if self.config_service is not None:
             self.config_service.drain()
         if self.grpc_server is not None:

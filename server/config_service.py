@@ -171,7 +171,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                 context, errors.Unavailable("server is shutting down; use another replica", code="draining")
             )
             return
-        sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash)
+        sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash, sub_msg.instance_id)
         sub.caller = caller
         counters = sub.counters = self.metrics.for_stream(scope)
         self.ledger.connect(
@@ -297,7 +297,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     )
                 elif kind == "report":
                     self.ledger.seen(sub.id)
-                    current = self.hub.resolver.snapshot(sub.scope)
+                    current = self.hub.resolver.for_instance(sub.scope, sub.instance_id)
                     if sub.resend_if_behind(current, msg.report.version, msg.report.hash):
                         log.info(
                             "instance of %s reports version %d; re-sending %d",

@@ -23,9 +23,10 @@ _ids = itertools.count(1)
 
 
 class Subscriber:
-    def __init__(self, scope: Scope, known_version: int, known_hash: str) -> None:
+    def __init__(self, scope: Scope, known_version: int, known_hash: str, instance_id: str = "") -> None:
         self.id = next(_ids)
         self.scope = scope
+        self.instance_id = instance_id
         self.pending: Resolved | None = None
         self.wakeup = asyncio.Event()
         self.last_offered: tuple[int, str] = (known_version, known_hash)
@@ -99,9 +100,8 @@ class Hub:
         """Offer the current snapshot of `scopes` (default: all) to their subscribers."""
         targets = list(self._by_scope) if scopes is None else [s for s in scopes if s in self._by_scope]
         for scope in targets:
-            snapshot = self.resolver.snapshot(scope)
             for sub in self._by_scope[scope]:
-                sub.offer(snapshot)
+                sub.offer(self.resolver.for_instance(scope, sub.instance_id))
 
     def ping_all(self) -> None:
         """Send every subscriber a heartbeat now (staleness changed)."""

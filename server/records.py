@@ -1,5 +1,5 @@
-"""Writes of non-config records (bearer tokens, service schemas): one etcd transaction each,
-with the record's audit entry in the same transaction."""
+"""Writes of non-config records (bearer tokens, service schemas, rollouts): one etcd transaction
+each, with the record's audit entry in the same transaction."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from confmesh.keys import KeyLayout
 from confmesh.server.access import TokenRecord
 from confmesh.server.audit import AuditEntry
 from confmesh.server.etcd import Etcd
+from confmesh.server.ledger import InstanceRecord
+from confmesh.server.rollouts import Rollout, RolloutState
 
 
 def _created(key: str, result: int) -> rpc_pb2.Compare:
@@ -51,3 +53,42 @@ async def store_token(etcd: Etcd, layout: KeyLayout, record: TokenRecord, *, act
 async def delete_token(etcd: Etcd, layout: KeyLayout, record: TokenRecord, *, actor: str, reason: str) -> int:
     audit = AuditEntry(actor, reason, f"RevokeToken {record.name}")
     return await write_record(etcd, layout, layout.token_root + record.id, None, audit, must_exist=True)
+
+
+async def write_rollout(
+    etcd: Etcd,
+    layout: KeyLayout,
+    rollout: Rollout,
+    *,
+    actor: str,
+    reason: str,
+    action: str,
+    must_exist: bool | None = None,
+) -> int:
+    audit = AuditEntry(actor, reason, f"{action} {rollout.scope} {rollout.name} ({rollout.percent:g}%)")
+    return await write_record(
+        etcd, layout, layout.rollout_key(rollout.scope), rollout.encode(), audit, must_exist=must_exist
+    )
+
+
+async def delete_rollout(etcd: Etcd, layout: KeyLayout, rollout: Rollout, *, actor: str, reason: str) -> int:
+    audit = AuditEntry(actor, reason, f"EndRollout {rollout.scope} {rollout.name}")
+    return await write_record(etcd, layout, layout.rollout_key(rollout.scope), None, audit, must_exist=True)
+
+
+def canary_counts(rollout: Rollout, version: int, records: list[InstanceRecord]) -> tuple[int, int, int]:
+    """(connected canary instances, those that ACKed `version`, those that NACKed it)."""
+    canaries = [
+        r for r in records if r.connected and r.scope == rollout.scope and rollout.includes(r.instance_id)
+    ]
+    acked = sum(r.acked_version == version for r in canaries)
+    nacked = sum(r.last_nack is not None and r.last_nack.version == version for r in canaries)
+    return len(canaries), acked, nacked
+
+
+async def abort_rollout(etcd: Etcd, layout: KeyLayout, rollout: Rollout, *, actor: str, why: str) -> int:
+    """Mark `rollout` aborted: its canary instances go forward to the base config."""
+    aborted = rollout.with_(state=RolloutState.ABORTED, abort_reason=why)
+    return await write_rollout(
+        etcd, layout, aborted, actor=actor, reason=why, action="AbortRollout", must_exist=True
+    )

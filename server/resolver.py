@@ -42,6 +42,29 @@ class Resolver:
         # last valid snapshot served instead (out-of-band writes bypass write-time checks).
         self.violations: dict[Scope, str] = {}
         self._last_valid: dict[Scope, Resolved] = {}
+        # Snapshots with an active rollout's changes on top, for the canary instances.
+        self._canary: dict[Scope, Resolved] = {}
+
+    def for_instance(self, scope: Scope, instance_id: str) -> Resolved:
+        """What `instance_id` gets: the canary snapshot if a rollout includes it, else the scope's."""
+        entry = self.store.rollouts.get(scope)
+        if entry is not None and entry[0].includes(instance_id):
+            return self.canary(scope)
+        return self.snapshot(scope)
+
+    def canary(self, scope: Scope) -> Resolved:
+        cached = self._canary.get(scope)
+        if cached is not None:
+            return cached
+        base = self.snapshot(scope)
+        rollout, _ = self.store.rollouts[scope]
+        entries = [self.store.entries(layer) for layer in scope.layers]
+        entries[-1] = rollout.apply_to(entries[-1])
+        config = resolve(entries)
+        resolved = Resolved(scope, base.version, snapshot_hash(config, base.flags), config, base.flags,
+                            time.time(), base.trace_parent)  # fmt: skip
+        self._canary[scope] = resolved
+        return resolved
 
     def snapshot(self, scope: Scope) -> Resolved:
         cached = self._cache.get(scope)
@@ -73,6 +96,9 @@ class Resolver:
         config = resolve(self.store.entries(layer) for layer in scope.layers)
         flags = self.store.entries(scope.flag_layer)
         version = self.store.scope_version(scope)
+        rollout = self.store.rollouts.get(scope)
+        if rollout is not None:
+            version = max(version, rollout[1])  # a rollout's start, step or abort is a new version
         resolved = Resolved(
             scope=scope,
             version=version,
@@ -88,6 +114,9 @@ class Resolver:
         layers = list(layers)
         for scope in [s for s in self._cache if any(affects(layer, s) for layer in layers)]:
             del self._cache[scope]
+        for scope in [s for s in self._canary if any(affects(layer, s) for layer in layers)]:
+            del self._canary[scope]
 
     def forget(self, scope: Scope) -> None:
         self._cache.pop(scope, None)
+        self._canary.pop(scope, None)

@@ -18,6 +18,7 @@ from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.merge import JSONValue, parse_json_value
 from confmesh.server.access import TokenRecord
 from confmesh.server.etcd import Event, KeyValue
+from confmesh.server.rollouts import Rollout
 from confmesh.server.schemas import ServiceSchema
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class ConfigStore:
         self.schema_revision: dict[Scope, int] = {}
         self.on_schemas: Callable[[set[Scope]], None] | None = None
         self._schemas_changed: set[Scope] = set()
+        # Staged rollouts (confmesh.server.rollouts) with their record's mod revision.
+        self.rollouts: dict[Scope, tuple[Rollout, int]] = {}
 
     def entries(self, layer: Layer) -> dict[str, JSONValue]:
         return {k: e.value for k, e in self._layers.get(layer, {}).items()}
@@ -121,6 +124,27 @@ class ConfigStore:
             self.bad_keys[etcd_key] = f"unusable schema: {exc}"
         return True
 
+    def _rollout(self, etcd_key: str, value: bytes | None, revision: int) -> bool:
+        """Track a rollout record; True if `etcd_key` is one (its scope's snapshots change)."""
+        if not etcd_key.startswith(self.layout.rollout_root):
+            return False
+        env, _, service = etcd_key[len(self.layout.rollout_root) :].partition("/")
+        try:
+            scope = Scope.checked(env, service)
+        except InvalidArgument as exc:
+            self.bad_keys[etcd_key] = exc.message
+            return True
+        self._schemas_changed.add(scope)  # reported the same way: the scope must be re-resolved
+        if value is None:
+            self.rollouts.pop(scope, None)
+            return True
+        try:
+            self.rollouts[scope] = (Rollout.decode(value), revision)
+        except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+            self.rollouts.pop(scope, None)
+            self.bad_keys[etcd_key] = f"unusable rollout: {exc}"
+        return True
+
     def _report_schemas(self) -> None:
         changed, self._schemas_changed = self._schemas_changed, set()
         if changed and self.on_schemas is not None:
@@ -152,8 +176,13 @@ class ConfigStore:
         self.bad_keys = {}
         tokens_before, self.tokens = self.tokens, {}
         schemas_before, self.schemas = self.schemas, {}
+        rollouts_before, self.rollouts = self.rollouts, {}
         for kv in kvs:
-            if self._token(kv.key, kv.value) or self._schema(kv.key, kv.value, kv.mod_revision):
+            if (
+                self._token(kv.key, kv.value)
+                or self._schema(kv.key, kv.value, kv.mod_revision)
+                or self._rollout(kv.key, kv.value, kv.mod_revision)
+            ):
                 continue
             parsed = self._parse(kv.key, kv.value)
             if parsed is None:
@@ -179,6 +208,8 @@ class ConfigStore:
         self.synced = True
         if self.tokens != tokens_before:
             self._tokens_changed()
+        for scope in rollouts_before.keys() ^ self.rollouts.keys():
+            self._schemas_changed.add(scope)
         for scope in schemas_before.keys() ^ self.schemas.keys():
             self.schema_revision[scope] = max(self.schema_revision.get(scope, 0), revision)
             self._schemas_changed.add(scope)
@@ -194,7 +225,8 @@ class ConfigStore:
             if self._token(ev.key, None if ev.deleted else ev.value):
                 tokens = True
                 continue
-            if self._schema(ev.key, None if ev.deleted else ev.value, ev.mod_revision):
+            value = None if ev.deleted else ev.value
+            if self._schema(ev.key, value, ev.mod_revision) or self._rollout(ev.key, value, ev.mod_revision):
                 continue
             parsed = self._parse(ev.key, None if ev.deleted else ev.value)
             if parsed is None:

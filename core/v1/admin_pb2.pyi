@@ -517,3 +517,85 @@ class GetLayerResponse(_message.Message):
     entries: _struct_pb2.Struct
     revision: int
     def __init__(self, entries: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("name", "environment", "service", "set", "delete", "percent", "max_nack_rate", "context")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_NACK_RATE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    environment: str
+    service: str
+    set: _struct_pb2.Struct
+    delete: _containers.RepeatedScalarFieldContainer[str]
+    percent: float
+    max_nack_rate: float
+    context: ChangeContext
+    def __init__(self, name: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., set: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., delete: _Optional[_Iterable[str]] = ..., percent: _Optional[float] = ..., max_nack_rate: _Optional[float] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class UpdateRolloutRequest(_message.Message):
+    __slots__ = ("environment", "service", "percent", "context")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    percent: float
+    context: ChangeContext
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., percent: _Optional[float] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class RolloutRequest(_message.Message):
+    __slots__ = ("environment", "service", "context")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    context: ChangeContext
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class ListRolloutsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RolloutInfo(_message.Message):
+    __slots__ = ("name", "environment", "service", "percent", "state", "max_nack_rate", "version", "canary_instances", "canary_acked", "canary_nacked", "abort_reason", "set", "delete")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NACK_RATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    CANARY_ACKED_FIELD_NUMBER: _ClassVar[int]
+    CANARY_NACKED_FIELD_NUMBER: _ClassVar[int]
+    ABORT_REASON_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    environment: str
+    service: str
+    percent: float
+    state: str
+    max_nack_rate: float
+    version: int
+    canary_instances: int
+    canary_acked: int
+    canary_nacked: int
+    abort_reason: str
+    set: _struct_pb2.Struct
+    delete: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., percent: _Optional[float] = ..., state: _Optional[str] = ..., max_nack_rate: _Optional[float] = ..., version: _Optional[int] = ..., canary_instances: _Optional[int] = ..., canary_acked: _Optional[int] = ..., canary_nacked: _Optional[int] = ..., abort_reason: _Optional[str] = ..., set: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., delete: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListRolloutsResponse(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[RolloutInfo]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[RolloutInfo, _Mapping]]] = ...) -> None: ...

@@ -134,6 +134,31 @@ class AdminServiceStub:
                 request_serializer=confmesh_dot_v1_dot_admin__pb2.GetLayerRequest.SerializeToString,
                 response_deserializer=confmesh_dot_v1_dot_admin__pb2.GetLayerResponse.FromString,
                 _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/confmesh.v1.AdminService/StartRollout',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.UpdateRollout = channel.unary_unary(
+                '/confmesh.v1.AdminService/UpdateRollout',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.UpdateRolloutRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.PromoteRollout = channel.unary_unary(
+                '/confmesh.v1.AdminService/PromoteRollout',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/confmesh.v1.AdminService/AbortRollout',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/confmesh.v1.AdminService/ListRollouts',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -275,6 +300,37 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """Staged rollouts of a change to one service (see docs/safe-change.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -377,6 +433,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetLayer,
                     request_deserializer=confmesh_dot_v1_dot_admin__pb2.GetLayerRequest.FromString,
                     response_serializer=confmesh_dot_v1_dot_admin__pb2.GetLayerResponse.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.StartRolloutRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'UpdateRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRollout,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.UpdateRolloutRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'PromoteRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRollout,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.RolloutRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.RolloutRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.WriteResponse.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.ListRolloutsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -919,6 +1000,141 @@ class AdminService:
             '/confmesh.v1.AdminService/GetLayer',
             confmesh_dot_v1_dot_admin__pb2.GetLayerRequest.SerializeToString,
             confmesh_dot_v1_dot_admin__pb2.GetLayerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/StartRollout',
+            confmesh_dot_v1_dot_admin__pb2.StartRolloutRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/UpdateRollout',
+            confmesh_dot_v1_dot_admin__pb2.UpdateRolloutRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/PromoteRollout',
+            confmesh_dot_v1_dot_admin__pb2.RolloutRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/AbortRollout',
+            confmesh_dot_v1_dot_admin__pb2.RolloutRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/ListRollouts',
+            confmesh_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
             options,
             channel_credentials,
             insecure,
