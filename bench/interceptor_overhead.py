@@ -24,13 +24,15 @@ does real work: the added cost per call is fixed, so the ratio falls as N grows.
 
 Prints the median microseconds per call of each variant, its ratio to plain,
 and confmesh's ratio to the noop+header floor.
-Variants alternate within every repeat, so drift hits them alike.
+Variants alternate within every repeat, in a new random order each time, so
+drift hits them alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import time
 from typing import Any
@@ -152,8 +154,11 @@ async def run(calls: int, repeats: int, work_us: float) -> dict[str, list[float]
     results: dict[str, list[float]] = {name: [] for name in stacks}
     for name in stacks:  # warm up
         await per_call(calls_by_name[name], evaluator, 200, name.startswith("confmesh"))
+    order = list(calls_by_name)
     for _ in range(repeats):
-        for name, call in calls_by_name.items():
+        random.shuffle(order)  # no variant always runs first (or right after a given other)
+        for name in order:
+            call = calls_by_name[name]
             remove = telemetry.instrument_flags() if name == "confmesh+sdk" else None
             try:
                 results[name].append(await per_call(call, evaluator, calls, name.startswith("confmesh")))

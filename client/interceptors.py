@@ -19,6 +19,7 @@ import collections
 import contextvars
 import functools
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from typing import Any
 
@@ -34,7 +35,30 @@ from confmesh.flags import decisions as codec
 from confmesh.flags.scope import FlagScope, close_scope, open_scope
 
 Behavior = Callable[..., Any]
-_Entered = tuple["contextvars.Token[Context]", "contextvars.Token[FlagScope | None]", "Span | None"]
+# Global providers that record nothing: no span is started while one of these is installed.
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+class _SdkProbe:
+    """Is a recording tracer provider installed globally? Looked up at most once a second: the
+    lookup reads the environment, and a global provider, once set, stays."""
+
+    installed = False
+    checked_at = -1.0
+
+    def __call__(self) -> bool:
+        if not self.installed:
+            now = time.monotonic()
+            if now - self.checked_at >= 1.0:
+                self.checked_at = now
+                self.installed = not isinstance(trace.get_tracer_provider(), _NO_SDK)
+        return self.installed
+
+
+_sdk_installed = _SdkProbe()
+
+
+_Entered = tuple["contextvars.Token[Context] | None", "contextvars.Token[FlagScope | None]", "Span | None"]
 
 
 def _outgoing_metadata(metadata: Any) -> list[tuple[str, str | bytes]]:
@@ -46,7 +70,8 @@ def _outgoing_metadata(metadata: Any) -> list[tuple[str, str | bytes]]:
 def _carrier() -> dict[str, str]:
     """Trace context and baggage, the request's flag decisions included, as headers."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    if otel_context.get_current():  # an empty context has nothing for any propagator to inject
+        propagate.inject(carrier)
     merged = with_decisions(carrier.get("baggage", ""))
     if merged:
         carrier["baggage"] = merged
@@ -81,6 +106,7 @@ class _ServerSide:
         self.propagate = propagate
         self.span = span
         self.tracer = trace.get_tracer("confmesh.client.interceptors", tracer_provider=tracer_provider)
+        self._own_provider = tracer_provider is not None
         self._textmap: object = None
         self._fields: frozenset[str] = frozenset()
         # Wrapped handlers by (method, handler): servers hand out the same handler object per method.
@@ -98,22 +124,23 @@ class _ServerSide:
                 metadata["baggage"] = others
             else:
                 del metadata["baggage"]
-        ctx = propagate.extract(metadata) if self._carries_context(metadata) else otel_context.get_current()
+        ctx = propagate.extract(metadata) if self._carries_context(metadata) else None
         span = None
-        if self.span:
+        if self.span and (self._own_provider or _sdk_installed()):
             span = self.tracer.start_span(method, ctx, SpanKind.SERVER, _rpc_attributes(method))
             if span.is_recording():  # without an SDK the extracted context is all there is to carry
                 ctx = trace.set_span_in_context(span, ctx)
             else:
                 span = None
-        token = otel_context.attach(ctx)
+        token = otel_context.attach(ctx) if ctx is not None else None
         return token, open_scope(upstream, flag_set=flag_set, propagate=self.propagate), span
 
     @staticmethod
     def leave(entered: _Entered, error: BaseException | None = None) -> None:
         token, scope_token, span = entered
         close_scope(scope_token)
-        otel_context.detach(token)
+        if token is not None:
+            otel_context.detach(token)
         if span is not None:
             if error is not None:
                 span.record_exception(error)

@@ -22,13 +22,12 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote, unquote_plus
 
-if TYPE_CHECKING:
-    from confmesh.flags.details import EvaluationDetails
+from confmesh.flags.details import EvaluationDetails, Reason
 
 SET_MEMBER = "cmf.set"
 FLAG_PREFIX = "cmf.f."
@@ -48,10 +47,16 @@ class Decision:
     # The member as it travels ("cmf.f.<key>=<encoded>").
     member: str = ""
 
+    # What an evaluation of the flag returns downstream (built once; decisions are cached).
+    details: EvaluationDetails = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         if not self.member:
             encoded = encode_member(self.key, self.value, self.variant, self.version)
             object.__setattr__(self, "member", encoded or "")
+        details = EvaluationDetails(self.key, self.value, self.variant, Reason.PROPAGATED, rule="upstream",
+                                    flag_version=self.version)  # fmt: skip
+        object.__setattr__(self, "details", details)
 
     def fields(self) -> tuple[str, Any, str | None, int]:
         return self.key, self.value, self.variant, self.version
@@ -73,14 +78,29 @@ def encode_member(key: str, value: Any, variant: str | None, version: int) -> st
     return f"{FLAG_PREFIX}{key}={quote(raw, safe='')}"
 
 
-@functools.lru_cache(maxsize=8192)
+_MEMBERS: dict[int, tuple[EvaluationDetails, str | None]] = {}
+
+
 def details_member(details: EvaluationDetails) -> str | None:
-    """`encode_member` for pre-built (immutable, identity-hashed) details."""
-    return encode_member(details.flag_key, details.value, details.variant, details.flag_version)
+    """`encode_member` for pre-built details, cached by identity (they are immutable and reused)."""
+    hit = _MEMBERS.get(id(details))
+    if hit is not None and hit[0] is details:
+        return hit[1]
+    member = encode_member(details.flag_key, details.value, details.variant, details.flag_version)
+    if len(_MEMBERS) >= 8192:
+        _MEMBERS.clear()
+    _MEMBERS[id(details)] = (details, member)
+    return member
 
 
 def build_header(members: Iterable[str | None], flag_set: str) -> str:
     """A baggage header fragment of `members` within the bounds ("" when none)."""
+    return _build_header(tuple(members), flag_set)
+
+
+@functools.lru_cache(maxsize=4096)
+def _build_header(members: tuple[str | None, ...], flag_set: str) -> str:
+    """Cached: the same few combinations of decisions recur request after request."""
     kept: list[str] = []
     total = len(SET_MEMBER) + 1 + len(flag_set)
     for member in members:

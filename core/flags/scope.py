@@ -14,14 +14,13 @@ Scopes nest: an inner scope starts with the outer one's decisions.
 from __future__ import annotations
 
 import contextvars
-import functools
-from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Collection, Mapping
 from dataclasses import replace
+from types import MappingProxyType
 
 from confmesh.flags import decisions as codec
 from confmesh.flags.decisions import Decision
-from confmesh.flags.details import EvaluationDetails, Reason
+from confmesh.flags.details import EvaluationDetails
 from confmesh.flags.hooks import HOOKS
 
 _current: contextvars.ContextVar[FlagScope | None] = contextvars.ContextVar(
@@ -29,6 +28,7 @@ _current: contextvars.ContextVar[FlagScope | None] = contextvars.ContextVar(
 )
 current_scope = _current.get
 
+_NONE: Mapping[str, Decision] = MappingProxyType({})
 _ACCEPTS: dict[str, tuple[type, ...]] = {
     "boolean": (bool,),
     "string": (str,),
@@ -52,7 +52,7 @@ class FlagScope:
     ) -> None:
         # The flag set (environment) the upstream decisions were made in.
         self.flag_set = flag_set
-        self.upstream: dict[str, Decision] = dict(upstream or {})
+        self.upstream: Mapping[str, Decision] = upstream if upstream is not None else _NONE
         # None: propagate every flag evaluated here; else only these keys.
         self.propagate = None if propagate is None else frozenset(propagate)
         self.evaluated: dict[str, EvaluationDetails] = {}
@@ -67,7 +67,7 @@ class FlagScope:
             d = self.upstream.get(key)
             if d is None or (self.flag_set and environment and self.flag_set != environment):
                 return None
-            cached = _propagated(d)
+            cached = d.details
             self.evaluated[key] = cached
         value = cached.value
         if not isinstance(value, _ACCEPTS.get(getter, (object,))) or (
@@ -108,14 +108,6 @@ class FlagScope:
         return self._header
 
 
-@functools.lru_cache(maxsize=8192)
-def _propagated(d: Decision) -> EvaluationDetails:
-    """Decisions are identity-hashed and cached by the decoder, so this is built once per member."""
-    return EvaluationDetails(
-        d.key, d.value, d.variant, Reason.PROPAGATED, rule="upstream", flag_version=d.version
-    )
-
-
 def open_scope(
     upstream: Mapping[str, Decision] | None = None,
     *,
@@ -139,18 +131,26 @@ def open_scope(
 close_scope = _current.reset
 
 
-@contextmanager
-def request_scope(
-    upstream: Mapping[str, Decision] | None = None,
-    *,
-    flag_set: str = "",
-    propagate: Collection[str] | None = None,
-) -> Iterator[FlagScope]:
-    """Open a request scope (see the module docstring)."""
-    token = open_scope(upstream, flag_set=flag_set, propagate=propagate)
-    try:
+class request_scope:
+    """Open a request scope (see the module docstring); ``as`` gives the FlagScope."""
+
+    __slots__ = ("_args", "_token")
+
+    def __init__(
+        self,
+        upstream: Mapping[str, Decision] | None = None,
+        *,
+        flag_set: str = "",
+        propagate: Collection[str] | None = None,
+    ) -> None:
+        self._args = (upstream, flag_set, propagate)
+
+    def __enter__(self) -> FlagScope:
+        upstream, flag_set, propagate = self._args
+        self._token = open_scope(upstream, flag_set=flag_set, propagate=propagate)
         scope = _current.get()
         assert scope is not None
-        yield scope
-    finally:
-        close_scope(token)
+        return scope
+
+    def __exit__(self, *exc: object) -> None:
+        close_scope(self._token)
