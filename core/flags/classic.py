@@ -32,7 +32,8 @@ CLASSIC_OPERATORS = {"equals", "contains", "in", "regex"}
 def is_classic(document: Mapping[str, Any]) -> bool:
     """True when every entry is an object with a classic ``type``."""
     return bool(document) and all(
-        isinstance(v, Mapping) and v.get("type") in CLASSIC_TYPES for v in document.values()
+        isinstance(v, Mapping) and isinstance(v.get("type"), str) and v["type"] in CLASSIC_TYPES
+        for v in document.values()
     )
 
 
