@@ -1,7 +1,10 @@
 """Secret references: config holds where a secret is, never the secret.
 
-A value ``{"$secret": "env:DB_PASSWORD"}`` or ``{"$secret": "file:/run/secrets/db"}``
-is stored and distributed as is; the client SDK replaces it with the secret
+A value ``{"$secret": "env:DB_PASSWORD"}``, ``{"$secret": "file:/run/secrets/db"}``
+or ``{"$secret": "vault:secret/orders#db_password"}`` (a field of a Vault KV v2
+secret: mount, path, field; needs ``confmesh[vault]`` and the usual
+``VAULT_ADDR``/``VAULT_TOKEN`` in the client's environment) is stored and
+distributed as is; the client SDK replaces it with the secret
 when it applies a snapshot, so etcd, the server, its logs and the audit trail
 only ever see the reference. The syntax is checked when the value is written.
 """
@@ -17,7 +20,11 @@ from typing import Any
 from confmesh.errors import FieldIssue, InvalidArgument
 
 REF_KEY = "$secret"
-REF_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]{0,255}|file:/[^\x00]{1,4095})$")
+REF_RE = re.compile(
+    r"^(env:[A-Za-z_][A-Za-z0-9_]{0,255}"
+    r"|file:/[^\x00]{1,4095}"
+    r"|vault:[A-Za-z0-9_.-]{1,128}/[A-Za-z0-9_./-]{1,1024}#[A-Za-z0-9_.-]{1,256})$"
+)
 
 
 def check_refs(value: Any, path: str) -> None:
@@ -27,8 +34,9 @@ def check_refs(value: Any, path: str) -> None:
             ref = value[REF_KEY]
             if len(value) != 1 or not isinstance(ref, str) or not REF_RE.match(ref):
                 raise InvalidArgument(
-                    f'{path}: a secret reference is exactly {{"$secret": "env:NAME"}} or '
-                    f'{{"$secret": "file:/absolute/path"}}, got {dict(value)!r}',
+                    f'{path}: a secret reference is exactly {{"$secret": "env:NAME"}}, '
+                    f'{{"$secret": "file:/absolute/path"}} or {{"$secret": "vault:mount/path#field"}}, '
+                    f"got {dict(value)!r}",
                     code="invalid_secret_ref",
                     field=path,
                 )
@@ -40,8 +48,30 @@ def check_refs(value: Any, path: str) -> None:
             check_refs(v, f"{path}[{i}]")
 
 
+def _vault(target: str) -> str:
+    try:
+        import hvac  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise LookupError("vault: references need the hvac package: pip install 'confmesh[vault]'") from exc
+    location, _, field = target.rpartition("#")
+    mount, _, path = location.partition("/")
+    client = hvac.Client(timeout=10)
+    try:
+        secret = client.secrets.kv.v2.read_secret_version(
+            path=path, mount_point=mount, raise_on_deleted_version=True
+        )
+    except Exception as exc:  # hvac raises many types (HTTP, auth, connection); all mean "not readable"
+        raise LookupError(f"secret vault:{target} cannot be read: {type(exc).__name__}: {exc}") from exc
+    data = secret.get("data", {}).get("data", {})
+    if field not in data:
+        raise LookupError(f"secret vault:{target}: the secret has no field {field!r}")
+    return str(data[field])
+
+
 def _resolve_one(ref: str) -> str:
     scheme, _, target = ref.partition(":")
+    if scheme == "vault":
+        return _vault(target)
     if scheme == "env":
         if target not in os.environ:
             raise LookupError(f"secret {ref} is not set in this process's environment")
