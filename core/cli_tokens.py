@@ -46,8 +46,9 @@ def create(
     reason: str,
 ) -> None:
     """Issue token NAME; prints it once (store it in your secret manager)."""
+    grant = {"role": role, "environment": env, "service": service, "scopes": scopes, "flags": flags}
     if etcd:
-        click.echo(asyncio.run(_bootstrap(etcd, prefix, name, role, env, service, scopes, flags, reason)))
+        click.echo(asyncio.run(_bootstrap(etcd, prefix, name, grant, reason)))
         return
 
     @admin_command
@@ -61,17 +62,7 @@ def create(
     ctx.invoke(issue)
 
 
-async def _bootstrap(
-    endpoints: str,
-    prefix: str,
-    name: str,
-    role: str,
-    env: str,
-    service: str,
-    scopes: tuple[str, ...],
-    flags: tuple[str, ...],
-    reason: str,
-) -> str:
+async def _bootstrap(endpoints: str, prefix: str, name: str, fields: dict[str, Any], reason: str) -> str:
     from pydantic import ValidationError
 
     from confmesh.errors import InvalidArgument
@@ -82,9 +73,7 @@ async def _bootstrap(
     from confmesh.server.records import store_token
 
     try:
-        grant = Grant.model_validate(
-            {"role": role, "environment": env, "service": service, "scopes": scopes, "flags": flags}
-        )
+        grant = Grant.model_validate(fields)
     except ValidationError as exc:
         raise InvalidArgument(f"grant: {exc.errors()[0]['msg']}") from exc
     record, bearer = new_token(name, grant, "bootstrap")

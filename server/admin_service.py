@@ -513,30 +513,46 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     # -- schemas -------------------------------------------------------------------------
 
+    async def _schema_record(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        environment: str,
+        service: str,
+        ctx: admin_pb2.ChangeContext,
+        document: dict[str, Any] | None,
+    ) -> admin_pb2.WriteResponse:
+        """Register (`document`) or remove (None) a service's schema, audited in the same transaction."""
+        scope = Scope.checked(environment, service)
+        verb = "register" if document is not None else "remove"
+        layer = Layer.svc(scope.environment, scope.service)
+        caller = self._allow(context, lambda g: g.can_write(layer), f"{verb} the schema of {scope}")
+        encoded = None
+        if document is not None:
+            schema = ServiceSchema(scope, document)
+            config = resolve(self.source.store.entries(x) for x in scope.layers)
+            schema.refuse(config, f"registering this schema (the current config of {scope})")
+            encoded = json.dumps(document, separators=(",", ":")).encode()
+        source = f"{'PutSchema' if document is not None else 'DeleteSchema'} {scope}"
+        audit = AuditEntry(self._actor(caller, ctx), ctx.reason, source)
+        layout = self.writer.layout
+        revision = await write_record(
+            self.writer.etcd,
+            layout,
+            layout.schema_key(scope),
+            encoded,
+            audit,
+            must_exist=None if document is not None else True,
+        )
+        await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
+        return admin_pb2.WriteResponse(revision=revision, changed=[f"schema/{scope}"])
+
     async def PutSchema(
         self, request: admin_pb2.PutSchemaRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
-            scope = Scope.checked(request.environment, request.service)
-            caller = self._allow(
-                context,
-                lambda g: g.can_write(Layer.svc(scope.environment, scope.service)),
-                f"register the schema of {scope}",
+            return await self._schema_record(
+                context, request.environment, request.service, request.context, from_struct(request.schema)
             )
-            document = from_struct(request.schema)
-            schema = ServiceSchema(scope, document)
-            config = resolve(self.source.store.entries(layer) for layer in scope.layers)
-            schema.refuse(config, f"registering this schema (the current config of {scope})")
-            audit = AuditEntry(
-                self._actor(caller, request.context), request.context.reason, f"PutSchema {scope}"
-            )
-            encoded = json.dumps(document, separators=(",", ":")).encode()
-            layout = self.writer.layout
-            revision = await write_record(
-                self.writer.etcd, layout, layout.schema_key(scope), encoded, audit, must_exist=None
-            )
-            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
-            return admin_pb2.WriteResponse(revision=revision, changed=[f"schema/{scope}"])
 
         return await self._timed("PutSchema", context, run)
 
@@ -559,21 +575,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.DeleteSchemaRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
-            scope = Scope.checked(request.environment, request.service)
-            caller = self._allow(
-                context,
-                lambda g: g.can_write(Layer.svc(scope.environment, scope.service)),
-                f"remove the schema of {scope}",
+            return await self._schema_record(
+                context, request.environment, request.service, request.context, None
             )
-            audit = AuditEntry(
-                self._actor(caller, request.context), request.context.reason, f"DeleteSchema {scope}"
-            )
-            layout = self.writer.layout
-            revision = await write_record(
-                self.writer.etcd, layout, layout.schema_key(scope), None, audit, must_exist=True
-            )
-            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
-            return admin_pb2.WriteResponse(revision=revision, changed=[f"schema/{scope}"])
 
         return await self._timed("DeleteSchema", context, run)
 
