@@ -287,6 +287,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             finally:
                 self.metrics.observe_write(method, started, ok)
 
+    async def _settled(self, revision: int, changed: str) -> admin_pb2.WriteResponse:
+        """Answer a record write once this replica's cache has it (read your writes)."""
+        await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
+        return admin_pb2.WriteResponse(revision=revision, changed=[changed])
+
     async def _commit(self, result: WriteResult) -> admin_pb2.WriteResponse:
         """Read-your-writes: answer once this server's cache includes the write."""
         await self.source.wait_for_revision(result.revision, READ_YOUR_WRITES_TIMEOUT)
@@ -506,8 +511,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 actor=self._actor(caller, request.context),
                 reason=request.context.reason,
             )
-            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
-            return admin_pb2.WriteResponse(revision=revision, changed=[f"token/{record.name}"])
+            return await self._settled(revision, f"token/{record.name}")
 
         return await self._guard(context, run, "RevokeToken")
 
@@ -543,8 +547,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             audit,
             must_exist=None if document is not None else True,
         )
-        await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
-        return admin_pb2.WriteResponse(revision=revision, changed=[f"schema/{scope}"])
+        return await self._settled(revision, f"schema/{scope}")
 
     async def PutSchema(
         self, request: admin_pb2.PutSchemaRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -737,8 +740,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 reason=request.context.reason,
                 action="StartRollout",
             )
-            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
-            return admin_pb2.WriteResponse(revision=revision, changed=[f"rollout/{scope}"])
+            return await self._settled(revision, f"rollout/{scope}")
 
         return await self._timed("StartRollout", context, run)
 
@@ -758,8 +760,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 reason=request.context.reason,
                 action="UpdateRollout",
             )
-            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
-            return admin_pb2.WriteResponse(revision=revision, changed=[f"rollout/{rollout.scope}"])
+            return await self._settled(revision, f"rollout/{rollout.scope}")
 
         return await self._timed("UpdateRollout", context, run)
 
@@ -802,8 +803,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             revision = await abort_rollout(
                 self.writer.etcd, self.writer.layout, rollout, actor=actor, why=why
             )
-            await self.source.wait_for_revision(revision, READ_YOUR_WRITES_TIMEOUT)
-            return admin_pb2.WriteResponse(revision=revision, changed=[f"rollout/{rollout.scope}"])
+            return await self._settled(revision, f"rollout/{rollout.scope}")
 
         return await self._timed("AbortRollout", context, run)
 
