@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import subprocess
+import time
 
 import pytest
 
@@ -62,17 +64,24 @@ async def test_revert_undoes_the_last_minutes_of_config_and_flags(
         "prod", {"checkout": {"variants": {"on": True, "off": False}, "default_variant": "off"}}
     )
     await asyncio.sleep(2.5)
+    recent = time.time()
     await admin.put("replicas", 30, env="prod", reason="oops")
     await admin.put("pool", 8, env="prod", service="orders")
     await admin.set_flag_enabled("checkout", False, envs=["prod"])
     await admin.put("replicas", 4, env="staging")  # another environment: untouched
-    code, out, err = await cli(server.address, "revert", "--env", "prod", "--since", "2s")
-    assert code == 0, err
-    assert "reverted 3 key(s) in prod" in out
+    # A window that covers the recent changes and not the ones 2.5 s older, however slow this runs.
+    result = await admin.revert("prod", math.ceil(time.time() - recent))
+    assert sorted(result.changed) == ["env/prod/replicas", "flags/prod/checkout", "service/prod/orders/pool"]
     assert (await admin.get_layer(Layer.env("prod")))[1] == {"replicas": 3}
     assert (await admin.get_layer(Layer.svc("prod", "orders")))[1] == {}
     assert (await admin.get_flags("prod"))[1]["checkout"].get("enabled", True) is True
     assert (await admin.get_layer(Layer.env("staging")))[1] == {"replicas": 4}
+    code, out, err = await cli(server.address, "revert", "--env", "staging", "--since", "1h")
+    assert code == 0, err
+    assert "reverted 1 key(s) in staging" in out
+    assert (await admin.get_layer(Layer.env("staging")))[1] == {}
+    code, _, err = await cli(server.address, "revert", "--env", "staging", "--since", "soon")
+    assert code == 1 and "--since takes a duration" in err
 
 
 async def test_history_refuses_what_it_cannot_restore(server: ConfmeshServer, admin: AdminClient) -> None:
