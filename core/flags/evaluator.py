@@ -36,6 +36,7 @@ Context = Mapping[str, Any]
 
 
 _CALLER_DEFAULT = object()
+_FAST = object()  # a request scope has nothing to say: evaluate on the fast path
 _MISSING = object()
 
 Outcome = Callable[[Context], EvaluationDetails]
@@ -474,6 +475,38 @@ class FlagEvaluator:
         slow, empty, caller_default, hooks = self.details, _EMPTY, _CALLER_DEFAULT, HOOKS
         details_class = EvaluationDetails
         counts = self._usage.counts if self._usage is not None else None
+        environment, propagated, fast = self.environment, Reason.PROPAGATED, _FAST
+        value_type = {"boolean": bool, "string": str}.get(getter)
+
+        def scoped(key: str, entry: Any, context: Context | None) -> Any:
+            """Inside a request scope, its answer; `fast` when there is no scope; None: take details()."""
+            if hooks.overrides or hooks.observers:
+                return None
+            scope = current_scope()
+            if scope is None:
+                return fast
+            hit = scope.evaluated.get(key)
+            if hit is not None:
+                return hit if hit.reason is not propagated or value_type in (None, type(hit.value)) else None
+            upstream = scope.upstream.get(key)
+            if upstream is not None and not (
+                scope.flag_set and environment and scope.flag_set != environment
+            ):
+                if value_type not in (None, type(upstream.value)):
+                    return None
+                scope.evaluated[key] = upstream.details
+                return upstream.details
+            d = (
+                entry
+                if entry.__class__ is details_class
+                else entry(empty if context is None else context, self)
+            )
+            if d.value is caller_default:
+                return None
+            if counts is not None:
+                counts[d] += 1
+            scope.record(d, environment)
+            return d
 
         def get_details(key: str, default: Any, context: Context | None = None) -> EvaluationDetails:
             try:
@@ -481,7 +514,11 @@ class FlagEvaluator:
             except KeyError:
                 return slow(key, default, context, getter)
             if hooks.active:
-                return slow(key, default, context, getter)
+                d = scoped(key, entry, context)
+                if d is None:
+                    return slow(key, default, context, getter)
+                if d is not fast:
+                    return d  # type: ignore[no-any-return]
             if entry.__class__ is details_class:
                 if counts is not None:
                     counts[entry] += 1
@@ -499,7 +536,11 @@ class FlagEvaluator:
             except KeyError:
                 return slow(key, default, context, getter).value
             if hooks.active:
-                return slow(key, default, context, getter).value
+                d = scoped(key, entry, context)
+                if d is None:
+                    return slow(key, default, context, getter).value
+                if d is not fast:
+                    return d.value
             if entry.__class__ is details_class:
                 if counts is not None:
                     counts[entry] += 1
