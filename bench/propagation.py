@@ -1,6 +1,6 @@
 """Propagation latency: a write issued -> applied by N clients, confmesh vs raw etcd watchers.
 
-    python bench/propagation.py --clients 100,1000,5000 [--writes 20] [--procs 4]
+    python bench/propagation.py --clients 100,1000,5000 [--writes 20] [--procs 4] [--modes receive,etcd]
 
 For each N, in one run and on the same etcd:
 
@@ -15,7 +15,8 @@ For each N, in one run and on the same etcd:
   worker processes. Latency = when the event reached the watcher minus when
   the writer issued the etcd Put.
 
-Each write carries its issue time (ns, same machine clock). Reports p50,
+Each write carries its issue time (µs, same machine clock: config numbers
+must fit in 2**53). Reports p50,
 p99 and max over all (client, write) pairs, the confmesh server's resident
 memory per stream, and its CPU time per write.
 """
@@ -79,7 +80,7 @@ def confmesh_worker(target: str, count: int, writes: int, ready: Any, results: A
             nonlocal seen
             stamp = new.bench.get("stamp")
             if old is not None and stamp is not None and stamp.seq >= 0:  # not the initial snapshot
-                latencies.append(time.time_ns() - stamp.t)
+                latencies.append(time.time_ns() - stamp.t * 1000)
                 seen += 1
                 if seen >= count * writes:
                     all_seen.set()
@@ -155,7 +156,7 @@ def receiver_worker(target: str, count: int, writes: int, ready: Any, results: A
                 snap = resp.snapshot
                 if not first:
                     stamp = snap.config.fields["bench"].struct_value.fields["stamp"].struct_value.fields
-                    latencies.append(time.time_ns() - int(stamp["t"].number_value))
+                    latencies.append(time.time_ns() - int(stamp["t"].number_value) * 1000)
                     seen += 1
                     if seen >= count * writes:
                         all_seen.set()
@@ -205,7 +206,7 @@ def etcd_worker(endpoint: str, count: int, writes: int, ready: Any, results: Any
                     created.set()
                 for ev in resp.events:
                     stamp = json.loads(ev.kv.value)
-                    latencies.append(time.time_ns() - stamp["t"])
+                    latencies.append(time.time_ns() - stamp["t"] * 1000)
                     seen += 1
                     if seen >= count * writes:
                         all_seen.set()
@@ -260,7 +261,7 @@ async def write_confmesh(address: str, writes: int, gap: float) -> None:
 
     async with AdminClient(address) as admin:
         for seq in range(writes):
-            await admin.put(f"{KEY}", {"seq": seq, "t": time.time_ns()}, env="bench")
+            await admin.put(f"{KEY}", {"seq": seq, "t": time.time_ns() // 1000}, env="bench")
             await asyncio.sleep(gap)
 
 
@@ -270,7 +271,7 @@ async def write_etcd(endpoint: str, writes: int, gap: float) -> None:
     async with Etcd3Client([endpoint]) as etcd:
         assert etcd.kv is not None
         for seq in range(writes):
-            await etcd.kv.put(ETCD_KEY, json.dumps({"seq": seq, "t": time.time_ns()}))
+            await etcd.kv.put(ETCD_KEY, json.dumps({"seq": seq, "t": time.time_ns() // 1000}))
             await asyncio.sleep(gap)
 
 
@@ -282,26 +283,30 @@ def run(
     server: subprocess.Popen[bytes],
     address: str,
     gap: float,
+    modes: list[str],
 ) -> None:
-    base_rss = rss_kib(server.pid)
-    workers, _, results = start_workers(confmesh_worker, address, n, procs, writes)
-    rss = rss_kib(server.pid)
-    cpu0 = cpu_seconds(server.pid)
-    asyncio.run(write_confmesh(address, writes, gap))
-    latencies = collect(workers, results)
-    cpu = (cpu_seconds(server.pid) - cpu0) / writes
-    print(
-        f"N={n:>6}  confmesh clients (validate + apply)  {summary(latencies, n * writes)}   "
-        f"server RSS +{(rss - base_rss) / max(n, 1):.1f} KiB/stream, CPU {cpu * 1000:.1f} ms/write"
-    )
-    workers, _, results = start_workers(receiver_worker, address, n, procs, writes)
-    asyncio.run(write_confmesh(address, writes, gap))
-    print(
-        f"N={n:>6}  confmesh receive-only (no validation)  {summary(collect(workers, results), n * writes)}"
-    )
-    workers, _, results = start_workers(etcd_worker, etcd_endpoint, n, procs, writes)
-    asyncio.run(write_etcd(etcd_endpoint, writes, gap))
-    print(f"N={n:>6}  raw etcd watchers                    {summary(collect(workers, results), n * writes)}")
+    labels = {
+        "clients": "confmesh clients (validate + apply)",
+        "receive": "confmesh receive-only (no validation)",
+    }
+    kinds = {"clients": confmesh_worker, "receive": receiver_worker}
+    for mode in modes:
+        if mode == "etcd":
+            workers, _, results = start_workers(etcd_worker, etcd_endpoint, n, procs, writes)
+            asyncio.run(write_etcd(etcd_endpoint, writes, gap))
+            print(f"N={n:>6}  {'raw etcd watchers':<38}{summary(collect(workers, results), n * writes)}")
+            continue
+        base_rss = rss_kib(server.pid)
+        workers, _, results = start_workers(kinds[mode], address, n, procs, writes)
+        rss = rss_kib(server.pid)
+        cpu0 = cpu_seconds(server.pid)
+        asyncio.run(write_confmesh(address, writes, gap))
+        latencies = collect(workers, results)
+        cpu = (cpu_seconds(server.pid) - cpu0) / writes
+        print(
+            f"N={n:>6}  {labels[mode]:<38}{summary(latencies, n * writes)}   "
+            f"server RSS +{(rss - base_rss) / max(n, 1):.1f} KiB/stream, CPU {cpu * 1000:.1f} ms/write"
+        )
 
 
 def main() -> None:
@@ -310,14 +315,20 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=20)
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--gap", type=float, default=0.25, help="seconds between writes")
+    parser.add_argument(
+        "--modes", default="clients,receive,etcd", help="which of clients, receive, etcd to run, in order"
+    )
     args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if not set(modes) <= {"clients", "receive", "etcd"}:
+        parser.error("--modes takes clients, receive and etcd")
     with etcd_and_server() as stack:
         print(
             f"{os.cpu_count()} CPUs; {args.writes} writes {args.gap}s apart per N; "
             f"clients in {args.procs} processes\n"
         )
         for n in (int(x) for x in args.clients.split(",")):
-            run(n, args.writes, args.procs, stack.etcd_endpoint, stack.server, stack.address, args.gap)
+            run(n, args.writes, args.procs, stack.etcd_endpoint, stack.server, stack.address, args.gap, modes)
 
 
 if __name__ == "__main__":
