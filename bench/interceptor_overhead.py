@@ -11,7 +11,7 @@ caller evaluates 5 flags, the handler evaluates the same 5 flags.
 * noop+header: the same, the client interceptor adding one fixed ``baggage``
   header of the size the 5 decisions take: the floor for any header-borne
   propagation (grpc costs tens of microseconds per metadata entry);
-* confmesh: ``FlagClientInterceptor`` + ``FlagServerInterceptor`` (trusted
+* confmesh: ``flag_client_interceptors()`` + ``FlagServerInterceptor`` (trusted
   caller), the caller inside a request scope, so the 5 decisions travel in
   baggage and the handler answers from them (reason PROPAGATED); OpenTelemetry
   API only (no SDK), as in a service that has not configured tracing;
@@ -42,7 +42,7 @@ import grpc.aio
 from opentelemetry.sdk.trace import TracerProvider
 
 from confmesh.client import telemetry
-from confmesh.client.interceptors import FlagClientInterceptor, FlagServerInterceptor
+from confmesh.client.interceptors import FlagServerInterceptor, flag_client_interceptors
 from confmesh.client.propagation import Trust
 from confmesh.flags import FlagEvaluator
 from confmesh.flags.scope import request_scope
@@ -146,7 +146,7 @@ async def run(calls: int, repeats: int, work_us: float) -> dict[str, list[float]
     }
     channels = {
         name: grpc.aio.insecure_channel(
-            address, interceptors=client_side.get(name, [FlagClientInterceptor()])
+            address, interceptors=client_side.get(name, flag_client_interceptors())
         )
         for name, (_, address) in stacks.items()
     }

@@ -7,7 +7,7 @@ caller's decisions if ``trust`` allows the caller. Client side: inject the
 current trace context and the request's decisions.
 
     server = grpc.aio.server(interceptors=[FlagServerInterceptor(Trust(["orders.internal"]))])
-    channel = grpc.aio.insecure_channel(target, interceptors=[FlagClientInterceptor()])
+    channel = grpc.aio.insecure_channel(target, interceptors=flag_client_interceptors())
 
 Use these in place of ``opentelemetry-instrumentation-grpc``, not with it:
 both would inject and extract the same headers.
@@ -279,43 +279,51 @@ class SyncFlagServerInterceptor(_ServerSide, grpc.ServerInterceptor):  # type: i
         return serve
 
 
-class FlagClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[type-arg]
-):
-    """``grpc.aio`` channel interceptor: trace context and flag decisions go with every call."""
+def _aio_details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    carrier = _carrier()
+    if not carrier and not details.metadata:
+        return details
+    if not details.metadata and carrier.keys() == {"baggage"}:
+        metadata = _baggage_only(carrier["baggage"])
+    else:
+        kept = [(k, v) for k, v in (details.metadata or ()) if k not in carrier]
+        metadata = grpc.aio.Metadata(*kept, *carrier.items())
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
-    @staticmethod
-    def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        carrier = _carrier()
-        if not carrier and not details.metadata:
-            return details
-        if not details.metadata and carrier.keys() == {"baggage"}:
-            metadata = _baggage_only(carrier["baggage"])
-        else:
-            kept = [(k, v) for k, v in (details.metadata or ()) if k not in carrier]
-            metadata = grpc.aio.Metadata(*kept, *carrier.items())
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
 
+class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_aio_details(client_call_details), request)
 
+
+class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_aio_details(client_call_details), request)
 
-    async def intercept_stream_unary(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
 
+class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
+        return await continuation(_aio_details(client_call_details), requests)
+
+
+class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_stream(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
+        self, continuation: Any, client_call_details: Any, requests: Any
     ) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
+        return await continuation(_aio_details(client_call_details), requests)
+
+
+def flag_client_interceptors() -> list[Any]:
+    """``grpc.aio`` channel interceptors: trace context and flag decisions go with every call.
+
+    One per call kind, because ``grpc.aio`` files an interceptor that
+    implements several kinds under the first one only::
+
+        grpc.aio.insecure_channel(target, interceptors=flag_client_interceptors())
+    """
+    return [_AioUnaryUnary(), _AioUnaryStream(), _AioStreamUnary(), _AioStreamStream()]
 
 
 class _SyncDetails(

@@ -137,3 +137,50 @@ def test_propagator_puts_the_scope_decisions_in_standard_baggage() -> None:
     # OTEL_PROPAGATORS=tracecontext,confmesh_baggage finds it by its entry point.
     (entry,) = entry_points(group="opentelemetry_propagator", name="confmesh_baggage")
     assert entry.load() is ConfmeshBaggagePropagator
+
+
+async def test_aio_streaming_handlers_run_inside_the_scope() -> None:
+    import grpc.aio
+
+    from confmesh.client.interceptors import FlagServerInterceptor, flag_client_interceptors
+
+    ev = evaluator()
+
+    async def generated(request: bytes, context: Any) -> Any:
+        for _ in range(2):
+            yield json.dumps(ev.get_bool_details("dark", False).reason.value).encode()
+
+    async def written(request: bytes, context: Any) -> None:
+        await context.write(json.dumps(ev.get_bool("dark", False)).encode())
+
+    async def chat(requests: Any, context: Any) -> Any:
+        async for _ in requests:
+            yield json.dumps(ev.get_bool("dark", False)).encode()
+
+    async def count(requests: Any, context: Any) -> bytes:
+        return json.dumps([ev.get_bool("dark", False) async for _ in requests]).encode()
+
+    server = grpc.aio.server(interceptors=[FlagServerInterceptor(Trust.internal())])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("demo.S", {
+        "Gen": grpc.unary_stream_rpc_method_handler(generated),
+        "Write": grpc.unary_stream_rpc_method_handler(written),
+        "Chat": grpc.stream_stream_rpc_method_handler(chat),
+        "Count": grpc.stream_unary_rpc_method_handler(count),
+    })])  # fmt: skip
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", interceptors=flag_client_interceptors()
+        ) as ch:
+            with request_scope():
+                FlagEvaluator({**FLAGS, "dark": {**FLAGS["dark"], "default_variant": "on"}}, version=2,
+                              environment="prod").get_bool("dark", False)  # fmt: skip
+                gen = [m async for m in ch.unary_stream("/demo.S/Gen")(b"x", timeout=5)]
+                wrote = [m async for m in ch.unary_stream("/demo.S/Write")(b"x", timeout=5)]
+                chatted = [m async for m in ch.stream_stream("/demo.S/Chat")(iter([b"a", b"b"]), timeout=5)]
+                counted = await ch.stream_unary("/demo.S/Count")(iter([b"a"]), timeout=5)
+    finally:
+        await server.stop(None)
+    assert gen == [b'"PROPAGATED"', b'"PROPAGATED"'] and wrote == [b"true"]
+    assert chatted == [b"true", b"true"] and counted == b"[true]"  # every call kind carries the decision

@@ -26,7 +26,7 @@ from opentelemetry.semconv._incubating.attributes import error_attributes, featu
 
 from confmesh.client import AdminClient, ConfigClient
 from confmesh.client import telemetry as tm
-from confmesh.client.interceptors import FlagClientInterceptor, FlagServerInterceptor
+from confmesh.client.interceptors import FlagServerInterceptor, flag_client_interceptors
 from confmesh.client.propagation import Trust
 from confmesh.server import ConfmeshServer
 
@@ -104,7 +104,7 @@ async def start_service(svc: Service, pki: Pki) -> None:
             if svc.before_call is not None:
                 await svc.before_call()
             async with pki.channel(
-                svc.downstream, f"svc-{svc.name}", interceptors=[FlagClientInterceptor()]
+                svc.downstream, f"svc-{svc.name}", interceptors=flag_client_interceptors()
             ) as ch:
                 result.update(json.loads(await unary(ch)(request, timeout=10)))
         return json.dumps(result).encode()
