@@ -103,6 +103,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self.subscribe_timeout = subscribe_timeout
         self.catch_up_timeout = catch_up_timeout
         self.draining = False
+        self._ticker: asyncio.Task[None] | None = None
         self.encoded = EncodedSnapshots(tracer_provider=tracer_provider)
         self.metrics = metrics or Metrics()
 
@@ -189,17 +190,10 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             self.hub.publish([scope])
             if sub.pending is None:
                 sub.ping()  # already current: say so at once
+            if self._ticker is None:
+                self._ticker = asyncio.create_task(self._heartbeats(), name="watch-heartbeats")
             while True:
-                try:
-                    async with asyncio.timeout(self.heartbeat_interval):
-                        await sub.wakeup.wait()
-                except TimeoutError:
-                    yield config_pb2.WatchResponse(
-                        heartbeat=config_pb2.Heartbeat(
-                            server_revision=self.source.store.revision, stale=self.source.stale
-                        )
-                    )
-                    continue
+                await sub.wakeup.wait()  # a push, a heartbeat tick (see _heartbeats) or an error
                 sub.wakeup.clear()
                 if sub.error is not None:
                     code, message = sub.error
@@ -235,6 +229,13 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             self.hub.remove(sub)
             self.ledger.disconnect(sub.id)
 
+    async def _heartbeats(self) -> None:
+        """One ticker for every stream: cheaper than a timer per stream per wait at 10,000 streams."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            for sub in self.hub.subscribers():
+                sub.ping()
+
     def recheck_access(self) -> None:
         """After a policy reload or a token change: end the streams their callers may no longer watch."""
         if not self.access.enforcing:
@@ -250,6 +251,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
     def drain(self) -> None:
         """End every stream with UNAVAILABLE/draining, so clients move to another replica now."""
         self.draining = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         for sub in self.hub.subscribers():
             sub.fail("draining", "server is shutting down; reconnect to another replica")
 
