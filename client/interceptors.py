@@ -142,7 +142,7 @@ class _ServerSide:
         if token is not None:
             otel_context.detach(token)
         if span is not None:
-            if error is not None:
+            if isinstance(error, Exception):  # not a cancellation or a closed generator
                 span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
             span.end()

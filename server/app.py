@@ -176,7 +176,7 @@ class ConfmeshServer:
             await asyncio.sleep(self.access.reload_interval)
             self.access.maybe_reload()
 
-    def _on_schemas(self, scopes: set[Scope]) -> None:
+    def _on_scopes(self, scopes: set[Scope]) -> None:
         for scope in scopes:
             self.resolver.forget(scope)
         self.hub.publish(scopes)
@@ -241,7 +241,7 @@ class ConfmeshServer:
             config_service = self.config_service
             self.access.on_reload.append(config_service.recheck_access)
             self.store.on_tokens = config_service.recheck_access
-            self.store.on_schemas = self._on_schemas
+            self.store.on_scopes = self._on_scopes
             config_pb2_grpc.add_ConfigServiceServicer_to_server(self.config_service, server)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminService(

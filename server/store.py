@@ -47,8 +47,10 @@ class ConfigStore:
         # Registered service schemas (confmesh.server.schemas) and when each last changed.
         self.schemas: dict[Scope, ServiceSchema] = {}
         self.schema_revision: dict[Scope, int] = {}
-        self.on_schemas: Callable[[set[Scope]], None] | None = None
-        self._schemas_changed: set[Scope] = set()
+        # Scopes whose snapshots changed without a layer changing (a schema or a rollout), and
+        # who to tell so they are re-resolved and pushed.
+        self.on_scopes: Callable[[set[Scope]], None] | None = None
+        self._scopes_changed: set[Scope] = set()
         # Staged rollouts (confmesh.server.rollouts) with their record's mod revision.
         self.rollouts: dict[Scope, tuple[Rollout, int]] = {}
 
@@ -113,7 +115,7 @@ class ConfigStore:
             self.bad_keys[etcd_key] = exc.message
             return True
         self.schema_revision[scope] = max(self.schema_revision.get(scope, 0), revision)
-        self._schemas_changed.add(scope)
+        self._scopes_changed.add(scope)
         if value is None:
             self.schemas.pop(scope, None)
             return True
@@ -134,7 +136,7 @@ class ConfigStore:
         except InvalidArgument as exc:
             self.bad_keys[etcd_key] = exc.message
             return True
-        self._schemas_changed.add(scope)  # reported the same way: the scope must be re-resolved
+        self._scopes_changed.add(scope)
         if value is None:
             self.rollouts.pop(scope, None)
             return True
@@ -145,10 +147,10 @@ class ConfigStore:
             self.bad_keys[etcd_key] = f"unusable rollout: {exc}"
         return True
 
-    def _report_schemas(self) -> None:
-        changed, self._schemas_changed = self._schemas_changed, set()
-        if changed and self.on_schemas is not None:
-            self.on_schemas(changed)
+    def _report_scopes(self) -> None:
+        changed, self._scopes_changed = self._scopes_changed, set()
+        if changed and self.on_scopes is not None:
+            self.on_scopes(changed)
 
     def _tokens_changed(self) -> None:
         if self.on_tokens is not None:
@@ -209,11 +211,11 @@ class ConfigStore:
         if self.tokens != tokens_before:
             self._tokens_changed()
         for scope in rollouts_before.keys() ^ self.rollouts.keys():
-            self._schemas_changed.add(scope)
+            self._scopes_changed.add(scope)
         for scope in schemas_before.keys() ^ self.schemas.keys():
             self.schema_revision[scope] = max(self.schema_revision.get(scope, 0), revision)
-            self._schemas_changed.add(scope)
-        self._report_schemas()
+            self._scopes_changed.add(scope)
+        self._report_scopes()
         return changed
 
     def apply(self, events: Iterable[Event]) -> set[Layer]:
@@ -245,5 +247,5 @@ class ConfigStore:
                 entries[key] = Entry(value, ev.mod_revision)
         if tokens:
             self._tokens_changed()
-        self._report_schemas()
+        self._report_scopes()
         return changed
