@@ -12,22 +12,11 @@ import yaml
 
 from confmesh.cli_common import admin_client, dumps, run
 from confmesh.errors import ConfmeshError, InvalidArgument
+from confmesh.gitops import flatten
 from confmesh.keys import Layer
 from confmesh.merge import JSONValue, resolve
 
 _MISSING = object()
-
-
-def flatten(config: dict[str, JSONValue], prefix: str = "") -> dict[str, JSONValue]:
-    """Leaf values by dotted path (lists are leaves)."""
-    out: dict[str, JSONValue] = {}
-    for key, value in config.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, path))
-        else:
-            out[path] = value
-    return out
 
 
 def load_expected(path: str | None, allow: tuple[str, ...]) -> list[str]:

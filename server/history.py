@@ -28,6 +28,7 @@ from confmesh.keys import KeyLayout, Layer, LayerKind
 from confmesh.merge import JSONValue
 from confmesh.server.etcd import Etcd
 from confmesh.server.schemas import REDACTED
+from confmesh.server.writer import ancestors
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,6 @@ def changes_towards(
     gone = sorted(k for k in current if k not in target)
     if layer.kind is not LayerKind.FLAGS:
         dropped = set(gone)
-        gone = [k for k in gone if not any(a in dropped for a in _ancestors(k))]
+        gone = [k for k in gone if not any(a in dropped for a in ancestors(k))]
     puts = [ChangeSpec(layer, k, v) for k, v in sorted(target.items()) if k not in current or current[k] != v]
     return [ChangeSpec(layer, k, delete=True) for k in gone] + puts
-
-
-def _ancestors(key: str) -> list[str]:
-    parts = key.split(".")
-    return [".".join(parts[:n]) for n in range(1, len(parts))]

@@ -106,7 +106,7 @@ def check_layer(layer: Layer, entries: dict[str, JSONValue]) -> None:
         )
 
 
-def _ancestors(key: str) -> list[str]:
+def ancestors(key: str) -> list[str]:
     parts = key.split(".")
     return [".".join(parts[:n]) for n in range(1, len(parts))]
 
@@ -144,7 +144,7 @@ class Writer:
             compares.append(guard(key, revision, exact=True))
             compares += [
                 guard(self.layout.config_key(change.layer, a), revision, exact=True)
-                for a in _ancestors(change.key)
+                for a in ancestors(change.key)
             ]
             compares.append(guard(key + ".", revision))
         if len(compares) > MAX_GUARDS:
@@ -162,14 +162,6 @@ class Writer:
             except errors.InvalidArgument:
                 entries[key] = None
         return revision, entries
-
-    async def write(
-        self, changes: Sequence[ChangeSpec], *, actor: str, reason: str, source: str = "write"
-    ) -> WriteResult:
-        validate_changes(changes)
-        return await self.transact(
-            sorted({c.layer for c in changes}), lambda _: changes, actor=actor, reason=reason, source=source
-        )
 
     async def transact(
         self, layers: Sequence[Layer], plan: Plan, *, actor: str, reason: str, source: str = "write"
