@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from confmesh.digest import snapshot_hash
 from confmesh.errors import StartupError
 from confmesh.keys import Scope
-from confmesh.merge import canonical_json, snapshot_hash
+from confmesh.merge import canonical_json
 
 log = logging.getLogger("confmesh.client")
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -26,14 +26,16 @@ from pydantic import BaseModel
 from confmesh import errors
 from confmesh.client import _cache
 from confmesh.client._validation import validate
+from confmesh.delta import apply_updates
+from confmesh.digest import format_hash, snapshot_digest
 from confmesh.flags import FlagEvaluator, UsageCounter
 from confmesh.keys import Scope
-from confmesh.merge import lookup, snapshot_hash
+from confmesh.merge import lookup
 from confmesh.secrets import resolve_refs
 from confmesh.tls import TLSConfig, aio_channel, bearer_metadata
 from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
-from confmesh.wire import error_from_rpc, from_struct
+from confmesh.wire import error_from_rpc, from_struct, updates_from_pb
 
 log = logging.getLogger("confmesh.client")
 
@@ -61,6 +63,9 @@ class AppliedSnapshot:
     config: Any
     flags: FlagEvaluator
     applied_at: float
+    # The flag definitions as received, and the snapshot digest: what a delta patches.
+    raw_flags: Mapping[str, Any] = field(default_factory=dict)
+    digest: int = 0
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,8 @@ class ConfigClient(Generic[T]):
         self.server_stale = False
         self.connected = False
         self.reconnects = 0
+        # Snapshots applied from a delta (the others came whole).
+        self.deltas_applied = 0
         self._current: AppliedSnapshot | None = None
         # True once a server delivered a snapshot (cached and default configs do not count).
         self._from_server = False
@@ -278,8 +285,9 @@ class ConfigClient(Generic[T]):
             log.warning("config cache %s no longer fits the schema: %s", self.cache_path, exc.message)
             return False
         self._current = AppliedSnapshot(
-            cached.version, cached.hash, cached.config, config, flags, time.time()
-        )
+            cached.version, cached.hash, cached.config, config, flags, time.time(),
+            cached.flags, snapshot_digest(cached.config, cached.flags),
+        )  # fmt: skip
         self.cached = True
         log.warning(
             "starting %s from cached version %d (saved %.0fs ago): %s",
@@ -360,6 +368,7 @@ class ConfigClient(Generic[T]):
                     known_hash=self.hash,
                     instance_id=self.instance_id,
                     labels=self.labels,
+                    accept_delta=True,
                 )
             )
 
@@ -477,10 +486,17 @@ class ConfigClient(Generic[T]):
                 return self._nack(
                     snap, f"version {snap.version} is older than the running version {current.version}", []
                 )
-        raw = from_struct(snap.config)
-        raw_flags = from_struct(snap.flags)
-        if snapshot_hash(raw, raw_flags) != snap.hash:
-            return self._nack(snap, "content does not match its hash; snapshot corrupted in transit", [])
+        if snap.HasField("delta"):
+            patched = self._patch(current, snap)
+            if patched is None:
+                return self._need_full()
+            raw, raw_flags, digest = patched
+        else:
+            raw = from_struct(snap.config)
+            raw_flags = from_struct(snap.flags)
+            digest = snapshot_digest(raw, raw_flags)
+            if format_hash(digest) != snap.hash:
+                return self._nack(snap, "content does not match its hash; snapshot corrupted in transit", [])
         resolved, secret_issues = resolve_refs(raw)
         if secret_issues:
             return self._nack(snap, "; ".join(str(i) for i in secret_issues), secret_issues)
@@ -494,7 +510,8 @@ class ConfigClient(Generic[T]):
             )
         except errors.InvalidArgument as exc:
             return self._nack(snap, exc.message, [errors.FieldIssue(exc.field, exc.message)])
-        applied = AppliedSnapshot(snap.version, snap.hash, raw, config, flags, time.time())
+        applied = AppliedSnapshot(snap.version, snap.hash, raw, config, flags, time.time(), raw_flags, digest)
+        self.deltas_applied += snap.HasField("delta")
         self._current = applied
         self._from_server = True
         self.cached = False
@@ -515,9 +532,36 @@ class ConfigClient(Generic[T]):
             self._fire(old, config)
         return self._ack()
 
+    def _patch(
+        self, current: AppliedSnapshot | None, snap: config_pb2.Snapshot
+    ) -> tuple[dict[str, Any], dict[str, Any], int] | None:
+        """The documents `snap`'s delta makes of what we run, or None if it cannot be applied here."""
+        delta = snap.delta
+        if current is None or (current.version, current.hash) != (delta.base_version, delta.base_hash):
+            running = current.version if current else None
+            log.info("%s: delta to version %d is from version %d, we run %s; asking for all of it",
+                     self.scope, snap.version, delta.base_version, running)  # fmt: skip
+            return None
+        try:
+            updates = updates_from_pb(delta.updates)
+        except errors.InvalidArgument as exc:
+            log.warning("%s: unusable delta to version %d: %s", self.scope, snap.version, exc.message)
+            return None
+        raw, raw_flags, digest = apply_updates(current.raw, current.raw_flags, current.digest, updates)
+        if format_hash(digest) != snap.hash:
+            log.warning("%s: delta to version %d does not give its hash; asking for all of it",
+                        self.scope, snap.version)  # fmt: skip
+            return None
+        return raw, raw_flags, digest
+
+    def _need_full(self) -> config_pb2.WatchRequest:
+        return config_pb2.WatchRequest(
+            report=config_pb2.Report(version=self.version, hash=self.hash, need_full=True)
+        )
+
     def _trace_answer(self, snap: config_pb2.Snapshot, answer: config_pb2.WatchRequest) -> None:
         """Join the change's trace with one apply or reject span per version received."""
-        if not snap.trace_parent or snap.version == self._traced_version:
+        if not snap.trace_parent or snap.version == self._traced_version or answer.HasField("report"):
             return
         self._traced_version = snap.version
         attributes = {

@@ -10,7 +10,6 @@ Deleting a key in a higher layer therefore uncovers the lower layer's value.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -94,25 +93,18 @@ def canonical_json(value: JSONValue) -> bytes:
     ).encode()
 
 
-def content_hash(value: JSONValue) -> str:
-    return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
-
-
-def snapshot_hash(config: JSONValue, flags: JSONValue) -> str:
-    """The hash a snapshot carries: over its config and its flags together."""
-    return content_hash({"config": config, "flags": flags})
-
-
 def _depth_order(key: str) -> tuple[int, str]:
     return key.count("."), key
 
 
-def _set_path(tree: dict[str, JSONValue], parts: Sequence[str], value: JSONValue) -> None:
+def _set_path(tree: dict[str, JSONValue], parts: Sequence[str], value: JSONValue, owned: set[int]) -> None:
+    """Set `value` at `parts`, copying any object on the way that the tree does not own (an entry's value)."""
     node = tree
     for part in parts[:-1]:
         child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
+        if not isinstance(child, dict) or id(child) not in owned:
+            child = dict(child) if isinstance(child, dict) else {}
+            owned.add(id(child))
             node[part] = child
         node = child
     last = parts[-1]
@@ -126,8 +118,9 @@ def _set_path(tree: dict[str, JSONValue], parts: Sequence[str], value: JSONValue
 def layer_tree(entries: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
     """Nest one layer's dotted keys into a document (shallowest keys first)."""
     tree: dict[str, JSONValue] = {}
+    owned: set[int] = set()
     for key in sorted(entries, key=_depth_order):
-        _set_path(tree, key.split("."), entries[key])
+        _set_path(tree, key.split("."), entries[key], owned)
     return tree
 
 

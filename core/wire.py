@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
 
 from confmesh import errors
+from confmesh.delta import CONFIG, FLAGS, MISSING, Update
 from confmesh.keys import Layer, LayerKind, check_name
 from confmesh.merge import JSONValue, normalize
-from confmesh.v1 import admin_pb2
+from confmesh.v1 import admin_pb2, config_pb2
 
 ERROR_DETAIL_KEY = "confmesh-error-bin"
 
@@ -61,6 +62,30 @@ def from_value(msg: struct_pb2.Value) -> JSONValue:
 
 def from_struct(msg: struct_pb2.Struct) -> dict[str, JSONValue]:
     return {k: from_value(v) for k, v in msg.fields.items()}
+
+
+_SECTION_PB = {CONFIG: config_pb2.PathUpdate.CONFIG, FLAGS: config_pb2.PathUpdate.FLAGS}
+_SECTION = {number: name for name, number in _SECTION_PB.items()}
+
+
+def updates_to_pb(updates: list[Update]) -> list[config_pb2.PathUpdate]:
+    return [
+        config_pb2.PathUpdate(section=_SECTION_PB[u.section], path=u.path)
+        if u.value is MISSING
+        else config_pb2.PathUpdate(section=_SECTION_PB[u.section], path=u.path, value=to_value(u.value))
+        for u in updates
+    ]
+
+
+def updates_from_pb(msgs: Iterable[config_pb2.PathUpdate]) -> list[Update]:
+    updates = []
+    for msg in msgs:
+        section = _SECTION.get(msg.section)
+        if section is None or not msg.path:
+            raise errors.InvalidArgument("a delta update needs a section and a non-empty path")
+        value = from_value(msg.value) if msg.HasField("value") else MISSING
+        updates.append(Update(section, tuple(msg.path), value))
+    return updates
 
 
 def layer_to_pb(layer: Layer) -> admin_pb2.Layer:

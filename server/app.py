@@ -19,11 +19,11 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
 from confmesh.errors import ConfmeshError, InvalidArgument, StartupError
-from confmesh.keys import KeyLayout, Layer, Scope
+from confmesh.keys import KeyLayout, Scope
 from confmesh.server.access import Access
 from confmesh.server.admin_service import AdminService
 from confmesh.server.audit import record_denial
-from confmesh.server.config_service import ConfigService
+from confmesh.server.config_service import ConfigService, add_config_service
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import Etcd, EtcdCredentials
 from confmesh.server.history import prune_audit
@@ -34,11 +34,11 @@ from confmesh.server.metrics import Metrics
 from confmesh.server.records import abort_rollout, canary_counts
 from confmesh.server.resolver import Resolver, affects
 from confmesh.server.source import EtcdSource
-from confmesh.server.store import ConfigStore
+from confmesh.server.store import Changes, ConfigStore
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Writer
 from confmesh.tls import read_pem
-from confmesh.v1 import admin_pb2_grpc, config_pb2_grpc
+from confmesh.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,9 @@ class ConfmeshServer:
             self.resolver.forget(scope)
         self.hub.publish(scopes)
 
-    def _on_change(self, layers: set[Layer]) -> None:
-        self.resolver.invalidate(layers)
-        self.hub.publish(s for s in self.hub.scopes() if any(affects(layer, s) for layer in layers))
+    def _on_change(self, changes: Changes) -> None:
+        self.resolver.update(changes)
+        self.hub.publish(s for s in self.hub.scopes() if any(affects(layer, s) for layer in changes))
 
     async def start(self) -> None:
         s = self.settings
@@ -242,7 +242,7 @@ class ConfmeshServer:
             self.access.on_reload.append(config_service.recheck_access)
             self.store.on_tokens = config_service.recheck_access
             self.store.on_scopes = self._on_scopes
-            config_pb2_grpc.add_ConfigServiceServicer_to_server(self.config_service, server)
+            add_config_service(self.config_service, server)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminService(
                     Writer(self.etcd, self.layout, lambda: self.store.schemas),

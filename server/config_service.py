@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -14,17 +14,18 @@ from google.protobuf import timestamp_pb2
 from opentelemetry.trace import SpanKind, TracerProvider
 
 from confmesh import errors
+from confmesh.delta import Update
 from confmesh.keys import Scope
 from confmesh.server.access import Access
 from confmesh.server.hub import Hub, Subscriber
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
-from confmesh.server.resolver import Resolved
+from confmesh.server.resolver import Resolved, VersionHash
 from confmesh.server.source import EtcdSource
 from confmesh.server.usage import FlagUsageStore
 from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
-from confmesh.wire import error_trailers, status_for, to_struct
+from confmesh.wire import error_trailers, status_for, to_struct, updates_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -32,46 +33,92 @@ MAX_USAGE_ENTRIES = 1000
 
 
 class EncodedSnapshots:
-    """WatchResponses built once per (snapshot, stale) and shared by every stream that sends them."""
+    """WatchResponses serialized once per (snapshot, staleness, base) and shared by every stream sending them.
 
-    def __init__(self, limit: int = 4096, tracer_provider: TracerProvider | None = None) -> None:
+    Streams whose client runs a version the resolver can patch from (`base`)
+    get a delta; the others get the whole snapshot.
+    """
+
+    def __init__(
+        self,
+        delta: Callable[[VersionHash, Resolved], list[Update] | None],
+        limit: int = 4096,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.delta = delta
         self.limit = limit
         self.tracer_provider = tracer_provider
-        self._cache: dict[tuple[int, bool], tuple[Resolved, config_pb2.WatchResponse]] = {}
+        self._cache: dict[tuple[int, bool, VersionHash | None], tuple[Resolved, bytes]] = {}
+        self._published: set[tuple[Scope, VersionHash, bool]] = set()
 
-    def response(self, resolved: Resolved, *, stale: bool) -> config_pb2.WatchResponse:
-        key = (id(resolved), stale)
+    def response(self, resolved: Resolved, *, stale: bool, base: VersionHash | None = None) -> bytes:
+        key = (id(resolved), stale, base)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is resolved:  # the Resolved itself guards against id reuse
             return hit[1]
         if len(self._cache) >= self.limit:
             self._cache.clear()
-        response = config_pb2.WatchResponse(snapshot=snapshot_to_pb(resolved, stale=stale))
-        self._cache[key] = (resolved, response)
-        if resolved.trace_parent:
+            self._published.clear()
+        updates = self.delta(base, resolved) if base is not None else None
+        if updates is None:
+            snapshot = snapshot_to_pb(resolved, stale=stale)
+        else:
+            snapshot = snapshot_to_pb(resolved, stale=stale, config=False)
+            snapshot.delta.base_version, snapshot.delta.base_hash = base  # type: ignore[misc]
+            snapshot.delta.updates.extend(updates_to_pb(updates))
+        raw = config_pb2.WatchResponse(snapshot=snapshot).SerializeToString()
+        self._cache[key] = (resolved, raw)
+        published = (resolved.scope, resolved.key, stale)
+        if resolved.trace_parent and published not in self._published:
+            self._published.add(published)
             change_span(self.tracer_provider, resolved.trace_parent, "confmesh.publish", {
                 "confmesh.environment": resolved.scope.environment,
                 "confmesh.service": resolved.scope.service,
                 "confmesh.version": resolved.version,
                 "confmesh.stale": stale,
             }, kind=SpanKind.PRODUCER)  # fmt: skip
-        return response
+        return raw
 
 
-def snapshot_to_pb(resolved: Resolved, *, stale: bool) -> config_pb2.Snapshot:
+def snapshot_to_pb(resolved: Resolved, *, stale: bool, config: bool = True) -> config_pb2.Snapshot:
+    """The snapshot message; without `config`, its config and flags are left out (a delta carries them)."""
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(resolved.resolved_at * 1e9))
-    return config_pb2.Snapshot(
+    snapshot = config_pb2.Snapshot(
         environment=resolved.scope.environment,
         service=resolved.scope.service,
         version=resolved.version,
         hash=resolved.hash,
-        config=to_struct(resolved.config),
-        flags=to_struct(resolved.flags),
         stale=stale,
         resolved_at=ts,
         trace_parent=resolved.trace_parent,
     )
+    if config:
+        snapshot.config.CopyFrom(to_struct(resolved.config))
+        snapshot.flags.CopyFrom(to_struct(resolved.flags))
+    return snapshot
+
+
+def _serialize_response(response: bytes | config_pb2.WatchResponse) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def add_config_service(service: ConfigService, server: grpc.aio.Server) -> None:
+    """Register `service`; Watch may yield pre-serialized responses (EncodedSnapshots)."""
+    handlers = {
+        "Watch": grpc.stream_stream_rpc_method_handler(
+            service.Watch,
+            request_deserializer=config_pb2.WatchRequest.FromString,
+            response_serializer=_serialize_response,
+        ),
+        "GetSnapshot": grpc.unary_unary_rpc_method_handler(
+            service.GetSnapshot,
+            request_deserializer=config_pb2.GetSnapshotRequest.FromString,
+            response_serializer=config_pb2.Snapshot.SerializeToString,
+        ),
+    }
+    name = config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: errors.ConfmeshError) -> None:
@@ -104,7 +151,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self.catch_up_timeout = catch_up_timeout
         self.draining = False
         self._ticker: asyncio.Task[None] | None = None
-        self.encoded = EncodedSnapshots(tracer_provider=tracer_provider)
+        self.encoded = EncodedSnapshots(hub.resolver.delta, tracer_provider=tracer_provider)
         self.metrics = metrics or Metrics()
 
     async def _ready(self, known_version: int = 0) -> None:
@@ -140,7 +187,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self,
         request_iterator: AsyncIterator[config_pb2.WatchRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[config_pb2.WatchResponse]:
+    ) -> AsyncIterator[config_pb2.WatchResponse | bytes]:
         try:
             async with asyncio.timeout(self.subscribe_timeout):
                 first = await anext(aiter(request_iterator), None)
@@ -173,6 +220,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             )
             return
         sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash, sub_msg.instance_id)
+        sub.accept_delta = sub_msg.accept_delta
         sub.caller = caller
         counters = sub.counters = self.metrics.for_stream(scope)
         self.ledger.connect(
@@ -223,7 +271,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     counters.pushed.inc()
                     if snapshot.resolved_at >= sub.created:  # a change seen while subscribed
                         self.metrics.propagation.observe(max(0.0, time.time() - snapshot.resolved_at))
-                    yield self.encoded.response(snapshot, stale=self.source.stale)
+                    base, sub.base = sub.delta_base(), (snapshot.version, snapshot.hash)
+                    yield self.encoded.response(snapshot, stale=self.source.stale, base=base)
         finally:
             reader.cancel()
             self.hub.remove(sub)
@@ -280,6 +329,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         )
                         return
                     sub.nacked.add(nack.version)
+                    sub.base = None
                     sub.counters.nacks.inc()
                     paths = [fe.path for fe in nack.field_errors]
                     self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
@@ -301,6 +351,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                 elif kind == "report":
                     self.ledger.seen(sub.id)
                     current = self.hub.resolver.for_instance(sub.scope, sub.instance_id)
+                    if msg.report.need_full:
+                        sub.base = None
                     if sub.resend_if_behind(current, msg.report.version, msg.report.hash):
                         log.info(
                             "instance of %s reports version %d; re-sending %d",

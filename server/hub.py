@@ -37,6 +37,9 @@ class Subscriber:
         self.heartbeat_now = False
         self.created = time.time()
         self.counters: Any = None  # metrics.StreamCounters, set by the servicer
+        # Deltas: whether the client takes them, and the version it runs (None: unknown).
+        self.accept_delta = False
+        self.base: tuple[int, str] | None = (known_version, known_hash) if known_version > 0 else None
         self.caller: Any = None  # access.Caller, set by the servicer
 
     def offer(self, snapshot: Resolved) -> None:
@@ -58,8 +61,14 @@ class Subscriber:
         if self.pending is not None:
             return False
         self.last_offered = (version, hash_)
+        if self.base is not None:
+            self.base = (version, hash_)
         self.offer(current)
         return True
+
+    def delta_base(self) -> tuple[int, str] | None:
+        """What the snapshot being sent may be a delta from: the version the client runs, if known."""
+        return self.base if self.accept_delta else None
 
     def ping(self) -> None:
         self.heartbeat_now = True

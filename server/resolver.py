@@ -1,17 +1,44 @@
-"""Resolve scopes into versioned, hashed snapshots (cached, pure)."""
+"""Resolve scopes into versioned, hashed snapshots (cached, patched incrementally, pure).
+
+A scope is resolved in full once; after that each change patches the subtrees
+it touches (confmesh.delta), so a one-key change costs the same whatever the
+size of the config. Each patched snapshot remembers its parent and the paths
+that changed, which is what a delta to a client running an older version is
+built from.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
 from dataclasses import dataclass
 
+from confmesh.delta import (
+    CONFIG,
+    FLAGS,
+    MISSING,
+    Path,
+    Update,
+    apply_updates,
+    change_roots,
+    get_path,
+    minimal_paths,
+    resolve_at,
+)
+from confmesh.digest import format_hash, snapshot_digest
 from confmesh.keys import Layer, LayerKind, Scope
-from confmesh.merge import JSONValue, resolve, snapshot_hash
-from confmesh.server.store import ConfigStore
+from confmesh.merge import JSONValue, resolve
+from confmesh.server.store import Changes, ConfigStore
 
 log = logging.getLogger(__name__)
+
+# How many changes back a client may be and still get a delta instead of a full snapshot.
+LINEAGE = 64
+
+VersionHash = tuple[int, str]
+# A patched version's parent, and the (section, path)s the patch replaced.
+Link = tuple[VersionHash, tuple[tuple[str, Path], ...]]
 
 
 @dataclass(frozen=True)
@@ -24,6 +51,12 @@ class Resolved:
     resolved_at: float
     # traceparent of the admin write that made this version ("" when untraced).
     trace_parent: str = ""
+    # The hash as a number (confmesh.digest), which patches update.
+    digest: int = 0
+
+    @property
+    def key(self) -> VersionHash:
+        return self.version, self.hash
 
 
 def affects(layer: Layer, scope: Scope) -> bool:
@@ -37,6 +70,11 @@ def affects(layer: Layer, scope: Scope) -> bool:
 class Resolver:
     def __init__(self, store: ConfigStore) -> None:
         self.store = store
+        # Each scope's resolution of its layers (schemas not applied), patched on every change.
+        self._docs: dict[Scope, Resolved] = {}
+        # Per scope, how each of its recent versions was patched from its parent.
+        self._lineage: dict[Scope, OrderedDict[VersionHash, Link]] = {}
+        # What each scope serves: its doc, or the last valid one while the doc breaks its schema.
         self._cache: dict[Scope, Resolved] = {}
         # Scopes whose current config breaks their registered schema: the reason, and the
         # last valid snapshot served instead (out-of-band writes bypass write-time checks).
@@ -61,8 +99,9 @@ class Resolver:
         entries = [self.store.entries(layer) for layer in scope.layers]
         entries[-1] = rollout.apply_to(entries[-1])
         config = resolve(entries)
-        resolved = Resolved(scope, base.version, snapshot_hash(config, base.flags), config, base.flags,
-                            time.time(), base.trace_parent)  # fmt: skip
+        digest = snapshot_digest(config, base.flags)
+        resolved = Resolved(scope, base.version, format_hash(digest), config, base.flags,
+                            time.time(), base.trace_parent, digest)  # fmt: skip
         self._canary[scope] = resolved
         return resolved
 
@@ -70,7 +109,9 @@ class Resolver:
         cached = self._cache.get(scope)
         if cached is not None:
             return cached
-        resolved = self._resolve(scope)
+        resolved = self._docs.get(scope)
+        if resolved is None:
+            resolved = self._docs[scope] = self._resolve(scope)
         schema = self.store.schemas.get(scope)
         issues = schema.issues(resolved.config) if schema is not None else []
         if issues:
@@ -84,39 +125,85 @@ class Resolver:
                 # The last valid config, with the current flags: a kill switch still gets through.
                 flags = resolved.flags
                 version = max(last.version, self.store.layer_revision(scope.flag_layer))
-                resolved = Resolved(scope, version, snapshot_hash(last.config, flags), last.config, flags,
-                                    time.time(), self.store.scope_trace(scope, version))  # fmt: skip
+                digest = snapshot_digest(last.config, flags)
+                resolved = Resolved(scope, version, format_hash(digest), last.config, flags,
+                                    time.time(), self.store.scope_trace(scope, version), digest)  # fmt: skip
         else:
             self.violations.pop(scope, None)
             self._last_valid[scope] = resolved
         self._cache[scope] = resolved
         return resolved
 
-    def _resolve(self, scope: Scope) -> Resolved:
-        config = resolve(self.store.entries(layer) for layer in scope.layers)
-        flags = self.store.entries(scope.flag_layer)
+    def _version(self, scope: Scope) -> int:
         version = self.store.scope_version(scope)
         rollout = self.store.rollouts.get(scope)
         if rollout is not None:
             version = max(version, rollout[1])  # a rollout's start, step or abort is a new version
-        resolved = Resolved(
-            scope=scope,
-            version=version,
-            hash=snapshot_hash(config, flags),
-            config=config,
-            flags=flags,
-            resolved_at=time.time(),
-            trace_parent=self.store.scope_trace(scope, version),
-        )
-        return resolved
+        return version
 
-    def invalidate(self, layers: Iterable[Layer]) -> None:
-        layers = list(layers)
-        for scope in [s for s in self._cache if any(affects(layer, s) for layer in layers)]:
-            del self._cache[scope]
+    def _resolve(self, scope: Scope) -> Resolved:
+        config = resolve(self.store.entries(layer) for layer in scope.layers)
+        flags = self.store.entries(scope.flag_layer)
+        version = self._version(scope)
+        digest = snapshot_digest(config, flags)
+        return Resolved(scope, version, format_hash(digest), config, flags, time.time(),
+                        self.store.scope_trace(scope, version), digest)  # fmt: skip
+
+    def _patch(self, old: Resolved, changes: Changes) -> Resolved:
+        """`old` with the subtrees `changes` touch re-resolved from the store."""
+        scope = old.scope
+        views = [self.store.view(layer) for layer in scope.layers]
+        config_keys = {key for layer in scope.layers for key in changes.get(layer, ())}
+        updates = [Update(CONFIG, root, resolve_at(views, root)) for root in change_roots(views, config_keys)]
+        flags = self.store.view(scope.flag_layer)
+        updates += [
+            Update(FLAGS, (key,), flags.get(key, MISSING))
+            for key in sorted(changes.get(scope.flag_layer, ()))
+        ]
+        config, flag_doc, digest = apply_updates(old.config, old.flags, old.digest, updates)
+        version = self._version(scope)
+        new = Resolved(scope, version, format_hash(digest), config, flag_doc, time.time(),
+                       self.store.scope_trace(scope, version), digest)  # fmt: skip
+        if new.key != old.key:
+            lineage = self._lineage.setdefault(scope, OrderedDict())
+            lineage[new.key] = (old.key, tuple((u.section, u.path) for u in updates))
+            while len(lineage) > LINEAGE:
+                lineage.popitem(last=False)
+        return new
+
+    def delta(self, base: VersionHash, target: Resolved) -> list[Update] | None:
+        """The updates that turn the snapshot `base` into `target`, or None if not known."""
+        lineage = self._lineage.get(target.scope)
+        if lineage is None:
+            return None
+        touched: dict[str, list[Path]] = {CONFIG: [], FLAGS: []}
+        key = target.key
+        while key != base:
+            link = lineage.get(key)
+            if link is None:
+                return None
+            key, paths = link
+            for section, path in paths:
+                touched[section].append(path)
+        docs = {CONFIG: target.config, FLAGS: target.flags}
+        return [
+            Update(section, path, get_path(docs[section], path))
+            for section, paths in touched.items()
+            for path in minimal_paths(paths)
+        ]
+
+    def update(self, changes: Changes) -> None:
+        """Bring the resolved scopes up to date with `changes` (patching them)."""
+        layers = list(changes)
+        for scope in [s for s in self._docs if any(affects(layer, s) for layer in layers)]:
+            self._cache.pop(scope, None)
+            self._canary.pop(scope, None)
+            self._docs[scope] = self._patch(self._docs[scope], changes)
         for scope in [s for s in self._canary if any(affects(layer, s) for layer in layers)]:
             del self._canary[scope]
 
     def forget(self, scope: Scope) -> None:
+        self._docs.pop(scope, None)
+        self._lineage.pop(scope, None)
         self._cache.pop(scope, None)
         self._canary.pop(scope, None)

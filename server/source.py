@@ -27,9 +27,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from confmesh.errors import Unavailable
-from confmesh.keys import Layer
 from confmesh.server.etcd import Etcd
-from confmesh.server.store import ConfigStore
+from confmesh.server.store import Changes, ConfigStore
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class EtcdSource:
         self,
         etcd: Etcd,
         store: ConfigStore,
-        on_change: Callable[[set[Layer]], None],
+        on_change: Callable[[Changes], None],
         *,
         on_stale_change: Callable[[bool], None] | None = None,
         backoff_initial: float = 0.1,
@@ -113,7 +112,7 @@ class EtcdSource:
         if was != self.stale and self.on_stale_change is not None:
             self.on_stale_change(self.stale)
 
-    async def _notify(self, changed: set[Layer]) -> None:
+    async def _notify(self, changed: Changes) -> None:
         if changed:
             self.on_change(changed)
         async with self._progress:

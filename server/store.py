@@ -8,9 +8,10 @@ seen while watching. A scope's snapshot version is the max over its layers.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from confmesh.errors import InvalidArgument
@@ -30,12 +31,47 @@ class Entry:
     mod_revision: int
 
 
+# The keys that changed, per layer (empty for a layer whose marker alone changed).
+Changes = dict[Layer, set[str]]
+
+
+class LayerEntries(Mapping[str, JSONValue]):
+    """One layer's current values, with prefix queries over a sorted key index (a delta.LayerView)."""
+
+    def __init__(self, store: ConfigStore, layer: Layer) -> None:
+        self._entries = store.raw_entries(layer)
+        self._keys = store.sorted_keys(layer)
+
+    def __getitem__(self, key: str) -> JSONValue:
+        return self._entries[key].value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def under(self, key: str) -> dict[str, JSONValue]:
+        keys = self._keys
+        found = {key: self._entries[key].value} if key in self._entries else {}
+        # "/" sorts right after ".", so [key + ".", key + "/") holds exactly the keys below `key`.
+        start, end = bisect.bisect_left(keys, key + "."), bisect.bisect_left(keys, key + "/")
+        for k in keys[start:end]:
+            found[k] = self._entries[k].value
+        return found
+
+
 class ConfigStore:
     def __init__(self, layout: KeyLayout) -> None:
         self.layout = layout
         self.revision = 0
         self.synced = False
         self._layers: dict[Layer, dict[str, Entry]] = {}
+        # Per layer, its keys in sorted order (built on first use, then kept up to date).
+        self._sorted: dict[Layer, list[str]] = {}
         self._layer_revision: dict[Layer, int] = {}
         # Per layer: (revision, traceparent) of the newest traced write, from its marker.
         self._layer_trace: dict[Layer, tuple[int, str]] = {}
@@ -59,6 +95,15 @@ class ConfigStore:
 
     def raw_entries(self, layer: Layer) -> Mapping[str, Entry]:
         return self._layers.get(layer, {})
+
+    def sorted_keys(self, layer: Layer) -> list[str]:
+        keys = self._sorted.get(layer)
+        if keys is None:
+            keys = self._sorted[layer] = sorted(self._layers.get(layer, {}))
+        return keys
+
+    def view(self, layer: Layer) -> LayerEntries:
+        return LayerEntries(self, layer)
 
     def layer_revision(self, layer: Layer) -> int:
         return self._layer_revision.get(layer, 0)
@@ -171,10 +216,11 @@ class ConfigStore:
         self.bad_keys.pop(etcd_key, None)
         return layer, key, decoded
 
-    def replace(self, kvs: Iterable[KeyValue], revision: int) -> set[Layer]:
-        """Load a full list taken at `revision`; return the layers that changed."""
-        before = {layer: dict(entries) for layer, entries in self._layers.items()}
+    def replace(self, kvs: Iterable[KeyValue], revision: int) -> Changes:
+        """Load a full list taken at `revision`; return what changed."""
+        before = self._layers
         self._layers = {}
+        self._sorted = {}
         self.bad_keys = {}
         tokens_before, self.tokens = self.tokens, {}
         schemas_before, self.schemas = self.schemas, {}
@@ -196,11 +242,11 @@ class ConfigStore:
                 self._layers[layer][key] = Entry(value, kv.mod_revision)
             else:
                 self._note_marker(layer, kv.value, kv.mod_revision)
-        changed = {
-            layer
-            for layer in before.keys() | self._layers.keys()
-            if before.get(layer, {}) != self._layers.get(layer, {})
-        }
+        changed: Changes = {}
+        for layer in before.keys() | self._layers.keys():
+            old, new = before.get(layer, {}), self._layers.get(layer, {})
+            if old != new:
+                changed[layer] = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
         if self.synced:
             # Changes missed while not watching (deletes leave no revision behind)
             # are dated at the list revision, so versions never go backwards.
@@ -218,9 +264,9 @@ class ConfigStore:
         self._report_scopes()
         return changed
 
-    def apply(self, events: Iterable[Event]) -> set[Layer]:
-        """Apply watch events in order; return the layers that changed."""
-        changed: set[Layer] = set()
+    def apply(self, events: Iterable[Event]) -> Changes:
+        """Apply watch events in order; return what changed."""
+        changed: Changes = {}
         tokens = False
         for ev in events:
             self.revision = max(self.revision, ev.mod_revision)
@@ -235,15 +281,20 @@ class ConfigStore:
                 continue
             layer, key, value = parsed
             self._bump(layer, ev.mod_revision)
-            changed.add(layer)
+            keys = changed.setdefault(layer, set())
             if key is None:
                 if not ev.deleted:
                     self._note_marker(layer, ev.value, ev.mod_revision)
                 continue
+            keys.add(key)
             entries = self._layers.setdefault(layer, {})
+            index = self._sorted.get(layer)
             if ev.deleted:
-                entries.pop(key, None)
+                if entries.pop(key, None) is not None and index is not None:
+                    del index[bisect.bisect_left(index, key)]
             else:
+                if key not in entries and index is not None:
+                    bisect.insort(index, key)
                 entries[key] = Entry(value, ev.mod_revision)
         if tokens:
             self._tokens_changed()

@@ -48,7 +48,14 @@ class RawWatch:
         self.outbox.put_nowait(msg)
 
     def subscribe(
-        self, env: str, service: str, *, version: int = 0, hash_: str = "", instance_id: str = "raw"
+        self,
+        env: str,
+        service: str,
+        *,
+        version: int = 0,
+        hash_: str = "",
+        instance_id: str = "raw",
+        accept_delta: bool = False,
     ) -> None:
         self.send(
             config_pb2.WatchRequest(
@@ -58,6 +65,7 @@ class RawWatch:
                     known_version=version,
                     known_hash=hash_,
                     instance_id=instance_id,
+                    accept_delta=accept_delta,
                 )
             )
         )

@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -25,15 +26,17 @@ class WatchRequest(_message.Message):
     def __init__(self, subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., usage: _Optional[_Union[FlagUsage, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("version", "hash")
+    __slots__ = ("version", "hash", "need_full")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
+    NEED_FULL_FIELD_NUMBER: _ClassVar[int]
     version: int
     hash: str
-    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ...) -> None: ...
+    need_full: bool
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., need_full: _Optional[bool] = ...) -> None: ...
 
 class Subscribe(_message.Message):
-    __slots__ = ("environment", "service", "known_version", "known_hash", "instance_id", "labels")
+    __slots__ = ("environment", "service", "known_version", "known_hash", "instance_id", "labels", "accept_delta")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,13 +50,15 @@ class Subscribe(_message.Message):
     KNOWN_HASH_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_DELTA_FIELD_NUMBER: _ClassVar[int]
     environment: str
     service: str
     known_version: int
     known_hash: str
     instance_id: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., known_version: _Optional[int] = ..., known_hash: _Optional[str] = ..., instance_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    accept_delta: bool
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., known_version: _Optional[int] = ..., known_hash: _Optional[str] = ..., instance_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., accept_delta: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "hash")
@@ -122,7 +127,7 @@ class Heartbeat(_message.Message):
     def __init__(self, server_revision: _Optional[int] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("environment", "service", "version", "hash", "config", "stale", "resolved_at", "flags", "trace_parent")
+    __slots__ = ("environment", "service", "version", "hash", "config", "stale", "resolved_at", "flags", "trace_parent", "delta")
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +137,7 @@ class Snapshot(_message.Message):
     RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     TRACE_PARENT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
     environment: str
     service: str
     version: int
@@ -141,7 +147,36 @@ class Snapshot(_message.Message):
     resolved_at: _timestamp_pb2.Timestamp
     flags: _struct_pb2.Struct
     trace_parent: str
-    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., version: _Optional[int] = ..., hash: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stale: _Optional[bool] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flags: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., trace_parent: _Optional[str] = ...) -> None: ...
+    delta: Delta
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., version: _Optional[int] = ..., hash: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stale: _Optional[bool] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flags: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., trace_parent: _Optional[str] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ...) -> None: ...
+
+class Delta(_message.Message):
+    __slots__ = ("base_version", "base_hash", "updates")
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_HASH_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    base_version: int
+    base_hash: str
+    updates: _containers.RepeatedCompositeFieldContainer[PathUpdate]
+    def __init__(self, base_version: _Optional[int] = ..., base_hash: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[PathUpdate, _Mapping]]] = ...) -> None: ...
+
+class PathUpdate(_message.Message):
+    __slots__ = ("section", "path", "value")
+    class Section(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SECTION_UNSPECIFIED: _ClassVar[PathUpdate.Section]
+        CONFIG: _ClassVar[PathUpdate.Section]
+        FLAGS: _ClassVar[PathUpdate.Section]
+    SECTION_UNSPECIFIED: PathUpdate.Section
+    CONFIG: PathUpdate.Section
+    FLAGS: PathUpdate.Section
+    SECTION_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    section: PathUpdate.Section
+    path: _containers.RepeatedScalarFieldContainer[str]
+    value: _struct_pb2.Value
+    def __init__(self, section: _Optional[_Union[PathUpdate.Section, str]] = ..., path: _Optional[_Iterable[str]] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class GetSnapshotRequest(_message.Message):
     __slots__ = ("environment", "service")

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from confmesh.digest import snapshot_hash
 from confmesh.errors import InvalidArgument
 from confmesh.merge import (
     canonical_json,
-    content_hash,
     deep_merge,
     explain,
     find_conflicts,
@@ -169,10 +169,21 @@ def test_layer_order_within_a_layer_does_not_matter(entries: dict[str, Any]) -> 
 def test_wire_round_trip_preserves_content_and_hash(doc: dict[str, Any]) -> None:
     back = from_struct(to_struct(doc))
     assert back == normalize(doc)
-    assert content_hash(back) == content_hash(doc)
+    assert snapshot_hash(back, {}) == snapshot_hash(normalize(doc), {})
 
 
 @given(documents)
 def test_hash_ignores_key_order(doc: dict[str, Any]) -> None:
     reordered = dict(reversed(list(doc.items())))
     assert canonical_json(doc) == canonical_json(reordered)
+
+
+@given(st.lists(st.dictionaries(keys, json_values, max_size=5), min_size=1, max_size=3))
+def test_resolving_never_modifies_the_layers(layer_list: list[dict[str, Any]]) -> None:
+    """A deeper key used to be written into a shallower key's stored object, so deleting it later
+    left its value behind until the next re-list."""
+    import copy
+
+    before = copy.deepcopy(layer_list)
+    resolve(layer_list)
+    assert layer_list == before
