@@ -18,6 +18,7 @@ from confmesh.delta import Update
 from confmesh.keys import Scope
 from confmesh.server.access import Access
 from confmesh.server.hub import Hub, Subscriber
+from confmesh.server.interceptors import Malformed, checked_deserializer
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
 from confmesh.server.resolver import Resolved, VersionHash
@@ -105,19 +106,19 @@ def _serialize_response(response: bytes | config_pb2.WatchResponse) -> bytes:
 
 def add_config_service(service: ConfigService, server: grpc.aio.Server) -> None:
     """Register `service`; Watch may yield pre-serialized responses (EncodedSnapshots)."""
+    name = config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name
     handlers = {
         "Watch": grpc.stream_stream_rpc_method_handler(
             service.Watch,
-            request_deserializer=config_pb2.WatchRequest.FromString,
+            request_deserializer=checked_deserializer(config_pb2.WatchRequest, f"/{name}/Watch"),
             response_serializer=_serialize_response,
         ),
         "GetSnapshot": grpc.unary_unary_rpc_method_handler(
             service.GetSnapshot,
-            request_deserializer=config_pb2.GetSnapshotRequest.FromString,
+            request_deserializer=checked_deserializer(config_pb2.GetSnapshotRequest, f"/{name}/GetSnapshot"),
             response_serializer=config_pb2.Snapshot.SerializeToString,
         ),
     }
-    name = config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
 
 
@@ -173,6 +174,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self, request: config_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> config_pb2.Snapshot:
         try:
+            if isinstance(request, Malformed):
+                raise errors.InvalidArgument(request.message, code="malformed")
             scope = Scope.checked(request.environment, request.service)
             caller = self.access.identify(context)
             self.access.require(caller, lambda g: g.can_watch(scope), f"read the snapshot of {scope}")
@@ -191,6 +194,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         try:
             async with asyncio.timeout(self.subscribe_timeout):
                 first = await anext(aiter(request_iterator), None)
+            if isinstance(first, Malformed):
+                raise errors.InvalidArgument(first.message, code="malformed")
             if first is None or first.WhichOneof("kind") != "subscribe":
                 raise errors.InvalidArgument(
                     "the first message on a Watch stream must be a subscribe", code="no_subscribe"
@@ -268,7 +273,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     continue
                 if snapshot is not None:
                     self.ledger.sent(sub.id, snapshot.version)
-                    counters.pushed.inc()
+                    counters.pushed += 1
                     if snapshot.resolved_at >= sub.created:  # a change seen while subscribed
                         self.metrics.propagation.observe(max(0.0, time.time() - snapshot.resolved_at))
                     base, sub.base = sub.delta_base(), (snapshot.version, snapshot.hash)
@@ -308,6 +313,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
     async def _read(self, sub: Subscriber, requests: AsyncIterator[config_pb2.WatchRequest]) -> None:
         try:
             async for msg in requests:
+                if isinstance(msg, Malformed):
+                    sub.fail("malformed", msg.message)
+                    return
                 kind = msg.WhichOneof("kind")
                 if kind == "ack":
                     if sub.sent.get(msg.ack.version) != msg.ack.hash:
@@ -318,7 +326,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         )
                         return
                     self.ledger.ack(sub.id, msg.ack.version, msg.ack.hash)
-                    sub.counters.acks.inc()
+                    sub.counters.acks += 1
                 elif kind == "nack":
                     nack = msg.nack
                     if sub.sent.get(nack.version) != nack.hash:
@@ -330,7 +338,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         return
                     sub.nacked.add(nack.version)
                     sub.base = None
-                    sub.counters.nacks.inc()
+                    sub.counters.nacks += 1
                     paths = [fe.path for fe in nack.field_errors]
                     self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
                     log.warning("instance rejected %s version %d: %s", sub.scope, nack.version, nack.error)

@@ -23,6 +23,24 @@ _ids = itertools.count(1)
 
 
 class Subscriber:
+    __slots__ = (
+        "accept_delta",
+        "base",
+        "caller",
+        "counters",
+        "created",
+        "error",
+        "heartbeat_now",
+        "id",
+        "instance_id",
+        "last_offered",
+        "nacked",
+        "pending",
+        "scope",
+        "sent",
+        "wakeup",
+    )  # fmt: skip
+
     def __init__(self, scope: Scope, known_version: int, known_hash: str, instance_id: str = "") -> None:
         self.id = next(_ids)
         self.scope = scope

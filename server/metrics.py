@@ -1,44 +1,85 @@
 """Prometheus metrics of one server (its own registry, so servers in one process do not collide).
 
 Counters are incremented by the streams and the admin service; gauges read
-live state (streams, staleness, revision, re-lists) when scraped.
+live state (streams, staleness, revision, re-lists) when scraped. What every
+stream counts on every push (pushes, ACKs, NACKs, propagation latency) is
+kept in plain integers and turned into metrics only when scraped: at 10,000
+streams the client library's locked counters cost more than the push.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from confmesh.keys import Scope
 
+PROPAGATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-@dataclass(frozen=True)
+
 class StreamCounters:
-    pushed: Any
-    acks: Any
-    nacks: Any
+    """One scope's stream counts (shared by its streams; the event loop is single-threaded)."""
+
+    __slots__ = ("acks", "nacks", "pushed")
+
+    def __init__(self) -> None:
+        self.pushed = self.acks = self.nacks = 0
+
+
+class LatencyHistogram:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(PROPAGATION_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(PROPAGATION_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+class _StreamMetrics(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["environment", "service"]
+        families = {
+            "pushed": CounterMetricFamily("confmesh_snapshots_pushed", "Snapshots sent on Watch streams",
+                                          labels=labels),
+            "acks": CounterMetricFamily("confmesh_acks", "Snapshots acknowledged by clients", labels=labels),
+            "nacks": CounterMetricFamily("confmesh_nacks", "Snapshots rejected by clients", labels=labels),
+        }  # fmt: skip
+        for scope, counts in list(self.metrics.streams.items()):
+            for name, family in families.items():
+                family.add_metric([scope.environment, scope.service], getattr(counts, name))
+        yield from families.values()
+        histogram = self.metrics.propagation
+        cumulative, buckets = 0, []
+        for bound, count in zip((*PROPAGATION_BUCKETS, float("inf")), histogram.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+        yield HistogramMetricFamily(
+            "confmesh_propagation_seconds",
+            "From the server seeing a change in etcd to sending it on a stream",
+            buckets=buckets,
+            sum_value=histogram.sum,
+        )
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        labels = ["environment", "service"]
-        self.pushed = Counter(
-            "confmesh_snapshots_pushed", "Snapshots sent on Watch streams", labels, registry=r
-        )
-        self.acks = Counter("confmesh_acks", "Snapshots acknowledged by clients", labels, registry=r)
-        self.nacks = Counter("confmesh_nacks", "Snapshots rejected by clients", labels, registry=r)
-        self.propagation = Histogram(
-            "confmesh_propagation_seconds",
-            "From the server seeing a change in etcd to sending it on a stream",
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
-        )
+        self.streams: dict[Scope, StreamCounters] = {}
+        self.propagation = LatencyHistogram()
+        r.register(_StreamMetrics(self))
         self.writes = Histogram(
             "confmesh_write_seconds", "AdminService write latency", ["method", "outcome"], registry=r
         )
@@ -52,11 +93,11 @@ class Metrics:
         self._gauges.append(g)
 
     def for_stream(self, scope: Scope) -> StreamCounters:
-        """The labelled counters of one scope, resolved once per stream (cheap per push)."""
-        labels = (scope.environment, scope.service)
-        return StreamCounters(
-            self.pushed.labels(*labels), self.acks.labels(*labels), self.nacks.labels(*labels)
-        )
+        """The counters of one scope, looked up once per stream (cheap per push)."""
+        counters = self.streams.get(scope)
+        if counters is None:
+            counters = self.streams[scope] = StreamCounters()
+        return counters
 
     def observe_write(self, method: str, started: float, ok: bool) -> None:
         self.writes.labels(method, "ok" if ok else "error").observe(time.perf_counter() - started)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,6 +19,7 @@ from confmesh.errors import ConfmeshError
 from confmesh.flags.files import flags_from_document
 from confmesh.keys import Layer
 from confmesh.server import ConfmeshServer
+from confmesh.v1 import config_pb2
 
 
 async def test_each_limit_is_refused_with_the_limit_named(admin: AdminClient) -> None:
@@ -122,3 +125,38 @@ def test_flag_documents_are_accepted_or_refused_cleanly(document: dict[str, Any]
         flags_from_document(document)
     with contextlib.suppress(ConfmeshError):
         flags_from_document(json.loads(json.dumps({"flags": document})))
+
+
+async def test_bytes_that_are_not_the_request_get_invalid_argument_naming_it(server: ConfmeshServer) -> None:
+    garbage = b"\xff\xff\xff\xff"
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        watch = channel.stream_stream("/confmesh.v1.ConfigService/Watch")
+        call = watch(iter([garbage]))
+        with pytest.raises(grpc.aio.AioRpcError) as first:
+            await call.read()
+        assert first.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed request for /confmesh.v1.ConfigService/Watch" in (first.value.details() or "")
+
+        subscribe = config_pb2.WatchRequest(
+            subscribe=config_pb2.Subscribe(environment="prod", service="api", instance_id="i")
+        ).SerializeToString()
+
+        async def later_garbage() -> AsyncIterator[bytes]:
+            yield subscribe
+            await asyncio.sleep(0.2)
+            yield garbage
+
+        async def read_all(call: Any) -> None:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+
+        with pytest.raises(grpc.aio.AioRpcError) as later:
+            await read_all(watch(later_garbage()))
+        assert later.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed request" in (later.value.details() or "")
+
+        for method in ("/confmesh.v1.ConfigService/GetSnapshot", "/confmesh.v1.AdminService/Put"):
+            with pytest.raises(grpc.aio.AioRpcError) as unary:
+                await channel.unary_unary(method)(garbage)
+            assert unary.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert f"malformed request for {method}" in (unary.value.details() or "")
