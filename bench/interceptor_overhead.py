@@ -6,12 +6,12 @@ Both variants run the same loopback ``grpc.aio`` call in one process: the
 caller evaluates 5 flags, the handler evaluates the same 5 flags.
 
 * plain: no interceptors;
-* noop: a client and a server interceptor that do nothing, the cost of
-  ``grpc.aio``'s interceptor machinery alone;
-* noop+header: the same, the client interceptor adding one fixed ``baggage``
-  header of the size the 5 decisions take: the floor for any header-borne
-  propagation (grpc costs tens of microseconds per metadata entry);
-* confmesh: ``flag_client_interceptors()`` + ``FlagServerInterceptor`` (trusted
+* noop: a server interceptor that does nothing, the cost of ``grpc.aio``'s
+  server interceptor machinery alone;
+* noop+header: the same, the caller sending one fixed ``baggage`` header of
+  the size the 5 decisions take: the floor for any header-borne propagation
+  that needs a server interceptor;
+* confmesh: ``FlagChannel`` + ``FlagServerInterceptor`` (trusted
   caller), the caller inside a request scope, so the 5 decisions travel in
   baggage and the handler answers from them (reason PROPAGATED); OpenTelemetry
   API only (no SDK), as in a service that has not configured tracing;
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import statistics
 import time
@@ -42,7 +43,7 @@ import grpc.aio
 from opentelemetry.sdk.trace import TracerProvider
 
 from confmesh.client import telemetry
-from confmesh.client.interceptors import FlagServerInterceptor, flag_client_interceptors
+from confmesh.client.interceptors import FlagChannel, FlagServerInterceptor
 from confmesh.client.propagation import Trust
 from confmesh.flags import FlagEvaluator
 from confmesh.flags.scope import request_scope
@@ -64,18 +65,6 @@ FLAGS = {
     for key in KEYS
 }
 CONTEXT = {"targetingKey": "user-1", "tier": "gold"}
-
-
-class NoopClient(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, header: str = "") -> None:
-        self.metadata = grpc.aio.Metadata(("baggage", header)) if header else None
-
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        if self.metadata is not None:
-            details = grpc.aio.ClientCallDetails(
-                details.method, details.timeout, self.metadata, details.credentials, details.wait_for_ready
-            )
-        return await continuation(details, request)
 
 
 # What the 5 decisions look like on the wire.
@@ -139,18 +128,15 @@ async def run(calls: int, repeats: int, work_us: float) -> dict[str, list[float]
             evaluator, [FlagServerInterceptor(Trust.internal(), tracer_provider=sdk)], work_us
         ),
     }
-    client_side: dict[str, list[Any] | None] = {
-        "plain": None,
-        "noop": [NoopClient()],
-        "noop+header": [NoopClient(HEADER)],
-    }
-    channels = {
-        name: grpc.aio.insecure_channel(
-            address, interceptors=client_side.get(name, flag_client_interceptors())
-        )
+    channels: dict[str, Any] = {
+        name: FlagChannel(grpc.aio.insecure_channel(address))
+        if name.startswith("confmesh")
+        else grpc.aio.insecure_channel(address)
         for name, (_, address) in stacks.items()
     }
     calls_by_name = {name: ch.unary_unary("/bench.B/Call") for name, ch in channels.items()}
+    header = grpc.aio.Metadata(("baggage", HEADER))
+    calls_by_name["noop+header"] = functools.partial(calls_by_name["noop+header"], metadata=header)
     results: dict[str, list[float]] = {name: [] for name in stacks}
     for name in stacks:  # warm up
         await per_call(calls_by_name[name], evaluator, 200, name.startswith("confmesh"))

@@ -56,7 +56,9 @@ def cpu_seconds(pid: int) -> float:
 # -- workers (separate processes) -------------------------------------------------------------
 
 
-def confmesh_worker(target: str, count: int, writes: int, ready: Any, results: Any, index: int) -> None:
+def confmesh_worker(
+    target: str, count: int, writes: int, ready: Any, results: Any, index: int, own: bool
+) -> None:
     from pydantic import BaseModel
 
     from confmesh.client import ConfigClient
@@ -68,12 +70,20 @@ def confmesh_worker(target: str, count: int, writes: int, ready: Any, results: A
     class Settings(BaseModel):
         bench: dict[str, Stamp] = {}
 
+    options: list[tuple[str, Any]] = [
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+    if own:  # else grpc shares one connection between the equal channels of a process
+        options.append(("grpc.use_local_subchannel_pool", 1))
+
     async def main() -> None:
         latencies: list[int] = []
         all_seen = asyncio.Event()
         clients = [ConfigClient(target, environment="bench", service="svc", schema=Settings,
                                 instance_id=f"w{index}-{n}", startup_timeout=120, usage_interval=3600,
-                                report_interval=3600) for n in range(count)]  # fmt: skip
+                                report_interval=3600, channel_options=options)
+                   for n in range(count)]  # fmt: skip
         seen = 0
 
         def on_change(old: Any, new: Any) -> None:
@@ -105,7 +115,7 @@ async def finish(
     results: Any,
     latencies: list[int],
     tasks: list[asyncio.Task[None]],
-    channel: Any,
+    channels: list[Any],
 ) -> None:
     """Wait for every delivery (bounded), report the latencies, tear the streams down."""
     with contextlib.suppress(TimeoutError):
@@ -114,19 +124,37 @@ async def finish(
     results.put(latencies)
     for t in tasks:
         t.cancel()
-    await channel.close()
+    for channel in channels:
+        await channel.close()
 
 
-def receiver_worker(target: str, count: int, writes: int, ready: Any, results: Any, index: int) -> None:
+class Channels:
+    """One connection per stream (`own`, like one service instance each), or one per process."""
+
+    def __init__(self, target: str, own: bool) -> None:
+        import grpc.aio
+
+        self.target, self.own, self.all = target, own, []
+        self._new = grpc.aio.insecure_channel
+        # Without a local subchannel pool, grpc shares one connection between equal channels.
+        self.options = [("grpc.use_local_subchannel_pool", 1)] if own else []
+
+    def next(self) -> Any:
+        if self.own or not self.all:
+            self.all.append(self._new(self.target, options=self.options))
+        return self.all[-1]
+
+
+def receiver_worker(
+    target: str, count: int, writes: int, ready: Any, results: Any, index: int, own: bool
+) -> None:
     """Bare confmesh Watch streams: receive, read the stamp, ACK (no decode-all, no validation)."""
-    import grpc.aio
 
     from confmesh.v1 import config_pb2, config_pb2_grpc
 
     async def main() -> None:
         latencies: list[int] = []
-        channel = grpc.aio.insecure_channel(target)
-        stub = config_pb2_grpc.ConfigServiceStub(channel)
+        channels = Channels(target, own)
         done = asyncio.Event()
         all_seen = asyncio.Event()
         all_ready = asyncio.Event()
@@ -147,7 +175,7 @@ def receiver_worker(target: str, count: int, writes: int, ready: Any, results: A
                 while not done.is_set():
                     yield await outbox.get()
 
-            call = stub.Watch(requests())
+            call = config_pb2_grpc.ConfigServiceStub(channels.next()).Watch(requests())
             first = True
             subscribed = False
             async for resp in call:
@@ -175,19 +203,19 @@ def receiver_worker(target: str, count: int, writes: int, ready: Any, results: A
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_ready.wait(), 120)  # every stream has its first snapshot
         ready.put(index)
-        await finish(all_seen, writes, done, results, latencies, tasks, channel)
+        await finish(all_seen, writes, done, results, latencies, tasks, channels.all)
 
     asyncio.run(main())
 
 
-def etcd_worker(endpoint: str, count: int, writes: int, ready: Any, results: Any, index: int) -> None:
-    import grpc.aio
+def etcd_worker(
+    endpoint: str, count: int, writes: int, ready: Any, results: Any, index: int, own: bool
+) -> None:
     from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc  # type: ignore[attr-defined]
 
     async def main() -> None:
         latencies: list[int] = []
-        channel = grpc.aio.insecure_channel(endpoint)
-        stub = rpc_pb2_grpc.WatchStub(channel)
+        channels = Channels(endpoint, own)
         done = asyncio.Event()
         all_seen = asyncio.Event()
         seen = 0
@@ -200,7 +228,7 @@ def etcd_worker(endpoint: str, count: int, writes: int, ready: Any, results: Any
                 yield rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=ETCD_KEY.encode()))
                 await done.wait()
 
-            call = stub.Watch(requests())
+            call = rpc_pb2_grpc.WatchStub(channels.next()).Watch(requests())
             async for resp in call:
                 if resp.created:
                     created.set()
@@ -215,7 +243,7 @@ def etcd_worker(endpoint: str, count: int, writes: int, ready: Any, results: Any
         tasks = [asyncio.create_task(watch()) for _ in range(count)]
         await asyncio.sleep(1.0 + count / 2000)
         ready.put(index)
-        await finish(all_seen, writes, done, results, latencies, tasks, channel)
+        await finish(all_seen, writes, done, results, latencies, tasks, channels.all)
 
     asyncio.run(main())
 
@@ -223,11 +251,13 @@ def etcd_worker(endpoint: str, count: int, writes: int, ready: Any, results: Any
 # -- the driver ------------------------------------------------------------------------------
 
 
-def start_workers(fn: Any, target: str, n: int, procs: int, writes: int) -> tuple[list[Any], Any, Any]:
+def start_workers(
+    fn: Any, target: str, n: int, procs: int, writes: int, own: bool
+) -> tuple[list[Any], Any, Any]:
     ctx = mp.get_context("spawn")
     ready, results = ctx.Queue(), ctx.Queue()
     sizes = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-    workers = [ctx.Process(target=fn, args=(target, size, writes, ready, results, i))
+    workers = [ctx.Process(target=fn, args=(target, size, writes, ready, results, i, own))
                for i, size in enumerate(sizes) if size]  # fmt: skip
     for w in workers:
         w.start()
@@ -284,6 +314,7 @@ def run(
     address: str,
     gap: float,
     modes: list[str],
+    own: bool,
 ) -> None:
     labels = {
         "clients": "confmesh clients (validate + apply)",
@@ -292,12 +323,12 @@ def run(
     kinds = {"clients": confmesh_worker, "receive": receiver_worker}
     for mode in modes:
         if mode == "etcd":
-            workers, _, results = start_workers(etcd_worker, etcd_endpoint, n, procs, writes)
+            workers, _, results = start_workers(etcd_worker, etcd_endpoint, n, procs, writes, own)
             asyncio.run(write_etcd(etcd_endpoint, writes, gap))
             print(f"N={n:>6}  {'raw etcd watchers':<38}{summary(collect(workers, results), n * writes)}")
             continue
         base_rss = rss_kib(server.pid)
-        workers, _, results = start_workers(kinds[mode], address, n, procs, writes)
+        workers, _, results = start_workers(kinds[mode], address, n, procs, writes, own)
         rss = rss_kib(server.pid)
         cpu0 = cpu_seconds(server.pid)
         asyncio.run(write_confmesh(address, writes, gap))
@@ -318,6 +349,11 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="clients,receive,etcd", help="which of clients, receive, etcd to run, in order"
     )
+    parser.add_argument(
+        "--connections", choices=("own", "shared"), default="own",
+        help="own: a connection per client or watcher, as separate service instances have; "
+        "shared: one per worker process",
+    )  # fmt: skip
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not set(modes) <= {"clients", "receive", "etcd"}:
@@ -325,10 +361,11 @@ def main() -> None:
     with etcd_and_server() as stack:
         print(
             f"{os.cpu_count()} CPUs; {args.writes} writes {args.gap}s apart per N; "
-            f"clients in {args.procs} processes\n"
+            f"clients in {args.procs} processes, {args.connections} connections\n"
         )
         for n in (int(x) for x in args.clients.split(",")):
-            run(n, args.writes, args.procs, stack.etcd_endpoint, stack.server, stack.address, args.gap, modes)
+            run(n, args.writes, args.procs, stack.etcd_endpoint, stack.server, stack.address, args.gap, modes,
+                args.connections == "own")  # fmt: skip
 
 
 if __name__ == "__main__":

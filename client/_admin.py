@@ -11,7 +11,7 @@ import grpc
 import grpc.aio
 
 from confmesh.changes import ChangeSpec
-from confmesh.client.interceptors import flag_client_interceptors
+from confmesh.client.interceptors import FlagChannel
 from confmesh.keys import Layer, Scope
 from confmesh.merge import JSONValue, normalize
 from confmesh.tls import TLSConfig, aio_channel, bearer_metadata
@@ -79,7 +79,7 @@ class AdminClient:
         self.actor = actor or default_actor()
         self.timeout = timeout
         # Traced writes carry their trace context, so the change trace starts at the caller.
-        self._channel = aio_channel(target, tls, interceptors=flag_client_interceptors())
+        self._channel = FlagChannel(aio_channel(target, tls))
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._config = config_pb2_grpc.ConfigServiceStub(self._channel)
 

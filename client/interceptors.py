@@ -3,11 +3,12 @@
 Server side (``grpc.aio`` and sync): extract trace context and baggage from
 the call's metadata, start a SERVER span (``span=False`` leaves that to other
 instrumentation), and run the handler inside a request scope holding the
-caller's decisions if ``trust`` allows the caller. Client side: inject the
+caller's decisions if ``trust`` allows the caller. Client side (a channel
+wrapper for ``grpc.aio``, an interceptor for sync channels): inject the
 current trace context and the request's decisions.
 
     server = grpc.aio.server(interceptors=[FlagServerInterceptor(Trust(["orders.internal"]))])
-    channel = grpc.aio.insecure_channel(target, interceptors=flag_client_interceptors())
+    channel = FlagChannel(grpc.aio.insecure_channel(target))
 
 Use these in place of ``opentelemetry-instrumentation-grpc``, not with it:
 both would inject and extract the same headers.
@@ -32,7 +33,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 
 from confmesh.client.propagation import EMPTY, Trust, with_decisions
 from confmesh.flags import decisions as codec
-from confmesh.flags.scope import FlagScope, close_scope, open_scope
+from confmesh.flags.scope import FlagScope, close_scope, current_scope, open_scope
 
 Behavior = Callable[..., Any]
 # Global providers that record nothing: no span is started while one of these is installed.
@@ -114,17 +115,24 @@ class _ServerSide:
 
     def enter(self, method: str, context: Any) -> _Entered:
         """Set up one call: trace context, server span, request scope. Pair with `leave`."""
-        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        header = metadata.get("baggage", "")
-        flag_set, upstream = "", EMPTY
+        invocation = context.invocation_metadata() or ()
+        fields = self._propagator_fields()
+        header, traced = "", False
+        for key, value in invocation:
+            if key == "baggage":
+                header = value if isinstance(value, str) else ""
+            elif key in fields:
+                traced = True
+        flag_set, upstream, others = "", EMPTY, header
         if "cmf." in header:
             trusted = self.trust.allows_caller(context)
             others, flag_set, upstream = codec.split_header(header, decode=trusted)
+        ctx = None
+        if traced or (others and "baggage" in fields):
+            metadata = {k: v for k, v in invocation if isinstance(v, str) and k != "baggage"}
             if others:
                 metadata["baggage"] = others
-            else:
-                del metadata["baggage"]
-        ctx = propagate.extract(metadata) if self._carries_context(metadata) else None
+            ctx = propagate.extract(metadata)
         span = None
         if self.span and (self._own_provider or _sdk_installed()):
             span = self.tracer.start_span(method, ctx, SpanKind.SERVER, _rpc_attributes(method))
@@ -147,11 +155,12 @@ class _ServerSide:
                 span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
             span.end()
 
-    def _carries_context(self, metadata: dict[str, str]) -> bool:
+    def _propagator_fields(self) -> frozenset[str]:
+        """The headers the global propagator reads (traceparent, baggage ...)."""
         textmap = propagate.get_global_textmap()
         if textmap is not self._textmap:
             self._textmap, self._fields = textmap, frozenset(textmap.fields)
-        return not self._fields.isdisjoint(metadata)
+        return self._fields
 
     def wrap(
         self,
@@ -279,51 +288,95 @@ class SyncFlagServerInterceptor(_ServerSide, grpc.ServerInterceptor):  # type: i
         return serve
 
 
-def _aio_details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+def _outgoing_aio(metadata: Any) -> Any:
+    """The call's metadata plus trace context and decisions (shared objects for the common cases)."""
+    if not metadata and not otel_context.get_current():
+        scope = current_scope()
+        header = scope.baggage() if scope is not None else ""
+        return _baggage_only(header) if header else metadata
     carrier = _carrier()
-    if not carrier and not details.metadata:
-        return details
-    if not details.metadata and carrier.keys() == {"baggage"}:
-        metadata = _baggage_only(carrier["baggage"])
-    else:
-        kept = [(k, v) for k, v in (details.metadata or ()) if k not in carrier]
-        metadata = grpc.aio.Metadata(*kept, *carrier.items())
-    return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-    )
+    if not carrier:
+        return metadata
+    if not metadata and carrier.keys() == {"baggage"}:
+        return _baggage_only(carrier["baggage"])
+    kept = [(k, v) for k, v in (metadata or ()) if k not in carrier]
+    return grpc.aio.Metadata(*kept, *carrier.items())
 
 
-class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(_aio_details(client_call_details), request)
+class _Propagating:
+    """A multicallable that adds trace context and the request's decisions to every call."""
 
+    __slots__ = ("_call",)
 
-class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(_aio_details(client_call_details), request)
+    def __init__(self, call: Any) -> None:
+        self._call = call
 
-
-class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
-        return await continuation(_aio_details(client_call_details), requests)
-
-
-class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_stream_stream(
-        self, continuation: Any, client_call_details: Any, requests: Any
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
     ) -> Any:
-        return await continuation(_aio_details(client_call_details), requests)
+        return self._call(
+            request,
+            timeout=timeout,
+            metadata=_outgoing_aio(metadata),
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
 
 
-def flag_client_interceptors() -> list[Any]:
-    """``grpc.aio`` channel interceptors: trace context and flag decisions go with every call.
+class FlagChannel(grpc.aio.Channel):
+    """A ``grpc.aio`` channel whose calls carry the trace context and the request's flag decisions.
 
-    One per call kind, because ``grpc.aio`` files an interceptor that
-    implements several kinds under the first one only::
+    Wrap the channel before making stubs from it::
 
-        grpc.aio.insecure_channel(target, interceptors=flag_client_interceptors())
+        channel = FlagChannel(grpc.aio.insecure_channel(target))
+        stub = InventoryStub(channel)
+
+    A wrapper rather than a ``grpc.aio`` client interceptor: an interceptor
+    makes ``grpc.aio`` run every call through an extra task, which costs more
+    than everything this adds.
     """
-    return [_AioUnaryUnary(), _AioUnaryStream(), _AioStreamUnary(), _AioStreamStream()]
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Propagating(self.channel.unary_unary(method, *args, **kwargs))
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Propagating(self.channel.unary_stream(method, *args, **kwargs))
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Propagating(self.channel.stream_unary(method, *args, **kwargs))
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Propagating(self.channel.stream_stream(method, *args, **kwargs))
+
+    async def close(self, grace: float | None = None) -> None:
+        await self.channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self.channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self.channel.channel_ready()
+
+    async def __aenter__(self) -> FlagChannel:
+        await self.channel.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.channel.__aexit__(*exc)
 
 
 class _SyncDetails(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,14 +49,11 @@ def aio_channel(
     target: str,
     tls: TLSConfig | None,
     options: list[tuple[str, Any]] | None = None,
-    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
 ) -> grpc.aio.Channel:
     options = list(options or [])
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-    return grpc.aio.secure_channel(
-        target, tls.credentials(), options=options + tls.options(), interceptors=interceptors
-    )
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options + tls.options())
 
 
 def sync_channel(target: str, tls: TLSConfig | None) -> grpc.Channel:

@@ -25,7 +25,7 @@ from google.protobuf import json_format, struct_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
 from confmesh.client import ConfigClient
-from confmesh.client.interceptors import flag_client_interceptors
+from confmesh.client.interceptors import FlagChannel
 from confmesh.client.middleware import FlagScopeMiddleware
 from confmesh.client.telemetry import instrument_flags
 
@@ -71,7 +71,7 @@ def create_app(confmesh: str, inventory: str, environment: str = "prod") -> Fast
         await config.start()
         pool = Pool(config.config.database.pool_size)
         config.on_change(lambda old, new: pool.resize(new.database.pool_size))
-        channel = grpc.aio.insecure_channel(inventory, interceptors=flag_client_interceptors())
+        channel = FlagChannel(grpc.aio.insecure_channel(inventory))
         reserve = channel.unary_unary(
             "/inventory.Inventory/Reserve",
             request_serializer=struct_pb2.Struct.SerializeToString,

@@ -142,7 +142,7 @@ def test_propagator_puts_the_scope_decisions_in_standard_baggage() -> None:
 async def test_aio_streaming_handlers_run_inside_the_scope() -> None:
     import grpc.aio
 
-    from confmesh.client.interceptors import FlagServerInterceptor, flag_client_interceptors
+    from confmesh.client.interceptors import FlagChannel, FlagServerInterceptor
 
     ev = evaluator()
 
@@ -170,9 +170,7 @@ async def test_aio_streaming_handlers_run_inside_the_scope() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}", interceptors=flag_client_interceptors()
-        ) as ch:
+        async with FlagChannel(grpc.aio.insecure_channel(f"127.0.0.1:{port}")) as ch:
             with request_scope():
                 FlagEvaluator({**FLAGS, "dark": {**FLAGS["dark"], "default_variant": "on"}}, version=2,
                               environment="prod").get_bool("dark", False)  # fmt: skip
@@ -184,3 +182,40 @@ async def test_aio_streaming_handlers_run_inside_the_scope() -> None:
         await server.stop(None)
     assert gen == [b'"PROPAGATED"', b'"PROPAGATED"'] and wrote == [b"true"]
     assert chatted == [b"true", b"true"] and counted == b"[true]"  # every call kind carries the decision
+
+
+async def test_a_flag_channel_keeps_the_callers_metadata_and_adds_trace_context_and_decisions() -> None:
+    import grpc.aio
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from confmesh.client.interceptors import FlagChannel
+    from confmesh.v1 import config_pb2, config_pb2_grpc
+
+    seen: list[dict[str, str]] = []
+
+    async def get_snapshot(request: bytes, context: Any) -> bytes:
+        seen.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
+        return config_pb2.Snapshot(version=1).SerializeToString()
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("confmesh.v1.ConfigService", {
+        "GetSnapshot": grpc.unary_unary_rpc_method_handler(get_snapshot),
+    })])  # fmt: skip
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    tracer = TracerProvider().get_tracer("test")
+    try:
+        async with FlagChannel(grpc.aio.insecure_channel(f"127.0.0.1:{port}")) as channel:
+            stub = config_pb2_grpc.ConfigServiceStub(channel)  # a generated stub takes the wrapper
+            request = config_pb2.GetSnapshotRequest(environment="prod", service="api")
+            await stub.GetSnapshot(request, timeout=5)  # nothing to add: nothing added
+            with request_scope():
+                evaluator().get_bool("dark", False)
+                await stub.GetSnapshot(request, timeout=5, metadata=(("x-team", "payments"),))
+                with tracer.start_as_current_span("call"):
+                    await stub.GetSnapshot(request, timeout=5)
+    finally:
+        await server.stop(None)
+    assert "baggage" not in seen[0] and "traceparent" not in seen[0]
+    assert seen[1]["x-team"] == "payments" and "cmf.f.dark=" in seen[1]["baggage"]
+    assert seen[2]["traceparent"].startswith("00-") and "cmf.f.dark=" in seen[2]["baggage"]

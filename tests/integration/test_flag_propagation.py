@@ -26,7 +26,7 @@ from opentelemetry.semconv._incubating.attributes import error_attributes, featu
 
 from confmesh.client import AdminClient, ConfigClient
 from confmesh.client import telemetry as tm
-from confmesh.client.interceptors import FlagServerInterceptor, flag_client_interceptors
+from confmesh.client.interceptors import FlagChannel, FlagServerInterceptor
 from confmesh.client.propagation import Trust
 from confmesh.server import ConfmeshServer
 
@@ -74,14 +74,12 @@ class Pki:
             [pair], root_certificates=self.ca.cert_pem.bytes(), require_client_auth=True
         )
 
-    def channel(
-        self, address: str, identity: str, *, interceptors: list[Any] | None = None
-    ) -> grpc.aio.Channel:
+    def channel(self, address: str, identity: str) -> grpc.aio.Channel:
         cert = self.certs[identity]
         creds = grpc.ssl_channel_credentials(
             self.ca.cert_pem.bytes(), cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes()
         )
-        return grpc.aio.secure_channel(address, creds, interceptors=interceptors)
+        return grpc.aio.secure_channel(address, creds)
 
 
 def unary(channel: grpc.aio.Channel) -> Any:
@@ -103,9 +101,7 @@ async def start_service(svc: Service, pki: Pki) -> None:
         if svc.downstream:
             if svc.before_call is not None:
                 await svc.before_call()
-            async with pki.channel(
-                svc.downstream, f"svc-{svc.name}", interceptors=flag_client_interceptors()
-            ) as ch:
+            async with FlagChannel(pki.channel(svc.downstream, f"svc-{svc.name}")) as ch:
                 result.update(json.loads(await unary(ch)(request, timeout=10)))
         return json.dumps(result).encode()
 
