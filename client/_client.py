@@ -504,9 +504,14 @@ class ConfigClient(Generic[T]):
             config = validate(self.schema, resolved)  # type: ignore[arg-type]
         except errors.SnapshotRejected as exc:
             return self._nack(snap, exc.message, exc.issues)
+        # Unchanged flag definitions (a delta that touched only config) are not parsed again.
+        unchanged = current is not None and raw_flags is current.raw_flags
         try:
             flags = FlagEvaluator(
-                raw_flags, version=snap.version, environment=self.scope.environment, usage=self.usage
+                current.flags.flag_set if unchanged and current is not None else raw_flags,
+                version=snap.version,
+                environment=self.scope.environment,
+                usage=self.usage,
             )
         except errors.InvalidArgument as exc:
             return self._nack(snap, exc.message, [errors.FieldIssue(exc.field, exc.message)])

@@ -74,8 +74,10 @@ async def test_a_delta_applies_only_to_the_version_it_was_made_from() -> None:
         snap.delta.updates.extend(updates_to_pb([Update(CONFIG, ("n",), n)]))
         return snap
 
+    parsed_flags = client.flags.flag_set
     reply = await client._receive(delta(6, (5, first.hash), 2))
     assert reply.WhichOneof("kind") == "ack" and client.config.n == 2 and client.deltas_applied == 1
+    assert client.flags.flag_set is parsed_flags and client.flags.version == 6  # not parsed again
     assert client.raw == {"n": 2, "other": {"x": 1}}
 
     # Made from a version we do not run: ask for the whole snapshot, keep running 6.
