@@ -94,6 +94,7 @@ async def test_leader_and_replica_loss_under_writes(tmp_path: Path, servers: lis
         assert len(written) > 20
         await assert_converged(clients, survivors, "/cm", timeout=30)
         assert all(c.config.n == written[-1] for c in clients)
+        assert all(c.deltas_applied > 0 for c in clients)
         await asyncio.gather(*(c.close() for c in clients))
     finally:
         for m in members:
