@@ -33,7 +33,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 
 from confmesh.client.propagation import EMPTY, Trust, with_decisions
 from confmesh.flags import decisions as codec
-from confmesh.flags.scope import FlagScope, close_scope, current_scope, open_scope
+from confmesh.flags.scope import FlagScope, close_scope, open_scope
 
 Behavior = Callable[..., Any]
 # Global providers that record nothing: no span is started while one of these is installed.
@@ -62,8 +62,8 @@ _sdk_installed = _SdkProbe()
 _Entered = tuple["contextvars.Token[Context] | None", "contextvars.Token[FlagScope | None]", "Span | None"]
 
 
-def _outgoing_metadata(metadata: Any) -> list[tuple[str, str | bytes]]:
-    carrier = _carrier()
+def _outgoing_metadata(metadata: Any, carrier: dict[str, str]) -> list[tuple[str, str | bytes]]:
+    """The call's own metadata, with `carrier`'s headers in place of any of the same name."""
     kept = [(k, v) for k, v in (metadata or ()) if k not in carrier]
     return kept + list(carrier.items())
 
@@ -291,16 +291,14 @@ class SyncFlagServerInterceptor(_ServerSide, grpc.ServerInterceptor):  # type: i
 def _outgoing_aio(metadata: Any) -> Any:
     """The call's metadata plus trace context and decisions (shared objects for the common cases)."""
     if not metadata and not otel_context.get_current():
-        scope = current_scope()
-        header = scope.baggage() if scope is not None else ""
+        header = with_decisions("")
         return _baggage_only(header) if header else metadata
     carrier = _carrier()
     if not carrier:
         return metadata
     if not metadata and carrier.keys() == {"baggage"}:
         return _baggage_only(carrier["baggage"])
-    kept = [(k, v) for k, v in (metadata or ()) if k not in carrier]
-    return grpc.aio.Metadata(*kept, *carrier.items())
+    return grpc.aio.Metadata(*_outgoing_metadata(metadata, carrier))
 
 
 class _Propagating:
@@ -401,7 +399,7 @@ class SyncFlagClientInterceptor(
         return _SyncDetails(
             details.method,
             details.timeout,
-            _outgoing_metadata(details.metadata),
+            _outgoing_metadata(details.metadata, _carrier()),
             details.credentials,
             getattr(details, "wait_for_ready", None),
             getattr(details, "compression", None),

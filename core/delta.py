@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from confmesh.digest import MODULUS, subtree_sum
 from confmesh.merge import JSONValue, deep_merge, layer_tree
@@ -35,25 +35,12 @@ CONFIG = "config"
 FLAGS = "flags"
 
 
-class Update(tuple[str, Path, Any]):
-    """(section, path, value): the subtree at `path` of `section` becomes `value` (MISSING: removed)."""
+class Update(NamedTuple):
+    """The subtree at `path` of `section` becomes `value` (MISSING: removed)."""
 
-    __slots__ = ()
-
-    def __new__(cls, section: str, path: Path, value: Any) -> Update:
-        return super().__new__(cls, (section, path, value))
-
-    @property
-    def section(self) -> str:
-        return self[0]  # type: ignore[no-any-return]
-
-    @property
-    def path(self) -> Path:
-        return self[1]  # type: ignore[no-any-return]
-
-    @property
-    def value(self) -> Any:
-        return self[2]
+    section: str
+    path: Path
+    value: Any
 
 
 class LayerView(Protocol):
@@ -167,11 +154,3 @@ def resolve_at(layers: Sequence[LayerView], root: Path) -> Any:
         both_objects = isinstance(merged, dict) and isinstance(value, dict)
         merged = deep_merge(merged, value) if both_objects else value
     return merged
-
-
-class DictLayer(dict[str, JSONValue]):
-    """A LayerView over a plain dict (prefix queries scan it; the server's store keeps an index)."""
-
-    def under(self, key: str) -> Mapping[str, JSONValue]:
-        dotted = key + "."
-        return {k: v for k, v in self.items() if k == key or k.startswith(dotted)}

@@ -110,12 +110,14 @@ def add_config_service(service: ConfigService, server: grpc.aio.Server) -> None:
     handlers = {
         "Watch": grpc.stream_stream_rpc_method_handler(
             service.Watch,
-            request_deserializer=checked_deserializer(config_pb2.WatchRequest, f"/{name}/Watch"),
+            request_deserializer=checked_deserializer(config_pb2.WatchRequest.FromString, f"/{name}/Watch"),
             response_serializer=_serialize_response,
         ),
         "GetSnapshot": grpc.unary_unary_rpc_method_handler(
             service.GetSnapshot,
-            request_deserializer=checked_deserializer(config_pb2.GetSnapshotRequest, f"/{name}/GetSnapshot"),
+            request_deserializer=checked_deserializer(
+                config_pb2.GetSnapshotRequest.FromString, f"/{name}/GetSnapshot"
+            ),
             response_serializer=config_pb2.Snapshot.SerializeToString,
         ),
     }

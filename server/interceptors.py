@@ -16,20 +16,6 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 
 
-def _decoder(deserialize: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
-    def decode(raw: bytes) -> Any:
-        try:
-            return deserialize(raw)
-        except DecodeError as exc:
-            raise _Malformed(f"malformed request for {method}: {exc}") from exc
-
-    return decode
-
-
-class _Malformed(Exception):
-    pass
-
-
 class Malformed:
     """What a checked deserializer returns for bytes that are not the expected message."""
 
@@ -39,8 +25,8 @@ class Malformed:
         self.message = message
 
 
-def checked_deserializer(message_type: Any, method: str) -> Callable[[bytes], Any]:
-    """A deserializer that returns Malformed instead of raising, for servicers that check for it.
+def checked_deserializer(deserialize: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
+    """`deserialize` returning Malformed instead of raising, for servicers that check for it.
 
     The interceptor leaves such methods alone, which spares a long-lived stream
     an extra generator hop on every message it receives.
@@ -48,7 +34,7 @@ def checked_deserializer(message_type: Any, method: str) -> Callable[[bytes], An
 
     def decode(raw: bytes) -> Any:
         try:
-            return message_type.FromString(raw)
+            return deserialize(raw)
         except DecodeError as exc:
             return Malformed(f"malformed request for {method}: {exc}")
 
@@ -87,15 +73,14 @@ class DecodeErrorsAsInvalidArgument(grpc.aio.ServerInterceptor):  # type: ignore
 
 def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
     assert handler.request_deserializer is not None
-    decode = _decoder(handler.request_deserializer, method)
+    decode = checked_deserializer(handler.request_deserializer, method)
     if handler.unary_unary is not None:
         inner: Any = handler.unary_unary
 
         async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                request = decode(raw)
-            except _Malformed as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            request = decode(raw)
+            if isinstance(request, Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -108,10 +93,10 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
             raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             async for raw in raw_requests:
-                try:
-                    yield decode(raw)
-                except _Malformed as exc:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                request = decode(raw)
+                if isinstance(request, Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                yield request
 
         async def bidi(
             raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]

@@ -12,7 +12,6 @@ from confmesh.delta import (
     CONFIG,
     FLAGS,
     MISSING,
-    DictLayer,
     Update,
     apply_updates,
     change_roots,
@@ -22,7 +21,16 @@ from confmesh.delta import (
     resolve_at,
 )
 from confmesh.digest import format_hash, snapshot_digest, snapshot_hash, subtree_sum
-from confmesh.merge import normalize, resolve
+from confmesh.merge import JSONValue, normalize, resolve
+
+
+class DictLayer(dict[str, JSONValue]):
+    """A LayerView over a plain dict (prefix queries scan it; the server's store keeps an index)."""
+
+    def under(self, key: str) -> dict[str, JSONValue]:
+        dotted = key + "."
+        return {k: v for k, v in self.items() if k == key or k.startswith(dotted)}
+
 
 segments = st.sampled_from(["a", "b", "c", "pool"])
 keys = st.lists(segments, min_size=1, max_size=3).map(".".join)
