@@ -33,7 +33,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 
 from confmesh.client.propagation import EMPTY, Trust, with_decisions
 from confmesh.flags import decisions as codec
-from confmesh.flags.scope import FlagScope, close_scope, open_scope
+from confmesh.flags.scope import FlagScope, close_scope, current_scope, open_scope
 
 Behavior = Callable[..., Any]
 # Global providers that record nothing: no span is started while one of these is installed.
@@ -59,7 +59,12 @@ class _SdkProbe:
 _sdk_installed = _SdkProbe()
 
 
-_Entered = tuple["contextvars.Token[Context] | None", "contextvars.Token[FlagScope | None]", "Span | None"]
+# What `_ServerSide.open` returns: tokens to reset (trace context, request scope), and the baggage
+# header whose decisions wait for the caller's identity to be checked ("" when none do).
+_Opened = tuple["contextvars.Token[Context] | None", "contextvars.Token[FlagScope | None]", str]
+
+# Left by the aio interceptor for its handler wrapper: decisions that wait for the caller's identity.
+_awaiting_trust: contextvars.ContextVar[str] = contextvars.ContextVar("confmesh_awaiting_trust", default="")
 
 
 def _outgoing_metadata(metadata: Any, carrier: dict[str, str]) -> list[tuple[str, str | bytes]]:
@@ -94,6 +99,22 @@ def _rpc_attributes(method: str) -> dict[str, str]:
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
 
+def _behavior(handler: Any) -> tuple[str, Behavior]:
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            return kind, behavior
+    raise ValueError(f"{handler!r} has no behavior")
+
+
+_MAKE_HANDLER = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
 class _ServerSide:
     def __init__(
         self,
@@ -110,12 +131,16 @@ class _ServerSide:
         self._own_provider = tracer_provider is not None
         self._textmap: object = None
         self._fields: frozenset[str] = frozenset()
-        # Wrapped handlers by (method, handler): servers hand out the same handler object per method.
-        self._wrapped: dict[tuple[str, int], tuple[Any, Any]] = {}
+        # By (method, handler): servers hand out the same handler object per method.
+        self._handlers: dict[tuple[str, int], tuple[Any, Any, bool]] = {}
 
-    def enter(self, method: str, context: Any) -> _Entered:
-        """Set up one call: trace context, server span, request scope. Pair with `leave`."""
-        invocation = context.invocation_metadata() or ()
+    def open(self, invocation: Any, context: Any) -> _Opened:
+        """Attach the caller's trace context and open the request scope.
+
+        `context` is the servicer context, or None where the caller is not
+        known yet: decisions that only the caller's certificate can make
+        trusted are then not decoded but returned, for `admit`.
+        """
         fields = self._propagator_fields()
         header, traced = "", False
         for key, value in invocation:
@@ -123,37 +148,48 @@ class _ServerSide:
                 header = value if isinstance(value, str) else ""
             elif key in fields:
                 traced = True
-        flag_set, upstream, others = "", EMPTY, header
+        flag_set, upstream, others, waiting = "", EMPTY, header, ""
         if "cmf." in header:
-            trusted = self.trust.allows_caller(context)
-            others, flag_set, upstream = codec.split_header(header, decode=trusted)
-        ctx = None
+            trust = self.trust
+            if context is None and trust.needs_caller:
+                others, waiting = codec.split_header(header, decode=False)[0], header
+            else:
+                trusted = trust.everyone if context is None else trust.allows_caller(context)
+                others, flag_set, upstream = codec.split_header(header, decode=trusted)
+        token = None
         if traced or (others and "baggage" in fields):
             metadata = {k: v for k, v in invocation if isinstance(v, str) and k != "baggage"}
             if others:
                 metadata["baggage"] = others
-            ctx = propagate.extract(metadata)
-        span = None
-        if self.span and (self._own_provider or _sdk_installed()):
-            span = self.tracer.start_span(method, ctx, SpanKind.SERVER, _rpc_attributes(method))
-            if span.is_recording():  # without an SDK the extracted context is all there is to carry
-                ctx = trace.set_span_in_context(span, ctx)
-            else:
-                span = None
-        token = otel_context.attach(ctx) if ctx is not None else None
-        return token, open_scope(upstream, flag_set=flag_set, propagate=self.propagate), span
+            token = otel_context.attach(propagate.extract(metadata))
+        return token, open_scope(upstream, flag_set, self.propagate), waiting
+
+    def admit(self, header: str, context: Any) -> None:
+        """Honour the decisions `open` left waiting, if the caller is trusted."""
+        scope = current_scope()
+        if scope is not None and self.trust.allows_caller(context):
+            _, flag_set, upstream = codec.split_header(header)
+            scope.admit(upstream, flag_set)
+
+    def start_span(self, method: str) -> tuple[Span, contextvars.Token[Context]] | None:
+        """A SERVER span for the call, current until `finish`; None when nothing would record it."""
+        if not self.span or not (self._own_provider or _sdk_installed()):
+            return None
+        span = self.tracer.start_span(method, None, SpanKind.SERVER, _rpc_attributes(method))
+        if not span.is_recording():
+            return None
+        return span, otel_context.attach(trace.set_span_in_context(span))
 
     @staticmethod
-    def leave(entered: _Entered, error: BaseException | None = None) -> None:
-        token, scope_token, span = entered
-        close_scope(scope_token)
-        if token is not None:
-            otel_context.detach(token)
-        if span is not None:
-            if isinstance(error, Exception):  # not a cancellation or a closed generator
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-            span.end()
+    def finish(started: tuple[Span, contextvars.Token[Context]] | None, error: BaseException | None) -> None:
+        if started is None:
+            return
+        span, token = started
+        otel_context.detach(token)
+        if isinstance(error, Exception):  # not a cancellation or a closed generator
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.end()
 
     def _propagator_fields(self) -> frozenset[str]:
         """The headers the global propagator reads (traceparent, baggage ...)."""
@@ -162,46 +198,69 @@ class _ServerSide:
             self._textmap, self._fields = textmap, frozenset(textmap.fields)
         return self._fields
 
-    def wrap(
-        self,
-        handler: Any,
-        method: str,
-        wrap_unary: Callable[[Behavior, str], Behavior],
-        wrap_stream: Callable[[Behavior, str], Behavior],
-    ) -> Any:
-        if handler is None:
-            return None
+    def _handler(self, handler: Any, method: str) -> tuple[Any, Any, bool]:
+        """(handler, the handler wrapped, whether its behavior runs on the event loop); cached."""
         cache_key = (method, id(handler))
-        hit = self._wrapped.get(cache_key)
+        hit = self._handlers.get(cache_key)
         if hit is not None and hit[0] is handler:
-            return hit[1]
-        if len(self._wrapped) > 4096:
-            self._wrapped.clear()
-        wrapped = self._wrap(handler, method, wrap_unary, wrap_stream)
-        self._wrapped[cache_key] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: Any, method: str, wrap_unary: Callable[[Behavior, str], Behavior],
-              wrap_stream: Callable[[Behavior, str], Behavior]) -> Any:  # fmt: skip
-        kinds = (
-            ("unary_unary", grpc.unary_unary_rpc_method_handler, wrap_unary),
-            ("unary_stream", grpc.unary_stream_rpc_method_handler, wrap_stream),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler, wrap_unary),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler, wrap_stream),
+            return hit
+        if len(self._handlers) > 4096:
+            self._handlers.clear()
+        kind, behavior = _behavior(handler)
+        on_loop = inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+        wrapped = _MAKE_HANDLER[kind](
+            self._wrap(behavior, method, on_loop, streaming=kind.endswith("_stream")),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
         )
-        for attr, make, wrapper in kinds:
-            behavior = getattr(handler, attr)
-            if behavior is not None:
-                return make(
-                    wrapper(behavior, method),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
+        entry = (handler, wrapped, on_loop)
+        self._handlers[cache_key] = entry
+        return entry
+
+    def _wrap(self, behavior: Behavior, method: str, on_loop: bool, streaming: bool) -> Behavior:
+        """A sync behavior runs on a pool thread: everything is set up and reset on that thread."""
+        open_call, start_span, finish = self.open, self.start_span, self.finish
+
+        def serve(request: Any, context: Any) -> Any:
+            token, scope_token, _ = open_call(context.invocation_metadata(), context)
+            started, error = start_span(method), None
+            try:
+                return behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(started, error)
+                close_scope(scope_token)
+                if token is not None:
+                    otel_context.detach(token)
+
+        def serve_stream(request: Any, context: Any) -> Iterator[Any]:
+            token, scope_token, _ = open_call(context.invocation_metadata(), context)
+            started, error = start_span(method), None
+            try:
+                yield from behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(started, error)
+                close_scope(scope_token)
+                if token is not None:
+                    otel_context.detach(token)
+
+        return serve_stream if streaming else serve
 
 
 class FlagServerInterceptor(_ServerSide, grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """``grpc.aio`` server interceptor (see the module docstring)."""
+    """``grpc.aio`` server interceptor (see the module docstring).
+
+    ``grpc.aio`` runs interceptors and the handler in the same task, so for an
+    async handler the scope and trace context are set up here, and the
+    handler is wrapped only to end a server span or to check the caller's
+    certificate before its decisions count. Sync handlers, which ``grpc.aio``
+    runs in its thread pool, set up on their own thread.
+    """
 
     async def intercept_service(
         self,
@@ -209,30 +268,41 @@ class FlagServerInterceptor(_ServerSide, grpc.aio.ServerInterceptor):  # type: i
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
-        return self.wrap(handler, handler_call_details.method, self._unary, self._stream)
+        if handler is None:
+            return None
+        handler, wrapped, on_loop = self._handler(handler, handler_call_details.method)
+        if not on_loop:
+            return wrapped
+        _, _, waiting = self.open(handler_call_details.invocation_metadata, None)
+        if waiting:
+            _awaiting_trust.set(waiting)
+        elif not self.span or not (self._own_provider or _sdk_installed()):
+            return handler  # runs in this task, inside the scope just opened
+        return wrapped
 
-    def _unary(self, behavior: Behavior, method: str) -> Behavior:
-        enter, leave = self.enter, self.leave
+    def _wrap(self, behavior: Behavior, method: str, on_loop: bool, streaming: bool) -> Behavior:
+        if not on_loop:
+            return super()._wrap(behavior, method, on_loop, streaming)
+        admit, start_span, finish = self.admit, self.start_span, self.finish
 
         async def serve(request: Any, context: Any) -> Any:
-            entered, error = enter(method, context), None
+            waiting = _awaiting_trust.get()
+            if waiting:
+                admit(waiting, context)
+            started, error = start_span(method), None
             try:
                 return await behavior(request, context)
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                leave(entered, error)
+                finish(started, error)
 
-        return serve
-
-    def _stream(self, behavior: Behavior, method: str) -> Behavior:
-        if inspect.iscoroutinefunction(behavior):  # writes with context.write()
-            return self._unary(behavior, method)
-        enter, leave = self.enter, self.leave
-
-        async def serve(request: Any, context: Any) -> AsyncIterator[Any]:
-            entered, error = enter(method, context), None
+        async def serve_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            waiting = _awaiting_trust.get()
+            if waiting:
+                admit(waiting, context)
+            started, error = start_span(method), None
             try:
                 async for response in behavior(request, context):
                     yield response
@@ -240,9 +310,9 @@ class FlagServerInterceptor(_ServerSide, grpc.aio.ServerInterceptor):  # type: i
                 error = exc
                 raise
             finally:
-                leave(entered, error)
+                finish(started, error)
 
-        return serve
+        return serve_stream if streaming and inspect.isasyncgenfunction(behavior) else serve
 
 
 class SyncFlagServerInterceptor(_ServerSide, grpc.ServerInterceptor):  # type: ignore[type-arg]
@@ -253,45 +323,17 @@ class SyncFlagServerInterceptor(_ServerSide, grpc.ServerInterceptor):  # type: i
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
-        return self.wrap(
-            continuation(handler_call_details), handler_call_details.method, self._unary, self._stream
-        )
-
-    def _unary(self, behavior: Behavior, method: str) -> Behavior:
-        enter, leave = self.enter, self.leave
-
-        def serve(request: Any, context: Any) -> Any:
-            entered, error = enter(method, context), None
-            try:
-                return behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                leave(entered, error)
-
-        return serve
-
-    def _stream(self, behavior: Behavior, method: str) -> Behavior:
-        enter, leave = self.enter, self.leave
-
-        def serve(request: Any, context: Any) -> Iterator[Any]:
-            entered, error = enter(method, context), None
-            try:
-                yield from behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                leave(entered, error)
-
-        return serve
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._handler(handler, handler_call_details.method)[1]
 
 
 def _outgoing_aio(metadata: Any) -> Any:
     """The call's metadata plus trace context and decisions (shared objects for the common cases)."""
     if not metadata and not otel_context.get_current():
-        header = with_decisions("")
+        scope = current_scope()
+        header = scope.baggage() if scope is not None else ""
         return _baggage_only(header) if header else metadata
     carrier = _carrier()
     if not carrier:

@@ -64,6 +64,11 @@ class Trust:
     def internal(cls) -> Trust:
         return cls(everyone=True)
 
+    @property
+    def needs_caller(self) -> bool:
+        """Whether only the caller's verified identity can decide."""
+        return not self.everyone and bool(self.identities)
+
     def allows(self, identities: Sequence[str]) -> bool:
         return self.everyone or any(i in self.identities for i in identities)
 

@@ -12,9 +12,9 @@ nor are members past `MAX_TOTAL_BYTES` or `MAX_FLAGS`; the downstream then
 evaluates those flags itself. W3C caps a whole baggage header at 8,192 bytes.
 
 Encoding works on header text directly (no OpenTelemetry objects) because it
-runs on every call: a decision's member is built once per pre-built
-``EvaluationDetails`` and cached, and an upstream member is forwarded as it
-arrived.
+runs on every call: a request's header is built once per combination of
+pre-built ``EvaluationDetails`` and cached (``flags.scope``), and an upstream
+member is forwarded as it arrived.
 """
 
 from __future__ import annotations
@@ -78,29 +78,8 @@ def encode_member(key: str, value: Any, variant: str | None, version: int) -> st
     return f"{FLAG_PREFIX}{key}={quote(raw, safe='')}"
 
 
-_MEMBERS: dict[int, tuple[EvaluationDetails, str | None]] = {}
-
-
-def details_member(details: EvaluationDetails) -> str | None:
-    """`encode_member` for pre-built details, cached by identity (they are immutable and reused)."""
-    hit = _MEMBERS.get(id(details))
-    if hit is not None and hit[0] is details:
-        return hit[1]
-    member = encode_member(details.flag_key, details.value, details.variant, details.flag_version)
-    if len(_MEMBERS) >= 8192:
-        _MEMBERS.clear()
-    _MEMBERS[id(details)] = (details, member)
-    return member
-
-
 def build_header(members: Iterable[str | None], flag_set: str) -> str:
     """A baggage header fragment of `members` within the bounds ("" when none)."""
-    return _build_header(tuple(members), flag_set)
-
-
-@functools.lru_cache(maxsize=4096)
-def _build_header(members: tuple[str | None, ...], flag_set: str) -> str:
-    """Cached: the same few combinations of decisions recur request after request."""
     kept: list[str] = []
     total = len(SET_MEMBER) + 1 + len(flag_set)
     for member in members:

@@ -14,6 +14,7 @@ Scopes nest: an inner scope starts with the outer one's decisions.
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Collection, Mapping
 from dataclasses import replace
 from types import MappingProxyType
@@ -41,12 +42,11 @@ _ACCEPTS: dict[str, tuple[type, ...]] = {
 class FlagScope:
     """The flag decisions of one request."""
 
-    __slots__ = ("_header", "evaluated", "flag_set", "local_set", "propagate", "upstream")
+    __slots__ = ("evaluated", "flag_set", "local_set", "propagate", "upstream")
 
     def __init__(
         self,
         upstream: Mapping[str, Decision] | None = None,
-        *,
         flag_set: str = "",
         propagate: Collection[str] | None = None,
     ) -> None:
@@ -58,7 +58,6 @@ class FlagScope:
         self.evaluated: dict[str, EvaluationDetails] = {}
         # The flag set of this service's own evaluations.
         self.local_set = ""
-        self._header: str | None = None
 
     def lookup(self, key: str, getter: str, environment: str) -> EvaluationDetails | None:
         """The decision this request already holds for `key`, if any fits `getter`."""
@@ -79,44 +78,77 @@ class FlagScope:
         return cached
 
     def record(self, details: EvaluationDetails, environment: str) -> None:
+        """Keep a local evaluation for the rest of the request (errors are not kept)."""
         if details.error_code is None:
             self.evaluated[details.flag_key] = details
-            self.local_set = self.local_set or environment
-            self._header = None
+            if not self.local_set:
+                self.local_set = environment
 
-    def _own(self) -> list[EvaluationDetails]:
-        """This request's own decisions that travel (none when the upstream ones are from another set)."""
-        if self.flag_set and self.local_set and self.flag_set != self.local_set:
-            return []
-        return [
-            d
-            for key, d in self.evaluated.items()
-            if key not in self.upstream and (self.propagate is None or key in self.propagate)
-        ]
+    def admit(self, upstream: Mapping[str, Decision], flag_set: str) -> None:
+        """Add upstream decisions once their caller is known to be trusted."""
+        self.upstream = {**self.upstream, **upstream} if self.upstream else upstream
+        self.flag_set = self.flag_set or flag_set
 
     def outgoing(self) -> tuple[str, list[Decision]]:
         """(flag set, decisions) for downstream calls: upstream ones as received, then this request's."""
-        own = [Decision(d.flag_key, d.value, d.variant, d.flag_version) for d in self._own()]
-        return self.flag_set or self.local_set, [*self.upstream.values(), *own]
+        upstream = tuple(self.upstream.values())
+        own = _own(tuple(self.evaluated.values()), upstream, self.flag_set, self.local_set, self.propagate)
+        return self.flag_set or self.local_set, [
+            *upstream,
+            *(Decision(d.flag_key, d.value, d.variant, d.flag_version) for d in own),
+        ]
 
     def baggage(self) -> str:
-        """The W3C baggage fragment carrying `outgoing()` (cached until the next decision)."""
-        if self._header is None:
-            members: list[str | None] = [d.member for d in self.upstream.values()]
-            members += [codec.details_member(d) for d in self._own()]
-            self._header = codec.build_header(members, self.flag_set or self.local_set)
-        return self._header
+        """The W3C baggage fragment carrying `outgoing()`."""
+        return _baggage(
+            tuple(self.evaluated.values()),
+            tuple(self.upstream.values()),
+            self.flag_set,
+            self.local_set,
+            self.propagate,
+        )
 
 
-def open_scope(
-    upstream: Mapping[str, Decision] | None = None,
-    *,
-    flag_set: str = "",
-    propagate: Collection[str] | None = None,
-) -> contextvars.Token[FlagScope | None]:
-    """Enter a request scope without a ``with`` block (for interceptors); pair with `close_scope`."""
-    HOOKS.enable_scopes()
-    scope = FlagScope(upstream, flag_set=flag_set, propagate=propagate)
+def _own(
+    evaluated: tuple[EvaluationDetails, ...],
+    upstream: tuple[Decision, ...],
+    flag_set: str,
+    local_set: str,
+    propagate: frozenset[str] | None,
+) -> list[EvaluationDetails]:
+    """A request's own decisions that travel (none when the upstream ones are from another set)."""
+    if flag_set and local_set and flag_set != local_set:
+        return []
+    upstream_keys = {d.key for d in upstream}
+    return [
+        d
+        for d in evaluated
+        if d.flag_key not in upstream_keys and (propagate is None or d.flag_key in propagate)
+    ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _baggage(
+    evaluated: tuple[EvaluationDetails, ...],
+    upstream: tuple[Decision, ...],
+    flag_set: str,
+    local_set: str,
+    propagate: frozenset[str] | None,
+) -> str:
+    """Cached by the identity of the (immutable, pre-built) details and decisions: the same few
+    combinations recur request after request, so a call's header costs one lookup."""
+    members: list[str | None] = [d.member for d in upstream]
+    for d in _own(evaluated, upstream, flag_set, local_set, propagate):
+        members.append(codec.encode_member(d.flag_key, d.value, d.variant, d.flag_version))
+    return codec.build_header(members, flag_set or local_set)
+
+
+def _enter(
+    upstream: Mapping[str, Decision] | None, flag_set: str, propagate: Collection[str] | None
+) -> tuple[contextvars.Token[FlagScope | None], FlagScope]:
+    if not HOOKS.scopes:
+        HOOKS.enable_scopes()
+    scope = FlagScope(upstream, flag_set, propagate)
     outer = _current.get()
     if outer is not None:
         scope.upstream = {**outer.upstream, **scope.upstream}
@@ -125,7 +157,16 @@ def open_scope(
         scope.local_set = outer.local_set
         if propagate is None:
             scope.propagate = outer.propagate
-    return _current.set(scope)
+    return _current.set(scope), scope
+
+
+def open_scope(
+    upstream: Mapping[str, Decision] | None = None,
+    flag_set: str = "",
+    propagate: Collection[str] | None = None,
+) -> contextvars.Token[FlagScope | None]:
+    """Enter a request scope without a ``with`` block (for interceptors); pair with `close_scope`."""
+    return _enter(upstream, flag_set, propagate)[0]
 
 
 close_scope = _current.reset
@@ -146,10 +187,7 @@ class request_scope:
         self._args = (upstream, flag_set, propagate)
 
     def __enter__(self) -> FlagScope:
-        upstream, flag_set, propagate = self._args
-        self._token = open_scope(upstream, flag_set=flag_set, propagate=propagate)
-        scope = _current.get()
-        assert scope is not None
+        self._token, scope = _enter(*self._args)
         return scope
 
     def __exit__(self, *exc: object) -> None:
