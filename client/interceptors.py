@@ -33,7 +33,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 
 from confmesh.client.propagation import EMPTY, Trust, with_decisions
 from confmesh.flags import decisions as codec
-from confmesh.flags.scope import FlagScope, close_scope, current_scope, open_scope
+from confmesh.flags.scope import FlagScope, close_scope, current_scope
 
 Behavior = Callable[..., Any]
 # Global providers that record nothing: no span is started while one of these is installed.
@@ -162,7 +162,7 @@ class _ServerSide:
             if others:
                 metadata["baggage"] = others
             token = otel_context.attach(propagate.extract(metadata))
-        return token, open_scope(upstream, flag_set, self.propagate), waiting
+        return token, FlagScope(upstream, flag_set, self.propagate).enter(), waiting
 
     def admit(self, header: str, context: Any) -> None:
         """Honour the decisions `open` left waiting, if the caller is trusted."""
@@ -351,24 +351,8 @@ class _Propagating:
     def __init__(self, call: Any) -> None:
         self._call = call
 
-    def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._call(
-            request,
-            timeout=timeout,
-            metadata=_outgoing_aio(metadata),
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
+    def __call__(self, request: Any, *, metadata: Any = None, **options: Any) -> Any:
+        return self._call(request, metadata=_outgoing_aio(metadata), **options)
 
 
 class FlagChannel(grpc.aio.Channel):

@@ -36,7 +36,6 @@ Context = Mapping[str, Any]
 
 
 _CALLER_DEFAULT = object()
-_FAST = object()  # a request scope has nothing to say: evaluate on the fast path
 _MISSING = object()
 
 Outcome = Callable[[Context], EvaluationDetails]
@@ -475,83 +474,66 @@ class FlagEvaluator:
         slow, empty, caller_default, hooks = self.details, _EMPTY, _CALLER_DEFAULT, HOOKS
         details_class = EvaluationDetails
         counts = self._usage.counts if self._usage is not None else None
-        environment, propagated, fast = self.environment, Reason.PROPAGATED, _FAST
+        environment, propagated = self.environment, Reason.PROPAGATED
         value_type = {"boolean": bool, "string": str}.get(getter)
 
-        def scoped(key: str, entry: Any, context: Context | None) -> Any:
-            """Inside a request scope, its answer; `fast` when there is no scope; None: take details()."""
-            if hooks.overrides or hooks.observers:
-                return None
-            scope = current_scope()
-            if scope is None:
-                return fast
-            hit = scope.evaluated.get(key)
-            if hit is not None:
-                return hit if hit.reason is not propagated or value_type in (None, type(hit.value)) else None
-            upstream = scope.upstream.get(key)
-            if upstream is not None and not (
-                scope.flag_set and environment and scope.flag_set != environment
-            ):
-                if value_type not in (None, type(upstream.value)):
-                    return None
-                scope.evaluated[key] = upstream.details
-                return upstream.details
-            d = (
-                entry
-                if entry.__class__ is details_class
-                else entry(empty if context is None else context, self)
-            )
-            if d.value is caller_default:
-                return None
-            if counts is not None:
-                counts[d] += 1
-            scope.record(d, environment)
-            return d
+        def getter_of(value_only: bool) -> Callable[..., Any]:
+            # One body for get_<type> (value_only) and get_<type>_details: the request-scope
+            # path is inlined, as a call per evaluation would cost more than the scope lookup.
+            def get(key: str, default: Any, context: Context | None = None) -> Any:
+                try:
+                    entry = table[key]
+                except KeyError:
+                    d = slow(key, default, context, getter)
+                    return d.value if value_only else d
+                if hooks.active:
+                    if hooks.extra:
+                        d = slow(key, default, context, getter)
+                        return d.value if value_only else d
+                    scope = current_scope()
+                    if scope is not None:
+                        evaluated = scope.evaluated
+                        found = evaluated.get(key)
+                        if found is None and scope.upstream:
+                            upstream = scope.upstream.get(key)
+                            if upstream is not None and not (
+                                scope.flag_set and environment and scope.flag_set != environment
+                            ):
+                                found = evaluated[key] = upstream.details
+                        if found is None:
+                            d = (
+                                entry
+                                if entry.__class__ is details_class
+                                else entry(empty if context is None else context, self)
+                            )
+                            if d.value is caller_default:
+                                d = slow(key, default, context, getter)
+                            else:
+                                if counts is not None:
+                                    counts[d] += 1
+                                if d.error_code is None:  # FlagScope.record, inlined
+                                    evaluated[key] = d
+                                    if not scope.local_set:
+                                        scope.local_set = environment
+                        elif found.reason is propagated and value_type not in (None, type(found.value)):
+                            d = slow(key, default, context, getter)
+                        else:
+                            d = found
+                        return d.value if value_only else d
+                d = (
+                    entry
+                    if entry.__class__ is details_class
+                    else entry(empty if context is None else context, self)
+                )
+                if d.value is caller_default:
+                    d = slow(key, default, context, getter)
+                elif counts is not None:
+                    counts[d] += 1
+                return d.value if value_only else d
 
-        def get_details(key: str, default: Any, context: Context | None = None) -> EvaluationDetails:
-            try:
-                entry = table[key]
-            except KeyError:
-                return slow(key, default, context, getter)
-            if hooks.active:
-                d = scoped(key, entry, context)
-                if d is None:
-                    return slow(key, default, context, getter)
-                if d is not fast:
-                    return d  # type: ignore[no-any-return]
-            if entry.__class__ is details_class:
-                if counts is not None:
-                    counts[entry] += 1
-                return entry  # type: ignore[no-any-return]
-            d = entry(empty if context is None else context, self)
-            if d.value is caller_default:
-                return slow(key, default, context, getter)
-            if counts is not None:
-                counts[d] += 1
-            return d  # type: ignore[no-any-return]
+            return get
 
-        def get_value(key: str, default: Any, context: Context | None = None) -> Any:
-            try:
-                entry = table[key]
-            except KeyError:
-                return slow(key, default, context, getter).value
-            if hooks.active:
-                d = scoped(key, entry, context)
-                if d is None:
-                    return slow(key, default, context, getter).value
-                if d is not fast:
-                    return d.value
-            if entry.__class__ is details_class:
-                if counts is not None:
-                    counts[entry] += 1
-                return entry.value
-            d = entry(empty if context is None else context, self)
-            if d.value is caller_default:
-                return slow(key, default, context, getter).value
-            if counts is not None:
-                counts[d] += 1
-            return d.value
-
+        get_details, get_value = getter_of(False), getter_of(True)
         return get_details, get_value
 
     # -- typed getters (get_bool/str/object and their *_details are built in __init__) ------------

@@ -20,16 +20,19 @@ Observer = Callable[["FlagEvaluator", "EvaluationDetails", "Mapping[str, Any] | 
 
 
 class Hooks:
-    __slots__ = ("active", "observers", "overrides", "scopes")
+    __slots__ = ("active", "extra", "observers", "overrides", "scopes")
 
     def __init__(self) -> None:
         self.overrides: Mapping[str, Any] = {}
         self.observers: tuple[Observer, ...] = ()
         self.scopes = False
+        # Any hook at all; overrides or observers (which only the full evaluation path serves).
         self.active = False
+        self.extra = False
 
     def _refresh(self) -> None:
-        self.active = bool(self.overrides) or bool(self.observers) or self.scopes
+        self.extra = bool(self.overrides) or bool(self.observers)
+        self.active = self.extra or self.scopes
 
     def set_overrides(self, values: Mapping[str, Any]) -> None:
         """Flag key -> value served to every evaluation (confmesh.flags.testing)."""

@@ -40,9 +40,13 @@ _ACCEPTS: dict[str, tuple[type, ...]] = {
 
 
 class FlagScope:
-    """The flag decisions of one request."""
+    """The flag decisions of one request; a context manager that makes it the current scope.
 
-    __slots__ = ("evaluated", "flag_set", "local_set", "propagate", "upstream")
+    Enter a scope once. Entered inside another, it starts with the outer one's
+    decisions, flag set and propagation list.
+    """
+
+    __slots__ = ("_token", "evaluated", "flag_set", "local_set", "propagate", "upstream")
 
     def __init__(
         self,
@@ -58,6 +62,27 @@ class FlagScope:
         self.evaluated: dict[str, EvaluationDetails] = {}
         # The flag set of this service's own evaluations.
         self.local_set = ""
+
+    def __enter__(self) -> FlagScope:
+        self._token = self.enter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._token)
+
+    def enter(self) -> contextvars.Token[FlagScope | None]:
+        """Make this the current scope without a ``with`` block (interceptors); undo with `close_scope`."""
+        if not HOOKS.scopes:
+            HOOKS.enable_scopes()
+        outer = _current.get()
+        if outer is not None:
+            self.upstream = {**outer.upstream, **self.upstream}
+            self.evaluated = dict(outer.evaluated)
+            self.flag_set = self.flag_set or outer.flag_set
+            self.local_set = outer.local_set
+            if self.propagate is None:
+                self.propagate = outer.propagate
+        return _current.set(self)
 
     def lookup(self, key: str, getter: str, environment: str) -> EvaluationDetails | None:
         """The decision this request already holds for `key`, if any fits `getter`."""
@@ -143,52 +168,7 @@ def _baggage(
     return codec.build_header(members, flag_set or local_set)
 
 
-def _enter(
-    upstream: Mapping[str, Decision] | None, flag_set: str, propagate: Collection[str] | None
-) -> tuple[contextvars.Token[FlagScope | None], FlagScope]:
-    if not HOOKS.scopes:
-        HOOKS.enable_scopes()
-    scope = FlagScope(upstream, flag_set, propagate)
-    outer = _current.get()
-    if outer is not None:
-        scope.upstream = {**outer.upstream, **scope.upstream}
-        scope.evaluated = dict(outer.evaluated)
-        scope.flag_set = scope.flag_set or outer.flag_set
-        scope.local_set = outer.local_set
-        if propagate is None:
-            scope.propagate = outer.propagate
-    return _current.set(scope), scope
-
-
-def open_scope(
-    upstream: Mapping[str, Decision] | None = None,
-    flag_set: str = "",
-    propagate: Collection[str] | None = None,
-) -> contextvars.Token[FlagScope | None]:
-    """Enter a request scope without a ``with`` block (for interceptors); pair with `close_scope`."""
-    return _enter(upstream, flag_set, propagate)[0]
-
-
 close_scope = _current.reset
 
-
-class request_scope:
-    """Open a request scope (see the module docstring); ``as`` gives the FlagScope."""
-
-    __slots__ = ("_args", "_token")
-
-    def __init__(
-        self,
-        upstream: Mapping[str, Decision] | None = None,
-        *,
-        flag_set: str = "",
-        propagate: Collection[str] | None = None,
-    ) -> None:
-        self._args = (upstream, flag_set, propagate)
-
-    def __enter__(self) -> FlagScope:
-        self._token, scope = _enter(*self._args)
-        return scope
-
-    def __exit__(self, *exc: object) -> None:
-        close_scope(self._token)
+# ``with request_scope(upstream, flag_set=..., propagate=...) as scope:`` opens a request scope.
+request_scope = FlagScope

@@ -6,9 +6,11 @@ import asyncio
 import json
 from concurrent import futures
 from importlib.metadata import entry_points
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry.propagators.composite import CompositePropagator
@@ -219,3 +221,74 @@ async def test_a_flag_channel_keeps_the_callers_metadata_and_adds_trace_context_
     assert "baggage" not in seen[0] and "traceparent" not in seen[0]
     assert seen[1]["x-team"] == "payments" and "cmf.f.dark=" in seen[1]["baggage"]
     assert seen[2]["traceparent"].startswith("00-") and "cmf.f.dark=" in seen[2]["baggage"]
+
+
+async def test_aio_server_serves_sync_handlers_in_scope_and_ends_spans_on_errors() -> None:
+    import grpc.aio
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from confmesh.client.interceptors import FlagChannel, FlagServerInterceptor
+
+    ev = evaluator()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    def blocking(request: bytes, context: Any) -> bytes:  # grpc.aio runs it on a pool thread
+        return ev.get_bool_details("dark", False).reason.value.encode()
+
+    async def failing(request: bytes, context: Any) -> bytes:
+        raise RuntimeError("boom")
+
+    server = grpc.aio.server(interceptors=[FlagServerInterceptor(Trust.internal(), tracer_provider=provider)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("demo.S", {
+        "Blocking": grpc.unary_unary_rpc_method_handler(blocking),
+        "Failing": grpc.unary_unary_rpc_method_handler(failing),
+    })])  # fmt: skip
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with FlagChannel(grpc.aio.insecure_channel(f"127.0.0.1:{port}")) as ch:
+            with request_scope():
+                FlagEvaluator({**FLAGS, "dark": {**FLAGS["dark"], "default_variant": "on"}}, version=2,
+                              environment="prod").get_bool("dark", False)  # fmt: skip
+                reasons = [await ch.unary_unary("/demo.S/Blocking")(b"x", timeout=5) for _ in range(2)]
+                with pytest.raises(grpc.aio.AioRpcError) as failure:
+                    await ch.unary_unary("/demo.S/Failing")(b"x", timeout=5)
+    finally:
+        await server.stop(None)
+    assert failure.value.code() == grpc.StatusCode.UNKNOWN
+    assert reasons == [b"PROPAGATED", b"PROPAGATED"]  # the upstream decision, on the pool thread too
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"/demo.S/Blocking", "/demo.S/Failing"}
+    failed = spans["/demo.S/Failing"]
+    assert failed.status.status_code is StatusCode.ERROR and "boom" in (failed.status.description or "")
+    assert [e.name for e in failed.events] == ["exception"]
+
+
+async def test_aio_server_hands_back_the_handler_itself_when_it_adds_no_span() -> None:
+    """The scope is opened in the interceptor, in the task the handler runs in: no wrapper needed."""
+    import grpc.aio
+
+    from confmesh.client.interceptors import FlagServerInterceptor
+
+    async def handle(request: bytes, context: Any) -> bytes:
+        return b""
+
+    handler = grpc.unary_unary_rpc_method_handler(handle)
+    details = SimpleNamespace(method="/demo.S/Call", invocation_metadata=(("baggage", FORGED),))
+
+    async def continuation(_: Any) -> Any:
+        return handler
+
+    for trust in (Trust.internal(), Trust.nobody()):
+        served = await FlagServerInterceptor(trust, span=False).intercept_service(continuation, details)
+        assert served is handler
+    # A caller that only its certificate can make trusted is checked in the handler's wrapper.
+    checked = await FlagServerInterceptor(Trust(["svc-a.test"]), span=False).intercept_service(
+        continuation, details
+    )
+    assert checked is not handler and checked.unary_unary is not handle
