@@ -486,40 +486,24 @@ class FlagEvaluator:
                 except KeyError:
                     d = slow(key, default, context, getter)
                     return d.value if value_only else d
+                scope = None
                 if hooks.active:
                     if hooks.extra:
                         d = slow(key, default, context, getter)
                         return d.value if value_only else d
                     scope = current_scope()
                     if scope is not None:
-                        evaluated = scope.evaluated
-                        found = evaluated.get(key)
+                        found = scope.evaluated.get(key)
                         if found is None and scope.upstream:
                             upstream = scope.upstream.get(key)
                             if upstream is not None and not (
                                 scope.flag_set and environment and scope.flag_set != environment
                             ):
-                                found = evaluated[key] = upstream.details
-                        if found is None:
-                            d = (
-                                entry
-                                if entry.__class__ is details_class
-                                else entry(empty if context is None else context, self)
-                            )
-                            if d.value is caller_default:
-                                d = slow(key, default, context, getter)
-                            else:
-                                if counts is not None:
-                                    counts[d] += 1
-                                if d.error_code is None:  # FlagScope.record, inlined
-                                    evaluated[key] = d
-                                    if not scope.local_set:
-                                        scope.local_set = environment
-                        elif found.reason is propagated and value_type not in (None, type(found.value)):
-                            d = slow(key, default, context, getter)
-                        else:
-                            d = found
-                        return d.value if value_only else d
+                                found = scope.evaluated[key] = upstream.details
+                        if found is not None:
+                            if found.reason is propagated and value_type not in (None, type(found.value)):
+                                found = slow(key, default, context, getter)
+                            return found.value if value_only else found
                 d = (
                     entry
                     if entry.__class__ is details_class
@@ -527,8 +511,13 @@ class FlagEvaluator:
                 )
                 if d.value is caller_default:
                     d = slow(key, default, context, getter)
-                elif counts is not None:
-                    counts[d] += 1
+                else:
+                    if counts is not None:
+                        counts[d] += 1
+                    if scope is not None and d.error_code is None:  # FlagScope.record, inlined
+                        scope.evaluated[key] = d
+                        if not scope.local_set:
+                            scope.local_set = environment
                 return d.value if value_only else d
 
             return get
