@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from concurrent import futures
 from importlib.metadata import entry_points
 from types import SimpleNamespace
@@ -141,10 +143,32 @@ def test_propagator_puts_the_scope_decisions_in_standard_baggage() -> None:
     assert entry.load() is ConfmeshBaggagePropagator
 
 
+@contextlib.asynccontextmanager
+async def aio_service(interceptor: Any, handlers: dict[str, Any]) -> AsyncIterator[Any]:
+    """A loopback grpc.aio server of `handlers` (service demo.S) and a FlagChannel to it, called
+    from inside a request scope that decided `dark` = on at version 2."""
+    import grpc.aio
+
+    from confmesh.client.interceptors import FlagChannel
+
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("demo.S", handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with FlagChannel(grpc.aio.insecure_channel(f"127.0.0.1:{port}")) as ch:
+            with request_scope():
+                FlagEvaluator({**FLAGS, "dark": {**FLAGS["dark"], "default_variant": "on"}}, version=2,
+                              environment="prod").get_bool("dark", False)  # fmt: skip
+                yield ch
+    finally:
+        await server.stop(None)
+
+
 async def test_aio_streaming_handlers_run_inside_the_scope() -> None:
     import grpc.aio
 
-    from confmesh.client.interceptors import FlagChannel, FlagServerInterceptor
+    from confmesh.client.interceptors import FlagServerInterceptor
 
     ev = evaluator()
 
@@ -162,26 +186,16 @@ async def test_aio_streaming_handlers_run_inside_the_scope() -> None:
     async def count(requests: Any, context: Any) -> bytes:
         return json.dumps([ev.get_bool("dark", False) async for _ in requests]).encode()
 
-    server = grpc.aio.server(interceptors=[FlagServerInterceptor(Trust.internal())])
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("demo.S", {
+    async with aio_service(FlagServerInterceptor(Trust.internal()), {
         "Gen": grpc.unary_stream_rpc_method_handler(generated),
         "Write": grpc.unary_stream_rpc_method_handler(written),
         "Chat": grpc.stream_stream_rpc_method_handler(chat),
         "Count": grpc.stream_unary_rpc_method_handler(count),
-    })])  # fmt: skip
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with FlagChannel(grpc.aio.insecure_channel(f"127.0.0.1:{port}")) as ch:
-            with request_scope():
-                FlagEvaluator({**FLAGS, "dark": {**FLAGS["dark"], "default_variant": "on"}}, version=2,
-                              environment="prod").get_bool("dark", False)  # fmt: skip
-                gen = [m async for m in ch.unary_stream("/demo.S/Gen")(b"x", timeout=5)]
-                wrote = [m async for m in ch.unary_stream("/demo.S/Write")(b"x", timeout=5)]
-                chatted = [m async for m in ch.stream_stream("/demo.S/Chat")(iter([b"a", b"b"]), timeout=5)]
-                counted = await ch.stream_unary("/demo.S/Count")(iter([b"a"]), timeout=5)
-    finally:
-        await server.stop(None)
+    }) as ch:  # fmt: skip
+        gen = [m async for m in ch.unary_stream("/demo.S/Gen")(b"x", timeout=5)]
+        wrote = [m async for m in ch.unary_stream("/demo.S/Write")(b"x", timeout=5)]
+        chatted = [m async for m in ch.stream_stream("/demo.S/Chat")(iter([b"a", b"b"]), timeout=5)]
+        counted = await ch.stream_unary("/demo.S/Count")(iter([b"a"]), timeout=5)
     assert gen == [b'"PROPAGATED"', b'"PROPAGATED"'] and wrote == [b"true"]
     assert chatted == [b"true", b"true"] and counted == b"[true]"  # every call kind carries the decision
 
@@ -230,7 +244,7 @@ async def test_aio_server_serves_sync_handlers_in_scope_and_ends_spans_on_errors
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import StatusCode
 
-    from confmesh.client.interceptors import FlagChannel, FlagServerInterceptor
+    from confmesh.client.interceptors import FlagServerInterceptor
 
     ev = evaluator()
     exporter = InMemorySpanExporter()
@@ -243,23 +257,13 @@ async def test_aio_server_serves_sync_handlers_in_scope_and_ends_spans_on_errors
     async def failing(request: bytes, context: Any) -> bytes:
         raise RuntimeError("boom")
 
-    server = grpc.aio.server(interceptors=[FlagServerInterceptor(Trust.internal(), tracer_provider=provider)])
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("demo.S", {
+    async with aio_service(FlagServerInterceptor(Trust.internal(), tracer_provider=provider), {
         "Blocking": grpc.unary_unary_rpc_method_handler(blocking),
         "Failing": grpc.unary_unary_rpc_method_handler(failing),
-    })])  # fmt: skip
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with FlagChannel(grpc.aio.insecure_channel(f"127.0.0.1:{port}")) as ch:
-            with request_scope():
-                FlagEvaluator({**FLAGS, "dark": {**FLAGS["dark"], "default_variant": "on"}}, version=2,
-                              environment="prod").get_bool("dark", False)  # fmt: skip
-                reasons = [await ch.unary_unary("/demo.S/Blocking")(b"x", timeout=5) for _ in range(2)]
-                with pytest.raises(grpc.aio.AioRpcError) as failure:
-                    await ch.unary_unary("/demo.S/Failing")(b"x", timeout=5)
-    finally:
-        await server.stop(None)
+    }) as ch:  # fmt: skip
+        reasons = [await ch.unary_unary("/demo.S/Blocking")(b"x", timeout=5) for _ in range(2)]
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await ch.unary_unary("/demo.S/Failing")(b"x", timeout=5)
     assert failure.value.code() == grpc.StatusCode.UNKNOWN
     assert reasons == [b"PROPAGATED", b"PROPAGATED"]  # the upstream decision, on the pool thread too
     spans = {s.name: s for s in exporter.get_finished_spans()}
