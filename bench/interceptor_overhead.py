@@ -3,7 +3,7 @@
     python bench/interceptor_overhead.py [--calls 2000] [--repeats 15] [--work-us 0]
     python bench/interceptor_overhead.py --instructions [--calls 1200]   # needs valgrind
 
-Both variants run the same loopback ``grpc.aio`` call in one process: the
+Every variant runs the same loopback ``grpc.aio`` call in one process: the
 caller evaluates 5 flags, the handler evaluates the same 5 flags.
 
 * plain: no interceptors;
@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -87,6 +88,16 @@ HEADER = ",".join(f"cmf.f.{key}=1%21on%21true" for key in KEYS) + ",cmf.set=benc
 class NoopServer(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         return await continuation(details)
+
+
+# Each variant's server interceptors.
+VARIANTS: dict[str, Callable[[], list[Any]]] = {
+    "plain": lambda: [],
+    "noop": lambda: [NoopServer()],
+    "noop+header": lambda: [NoopServer()],
+    "confmesh": lambda: [FlagServerInterceptor(Trust.internal())],
+    "confmesh+sdk": lambda: [FlagServerInterceptor(Trust.internal(), tracer_provider=TracerProvider())],
+}
 
 
 async def start(
@@ -133,18 +144,11 @@ async def run(
     calls: int, repeats: int, work_us: float, only: list[str] | None = None
 ) -> dict[str, list[float]]:
     evaluator = FlagEvaluator(FLAGS, version=1, environment="bench")
-    sdk = TracerProvider()
     stacks = {
-        "plain": await start(evaluator, [], work_us),
-        "noop": await start(evaluator, [NoopServer()], work_us),
-        "noop+header": await start(evaluator, [NoopServer()], work_us),
-        "confmesh": await start(evaluator, [FlagServerInterceptor(Trust.internal())], work_us),
-        "confmesh+sdk": await start(
-            evaluator, [FlagServerInterceptor(Trust.internal(), tracer_provider=sdk)], work_us
-        ),
+        name: await start(evaluator, make(), work_us)
+        for name, make in VARIANTS.items()
+        if only is None or name in only
     }
-    for name in [name for name in stacks if only is not None and name not in only]:
-        await stacks.pop(name)[0].stop(None)
     channels: dict[str, Any] = {
         name: FlagChannel(grpc.aio.insecure_channel(address))
         if name.startswith("confmesh")
@@ -174,9 +178,6 @@ async def run(
     for server, _ in stacks.values():
         await server.stop(None)
     return results
-
-
-VARIANTS = ["plain", "noop", "noop+header", "confmesh", "confmesh+sdk"]
 
 
 def instructions(variant: str, calls: int, work_us: float) -> int:
@@ -225,7 +226,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--work-us", type=float, default=0.0)
-    parser.add_argument("--variant", choices=VARIANTS, help="run this variant only, printing nothing")
+    parser.add_argument("--variant", choices=list(VARIANTS), help="run this variant only, printing nothing")
     parser.add_argument(
         "--instructions", action="store_true",
         help="count instructions per call under callgrind instead of timing (deterministic; slow)",

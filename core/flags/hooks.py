@@ -26,7 +26,7 @@ class Hooks:
         self.overrides: Mapping[str, Any] = {}
         self.observers: tuple[Observer, ...] = ()
         self.scopes = False
-        # Any hook at all; overrides or observers (which only the full evaluation path serves).
+        # active: any hook at all. extra: overrides or observers, which only the full path serves.
         self.active = False
         self.extra = False
 
