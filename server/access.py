@@ -117,14 +117,83 @@ class Grant(BaseModel):
             return any(fnmatch.fnmatchcase(layer.environment, pattern) for pattern in self.flags)
         return self._matches(scope_path(layer))
 
+    def _covers_environment(self, environment: str) -> bool:
+        """Some scope pattern reaches a layer of `environment` (its own or one of its services')."""
+        return any(
+            p != "defaults" and fnmatch.fnmatchcase(environment, p.partition("/")[0]) for p in self.scopes
+        )
+
     def can_read_flags(self, environment: str) -> bool:
+        if self.role is Role.ADMIN:
+            return True
         if self.role is Role.SERVICE:
             return self.environment == environment
-        return self.role is not Role.WRITER or self.can_write(Layer.flags(environment)) or bool(self.scopes)
+        return any(fnmatch.fnmatchcase(environment, p) for p in self.flags) or self._covers_environment(
+            environment
+        )
+
+    def can_read_layer(self, layer: Layer) -> bool:
+        """Read one layer's raw entries: the layers the scopes it may read resolve through.
+
+        The defaults layer is shared by every scope, so any config grant reads
+        it; an environment layer is read by grants reaching that environment;
+        a service layer only by grants covering that service.
+        """
+        if self.role is Role.ADMIN:
+            return True
+        if self.role is Role.SERVICE:
+            return False  # a service reads its own resolved snapshot, not layers
+        if layer.kind is LayerKind.FLAGS:
+            return self.can_read_flags(layer.environment)
+        if layer.kind is LayerKind.DEFAULTS:
+            return bool(self.scopes)
+        if layer.kind is LayerKind.ENVIRONMENT:
+            return self._covers_environment(layer.environment)
+        return self.can_read(Scope(layer.environment, layer.service))
 
     def can_operate(self) -> bool:
         """Status, audit, usage: everyone but services."""
         return self.role is not Role.SERVICE
+
+
+class Rule(enum.StrEnum):
+    """How one RPC is authorized; every RPC the server serves has exactly one (``RULES``)."""
+
+    WRITE_LAYERS = "write every layer the request changes (admin, or a writer whose grant covers them)"
+    READ_SCOPE = "read the named (environment, service): admin, or a reader/writer whose scopes cover it"
+    READ_LAYER = "read the named layer: admin, or a reader/writer reaching it (Grant.can_read_layer)"
+    READ_FLAGS = "read an environment's flags: admin, its service identities, readers/writers reaching it"
+    WATCH_SCOPE = "watch one (environment, service): admin, readers/writers covering it, its own service"
+    OPERATE = "everyone but services; the answer holds only what the caller's grant may read"
+    ADMIN = "admins only"
+    PUBLIC = "anyone (health checks and reflection carry no configuration)"
+
+
+_ADMIN = "/confmesh.v1.AdminService/"
+_CONFIG = "/confmesh.v1.ConfigService/"
+RULES: dict[str, Rule] = {
+    **{_ADMIN + m: Rule.WRITE_LAYERS for m in (
+        "Put", "Delete", "Apply", "PutFlags", "DeleteFlag", "SetFlagEnabled", "PutSchema", "DeleteSchema",
+        "Rollback", "Revert", "StartRollout", "UpdateRollout", "PromoteRollout", "AbortRollout")},
+    _ADMIN + "Resolve": Rule.READ_SCOPE,
+    _ADMIN + "GetSchema": Rule.READ_SCOPE,
+    _ADMIN + "GetLayer": Rule.READ_LAYER,
+    _ADMIN + "GetFlags": Rule.READ_FLAGS,
+    **{_ADMIN + m: Rule.OPERATE for m in ("GetStatus", "GetFlagUsage", "ListAudit", "ListRollouts")},
+    **{_ADMIN + m: Rule.ADMIN for m in ("CreateToken", "ListTokens", "RevokeToken")},
+    _CONFIG + "Watch": Rule.WATCH_SCOPE,
+    _CONFIG + "GetSnapshot": Rule.WATCH_SCOPE,
+    "/grpc.health.v1.Health/Check": Rule.PUBLIC,
+    "/grpc.health.v1.Health/Watch": Rule.PUBLIC,
+    "/grpc.health.v1.Health/List": Rule.PUBLIC,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Rule.PUBLIC,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Rule.PUBLIC,
+}  # fmt: skip
+
+
+def unruled(methods: Sequence[str]) -> list[str]:
+    """The methods among `methods` that no rule covers (the server refuses to start with any)."""
+    return [m for m in methods if m not in RULES]
 
 
 def scope_path(layer: Layer) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -38,12 +37,18 @@ from confmesh.server.records import (
     write_record,
     write_rollout,
 )
-from confmesh.server.resolver import affects
 from confmesh.server.rollouts import Rollout
-from confmesh.server.schemas import ServiceSchema, redact, redact_config
+from confmesh.server.schemas import SchemaRecord, ServiceSchema, redact_config
 from confmesh.server.source import EtcdSource
 from confmesh.server.usage import FlagUsageStore
-from confmesh.server.writer import Current, Writer, WriteResult, validate_changes
+from confmesh.server.writer import (
+    Current,
+    Writer,
+    WriteResult,
+    check_schemas,
+    shown_in_audit,
+    validate_changes,
+)
 from confmesh.v1 import admin_pb2, admin_pb2_grpc
 from confmesh.wire import from_struct, from_value, layer_from_pb, layer_to_pb, to_struct, to_value
 
@@ -99,6 +104,37 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         caller = self.access.identify(context)
         self.access.require(caller, allowed, what)
         return caller
+
+    def _reads(self, caller: Caller) -> Callable[[Scope], bool]:
+        """Which scopes' entries a filtered answer (status, rollouts) may show `caller`."""
+        if not self.access.enforcing:
+            return lambda scope: True
+        grant = caller.grant
+        return (lambda scope: True) if grant is None else grant.can_read
+
+    def _reads_layer(self, caller: Caller) -> Callable[[Layer], bool]:
+        if not self.access.enforcing:
+            return lambda layer: True
+        grant = caller.grant
+        return (lambda layer: True) if grant is None else grant.can_read_layer
+
+    def _audit_view(self, caller: Caller) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+        """An audit record as `caller` may see it: only the changes to layers it may read.
+
+        Records without changes (denials, tokens, schemas, rollouts) name other
+        identities and scopes; only admins see those.
+        """
+        grant = caller.grant
+        if not self.access.enforcing or grant is None or grant.role is Role.ADMIN:
+            return lambda entry: entry
+
+        def view(entry: dict[str, Any]) -> dict[str, Any] | None:
+            changes = [
+                ch for ch in entry.get("changes", ()) if grant.can_read_layer(Layer.from_path(ch["layer"]))
+            ]
+            return {**entry, "changes": changes} if changes else None
+
+        return view
 
     @staticmethod
     def _actor(caller: Caller, ctx: admin_pb2.ChangeContext) -> str:
@@ -182,7 +218,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 raise errors.Unavailable(f"server has not synced with etcd yet: {self.source.stale_reason}")
             snap = self.hub.resolver.snapshot(scope)
             schema = self.source.store.schemas.get(scope)
-            secret = schema is not None and bool(request.key) and schema.is_secret(request.key)
             resp = admin_pb2.ResolveResponse(
                 environment=scope.environment,
                 service=scope.service,
@@ -195,9 +230,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 store = self.source.store
                 layer_entries = [store.entries(layer) for layer in scope.layers]
                 hits, found, value = explain(layer_entries, request.key)
-                if secret:
-                    value = redact(value)
-                    hits = [replace(hit, value=redact(hit.value)) for hit in hits]
+                if schema is not None:
+                    value = schema.redact_value(request.key, value)
+                    hits = [
+                        replace(hit, value=schema.redact_value(hit.source_key, hit.value)) for hit in hits
+                    ]
                 resp.found = found
                 if found:
                     resp.value.CopyFrom(to_value(value))
@@ -220,10 +257,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetStatusResponse:
-        async def allowed() -> None:
-            self._allow(context, Grant.can_operate, "read the server status")
+        async def allowed() -> Caller:
+            return self._allow(context, Grant.can_operate, "read the server status")
 
-        await self._guard(context, allowed, "GetStatus")
+        visible = self._reads(await self._guard(context, allowed, "GetStatus"))
         resp = admin_pb2.GetStatusResponse(
             server_id=self.server_id,
             revision=self.source.store.revision,
@@ -236,8 +273,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         for scope in list(self.source.store.schemas):
             resolver.snapshot(scope)  # evaluates (and caches) whether the scope's config is valid
         for scope, message in sorted(resolver.violations.items()):
-            resp.schema_violations.add(environment=scope.environment, service=scope.service, message=message)
+            if visible(scope):
+                resp.schema_violations.add(
+                    environment=scope.environment, service=scope.service, message=message
+                )
         for rec in self.ledger.records():
+            if not visible(rec.scope):
+                continue
             inst = resp.instances.add(
                 instance_id=rec.instance_id,
                 environment=rec.scope.environment,
@@ -384,7 +426,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetFlagUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetFlagUsageResponse:
         async def run() -> admin_pb2.GetFlagUsageResponse:
-            self._allow(context, Grant.can_operate, "read flag usage")
+            caller = self._allow(context, Grant.can_operate, "read flag usage")
+            reads = self._reads_layer(caller)
             env = check_name(request.environment, "environment") if request.environment else ""
             if request.window_seconds < 0:
                 raise errors.InvalidArgument("window_seconds must be >= 0", field="window_seconds")
@@ -393,6 +436,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 window_seconds=request.window_seconds or int(self.usage.retention)
             )
             for s in self.usage.summary(env, request.window_seconds, now):
+                if not reads(Layer.flags(s.environment)):
+                    continue
                 resp.flags.add(
                     environment=s.environment,
                     flag=s.flag,
@@ -403,7 +448,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             ages: list[float] = []
             store = self.source.store
             for layer in store.layers():
-                if layer.kind is LayerKind.FLAGS and (not env or layer.environment == env):
+                if layer.kind is LayerKind.FLAGS and (not env or layer.environment == env) and reads(layer):
                     try:
                         flag_set = parse_flag_set(store.entries(layer))
                     except errors.InvalidArgument:
@@ -420,7 +465,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListAuditResponse:
         async def run() -> admin_pb2.ListAuditResponse:
-            self._allow(context, Grant.can_operate, "read the audit log")
+            caller = self._allow(context, Grant.can_operate, "read the audit log")
             if request.environment:
                 check_name(request.environment, "environment")
             if request.service:
@@ -429,7 +474,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             if not 0 < limit <= 1000:
                 raise errors.InvalidArgument("limit must be 1-1000", field="limit")
             which = AuditFilter(request.environment, request.service, request.key_prefix, request.actor)
-            records = await read_audit(self.writer.etcd, self.writer.layout, which, limit)
+            records = await read_audit(
+                self.writer.etcd, self.writer.layout, which, limit, visible=self._audit_view(caller)
+            )
             resp = admin_pb2.ListAuditResponse()
             for audit_id, revision, entry in records:
                 rec = resp.records.add(
@@ -532,10 +579,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         caller = self._allow(context, lambda g: g.can_write(layer), f"{verb} the schema of {scope}")
         encoded = None
         if document is not None:
-            schema = ServiceSchema(scope, document)
+            registrant = self._actor(caller, ctx)
+            schema = ServiceSchema(scope, document, registrant)
             config = resolve(self.source.store.entries(x) for x in scope.layers)
-            schema.refuse(config, f"registering this schema (the current config of {scope})")
-            encoded = json.dumps(document, separators=(",", ":")).encode()
+            await check_schemas(
+                [(schema, config, False)], f"registering this schema (the current config of {scope})"
+            )
+            encoded = SchemaRecord(document, registrant).encode()
         source = f"{'PutSchema' if document is not None else 'DeleteSchema'} {scope}"
         audit = AuditEntry(self._actor(caller, ctx), ctx.reason, source)
         layout = self.writer.layout
@@ -675,17 +725,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.GetLayerResponse:
         async def run() -> admin_pb2.GetLayerResponse:
             layer = layer_from_pb(request.layer)
-            caller = self.access.identify(context)
-            self.access.require(
-                caller, lambda g: g.can_write(layer) or g.role is Role.READER, f"read {layer}"
-            )
+            self._allow(context, lambda g: g.can_read_layer(layer), f"read {layer}")
             store = self.source.store
-            entries = store.entries(layer)
-            if layer.kind is not LayerKind.FLAGS:
-                secret = [sch for sc, sch in store.schemas.items() if affects(layer, sc)]
-                entries = {
-                    k: redact(v) if any(s.is_secret(k) for s in secret) else v for k, v in entries.items()
-                }
+            entries = {k: shown_in_audit(store.schemas, layer, k, v) for k, v in store.entries(layer).items()}
             return admin_pb2.GetLayerResponse(
                 entries=to_struct(entries), revision=store.layer_revision(layer)
             )
@@ -731,7 +773,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             if schema is not None:
                 entries = [self.source.store.entries(x) for x in scope.layers]
                 entries[-1] = rollout.apply_to(entries[-1])
-                schema.refuse(resolve(entries), f"rollout {rollout.name!r}")
+                await check_schemas([(schema, resolve(entries), False)], f"rollout {rollout.name!r}")
             revision = await write_rollout(
                 self.writer.etcd,
                 self.writer.layout,
@@ -811,10 +853,18 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListRolloutsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListRolloutsResponse:
         async def run() -> admin_pb2.ListRolloutsResponse:
-            self._allow(context, Grant.can_operate, "list rollouts")
+            visible = self._reads(self._allow(context, Grant.can_operate, "list rollouts"))
             resp = admin_pb2.ListRolloutsResponse()
             records = self.ledger.records()
             for scope, (rollout, _) in sorted(self.source.store.rollouts.items()):
+                if not visible(scope):
+                    continue
+                schema = self.source.store.schemas.get(scope)
+                shown = {
+                    k: schema.redact_value(k, v) if schema is not None else v
+                    for k, v in rollout.changes.items()
+                    if v is not None
+                }
                 version = self.hub.resolver.for_instance(scope, "").version
                 if rollout.active:
                     version = self.hub.resolver.canary(scope).version
@@ -831,7 +881,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     canary_acked=acked,
                     canary_nacked=nacked,
                     abort_reason=rollout.abort_reason,
-                    set=to_struct({k: v for k, v in rollout.changes.items() if v is not None}),
+                    set=to_struct(shown),
                 )
                 info.delete.extend(k for k, v in rollout.changes.items() if v is None)
             return resp

@@ -20,7 +20,7 @@ from opentelemetry.trace import TracerProvider
 
 from confmesh.errors import ConfmeshError, InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, Scope
-from confmesh.server.access import Access
+from confmesh.server.access import Access, unruled
 from confmesh.server.admin_service import AdminService
 from confmesh.server.audit import record_denial
 from confmesh.server.config_service import ConfigService, add_config_service
@@ -38,11 +38,23 @@ from confmesh.server.store import Changes, ConfigStore
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Writer
 from confmesh.tls import read_pem
-from confmesh.v1 import admin_pb2_grpc
+from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
+
+
+def served_methods() -> list[str]:
+    """Every confmesh RPC, as gRPC names it: each must have an authorization rule (access.RULES)."""
+    return [
+        f"/{service.full_name}/{method.name}"
+        for module in (admin_pb2, config_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+
+
 SERVICE_NAMES = (
     "confmesh.v1.ConfigService",
     "confmesh.v1.AdminService",
@@ -218,6 +230,9 @@ class ConfmeshServer:
                     f"could not sync with etcd at {','.join(endpoints)} within {s.sync_timeout:.0f}s: "
                     f"{self.source.stale_reason}"
                 )
+            missing = unruled(served_methods())
+            if missing:
+                raise StartupError(f"internal: no authorization rule for {', '.join(missing)}")
             server = grpc.aio.server(
                 interceptors=[DecodeErrorsAsInvalidArgument()],
                 options=[

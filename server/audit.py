@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,16 +88,25 @@ class AuditFilter:
 
 
 async def read_audit(
-    etcd: Etcd, layout: KeyLayout, which: AuditFilter, limit: int
+    etcd: Etcd,
+    layout: KeyLayout,
+    which: AuditFilter,
+    limit: int,
+    *,
+    visible: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda entry: entry,
 ) -> list[tuple[str, int, dict[str, Any]]]:
-    """(id, revision, record) of the newest `limit` matching records, newest first."""
+    """(id, revision, record) of the newest `limit` matching records, newest first.
+
+    `visible` gives each record as the caller may see it (None: not at all).
+    """
     out: list[tuple[str, int, dict[str, Any]]] = []
     async for kv in etcd.newest_first(layout.audit_root):
         try:
             entry = json.loads(kv.value)
         except ValueError:
             continue
-        if isinstance(entry, dict) and which.matches(entry):
+        entry = visible(entry) if isinstance(entry, dict) else None
+        if entry is not None and which.matches(entry):
             out.append((kv.key[len(layout.audit_root) :], kv.mod_revision, entry))
             if len(out) >= limit:
                 break

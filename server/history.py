@@ -27,7 +27,7 @@ from confmesh.changes import ChangeSpec
 from confmesh.keys import KeyLayout, Layer, LayerKind
 from confmesh.merge import JSONValue
 from confmesh.server.etcd import Etcd
-from confmesh.server.schemas import REDACTED
+from confmesh.server.schemas import contains_redacted
 from confmesh.server.writer import ancestors
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def undo(
                 continue
             entries, key = target[layer], change["key"]
             if "old" in change:
-                if change["old"] == REDACTED:
+                if contains_redacted(change["old"]):
                     raise errors.FailedPrecondition(
                         f"{layer}:{key} was a secret value at revision {rec.revision - 1} and the history "
                         "keeps it redacted; set it again (or use a secret reference) instead",

@@ -20,7 +20,7 @@ from confmesh.merge import JSONValue, parse_json_value
 from confmesh.server.access import TokenRecord
 from confmesh.server.etcd import Event, KeyValue
 from confmesh.server.rollouts import Rollout
-from confmesh.server.schemas import ServiceSchema
+from confmesh.server.schemas import SchemaRecord, ServiceSchema
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,9 @@ class ConfigStore:
             self.schemas.pop(scope, None)
             return True
         try:
-            self.schemas[scope] = ServiceSchema(scope, json.loads(value))
-        except (ValueError, InvalidArgument) as exc:
+            record = SchemaRecord.decode(value)
+            self.schemas[scope] = ServiceSchema(scope, record.document, record.registered_by)
+        except (ValueError, TypeError, InvalidArgument) as exc:
             self.schemas.pop(scope, None)
             self.bad_keys[etcd_key] = f"unusable schema: {exc}"
         return True

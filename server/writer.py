@@ -16,6 +16,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from confmesh.secrets import check_refs
 from confmesh.server.audit import AuditEntry
 from confmesh.server.etcd import Etcd
 from confmesh.server.resolver import affects
-from confmesh.server.schemas import ServiceSchema, redact
+from confmesh.server.schemas import ServiceSchema
 from confmesh.tracing import current_traceparent
 
 MAX_CHANGES = 1000
@@ -104,6 +105,48 @@ def check_layer(layer: Layer, entries: dict[str, JSONValue]) -> None:
             code="layer_conflict",
             field=key,
         )
+
+
+def scope_layer(scope: Scope) -> Layer:
+    return Layer.svc(scope.environment, scope.service)
+
+
+def shown_in_audit(
+    schemas: Mapping[Scope, ServiceSchema], layer: Layer, key: str, value: JSONValue
+) -> JSONValue:
+    """`value` as the audit log records it: a schema redacts only its own service layer's values."""
+    if layer.kind is not LayerKind.SERVICE:
+        return value
+    schema = schemas.get(Scope(layer.environment, layer.service))
+    return schema.redact_value(key, value) if schema is not None else value
+
+
+# Schema checks run on one worker thread, never on the event loop; each call has a time budget.
+_SCHEMA_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confmesh-schema")
+SCHEMA_CHECK_BUDGET = 2.0
+
+
+async def check_schemas(
+    checks: Sequence[tuple[ServiceSchema, dict[str, JSONValue], bool]], what: str = "this change"
+) -> None:
+    """Refuse unless every (schema, resolved config, shared layer?) is valid, within the budget."""
+    if not checks:
+        return
+
+    def run() -> None:
+        for schema, config, shared in checks:
+            schema.refuse(config, what, shared=shared)
+
+    future = asyncio.get_running_loop().run_in_executor(_SCHEMA_POOL, run)
+    try:
+        await asyncio.wait_for(asyncio.shield(future), SCHEMA_CHECK_BUDGET)
+    except TimeoutError:
+        names = ", ".join(str(schema.scope) for schema, _, _ in checks)
+        raise errors.InvalidArgument(
+            f"checking {what} against the schemas of {names} took longer than {SCHEMA_CHECK_BUDGET:g} s; "
+            "refused (simplify the schema or the config)",
+            code="schema_too_slow",
+        ) from None
 
 
 def ancestors(key: str) -> list[str]:
@@ -192,8 +235,7 @@ class Writer:
             def shown(
                 layer: Layer, key: str, value: JSONValue, schemas: dict[Scope, ServiceSchema] = schemas
             ) -> JSONValue:
-                secret = any(sch.is_secret(key) for sc, sch in schemas.items() if affects(layer, sc))
-                return redact(value) if secret else value
+                return shown_in_audit(schemas, layer, key, value)
 
             for change, encoded in validated:
                 entries = current[change.layer]
@@ -231,9 +273,13 @@ class Writer:
             for layer in touched:
                 check_layer(layer, current[layer])
                 ops.append(KVService.txn_op_put(self.layout.marker_key(layer), marker.encode()))
-            for sc, sch in sorted(checked.items()):
-                if any(affects(layer, sc) for layer in touched):
-                    sch.refuse(resolve(current[layer] for layer in sc.layers), "this change")
+            await check_schemas(
+                [
+                    (sch, resolve(current[layer] for layer in sc.layers), scope_layer(sc) not in touched)
+                    for sc, sch in sorted(checked.items())
+                    if any(affects(layer, sc) for layer in touched)
+                ]
+            )
             ops.append(KVService.txn_op_put(audit.key(self.layout), audit.encode()))
             resp = await self.etcd.txn(self._guards(read, validated, revision), ops)
             if resp.succeeded:
