@@ -169,9 +169,16 @@ class AdminClient:
         return snapshot
 
     async def status(self) -> admin_pb2.GetStatusResponse:
+        """The server's status with every page of instances (the server pages at about 1 MiB)."""
         status: admin_pb2.GetStatusResponse = await self._call(
             self._admin.GetStatus, admin_pb2.GetStatusRequest()
         )
+        token = status.next_page_token
+        while token:
+            page = await self._call(self._admin.GetStatus, admin_pb2.GetStatusRequest(page_token=token))
+            status.instances.extend(page.instances)
+            token = page.next_page_token
+        status.next_page_token = ""
         return status
 
     # -- feature flags ------------------------------------------------------------
@@ -210,8 +217,14 @@ class AdminClient:
         return resp.version, from_struct(resp.flags)
 
     async def flag_usage(self, env: str = "", window_seconds: int = 0) -> admin_pb2.GetFlagUsageResponse:
+        """Flag usage with every page (the server pages at about 1 MiB)."""
         req = admin_pb2.GetFlagUsageRequest(environment=env, window_seconds=window_seconds)
         usage: admin_pb2.GetFlagUsageResponse = await self._call(self._admin.GetFlagUsage, req)
+        while usage.next_page_token:
+            req.page_token = usage.next_page_token
+            page = await self._call(self._admin.GetFlagUsage, req)
+            usage.flags.extend(page.flags)
+            usage.next_page_token = page.next_page_token
         return usage
 
     async def audit(

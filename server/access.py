@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from confmesh import errors
 from confmesh.identity import peer_identities
 from confmesh.keys import Layer, LayerKind, Scope, check_name
+from confmesh.server.limits import Throttled
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +314,7 @@ class Access:
         # Writes a denial to the audit log: (identity, method, message).
         self.record_denial: Callable[[str, str, str], Awaitable[None]] | None = None
         self._denials: dict[tuple[str, str], float] = {}
+        self._denial_log = Throttled(log)
 
     def _policy_mtime(self) -> float:
         try:
@@ -388,7 +390,8 @@ class Access:
             caller = self.identify(context)
         except errors.ConfmeshError:
             return
-        log.warning("denied %s to %s: %s", method, caller.identity, exc.message)
+        self._denial_log.log(logging.WARNING, (caller.identity, method), "denied %s to %s: %s",
+                             method, caller.identity, exc.message)  # fmt: skip
         key, now = (caller.identity, method), time.monotonic()
         if (
             self.record_denial is None

@@ -27,6 +27,7 @@ from confmesh.server.config_service import abort
 from confmesh.server.history import Recorded, changes_after, changes_towards, pruned_before, undo
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
+from confmesh.server.limits import Pager
 from confmesh.server.metrics import Metrics
 from confmesh.server.records import (
     abort_rollout,
@@ -257,10 +258,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetStatusResponse:
-        async def allowed() -> Caller:
-            return self._allow(context, Grant.can_operate, "read the server status")
+        async def allowed() -> tuple[Caller, Pager]:
+            return self._allow(context, Grant.can_operate, "read the server status"), Pager(
+                request.page_token
+            )
 
-        visible = self._reads(await self._guard(context, allowed, "GetStatus"))
+        caller, pager = await self._guard(context, allowed, "GetStatus")
+        visible = self._reads(caller)
         resp = admin_pb2.GetStatusResponse(
             server_id=self.server_id,
             revision=self.source.store.revision,
@@ -278,7 +282,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     environment=scope.environment, service=scope.service, message=message
                 )
         for rec in self.ledger.records():
-            if not visible(rec.scope):
+            key = rec.sort_key()
+            if not visible(rec.scope) or not pager.wants(key):
                 continue
             inst = resp.instances.add(
                 instance_id=rec.instance_id,
@@ -300,6 +305,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                         version=n.version, hash=n.hash, error=n.error, field_paths=n.field_paths, at=_ts(n.at)
                     )
                 )
+            pager.added(key, inst.ByteSize())
+        resp.next_page_token = pager.next_token
         return resp
 
     # -- feature flags ------------------------------------------------------------
@@ -435,16 +442,20 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             resp = admin_pb2.GetFlagUsageResponse(
                 window_seconds=request.window_seconds or int(self.usage.retention)
             )
+            pager = Pager(request.page_token)
             for s in self.usage.summary(env, request.window_seconds, now):
-                if not reads(Layer.flags(s.environment)):
+                key = (s.environment, s.flag)
+                if not reads(Layer.flags(s.environment)) or not pager.wants(key):
                     continue
-                resp.flags.add(
+                added = resp.flags.add(
                     environment=s.environment,
                     flag=s.flag,
                     variants=s.variants,
                     first_seen=_ts(s.first_seen),
                     last_seen=_ts(s.last_seen),
                 )
+                pager.added(key, added.ByteSize())
+            resp.next_page_token = pager.next_token
             ages: list[float] = []
             store = self.source.store
             for layer in store.layers():

@@ -20,6 +20,7 @@ from confmesh.server.access import Access
 from confmesh.server.hub import Hub, Subscriber
 from confmesh.server.interceptors import Malformed, checked_deserializer
 from confmesh.server.ledger import Ledger
+from confmesh.server.limits import MAX_USAGE_ENTRIES, MAX_USAGE_NAME, Throttled, clip
 from confmesh.server.metrics import Metrics
 from confmesh.server.resolver import Resolved, VersionHash
 from confmesh.server.source import EtcdSource
@@ -29,8 +30,7 @@ from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_trailers, status_for, to_struct, updates_to_pb
 
 log = logging.getLogger(__name__)
-
-MAX_USAGE_ENTRIES = 1000
+throttled = Throttled(log)
 
 
 class EncodedSnapshots:
@@ -343,16 +343,25 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     sub.counters.nacks += 1
                     paths = [fe.path for fe in nack.field_errors]
                     self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
-                    log.warning("instance rejected %s version %d: %s", sub.scope, nack.version, nack.error)
+                    throttled.log(
+                        logging.WARNING,
+                        ("nack", sub.scope),
+                        "instance %s of %s rejected version %d: %s",
+                        clip(sub.instance_id, 64),
+                        sub.scope,
+                        nack.version,
+                        clip(nack.error, 200),
+                    )
                 elif kind == "usage":
                     counts = msg.usage.counts
                     if len(counts) > MAX_USAGE_ENTRIES or any(
-                        c.count < 0 or len(c.flag) > 256 or len(c.variant) > 256 for c in counts
+                        c.count < 0 or len(c.flag) > MAX_USAGE_NAME or len(c.variant) > MAX_USAGE_NAME
+                        for c in counts
                     ):
                         sub.fail(
                             "bad_usage",
                             f"usage reports take at most {MAX_USAGE_ENTRIES} "
-                            "non-negative counts with names up to 256 characters",
+                            f"non-negative counts with names up to {MAX_USAGE_NAME} characters",
                         )
                         return
                     self.usage.record(
@@ -364,12 +373,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     if msg.report.need_full:
                         sub.base = None
                     if sub.resend_if_behind(current, msg.report.version, msg.report.hash):
-                        log.info(
-                            "instance of %s reports version %d; re-sending %d",
-                            sub.scope,
-                            msg.report.version,
-                            current.version,
-                        )
+                        throttled.log(logging.INFO, ("behind", sub.scope),
+                                      "instance of %s reports version %d; re-sending %d",
+                                      sub.scope, msg.report.version, current.version)  # fmt: skip
                 elif kind == "subscribe":
                     sub.fail("duplicate_subscribe", "a Watch stream takes exactly one subscribe")
                     return

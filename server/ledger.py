@@ -3,18 +3,25 @@
 An observer of the Watch streams: the servicer reports subscribe, send, ACK,
 NACK and disconnect; the ledger answers status queries. Disconnected
 instances stay listed for `retention` seconds so a crash-looping instance's
-last NACK is still visible.
+last NACK is still visible, at most `max_records` of them.
+
+Every operation on a stream is O(1) whatever the ledger holds: a reconnect
+finds its own old record through an index, and expired records are dropped
+from the front of a list kept in disconnect order. What a peer sends is
+capped before it is kept (``confmesh.server.limits``).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from confmesh.keys import Scope
+from confmesh.server.limits import MAX_NACK_ERROR, clip, clip_labels, clip_paths
 
 
-@dataclass
+@dataclass(slots=True)
 class NackInfo:
     version: int
     hash: str
@@ -23,7 +30,7 @@ class NackInfo:
     at: float
 
 
-@dataclass
+@dataclass(slots=True)
 class InstanceRecord:
     stream_id: int
     instance_id: str
@@ -39,12 +46,19 @@ class InstanceRecord:
     last_nack: NackInfo | None = None
     disconnected_at: float = 0.0
 
+    def sort_key(self) -> tuple[str, str, str, float, int]:
+        return (self.scope.environment, self.scope.service, self.instance_id, -self.connected_at,
+                self.stream_id)  # fmt: skip
+
 
 class Ledger:
     def __init__(self, *, retention: float = 600.0, max_records: int = 10_000) -> None:
         self.retention = retention
         self.max_records = max_records
         self._records: dict[int, InstanceRecord] = {}
+        # Disconnected records, oldest disconnect first; and each (scope, instance)'s one among them.
+        self._gone: OrderedDict[int, InstanceRecord] = OrderedDict()
+        self._gone_by_instance: dict[tuple[Scope, str], int] = {}
 
     def connect(
         self,
@@ -63,17 +77,17 @@ class Ledger:
             stream_id=stream_id,
             instance_id=instance_id,
             scope=scope,
-            peer=peer,
-            labels=labels,
+            peer=clip(peer, 256),
+            labels=clip_labels(labels),
             connected_at=now,
             last_seen=now,
             acked_version=known_version,
             acked_hash=known_hash,
         )
-        # A reconnecting instance replaces its own disconnected record.
-        for sid, old in list(self._records.items()):
-            if not old.connected and old.instance_id == instance_id and old.scope == scope:
-                del self._records[sid]
+        old = self._gone_by_instance.pop((scope, instance_id), None)  # a reconnect replaces its record
+        if old is not None:
+            self._gone.pop(old, None)
+            self._records.pop(old, None)
         self._records[stream_id] = record
         return record
 
@@ -99,26 +113,39 @@ class Ledger:
         record = self._records.get(stream_id)
         if record:
             now = time.time()
-            record.last_nack = NackInfo(version, hash_, error, field_paths, now)
+            record.last_nack = NackInfo(
+                version, hash_, clip(error, MAX_NACK_ERROR), clip_paths(field_paths), now
+            )
             record.last_seen = now
 
     def disconnect(self, stream_id: int) -> None:
         record = self._records.get(stream_id)
-        if record:
+        if record and record.connected:
             record.connected = False
             record.disconnected_at = time.time()
+            key = (record.scope, record.instance_id)
+            earlier = self._gone_by_instance.get(key)
+            if earlier is not None:  # two streams of one instance: keep the newer's record
+                self._gone.pop(earlier, None)
+                self._records.pop(earlier, None)
+            self._gone[stream_id] = record
+            self._gone_by_instance[key] = stream_id
+            self._prune(record.disconnected_at)
 
     def records(self) -> list[InstanceRecord]:
         self._prune(time.time())
-        return sorted(self._records.values(), key=lambda r: (r.scope, r.instance_id, -r.connected_at))
+        return sorted(self._records.values(), key=InstanceRecord.sort_key)
+
+    def __len__(self) -> int:
+        return len(self._records)
 
     def _prune(self, now: float) -> None:
-        for sid, record in list(self._records.items()):
-            if not record.connected and now - record.disconnected_at > self.retention:
-                del self._records[sid]
-        if len(self._records) > self.max_records:
-            gone = sorted(
-                (r for r in self._records.values() if not r.connected), key=lambda r: r.disconnected_at
-            )
-            for record in gone[: len(self._records) - self.max_records]:
-                del self._records[record.stream_id]
+        while self._gone:
+            sid, oldest = next(iter(self._gone.items()))
+            if now - oldest.disconnected_at <= self.retention and len(self._gone) <= self.max_records:
+                break
+            del self._gone[sid]
+            self._records.pop(sid, None)
+            key = (oldest.scope, oldest.instance_id)
+            if self._gone_by_instance.get(key) == sid:
+                del self._gone_by_instance[key]

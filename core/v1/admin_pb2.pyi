@@ -145,8 +145,10 @@ class ResolveResponse(_message.Message):
     def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., version: _Optional[int] = ..., hash: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., found: _Optional[bool] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_token",)
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_token: str
+    def __init__(self, page_token: _Optional[str] = ...) -> None: ...
 
 class NackRecord(_message.Message):
     __slots__ = ("version", "hash", "error", "field_paths", "at")
@@ -198,7 +200,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected: _Optional[bool] = ..., acked_version: _Optional[int] = ..., acked_hash: _Optional[str] = ..., sent_version: _Optional[int] = ..., last_nack: _Optional[_Union[NackRecord, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason", "schema_violations")
+    __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason", "schema_violations", "next_page_token")
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +209,7 @@ class GetStatusResponse(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     STALE_REASON_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     server_id: str
     revision: int
     stale: bool
@@ -215,7 +218,8 @@ class GetStatusResponse(_message.Message):
     instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
     stale_reason: str
     schema_violations: _containers.RepeatedCompositeFieldContainer[SchemaViolation]
-    def __init__(self, server_id: _Optional[str] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ..., etcd_endpoints: _Optional[str] = ..., prefix: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., stale_reason: _Optional[str] = ..., schema_violations: _Optional[_Iterable[_Union[SchemaViolation, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, server_id: _Optional[str] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ..., etcd_endpoints: _Optional[str] = ..., prefix: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., stale_reason: _Optional[str] = ..., schema_violations: _Optional[_Iterable[_Union[SchemaViolation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SchemaViolation(_message.Message):
     __slots__ = ("environment", "service", "message")
@@ -288,12 +292,14 @@ class GetFlagsResponse(_message.Message):
     def __init__(self, environment: _Optional[str] = ..., version: _Optional[int] = ..., flags: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GetFlagUsageRequest(_message.Message):
-    __slots__ = ("environment", "window_seconds")
+    __slots__ = ("environment", "window_seconds", "page_token")
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     environment: str
     window_seconds: int
-    def __init__(self, environment: _Optional[str] = ..., window_seconds: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, environment: _Optional[str] = ..., window_seconds: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class FlagUsageSummary(_message.Message):
     __slots__ = ("environment", "flag", "variants", "first_seen", "last_seen")
@@ -317,14 +323,16 @@ class FlagUsageSummary(_message.Message):
     def __init__(self, environment: _Optional[str] = ..., flag: _Optional[str] = ..., variants: _Optional[_Mapping[str, int]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetFlagUsageResponse(_message.Message):
-    __slots__ = ("flags", "window_seconds", "flag_age_p95_seconds")
+    __slots__ = ("flags", "window_seconds", "flag_age_p95_seconds", "next_page_token")
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FLAG_AGE_P95_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     flags: _containers.RepeatedCompositeFieldContainer[FlagUsageSummary]
     window_seconds: int
     flag_age_p95_seconds: float
-    def __init__(self, flags: _Optional[_Iterable[_Union[FlagUsageSummary, _Mapping]]] = ..., window_seconds: _Optional[int] = ..., flag_age_p95_seconds: _Optional[float] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, flags: _Optional[_Iterable[_Union[FlagUsageSummary, _Mapping]]] = ..., window_seconds: _Optional[int] = ..., flag_age_p95_seconds: _Optional[float] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AuditChange(_message.Message):
     __slots__ = ("layer", "key", "op", "old_value", "new_value")
