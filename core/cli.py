@@ -156,6 +156,12 @@ def main(
     show_default=True,
     help="Remove audit records (the history rollback uses) older than this; 0 keeps them all.",
 )
+@click.option(
+    "--etcd-max-request-bytes",
+    default=1572864,
+    show_default=True,
+    help="etcd's --max-request-bytes (its default); writes larger than this are refused up front.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
     listen: str,
@@ -174,6 +180,7 @@ def serve(
     tls_client_ca: str,
     policy_file: str,
     audit_retention_days: float,
+    etcd_max_request_bytes: int,
     log_level: str,
 ) -> None:
     """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
@@ -209,6 +216,7 @@ def serve(
         tls_client_ca=tls_client_ca,
         policy_file=policy_file,
         audit_retention_days=audit_retention_days,
+        etcd_max_request_bytes=etcd_max_request_bytes,
     )
     run(run_server(settings))
 

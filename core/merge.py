@@ -24,7 +24,7 @@ MAX_SAFE_INTEGER = 2**53
 # level costs ~3 protobuf levels on the wire (Value > Struct > map entry) and
 # protobuf parsers stop at 100, so 28 is the most that always crosses the wire.
 MAX_VALUE_DEPTH = 28
-MAX_VALUE_BYTES = 512 * 1024
+MAX_VALUE_BYTES = 256 * 1024  # one overwrite, with old and new in its audit record, fits etcd's 1.5 MiB
 
 
 def normalize(value: JSONValue, *, path: str = "value", depth: int = 0) -> JSONValue:

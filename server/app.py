@@ -19,13 +19,13 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
 from confmesh.errors import ConfmeshError, InvalidArgument, StartupError
-from confmesh.keys import KeyLayout, Scope
+from confmesh.keys import KeyLayout, LayerKind, Scope
 from confmesh.server.access import Access, unruled
 from confmesh.server.admin_service import AdminService
 from confmesh.server.audit import record_denial
 from confmesh.server.config_service import ConfigService, add_config_service
 from confmesh.server.embedded_etcd import EmbeddedEtcd
-from confmesh.server.etcd import Etcd, EtcdCredentials
+from confmesh.server.etcd import DEFAULT_MAX_REQUEST_BYTES, Etcd, EtcdCredentials
 from confmesh.server.history import prune_audit
 from confmesh.server.hub import Hub
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
@@ -33,6 +33,7 @@ from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
 from confmesh.server.records import abort_rollout, canary_counts
 from confmesh.server.resolver import Resolver, affects
+from confmesh.server.snapshot_size import SnapshotSizes
 from confmesh.server.source import EtcdSource
 from confmesh.server.store import Changes, ConfigStore
 from confmesh.server.usage import FlagUsageStore
@@ -74,6 +75,8 @@ class ServerSettings:
     server_id: str = ""
     heartbeat_interval: float = 15.0
     sync_timeout: float = 30.0
+    # etcd's --max-request-bytes (the embedded etcd runs with it): larger writes are refused up front.
+    etcd_max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     shutdown_grace: float = 5.0
     # Server TLS (PEM paths); with tls_client_ca, clients must present a certificate it signed.
     tls_cert: str = ""
@@ -188,6 +191,15 @@ class ConfmeshServer:
             await asyncio.sleep(self.access.reload_interval)
             self.access.maybe_reload()
 
+    def _snapshot_sizes(self) -> SnapshotSizes:
+        store = self.store
+
+        def scopes() -> set[Scope]:
+            known = {Scope(x.environment, x.service) for x in store.layers() if x.kind is LayerKind.SERVICE}
+            return known | set(store.schemas) | set(store.rollouts) | set(self.hub.scopes())
+
+        return SnapshotSizes(store.entries, store.layer_revision, scopes)
+
     def _on_scopes(self, scopes: set[Scope]) -> None:
         for scope in scopes:
             self.resolver.forget(scope)
@@ -205,7 +217,9 @@ class ConfmeshServer:
                 self.embedded = EmbeddedEtcd(Path(s.data_dir) / "etcd")
                 await self.embedded.start()
                 endpoints = [self.embedded.endpoint]
-            self.etcd = Etcd(endpoints, credentials=s.etcd_credentials)
+            self.etcd = Etcd(
+                endpoints, credentials=s.etcd_credentials, max_request_bytes=s.etcd_max_request_bytes
+            )
             await self.etcd.connect()
             self.source = EtcdSource(
                 self.etcd,
@@ -260,7 +274,7 @@ class ConfmeshServer:
             add_config_service(self.config_service, server)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminService(
-                    Writer(self.etcd, self.layout, lambda: self.store.schemas),
+                    Writer(self.etcd, self.layout, lambda: self.store.schemas, self._snapshot_sizes()),
                     self.hub,
                     self.ledger,
                     self.source,

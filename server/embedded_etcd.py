@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from confmesh.errors import StartupError
+from confmesh.server.etcd import DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class EmbeddedEtcd:
             "--auto-compaction-retention", AUTO_COMPACTION_RETENTION,
             # Large GitOps applies are one transaction each.
             "--max-txn-ops", "4096",
+            "--max-request-bytes", str(DEFAULT_MAX_REQUEST_BYTES),
             "--log-level", "error",
             *self.extra_args,
         ]  # fmt: skip

@@ -33,7 +33,13 @@ from confmesh.tls import read_pem
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
+# etcd's default --max-request-bytes: the largest request (a transaction with all its values) it takes.
+DEFAULT_MAX_REQUEST_BYTES = 1572864
 T = TypeVar("T")
+
+
+class _PageTooLarge(Unavailable):
+    """A range answer exceeded the channel's receive limit: read it in smaller pages."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +108,10 @@ class Etcd:
         timeout: float = 5.0,
         credentials: EtcdCredentials | None = None,
         token_refresh: float = 60.0,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.endpoints = list(endpoints)
+        self.max_request_bytes = max_request_bytes
         self.timeout = timeout
         self.credentials = credentials or EtcdCredentials()
         self.token_refresh = token_refresh
@@ -154,6 +162,14 @@ class Etcd:
             self._watch_channel = None
 
     def _unavailable(self, exc: BaseException) -> ConfmeshError:
+        if "request is too large" in str(exc):
+            return InvalidArgument(
+                f"this change is larger than etcd accepts in one request ({self.max_request_bytes} bytes, "
+                "etcd's --max-request-bytes); split it into smaller changes",
+                code="request_too_large",
+            )
+        if "larger than max" in str(exc):
+            return _PageTooLarge(f"an etcd answer was larger than the receive limit: {exc}")
         if "too many operations in txn request" in str(exc):
             return InvalidArgument(
                 "this change needs more operations than etcd allows in one transaction; split it, or raise "
@@ -182,10 +198,16 @@ class Etcd:
         start: bytes = prefix.encode()
         out: list[KeyValue] = []
         get = self._client.kv.get
+        pages = _Pages()
         while True:
-            resp = await self._rpc(
-                functools.partial(get, start, end, revision=revision, limit=PAGE_SIZE, timeout=self.timeout)
-            )
+            try:
+                resp = await self._rpc(functools.partial(
+                    get, start, end, revision=revision, limit=pages.limit, timeout=self.timeout
+                ))  # fmt: skip
+            except _PageTooLarge:
+                pages.shrink()
+                continue
+            pages.grow()
             if revision == 0:
                 revision = resp.header.revision
                 # Later pages are read at the first page's revision.
@@ -211,11 +233,17 @@ class Etcd:
         get = self._client.kv.get
         end = prefix_range_end(prefix)
         revision = 0
+        pages = _Pages(page)
         while True:
-            resp = await self._rpc(functools.partial(
-                get, prefix, end, revision=revision, limit=page, sort_order=SortOrder.DESCEND,
-                sort_target=SortTarget.KEY, timeout=self.timeout,
-            ))  # fmt: skip
+            try:
+                resp = await self._rpc(functools.partial(
+                    get, prefix, end, revision=revision, limit=pages.limit, sort_order=SortOrder.DESCEND,
+                    sort_target=SortTarget.KEY, timeout=self.timeout,
+                ))  # fmt: skip
+            except _PageTooLarge:
+                pages.shrink()
+                continue
+            pages.grow()
             revision = revision or resp.header.revision
             for kv in resp.kvs:
                 yield KeyValue(kv.key.decode(), kv.value, kv.mod_revision)
@@ -227,6 +255,14 @@ class Etcd:
         self, compare: Sequence[rpc_pb2.Compare], success: Sequence[rpc_pb2.RequestOp]
     ) -> rpc_pb2.TxnResponse:
         assert self._client.kv is not None
+        size = rpc_pb2.TxnRequest(compare=compare, success=success).ByteSize()
+        if size > self.max_request_bytes:
+            raise InvalidArgument(
+                f"this change is {size} bytes as one etcd transaction (its values and their audit record "
+                f"with old and new values); etcd accepts at most {self.max_request_bytes} bytes per request "
+                "(--etcd-max-request-bytes); split it into smaller changes",
+                code="request_too_large",
+            )
         kv = self._client.kv
         return await self._rpc(lambda: kv.txn(compare, success, timeout=self.timeout, max_attempts=1))
 
@@ -266,6 +302,8 @@ class Etcd:
                     range_end=prefix_range_end(prefix),
                     start_revision=start_revision,
                     progress_notify=True,
+                    # etcd splits an answer larger than its request limit; the parts are joined below.
+                    fragment=True,
                 )
             )
             while not stop.is_set():
@@ -277,17 +315,22 @@ class Etcd:
 
         call = stub.Watch(requests(), metadata=(("token", self._token),) if self._token else None)
         try:
+            parts: list[Event] = []
             async for resp in call:
+                parts.extend(
+                    Event(
+                        deleted=ev.type == 1,
+                        key=ev.kv.key.decode(),
+                        value=ev.kv.value,
+                        mod_revision=ev.kv.mod_revision,
+                    )
+                    for ev in resp.events
+                )
+                if resp.fragment:
+                    continue
+                events, parts = tuple(parts), []
                 yield WatchBatch(
-                    events=tuple(
-                        Event(
-                            deleted=ev.type == 1,
-                            key=ev.kv.key.decode(),
-                            value=ev.kv.value,
-                            mod_revision=ev.kv.mod_revision,
-                        )
-                        for ev in resp.events
-                    ),
+                    events=events,
                     header_revision=resp.header.revision,
                     compact_revision=resp.compact_revision,
                     canceled=resp.canceled,
@@ -305,3 +348,21 @@ def _is_auth_failure(exc: BaseException) -> bool:
     if isinstance(exc, EtcdUnauthenticatedError):
         return True
     return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+
+
+class _Pages:
+    """A range read's page size in keys: etcd cannot bound a page in bytes, so a page the channel
+    refuses as too large is read again at half the size (one key always fits: etcd takes no
+    larger value than its request limit), and the size grows back after pages that fit."""
+
+    def __init__(self, limit: int = PAGE_SIZE) -> None:
+        self.most = limit
+        self.limit = limit
+
+    def shrink(self) -> None:
+        if self.limit == 1:
+            raise Unavailable("one etcd key is larger than the receive limit")
+        self.limit = max(1, self.limit // 2)
+
+    def grow(self) -> None:
+        self.limit = min(self.most, self.limit * 2)

@@ -32,6 +32,7 @@ from confmesh.server.audit import AuditEntry
 from confmesh.server.etcd import Etcd
 from confmesh.server.resolver import affects
 from confmesh.server.schemas import ServiceSchema
+from confmesh.server.snapshot_size import SnapshotSizes
 from confmesh.tracing import current_traceparent
 
 MAX_CHANGES = 1000
@@ -160,9 +161,12 @@ class Writer:
         etcd: Etcd,
         layout: KeyLayout,
         schemas: Callable[[], Mapping[Scope, ServiceSchema]] | None = None,
+        sizes: SnapshotSizes | None = None,
     ) -> None:
         self.etcd = etcd
         self.layout = layout
+        # Refuses writes that would make a snapshot too large to receive (None: unchecked).
+        self.sizes = sizes
         # The registered service schemas (the store's); writes are checked against them.
         self.schemas = schemas or dict
 
@@ -273,6 +277,8 @@ class Writer:
             for layer in touched:
                 check_layer(layer, current[layer])
                 ops.append(KVService.txn_op_put(self.layout.marker_key(layer), marker.encode()))
+            if self.sizes is not None:
+                self.sizes.check({layer: current[layer] for layer in touched})
             await check_schemas(
                 [
                     (sch, resolve(current[layer] for layer in sc.layers), scope_layer(sc) not in touched)

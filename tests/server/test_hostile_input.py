@@ -23,7 +23,7 @@ from confmesh.v1 import config_pb2
 
 
 async def test_each_limit_is_refused_with_the_limit_named(admin: AdminClient) -> None:
-    with pytest.raises(InvalidArgument, match="the limit is 524288"):
+    with pytest.raises(InvalidArgument, match="the limit is 262144"):
         await admin.put("big", "x" * 600_000)
     deep: Any = 1
     for _ in range(40):
