@@ -24,7 +24,17 @@ from confmesh.merge import explain, resolve
 from confmesh.server.access import Access, Caller, Grant, Role, new_token
 from confmesh.server.audit import AuditEntry, AuditFilter, read_audit
 from confmesh.server.config_service import abort
-from confmesh.server.history import Recorded, changes_after, changes_towards, pruned_before, undo
+from confmesh.server.history import (
+    Recorded,
+    changes_after,
+    changes_towards,
+    check_accounted,
+    check_boundary,
+    layer_at,
+    pruned_before,
+    touched_keys,
+    undo,
+)
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
 from confmesh.server.limits import Pager
@@ -654,14 +664,33 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         records: Callable[[int], Awaitable[list[Recorded]]],
         ctx: admin_pb2.ChangeContext,
         source: str,
+        *,
+        at: int = 0,
     ) -> admin_pb2.WriteResponse:
-        """Undo the audited changes `records(base revision)` returns, as one new audited change."""
+        """Restore `layers`, as one new audited change: to what they held at revision `at`, else by
+        undoing the audited changes `records(read revision)` returns.
+
+        What etcd still keeps of revision `at` is read back exactly. Past that,
+        the audit log is undone, and only when it accounts for every change
+        since: an out-of-band write in between is refused, never guessed over.
+        """
         caller = self.access.identify(context)
         self.access.require_writes(caller, layers)
-        revision, base = 0, {}
+        revision, base, revisions = 0, {}, {}
         for layer in layers:
-            revision, base[layer] = await self.writer.read_layer(layer, revision)
-        target = undo(base, [r for r in await records(revision) if r.revision <= revision])
+            revision, base[layer], revisions[layer] = await self.writer.read_layer_revisions(layer, revision)
+        found = [r for r in await records(revision) if r.revision <= revision]
+        etcd, layout = self.writer.etcd, self.writer.layout
+        exact = {layer: await layer_at(etcd, layout, layer, at) for layer in layers} if at else {}
+        target = {}
+        for layer in layers:
+            kept = exact.get(layer)
+            if kept is None:
+                since = at or min((r.revision for r in found), default=revision + 1) - 1
+                check_accounted(layer, revisions[layer], since, found, base[layer])
+                kept = undo({layer: base[layer]}, found)[layer]
+                await check_boundary(etcd, layout, layer, since, kept, touched_keys(layer, found))
+            target[layer] = kept
         changes = [c for layer in layers for c in changes_towards(layer, base[layer], target[layer])]
         if not changes:
             raise errors.FailedPrecondition(
@@ -703,7 +732,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 )
 
             source = f"Rollback {layer} to {request.to_version}"
-            return await self._restore(context, [layer], records, request.context, source)
+            return await self._restore(
+                context, [layer], records, request.context, source, at=request.to_version
+            )
 
         return await self._timed("Rollback", context, run)
 

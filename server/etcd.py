@@ -27,7 +27,7 @@ from etcd3aio.connections import ConnectionManager
 from etcd3aio.errors import EtcdConnectionError, EtcdError, EtcdTransientError, EtcdUnauthenticatedError
 from etcd3aio.kv import SortOrder, SortTarget, prefix_range_end
 
-from confmesh.errors import ConfmeshError, InvalidArgument, Unavailable
+from confmesh.errors import ConfmeshError, FailedPrecondition, InvalidArgument, Unavailable
 from confmesh.tls import read_pem
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ PAGE_SIZE = 1000
 # etcd's default --max-request-bytes: the largest request (a transaction with all its values) it takes.
 DEFAULT_MAX_REQUEST_BYTES = 1572864
 T = TypeVar("T")
+
+
+class RevisionCompacted(FailedPrecondition):
+    """etcd no longer keeps the revision asked for (it compacted its history)."""
 
 
 class _PageTooLarge(Unavailable):
@@ -168,6 +172,8 @@ class Etcd:
                 "etcd's --max-request-bytes); split it into smaller changes",
                 code="request_too_large",
             )
+        if "required revision has been compacted" in str(exc):
+            return RevisionCompacted(f"etcd compacted that revision: {exc}", code="compacted")
         if "larger than max" in str(exc):
             return _PageTooLarge(f"an etcd answer was larger than the receive limit: {exc}")
         if "too many operations in txn request" in str(exc):

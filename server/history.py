@@ -25,8 +25,8 @@ from etcd3aio.kv import KVService
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import KeyLayout, Layer, LayerKind
-from confmesh.merge import JSONValue
-from confmesh.server.etcd import Etcd
+from confmesh.merge import JSONValue, parse_json_value
+from confmesh.server.etcd import Etcd, RevisionCompacted
 from confmesh.server.schemas import contains_redacted
 from confmesh.server.writer import ancestors
 
@@ -75,6 +75,111 @@ async def changes_after(
         if any(change.get("layer") in wanted for change in record.get("changes", ())):
             out.append(Recorded(kv.mod_revision, record))
     return out
+
+
+async def layer_at(etcd: Etcd, layout: KeyLayout, layer: Layer, revision: int) -> dict[str, JSONValue] | None:
+    """What `layer` held at `revision`, read from etcd's own history; None once etcd compacted it.
+
+    This is exact: it includes out-of-band writes and secret values, which the
+    audit log cannot restore.
+    """
+    root = layout.layer_root(layer)
+    try:
+        _, kvs = await etcd.list_prefix(root, revision)
+    except RevisionCompacted:
+        return None
+    return {kv.key[len(root) :]: parse_json_value(kv.value, path=kv.key[len(root) :]) for kv in kvs}
+
+
+def check_accounted(
+    layer: Layer,
+    revisions: Mapping[str, int],
+    base: int,
+    records: Iterable[Recorded],
+    now: Mapping[str, JSONValue],
+) -> None:
+    """Refuse to undo from the audit log when something it does not record changed `layer` after `base`.
+
+    `revisions`: each current key's etcd mod revision. A key modified after
+    `base` by no audited change, or an audited change whose recorded result is
+    not what the layer held next, means an out-of-band write came between:
+    undoing the records would then restore a guess, not the past.
+    """
+    path = str(layer)
+    audited: dict[str, set[int]] = {}
+    state = dict(now)
+    for rec in records:
+        for change in reversed(rec.record.get("changes", ())):
+            if change.get("layer") != path:
+                continue
+            key = change["key"]
+            audited.setdefault(key, set()).add(rec.revision)
+            present = key in state
+            expected = change["op"] == "put"
+            if present != expected or (
+                expected and not contains_redacted(change["new"]) and state[key] != change["new"]
+            ):
+                raise _out_of_band(layer, key, rec.revision)
+            if "old" in change:
+                state[key] = change["old"]
+            else:
+                state.pop(key, None)
+    for key, revision in revisions.items():
+        if revision > base and revision not in audited.get(key, ()):
+            raise _out_of_band(layer, key, revision)
+
+
+async def check_boundary(
+    etcd: Etcd,
+    layout: KeyLayout,
+    layer: Layer,
+    base: int,
+    target: Mapping[str, JSONValue],
+    keys: Iterable[str],
+) -> None:
+    """Refuse when the undone values of `keys` are not what the audit log says they were at `base`.
+
+    For each key, the newest audited change at or before `base` says what it
+    held then; an out-of-band write between that and the first undone change
+    shows as a difference. Keys older than the kept audit log are taken as
+    the undone record says (nothing older can say otherwise).
+    """
+    path, pending = str(layer), set(keys)
+    async for kv in etcd.newest_first(layout.audit_root):
+        if not pending:
+            return
+        if kv.mod_revision > base:
+            continue
+        try:
+            record = json.loads(kv.value)
+        except ValueError:
+            continue
+        for change in reversed(record.get("changes", ()) if isinstance(record, dict) else ()):
+            key = change.get("key")
+            if change.get("layer") != path or key not in pending:
+                continue
+            pending.discard(key)
+            if change["op"] == "put":
+                held = key in target and (contains_redacted(change["new"]) or target[key] == change["new"])
+            else:
+                held = key not in target
+            if not held:
+                raise _out_of_band(layer, key, kv.mod_revision)
+
+
+def touched_keys(layer: Layer, records: Iterable[Recorded]) -> set[str]:
+    path = str(layer)
+    return {c["key"] for r in records for c in r.record.get("changes", ()) if c.get("layer") == path}
+
+
+def _out_of_band(layer: Layer, key: str, revision: int) -> errors.FailedPrecondition:
+    return errors.FailedPrecondition(
+        f"{layer}:{key} was changed out of band (outside confmesh's audited writes) near revision "
+        f"{revision}, and etcd no longer keeps that history: the audit log cannot restore this layer "
+        "exactly; set the values you want instead",
+        field=key,
+        code="history_incomplete",
+    )
 
 
 def undo(

@@ -199,16 +199,25 @@ class Writer:
         return compares + [guard(self.layout.layer_root(layer), revision) for layer in sorted(whole)]
 
     async def read_layer(self, layer: Layer, revision: int) -> tuple[int, dict[str, JSONValue]]:
+        revision, entries, _ = await self.read_layer_revisions(layer, revision)
+        return revision, entries
+
+    async def read_layer_revisions(
+        self, layer: Layer, revision: int
+    ) -> tuple[int, dict[str, JSONValue], dict[str, int]]:
+        """(read revision, entries, each entry's mod revision) of `layer` at `revision` (0: now)."""
         root = self.layout.layer_root(layer)
         revision, kvs = await self.etcd.list_prefix(root, revision)
         entries: dict[str, JSONValue] = {}
+        revisions: dict[str, int] = {}
         for kv in kvs:
             key = kv.key[len(root) :]
+            revisions[key] = kv.mod_revision
             try:
                 entries[key] = parse_json_value(kv.value, path=key)
             except errors.InvalidArgument:
                 entries[key] = None
-        return revision, entries
+        return revision, entries, revisions
 
     async def transact(
         self, layers: Sequence[Layer], plan: Plan, *, actor: str, reason: str, source: str = "write"

@@ -89,10 +89,54 @@ async def test_history_refuses_what_it_cannot_restore(server: ConfmeshServer, ad
     await admin.put_schema("prod", "orders", Settings.model_json_schema())
     plaintext = "pw-one-0123"  # pragma: allowlist secret
     first = await admin.put("database.password", plaintext, env="prod", service="orders")
+    second = await admin.put("database.password", {"$secret": "env:DB"}, env="prod", service="orders")
+    # While etcd keeps the revision, rollback reads it back exactly, secret values included.
+    await admin.rollback(first.revision, env="prod", service="orders")
+    orders = Layer.svc("prod", "orders")
+    assert server.store.entries(orders)["database.password"] == plaintext
+    # Once etcd compacted it, only the audit log is left, and it keeps secrets redacted.
     await admin.put("database.password", {"$secret": "env:DB"}, env="prod", service="orders")
-    with pytest.raises(FailedPrecondition, match=r"secret value .* keeps it redacted"):
-        await admin.rollback(first.revision, env="prod", service="orders")
     assert server.etcd is not None
+    await server.etcd.compact(server.store.revision)
+    with pytest.raises(FailedPrecondition, match=r"secret value .* keeps it redacted"):
+        await admin.rollback(second.revision - 1, env="prod", service="orders")
     await prune_audit(server.etcd, server.layout, retention_seconds=0)
     with pytest.raises(FailedPrecondition, match="older than the kept history"):
         await admin.rollback(first.revision, env="prod", service="orders")
+
+
+async def test_rollback_never_guesses_over_an_out_of_band_write(
+    server: ConfmeshServer, admin: AdminClient, etcd: EtcdHandle, prefix: str
+) -> None:
+    key = f"{prefix}/config/env/prod/timeout"
+    r1 = (await admin.put("timeout", 1, env="prod")).revision
+    etcd.ctl("put", key, "2")
+    await admin.put("timeout", 3, env="prod")
+    # etcd still keeps r1: the layer is read back as it was, the out-of-band 2 skipped over.
+    await admin.rollback(r1, env="prod")
+    assert (await admin.get_layer(Layer.env("prod")))[1] == {"timeout": 1}
+
+    # Only an out-of-band write after r2: still restored exactly, not "nothing to undo".
+    r2 = (await admin.put("timeout", 4, env="prod")).revision
+    etcd.ctl("put", key, "5")
+    await admin.rollback(r2, env="prod")
+    assert (await admin.get_layer(Layer.env("prod")))[1] == {"timeout": 4}
+
+    # Once etcd compacted r3, the audit log alone cannot account for the out-of-band 6: refused.
+    r3 = (await admin.put("timeout", 5, env="prod")).revision
+    etcd.ctl("put", key, "6")
+    last = (await admin.put("timeout", 7, env="prod")).revision
+    assert server.etcd is not None
+    await server.etcd.compact(last)
+    with pytest.raises(FailedPrecondition, match="changed out of band") as refused:
+        await admin.rollback(r3, env="prod")
+    assert refused.value.code == "history_incomplete"
+    code, _, err = await cli(server.address, "rollback", "--env", "prod", "--to", str(r3))
+    assert code == 1 and "changed out of band" in err
+    assert (await admin.get_layer(Layer.env("prod")))[1] == {"timeout": 7}  # nothing written
+    # With no out-of-band write since, the audit log restores r4 after compaction too.
+    r4 = (await admin.put("timeout", 8, env="prod")).revision
+    await admin.put("timeout", 9, env="prod")
+    await server.etcd.compact(server.store.revision)
+    await admin.rollback(r4, env="prod")
+    assert (await admin.get_layer(Layer.env("prod")))[1] == {"timeout": 8}
