@@ -27,8 +27,9 @@ def apply(ctx: click.Context, path: str | None, file_opt: str | None, dry_run: b
     """Apply a change set (JSON/YAML file) or a config directory, atomically, as one audited change.
 
     A directory holds defaults/, <env>/ and <env>/<service>/ with YAML or
-    JSON files; each layer it names ends up holding exactly what its files
-    say (other layers are untouched). Anything invalid refuses all of it.
+    JSON files; each layer whose folder has files of its own (or a .managed
+    marker file) ends up holding exactly what its files say; other layers
+    are untouched. Anything invalid refuses all of it.
     """
     from confmesh.changes import parse_apply_document
 
@@ -70,6 +71,7 @@ async def _apply_directory(
 
 async def _apply_state(admin: Any, state: DesiredState, name: str, dry_run: bool, reason: str) -> None:
     layers = sorted(state.layers)
+    click.echo(f"manages {len(layers)} layer(s): " + (", ".join(map(str, layers)) or "none"))
     changes = []
     with click.progressbar(
         layers, label=f"comparing {len(layers)} layers with the server", file=sys.stderr,

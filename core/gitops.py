@@ -8,9 +8,12 @@ Layout::
       <env>/<service>/*.yaml       -> service <service> in <env>
 
 Each file is a mapping of nested keys; the files of one directory merge (a
-key set twice is an error). A layer whose directory exists is managed: after
-the apply it holds exactly what its files say. Layers without a directory
-are left alone.
+key set twice is an error). A layer is managed when its directory holds
+files of its own, or the marker file ``.managed`` (which lets a layer be
+emptied): after the apply it holds exactly what its files say. Every other
+layer is left alone, so ``prod/`` holding only ``prod/orders/`` manages the
+orders service layer and not the environment layer, and a writer scoped to
+one service can apply its own directory.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from confmesh.keys import Layer, check_name, split_key
 from confmesh.merge import JSONValue, normalize
 
 SUFFIXES = (".yaml", ".yml", ".json")
+MARKER = ".managed"
 _MISSING = object()
 
 
@@ -63,10 +67,10 @@ def read_directory(root: Path) -> DesiredState:
     if not root.is_dir():
         raise InvalidArgument(f"{root} is not a directory")
     state, problems = DesiredState(), []
-    directories = sorted({root / "defaults"} | {p for p in root.rglob("*") if p.is_dir()})
-    for directory in directories:
-        if not directory.is_dir() or directory == root:
-            continue
+    for directory in sorted(p for p in root.rglob("*") if p.is_dir()):
+        files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in SUFFIXES)
+        if not files and not (directory / MARKER).is_file():
+            continue  # only a folder on the way to its services' layers: not managed
         try:
             layer = _layer_for(root, directory)
         except InvalidArgument as exc:
@@ -74,7 +78,7 @@ def read_directory(root: Path) -> DesiredState:
             continue
         entries: dict[str, JSONValue] = {}
         origin: dict[str, Path] = {}
-        for path in sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in SUFFIXES):
+        for path in files:
             state.files += 1
             try:
                 doc = yaml.safe_load(path.read_text()) or {}
@@ -98,7 +102,8 @@ def plan_layer(layer: Layer, live: dict[str, JSONValue], desired: dict[str, JSON
     """Deletes then puts that make `live` (keys as stored) hold exactly the `desired` leaves.
 
     A stored key is kept when the leaves under it already equal the desired
-    ones; otherwise it is deleted and the desired leaves are written anew.
+    ones; a stored key that is itself a desired leaf is overwritten in place;
+    otherwise it is deleted and the desired leaves under it are written anew.
     """
     kept: set[str] = set()
     deletes = []
@@ -107,7 +112,7 @@ def plan_layer(layer: Layer, live: dict[str, JSONValue], desired: dict[str, JSON
         wanted = {p: v for p, v in desired.items() if p == key or p.startswith(key + ".")}
         if wanted == leaves:
             kept.update(wanted)
-        else:
+        elif key not in desired:
             deletes.append(ChangeSpec(layer, key, delete=True))
     puts = [ChangeSpec(layer, k, v) for k, v in sorted(desired.items()) if k not in kept]
     return sorted(deletes, key=lambda c: c.key) + puts

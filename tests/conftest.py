@@ -85,3 +85,52 @@ async def server(etcd: EtcdHandle, prefix: str) -> AsyncIterator[ConfmeshServer]
 async def admin(server: ConfmeshServer) -> AsyncIterator[AdminClient]:
     async with AdminClient(server.address, actor="tests") as client:
         yield client
+
+
+# Identities of the multi-tenant tests: name -> grant, each given a bearer token.
+TENANT_GRANTS: dict[str, dict[str, object]] = {
+    "admin": {"role": "admin"},
+    "orders-writer": {"role": "writer", "scopes": ["prod/orders"], "flags": ["prod"]},
+    "staging-writer": {"role": "writer", "scopes": ["staging/*"], "flags": ["staging"]},
+    "staging-reader": {"role": "reader", "scopes": ["staging/*"]},
+    "orders-reader": {"role": "reader", "scopes": ["prod/orders"]},
+    "orders-service": {"role": "service", "environment": "prod", "service": "orders"},
+    "payments-service": {"role": "service", "environment": "prod", "service": "payments"},
+}
+
+
+class Tenants:
+    """A policy-enforcing server, and a bearer token for each of TENANT_GRANTS."""
+
+    def __init__(self, server: ConfmeshServer, tokens: dict[str, str]) -> None:
+        self.server = server
+        self.address = server.address
+        self.tokens = tokens
+
+    def admin(self, who: str) -> AdminClient:
+        return AdminClient(self.address, token=self.tokens[who], actor=who)
+
+
+@pytest.fixture
+async def tenants(etcd: EtcdHandle, prefix: str, tmp_path: Path) -> AsyncIterator[Tenants]:
+    from confmesh.server.access import Grant, new_token
+    from confmesh.server.records import store_token
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("identities: {}\n")
+    srv = ConfmeshServer(
+        ServerSettings(listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint], prefix=prefix,
+                       policy_file=str(policy), heartbeat_interval=1.0)
+    )  # fmt: skip
+    await srv.start()
+    try:
+        assert srv.etcd is not None
+        tokens = {}
+        for name, grant in TENANT_GRANTS.items():
+            record, token = new_token(name, Grant.model_validate(grant), "tests")
+            revision = await store_token(srv.etcd, srv.layout, record, actor="tests", reason="fixture")
+            tokens[name] = token
+        await srv.source.wait_for_revision(revision, 5)
+        yield Tenants(srv, tokens)
+    finally:
+        await srv.stop()

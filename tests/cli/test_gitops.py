@@ -11,6 +11,7 @@ from confmesh.client import AdminClient, InvalidArgument
 from confmesh.keys import Layer
 from confmesh.server import ConfmeshServer
 from tests.cli.test_cli import cli
+from tests.conftest import Tenants
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -94,3 +95,62 @@ async def test_changes_apply_in_order(admin: AdminClient) -> None:
         await admin.apply(
             [ChangeSpec(layer, "database.host", "c"), ChangeSpec(layer, "database", delete=True)]
         )
+
+
+async def test_apply_changes_adds_and_removes_leaves_then_changes_nothing(
+    server: ConfmeshServer, admin: AdminClient, tmp_path: Path
+) -> None:
+    await admin.put("feature.x", 1, env="qa")
+    await admin.put("feature.old", True, env="qa")
+    config = write(tmp_path / "d", {"qa/a.yaml": "feature:\n  x: 2\n  new: on\n"})
+    code, out, err = await cli(server.address, "apply", "-f", str(config), "--dry-run")
+    assert code == 0, err
+    assert "~ env/qa:feature.x  1 -> 2" in out and "+ env/qa:feature.new  true" in out
+    assert "- env/qa:feature.old  true" in out
+    assert "3 change(s) in 1 layer(s)" in out
+    code, out, err = await cli(server.address, "apply", "-f", str(config))
+    assert code == 0, err
+    assert (await admin.get_layer(Layer.env("qa")))[1] == {"feature.x": 2, "feature.new": True}
+    code, out, err = await cli(server.address, "apply", "-f", str(config))
+    assert code == 0, err
+    assert "0 change(s) in 1 layer(s) from 1 file(s); nothing to apply" in out
+
+
+async def test_apply_manages_only_layers_with_files_of_their_own(
+    server: ConfmeshServer, admin: AdminClient, tmp_path: Path
+) -> None:
+    await admin.put("keep.me", 1, env="staging")
+    await admin.put("keep.too", 1)  # defaults
+    await admin.put("stale", 1, env="staging", service="gsvc")
+    config = write(tmp_path / "c", {"staging/gsvc/a.yaml": "port: 80\n"})
+    code, out, err = await cli(server.address, "apply", "-f", str(config), "--dry-run")
+    assert code == 0, err
+    assert "manages 1 layer(s): service/staging/gsvc" in out
+    code, out, err = await cli(server.address, "apply", "-f", str(config))
+    assert code == 0, err
+    assert (await admin.get_layer(Layer.env("staging")))[1] == {"keep.me": 1}
+    assert (await admin.get_layer(Layer.defaults()))[1] == {"keep.too": 1}
+    assert (await admin.get_layer(Layer.svc("staging", "gsvc")))[1] == {"port": 80}
+    # A marker file manages a layer with no files: here, emptying it.
+    write(config, {"staging/.managed": ""})
+    code, out, err = await cli(server.address, "apply", "-f", str(config))
+    assert code == 0, err
+    assert (await admin.get_layer(Layer.env("staging")))[1] == {}
+
+
+async def test_a_writer_scoped_to_one_service_applies_its_directory(tenants: Tenants, tmp_path: Path) -> None:
+    async with tenants.admin("admin") as admin:
+        await admin.put("shared", 1, env="prod")
+        await admin.put("db.password", "payments-pw-1", env="prod", service="payments")
+    config = write(tmp_path / "o", {"prod/orders/a.yaml": "pool: 7\n"})
+    token = tenants.tokens["orders-writer"]
+    code, out, err = await cli(tenants.address, "--token", token, "apply", "-f", str(config))
+    assert code == 0, err
+    # A directory naming another service's layer: refused for writing, and its values never shown.
+    other = write(tmp_path / "p", {"prod/payments/a.yaml": "db:\n  password: guess\n"})
+    code, out, err = await cli(tenants.address, "--token", token, "apply", "-f", str(other), "--dry-run")
+    assert code == 1 and "may not read service/prod/payments" in err
+    assert "payments-pw-1" not in out + err
+    async with tenants.admin("admin") as admin:
+        assert (await admin.get_layer(Layer.svc("prod", "orders")))[1] == {"pool": 7}
+        assert (await admin.get_layer(Layer.env("prod")))[1] == {"shared": 1}
