@@ -778,8 +778,20 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     # -- staged rollouts ---------------------------------------------------------------------
 
-    def _rollout(self, environment: str, service: str, *, active: bool = True) -> Rollout:
+    def _rollout(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        environment: str,
+        service: str,
+        *,
+        active: bool = True,
+    ) -> Rollout:
+        """The scope's rollout, for a caller who may write the scope's layer (checked first, so
+        the answer says nothing of other scopes' rollouts)."""
         scope = Scope.checked(environment, service)
+        self.access.require_writes(
+            self.access.identify(context), [Layer.svc(scope.environment, scope.service)]
+        )
         entry = self.source.store.rollouts.get(scope)
         if entry is None or (active and not entry[0].active):
             raise errors.NotFound(f"no active rollout for {scope}")
@@ -832,7 +844,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.UpdateRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
-            rollout = self._rollout(request.environment, request.service)
+            rollout = self._rollout(context, request.environment, request.service)
             caller = self.access.identify(context)
             self.access.require_writes(caller, [rollout.layer])
             updated = rollout.with_(percent=request.percent)
@@ -852,7 +864,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
-            rollout = self._rollout(request.environment, request.service)
+            rollout = self._rollout(context, request.environment, request.service)
             layer = rollout.layer
 
             def plan(current: Current) -> list[ChangeSpec]:
@@ -879,7 +891,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
         async def run() -> admin_pb2.WriteResponse:
-            rollout = self._rollout(request.environment, request.service)
+            rollout = self._rollout(context, request.environment, request.service)
             caller = self.access.identify(context)
             self.access.require_writes(caller, [rollout.layer])
             actor = self._actor(caller, request.context)

@@ -81,7 +81,7 @@ class Throttled:
         if held:
             msg += " (%d similar lines held back)"
             args = (*args, held)
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, stacklevel=2)
 
 
 _BAD_TOKEN = "page_token is not one this server gave"
