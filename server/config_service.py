@@ -20,7 +20,14 @@ from confmesh.server.access import Access
 from confmesh.server.hub import Hub, Subscriber
 from confmesh.server.interceptors import Malformed, checked_deserializer
 from confmesh.server.ledger import Ledger
-from confmesh.server.limits import MAX_USAGE_ENTRIES, MAX_USAGE_NAME, Throttled, clip
+from confmesh.server.limits import (
+    MAX_ERROR_MESSAGE,
+    MAX_FIELD_PATH,
+    MAX_USAGE_ENTRIES,
+    MAX_USAGE_NAME,
+    Throttled,
+    clip,
+)
 from confmesh.server.metrics import Metrics
 from confmesh.server.resolver import Resolved, VersionHash
 from confmesh.server.source import EtcdSource
@@ -125,6 +132,11 @@ def add_config_service(service: ConfigService, server: grpc.aio.Server) -> None:
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: errors.ConfmeshError) -> None:
+    """End the call with `exc`; its text is cut to fit gRPC's metadata limit (16 KiB in all)."""
+    if len(exc.message) > MAX_ERROR_MESSAGE or len(exc.field) > MAX_FIELD_PATH:
+        exc = type(exc)(
+            clip(exc.message, MAX_ERROR_MESSAGE), code=exc.code, field=clip(exc.field, MAX_FIELD_PATH)
+        )
     context.set_trailing_metadata(error_trailers(exc))
     await context.abort(status_for(exc), exc.message)
 

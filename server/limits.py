@@ -27,6 +27,8 @@ MAX_USAGE_ENTRIES = 1000  # counts per usage report (more: the stream is refused
 MAX_USAGE_NAME = 256  # characters of a flag or variant name in a usage report
 MAX_VARIANTS_PER_FLAG = 64  # distinct variants tracked per flag; the rest count as OTHER_VARIANT
 OTHER_VARIANT = "(other)"
+MAX_ERROR_MESSAGE = 4096  # characters of an error the server sends (it travels in the trailers twice)
+MAX_ISSUE_MESSAGE = 300  # characters of one schema issue's message (they quote the offending value)
 PAGE_BYTES = 1024 * 1024  # status and usage answers are paged at about this size
 LOG_INTERVAL = 10.0  # at most one line per (logger key) this often
 
@@ -37,6 +39,14 @@ def clip(text: str, limit: int) -> str:
         return text
     marker = f"… [{len(text) - limit} more characters cut]"
     return text[: max(0, limit - len(marker))] + marker
+
+
+def clip_middle(text: str, limit: int) -> str:
+    """`text` cut in the middle to about `limit` characters (keeps what a message says after a value)."""
+    if len(text) <= limit:
+        return text
+    keep = max(0, limit // 2 - 16)
+    return f"{text[:keep]}… [{len(text) - 2 * keep} characters cut] …{text[-keep:] if keep else ''}"
 
 
 def clip_paths(paths: Iterable[str]) -> list[str]:

@@ -34,6 +34,7 @@ from referencing import Registry
 from confmesh import errors
 from confmesh.keys import Scope
 from confmesh.merge import JSONValue
+from confmesh.server.limits import MAX_ISSUE_MESSAGE, clip_middle
 
 REDACTED = "<redacted>"
 MAX_ISSUES = 20
@@ -250,7 +251,7 @@ class ServiceSchema:
             return [
                 errors.FieldIssue(base or "(root)", f"invalid secret value ({error.validator}; {REDACTED})")
             ]
-        return [errors.FieldIssue(base or "(root)", error.message)]
+        return [errors.FieldIssue(base or "(root)", clip_middle(error.message, MAX_ISSUE_MESSAGE))]
 
     def refuse(self, config: dict[str, JSONValue], what: str, *, shared: bool = False) -> None:
         """If `config` is invalid, raise InvalidArgument naming the service, first field and reason.
