@@ -37,7 +37,6 @@ from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import error_trailers, status_for, to_struct, updates_to_pb
 
 log = logging.getLogger(__name__)
-throttled = Throttled(log)
 
 
 class EncodedSnapshots:
@@ -168,6 +167,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self._ticker: asyncio.Task[None] | None = None
         self.encoded = EncodedSnapshots(hub.resolver.delta, tracer_provider=tracer_provider)
         self.metrics = metrics or Metrics()
+        self.throttled = Throttled(log)  # repeated per-stream log lines
 
     async def _ready(self, known_version: int = 0) -> None:
         """Wait until the cache is synced and at least at `known_version`.
@@ -355,7 +355,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     sub.counters.nacks += 1
                     paths = [fe.path for fe in nack.field_errors]
                     self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
-                    throttled.log(
+                    self.throttled.log(
                         logging.WARNING,
                         ("nack", sub.scope),
                         "instance %s of %s rejected version %d: %s",
@@ -385,7 +385,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     if msg.report.need_full:
                         sub.base = None
                     if sub.resend_if_behind(current, msg.report.version, msg.report.hash):
-                        throttled.log(logging.INFO, ("behind", sub.scope),
+                        self.throttled.log(logging.INFO, ("behind", sub.scope),
                                       "instance of %s reports version %d; re-sending %d",
                                       sub.scope, msg.report.version, current.version)  # fmt: skip
                 elif kind == "subscribe":
