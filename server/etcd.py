@@ -167,11 +167,7 @@ class Etcd:
 
     def _unavailable(self, exc: BaseException) -> ConfmeshError:
         if "request is too large" in str(exc):
-            return InvalidArgument(
-                f"this change is larger than etcd accepts in one request ({self.max_request_bytes} bytes, "
-                "etcd's --max-request-bytes); split it into smaller changes",
-                code="request_too_large",
-            )
+            return self._too_large()
         if "required revision has been compacted" in str(exc):
             return RevisionCompacted(f"etcd compacted that revision: {exc}", code="compacted")
         if "larger than max" in str(exc):
@@ -270,7 +266,17 @@ class Etcd:
                 code="request_too_large",
             )
         kv = self._client.kv
-        return await self._rpc(lambda: kv.txn(compare, success, timeout=self.timeout, max_attempts=1))
+        try:
+            return await self._rpc(lambda: kv.txn(compare, success, timeout=self.timeout, max_attempts=1))
+        except _PageTooLarge as exc:  # etcd's gRPC server refused the request's size itself
+            raise self._too_large() from exc
+
+    def _too_large(self) -> InvalidArgument:
+        return InvalidArgument(
+            f"this change is larger than etcd accepts in one request ({self.max_request_bytes} bytes, "
+            "etcd's --max-request-bytes); split it into smaller changes",
+            code="request_too_large",
+        )
 
     @staticmethod
     def unchanged_since(key: str, revision: int, *, exact: bool = False) -> rpc_pb2.Compare:
