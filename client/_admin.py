@@ -31,6 +31,8 @@ from confmesh.wire import (
 class WriteResult:
     revision: int
     changed: list[str]
+    # Apply: the changes that were already so (puts of the held value, deletes of absent keys).
+    unchanged: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ class AdminClient:
             else:
                 msg.value.CopyFrom(to_value(normalize(ch.value, path=ch.key, depth=ch.key.count("."))))
         resp = await self._call(self._admin.Apply, req)
-        return WriteResult(resp.revision, list(resp.changed))
+        return WriteResult(resp.revision, list(resp.changed), list(resp.unchanged))
 
     async def resolve(self, env: str, service: str, key: str = "") -> Explained:
         scope = Scope.checked(env, service)

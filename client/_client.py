@@ -154,6 +154,8 @@ class ConfigClient(Generic[T]):
         self.server_stale = False
         self.connected = False
         self.reconnects = 0
+        # Why the last connection attempt ended ("" while connected): for "not connected yet" messages.
+        self.last_error = ""
         # Snapshots applied from a delta (the others came whole).
         self.deltas_applied = 0
         self._current: AppliedSnapshot | None = None
@@ -386,6 +388,7 @@ class ConfigClient(Generic[T]):
             try:
                 async for resp in call:
                     self.connected = True
+                    self.last_error = ""
                     backoff = self.backoff_initial
                     if resp.WhichOneof("kind") == "heartbeat":
                         # Nothing newer was sent first, so what we run is current.
@@ -409,6 +412,7 @@ class ConfigClient(Generic[T]):
                     self._update_state()
                     return
                 draining = error.code == "draining"
+                self.last_error = error.message
                 log.info("confmesh watch for %s interrupted: %s", self.scope, error.message)
             finally:
                 reporter.cancel()

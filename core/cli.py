@@ -162,6 +162,11 @@ def main(
     show_default=True,
     help="etcd's --max-request-bytes (its default); writes larger than this are refused up front.",
 )
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    help="Share --listen with other processes (SO_REUSEPORT). Off: a busy port is an error.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
     listen: str,
@@ -181,6 +186,7 @@ def serve(
     policy_file: str,
     audit_retention_days: float,
     etcd_max_request_bytes: int,
+    reuse_port: bool,
     log_level: str,
 ) -> None:
     """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
@@ -217,8 +223,11 @@ def serve(
         policy_file=policy_file,
         audit_retention_days=audit_retention_days,
         etcd_max_request_bytes=etcd_max_request_bytes,
+        reuse_port=reuse_port,
     )
-    run(run_server(settings))
+    if not run(run_server(settings)):
+        logging.shutdown()
+        os._exit(1)  # shutdown was cut short: do not wait for what still hangs
 
 
 @main.command()
@@ -320,30 +329,65 @@ async def get(admin: Any, key: str, env: str, service: str, explain: bool, as_js
 @click.option("--env", "env", required=True, help="Environment.")
 @click.option("--service", required=True, help="Service.")
 @click.option("--instance-id", default=None, help="Instance id shown in status (default: cli-watch-...).")
+@click.option(
+    "--timeout",
+    default=0.0,
+    show_default=True,
+    help="Give up if no snapshot arrives within this many seconds (0: keep trying).",
+)
 @click.pass_context
-def watch(ctx: click.Context, env: str, service: str, instance_id: str | None) -> None:
-    """Print one JSON line per applied snapshot (version, hash, config) until interrupted."""
-    from confmesh.client import ConfigClient
+def watch(ctx: click.Context, env: str, service: str, instance_id: str | None, timeout: float) -> None:
+    """Print one JSON line per applied snapshot (version, hash, config) until interrupted.
+
+    While it is not connected it says so on stderr, with the reason, and keeps retrying.
+    """
+    from confmesh.client import ClientState, ConfigClient
     from confmesh.client._client import default_instance_id
+
+    server = ctx.obj["server"]
 
     async def body() -> None:
         client: ConfigClient[Any] = ConfigClient(
-            ctx.obj["server"],
+            server,
             environment=env,
             service=service,
             instance_id=instance_id or f"cli-watch-{default_instance_id()}",
             tls=ctx.obj["tls"],
             token=ctx.obj["token"],
-            startup_timeout=3600 * 24 * 365,
+            startup_timeout=timeout if timeout > 0 else 3600 * 24 * 365,
         )
 
         def show(_old: Any, _new: Any) -> None:
             click.echo(dumps({"version": client.version, "hash": client.hash, "config": client.raw}))
             sys.stdout.flush()
 
+        def changed(state: ClientState) -> None:
+            if state is ClientState.READY:
+                click.echo(f"connected to {server}", err=True)
+            elif state is ClientState.STALE and not client.connected:
+                click.echo(
+                    f"connection to {server} lost: {client.last_error or 'closed'}; retrying", err=True
+                )
+
+        async def progress() -> None:
+            said = ""
+            while True:
+                await asyncio.sleep(1.0)
+                reason = client.last_error or "no answer yet"
+                if not client.connected and reason != said:
+                    click.echo(f"not connected to {server} yet: {reason}; retrying", err=True)
+                    said = reason
+
         client.on_change(show)
-        async with client:
-            await asyncio.Event().wait()
+        client.on_state(changed)
+        click.echo(f"connecting to {server} for {env}/{service} ...", err=True)
+        reporter = asyncio.create_task(progress())
+        try:
+            async with client:
+                reporter.cancel()
+                await asyncio.Event().wait()
+        finally:
+            reporter.cancel()
 
     with contextlib.suppress(KeyboardInterrupt):
         run(body())

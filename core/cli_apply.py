@@ -20,7 +20,7 @@ PROGRESS_FROM = 10  # layers; fewer apply too fast to need a progress bar
 @click.option(
     "-f", "--file", "file_opt", default=None, help="A change-set file (- for stdin) or a directory."
 )
-@click.option("--dry-run", is_flag=True, help="Directory: show what would change, change nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
 @reason_option
 @click.pass_context
 def apply(ctx: click.Context, path: str | None, file_opt: str | None, dry_run: bool, reason: str) -> None:
@@ -40,19 +40,52 @@ def apply(ctx: click.Context, path: str | None, file_opt: str | None, dry_run: b
         state = read_directory(Path(target))  # every file checked before the server is asked anything
         run(_apply_directory(ctx, state, Path(target).name, dry_run, reason))
         return
-    if dry_run:
-        raise InvalidArgument("--dry-run works with a directory")
     text = sys.stdin.read() if target == "-" else _read(target)
     doc = parse_apply_document(text, source=target)
 
     async def body() -> None:
         async with admin_client(ctx) as admin:
+            if dry_run:
+                await _preview_changes(admin, doc.changes)
+                return
             result = await admin.apply(doc.changes, reason=reason or doc.reason)
-        click.echo(f"ok revision {result.revision}: {len(result.changed)} key(s) changed")
+        if result.changed:
+            click.echo(f"ok revision {result.revision}: {len(result.changed)} key(s) changed")
+        else:
+            click.echo(f"ok: nothing to change (revision {result.revision})")
         for item in result.changed:
             click.echo(f"  {item}")
+        for item in result.unchanged:
+            click.echo(f"  = {item} (already so)")
 
     run(body())
+
+
+async def _preview_changes(admin: Any, changes: list[Any]) -> None:
+    """What a change-set file would do, against the layers as they are (nothing written)."""
+    live: dict[Any, dict[str, Any]] = {}
+    for layer in sorted({c.layer for c in changes}):
+        live[layer] = (await admin.get_layer(layer))[1]
+    count = 0
+    for change in changes:
+        entries, where = live[change.layer], f"{change.layer}:{change.key}"
+        if change.delete:
+            if change.key in entries:
+                click.echo(f"- {where}  {dumps(entries.pop(change.key))}")
+                count += 1
+            else:
+                click.echo(f"= {where}  (not set: nothing to delete)")
+        elif change.key not in entries:
+            click.echo(f"+ {where}  {dumps(change.value)}")
+            entries[change.key] = change.value
+            count += 1
+        elif entries[change.key] == change.value:
+            click.echo(f"= {where}  {dumps(change.value)}  (already so)")
+        else:
+            click.echo(f"~ {where}  {dumps(entries[change.key])} -> {dumps(change.value)}")
+            entries[change.key] = change.value
+            count += 1
+    click.echo(f"{count} change(s) (dry run: nothing applied)")
 
 
 def _read(path: str) -> str:

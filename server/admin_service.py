@@ -159,15 +159,18 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         plan: Callable[[Current], Sequence[ChangeSpec]],
         ctx: admin_pb2.ChangeContext,
         source: str,
+        *,
+        skip_unchanged: bool = False,
     ) -> admin_pb2.WriteResponse:
         """Every write: check the caller may write `layers`, then commit one audited transaction."""
         caller = self.access.identify(context)
         self.access.require_writes(caller, layers)
         return await self._commit(
             await self.writer.transact(
-                sorted(set(layers)), plan, actor=self._actor(caller, ctx), reason=ctx.reason, source=source
+                sorted(set(layers)), plan, actor=self._actor(caller, ctx), reason=ctx.reason, source=source,
+                skip_unchanged=skip_unchanged,
             )
-        )
+        )  # fmt: skip
 
     async def _write(
         self,
@@ -177,7 +180,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         source: str,
     ) -> admin_pb2.WriteResponse:
         validate_changes(changes)
-        return await self._transact(context, [c.layer for c in changes], lambda _: changes, ctx, source)
+        return await self._transact(context, [c.layer for c in changes], lambda _: changes, ctx, source,
+                                    skip_unchanged=source == "Apply")  # fmt: skip
 
     async def Put(
         self, request: admin_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -354,7 +358,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def _commit(self, result: WriteResult) -> admin_pb2.WriteResponse:
         """Read-your-writes: answer once this server's cache includes the write."""
         await self.source.wait_for_revision(result.revision, READ_YOUR_WRITES_TIMEOUT)
-        return admin_pb2.WriteResponse(revision=result.revision, changed=result.changed)
+        return admin_pb2.WriteResponse(
+            revision=result.revision, changed=result.changed, unchanged=result.unchanged
+        )
 
     async def PutFlags(
         self, request: admin_pb2.PutFlagsRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -18,6 +18,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
+from confmesh import __version__
 from confmesh.errors import ConfmeshError, InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, LayerKind, Scope
 from confmesh.server.access import Access, unruled
@@ -35,6 +36,7 @@ from confmesh.server.records import abort_rollout, canary_counts
 from confmesh.server.resolver import Resolver, affects
 from confmesh.server.snapshot_size import SnapshotSizes
 from confmesh.server.source import EtcdSource
+from confmesh.server.startup import DataDirLock, check_port_free, prepare_data_dir
 from confmesh.server.store import Changes, ConfigStore
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Writer
@@ -78,6 +80,9 @@ class ServerSettings:
     # etcd's --max-request-bytes (the embedded etcd runs with it): larger writes are refused up front.
     etcd_max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     shutdown_grace: float = 5.0
+    # Share the listen port with other processes (SO_REUSEPORT), e.g. worker processes of one server.
+    # Off by default: a busy port is an error.
+    reuse_port: bool = False
     # Server TLS (PEM paths); with tls_client_ca, clients must present a certificate it signed.
     tls_cert: str = ""
     tls_key: str = ""
@@ -130,6 +135,7 @@ class ConfmeshServer:
         self.layout = KeyLayout(settings.prefix)
         self.server_id = settings.server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.embedded: EmbeddedEtcd | None = None
+        self._data_lock: DataDirLock | None = None
         self.etcd: Etcd | None = None
         self.store = ConfigStore(self.layout)
         self.resolver = Resolver(self.store)
@@ -213,7 +219,12 @@ class ConfmeshServer:
         s = self.settings
         try:
             endpoints = list(s.etcd_endpoints)
+            if not s.reuse_port:
+                check_port_free(s.listen, "cannot listen on")
+            if s.metrics_listen:
+                check_port_free(s.metrics_listen, "cannot serve metrics on")
             if not endpoints:
+                self._data_lock = prepare_data_dir(Path(s.data_dir))
                 self.embedded = EmbeddedEtcd(Path(s.data_dir) / "etcd")
                 await self.embedded.start()
                 endpoints = [self.embedded.endpoint]
@@ -238,7 +249,12 @@ class ConfmeshServer:
             self.source.start()
             self._register_gauges()
             if s.metrics_listen:
-                self.metrics_port = self.metrics.serve(s.metrics_listen)
+                try:
+                    self.metrics_port = self.metrics.serve(s.metrics_listen)
+                except OSError as exc:
+                    raise StartupError(
+                        f"cannot serve metrics on {s.metrics_listen}: {exc.strerror}"
+                    ) from None
             if not await self.source.wait_synced(s.sync_timeout):
                 raise StartupError(
                     f"could not sync with etcd at {','.join(endpoints)} within {s.sync_timeout:.0f}s: "
@@ -255,6 +271,7 @@ class ConfmeshServer:
                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                     ("grpc.keepalive_permit_without_calls", 1),
                     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                    ("grpc.so_reuseport", 1 if s.reuse_port else 0),
                 ],
             )
             self.config_service = ConfigService(
@@ -394,6 +411,9 @@ class ConfmeshServer:
         if self.embedded is not None:
             await self.embedded.stop()
             self.embedded = None
+        if self._data_lock is not None:
+            self._data_lock.release()
+            self._data_lock = None
 
     async def __aenter__(self) -> ConfmeshServer:
         await self.start()
@@ -403,19 +423,40 @@ class ConfmeshServer:
         await self.stop()
 
 
-async def run_server(settings: ServerSettings, *, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain streams and stop (embedded etcd included)."""
+SHUTDOWN_EXTRA = 10.0  # seconds past the drain grace before shutdown stops waiting
+
+
+async def run_server(settings: ServerSettings, *, ready: asyncio.Event | None = None) -> bool:
+    """Run until SIGTERM/SIGINT, then drain streams and stop (embedded etcd included).
+
+    Shutdown is bounded: a second signal, or shutdown taking longer than the
+    drain grace plus SHUTDOWN_EXTRA, stops waiting (the embedded etcd is
+    killed). Returns False in that case, so the caller exits at once.
+    """
     server = ConfmeshServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    print(f"confmesh serving on {server.address}", flush=True)
+    await server.start()  # a failed start stops what it started
+    print(f"confmesh serving on {server.address} (version {__version__})", flush=True)
     if ready is not None:
         ready.set()
-    try:
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        await server.stop()
+    await stop.wait()
+    log.info("shutting down")
+    stop.clear()
+    stopping = asyncio.ensure_future(server.stop())
+    again = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait(
+        {stopping, again},
+        timeout=settings.shutdown_grace + SHUTDOWN_EXTRA,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    again.cancel()
+    if stopping not in done:
+        log.error("shutdown did not finish%s; stopping now", " (second signal)" if again in done else "")
+        if server.embedded is not None:
+            server.embedded.kill()
+        return False
+    stopping.result()
+    return True

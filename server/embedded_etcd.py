@@ -146,6 +146,9 @@ class EmbeddedEtcd:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # Its own session: a signal to the server's process group (systemd, `timeout`,
+                # Ctrl-C) reaches the server alone, which then stops etcd after its own shutdown.
+                start_new_session=True,
             )
 
     async def stop(self, timeout: float = 10.0) -> None:

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from etcd3aio.kv import KVService
@@ -47,6 +47,8 @@ Plan = Callable[[Current], Sequence[ChangeSpec]]
 class WriteResult:
     revision: int
     changed: list[str]
+    # With skip_unchanged: the changes that were already so (nothing written for them).
+    unchanged: list[str] = field(default_factory=list)
 
 
 def _encode(change: ChangeSpec) -> bytes:
@@ -106,6 +108,34 @@ def check_layer(layer: Layer, entries: dict[str, JSONValue]) -> None:
             code="layer_conflict",
             field=key,
         )
+
+
+def _drop_unchanged(
+    changes: list[tuple[ChangeSpec, bytes]], current: Current
+) -> tuple[list[tuple[ChangeSpec, bytes]], list[str]]:
+    """Split off the changes that are already so: puts of the held value, deletes of absent keys."""
+    kept, unchanged = [], []
+    state = {layer: dict(entries) for layer, entries in current.items()}
+    for change, encoded in changes:
+        entries = state[change.layer]
+        if change.delete:
+            nested = change.layer.kind is not LayerKind.FLAGS
+            present = change.key in entries or (
+                nested and any(k.startswith(change.key + ".") for k in entries)
+            )
+            if not present:
+                unchanged.append(f"{change.layer}/{change.key}")
+                continue
+            for k in [k for k in entries if k == change.key or (nested and k.startswith(change.key + "."))]:
+                del entries[k]
+        else:
+            value = json.loads(encoded)
+            if change.key in entries and entries[change.key] == value:
+                unchanged.append(f"{change.layer}/{change.key}")
+                continue
+            entries[change.key] = value
+        kept.append((change, encoded))
+    return kept, unchanged
 
 
 def scope_layer(scope: Scope) -> Layer:
@@ -220,9 +250,21 @@ class Writer:
         return revision, entries, revisions
 
     async def transact(
-        self, layers: Sequence[Layer], plan: Plan, *, actor: str, reason: str, source: str = "write"
+        self,
+        layers: Sequence[Layer],
+        plan: Plan,
+        *,
+        actor: str,
+        reason: str,
+        source: str = "write",
+        skip_unchanged: bool = False,
     ) -> WriteResult:
-        """Read `layers` at one revision, let `plan` build the changes, commit atomically."""
+        """Read `layers` at one revision, let `plan` build the changes, commit atomically.
+
+        `skip_unchanged` (Apply): a put of the value a key already holds and a
+        delete of an absent key are reported as unchanged instead of written
+        (or refused); when nothing is left, nothing is written at all.
+        """
         for attempt in range(CONFLICT_RETRIES):
             revision = 0
             current: Current = {}
@@ -236,6 +278,11 @@ class Writer:
             for layer in read:
                 revision, current[layer] = await self.read_layer(layer, revision)
             validated = validate_changes(plan({k: dict(v) for k, v in current.items()}))
+            unchanged: list[str] = []
+            if skip_unchanged:
+                validated, unchanged = _drop_unchanged(validated, current)
+                if not validated:
+                    return WriteResult(revision=revision, changed=[], unchanged=unchanged)
             touched = sorted({c.layer for c, _ in validated})
             if any(layer not in current for layer in touched):
                 raise errors.ConfmeshError("internal: a plan touched a layer it did not read")
@@ -299,7 +346,7 @@ class Writer:
             resp = await self.etcd.txn(self._guards(read, validated, revision), ops)
             if resp.succeeded:
                 audit.committed(resp.header.revision)
-                return WriteResult(revision=resp.header.revision, changed=changed)
+                return WriteResult(revision=resp.header.revision, changed=changed, unchanged=unchanged)
             await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))
         raise errors.FailedPrecondition(
             "the layers kept changing under this write; try again", code="write_conflict"

@@ -196,7 +196,7 @@ async def test_serve_with_no_arguments_starts_serves_and_stops_embedded_etcd(tmp
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
         assert line.startswith("confmesh serving on ")
-        address = line.split()[-1]
+        address = line.split()[3]
         assert (await cli(address, "put", "hello", '"world"'))[0] == 0
         code, out, _ = await cli(address, "get", "hello", "--env", "dev", "--service", "demo")
         assert out.strip() == '"world"'
