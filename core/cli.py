@@ -23,6 +23,7 @@ from confmesh.cli_common import (
     dumps,
     env_option,
     json_option,
+    message_json,
     reason_option,
     run,
     service_option,
@@ -31,7 +32,32 @@ from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.merge import JSONValue
 
 T = TypeVar("T")
-DEFAULT_SERVER = "127.0.0.1:7070"
+DEFAULT_PORT = 7070
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
+
+
+def server_target(text: str) -> str:
+    """``HOST[:PORT]`` or ``[IPv6][:PORT]``, with the port defaulting to 7070 (never gRPC's 443).
+
+    Targets with a gRPC scheme (``dns:///``, ``unix:``, ``ipv4:``...) are passed on as written.
+    """
+    text = text.strip()
+    if "://" in text or text.startswith(("unix:", "unix-abstract:", "ipv4:", "ipv6:", "dns:")):
+        return text
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not host or (rest and not rest.startswith(":")):
+            raise InvalidArgument(f"--server {text!r}: use HOST:PORT or [IPv6]:PORT")
+        port = rest[1:] if rest else str(DEFAULT_PORT)
+        host = f"[{host}]"
+    elif text.count(":") > 1:
+        raise InvalidArgument(f"--server {text!r}: write an IPv6 address in brackets, [::1]:7070")
+    else:
+        host, _, port = text.partition(":")
+        port = port if ":" in text else str(DEFAULT_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"--server {text!r}: use HOST:PORT (the port defaults to {DEFAULT_PORT})")
+    return f"{host}:{int(port)}"
 
 
 def parse_cli_value(raw: str, *, as_string: bool) -> JSONValue:
@@ -69,7 +95,7 @@ class ConfmeshGroup(click.Group):
     envvar="CONFMESH_SERVER",
     default=DEFAULT_SERVER,
     show_default=True,
-    help="confmesh server HOST:PORT (env CONFMESH_SERVER).",
+    help="confmesh server HOST[:PORT], port 7070 if omitted (env CONFMESH_SERVER).",
 )
 @click.option("--actor", envvar="CONFMESH_ACTOR", default=None, help="Who makes changes (default: $USER).")
 @click.option(
@@ -110,7 +136,7 @@ def main(
     from confmesh.tls import TLSConfig
 
     tls = TLSConfig(ca=tls_ca, cert=tls_cert, key=tls_key) if (tls_ca or tls_cert or tls_key) else None
-    ctx.obj = {"server": server, "actor": actor, "tls": tls, "token": token}
+    ctx.obj = {"server": server_target(server), "actor": actor, "tls": tls, "token": token}
 
 
 @main.command()
@@ -194,12 +220,6 @@ def serve(
     from confmesh.server.etcd import EtcdCredentials
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not etcd:
-        click.echo(
-            "confmesh: no --etcd given, starting an embedded etcd under "
-            f"{Path(data_dir) / 'etcd'} (development only; production uses an external etcd >= 3.5.6)",
-            err=True,
-        )
     password = os.environ.get("CONFMESH_ETCD_PASSWORD", "")
     if etcd_password_file:
         password = Path(etcd_password_file).read_text().strip()
@@ -271,6 +291,8 @@ async def delete(admin: Any, key: str, env: str | None, service: str | None, rea
 @admin_command
 async def get(admin: Any, key: str, env: str, service: str, explain: bool, as_json: bool) -> None:
     """Print the resolved value of KEY (whole config without KEY) for --env/--service."""
+    if explain and not key:
+        raise InvalidArgument("--explain needs a KEY: which key's layers should it show?")
     result = await admin.resolve(env, service, key)
     if not key:
         click.echo(
@@ -282,6 +304,9 @@ async def get(admin: Any, key: str, env: str, service: str, explain: bool, as_js
             )
         )
         return
+    from confmesh.merge import contributing
+
+    merged = [result.layers[i].layer for i in contributing([lv.value for lv in result.layers])]
     if as_json:
         out: dict[str, Any] = {
             "key": key,
@@ -300,7 +325,8 @@ async def get(admin: Any, key: str, env: str, service: str, explain: bool, as_js
                 }
                 for lv in result.layers
             ]
-            out["winner"] = str(result.layers[-1].layer) if result.layers else None
+            out["winner"] = str(merged[0]) if len(merged) == 1 else None
+            out["merged_from"] = [str(layer) for layer in merged]
         click.echo(dumps(out))
         if not result.found:
             sys.exit(1)
@@ -310,18 +336,20 @@ async def get(admin: Any, key: str, env: str, service: str, explain: bool, as_js
     if not explain:
         click.echo(dumps(result.value, pretty=isinstance(result.value, (dict, list))))
         return
-    click.echo(f"{key} = {dumps(result.value)}   (version {result.version})")
+    how = f", merged from {len(merged)} layers" if len(merged) > 1 else ""
+    click.echo(f"{key} = {dumps(result.value)}   (version {result.version}{how})")
     from confmesh.keys import Scope
 
     by_layer = {lv.layer: lv for lv in result.layers}
-    winner = result.layers[-1].layer if result.layers else None
     for layer in Scope(env, service).layers:
         lv = by_layer.get(layer)
         if lv is None:
             click.echo(f"  {layer!s:<32} -")
             continue
         via = f" via {lv.source_key}" if lv.source_key != key else ""
-        mark = "   <- wins" if layer == winner else ""
+        mark = ""
+        if layer in merged:
+            mark = "   <- merged" if len(merged) > 1 else "   <- wins"
         click.echo(f"  {layer!s:<32} {dumps(lv.value)}   (rev {lv.mod_revision}{via}){mark}")
 
 
@@ -398,24 +426,14 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None, t
 @admin_command
 async def status(admin: Any, as_json: bool) -> None:
     """Server health and the instance ledger: who runs which version, who rejected what."""
-    from google.protobuf.json_format import MessageToDict
-
     resp = await admin.status()
     if as_json:
-        out = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-        for inst in out.get("instances", []):
-            inst["acked_version"] = int(inst.get("acked_version", 0))
-            inst["sent_version"] = int(inst.get("sent_version", 0))
-            if "last_nack" in inst:
-                inst["last_nack"]["version"] = int(inst["last_nack"].get("version", 0))
-            else:
-                inst["last_nack"] = None
-        out["revision"] = int(out.get("revision", 0))
-        click.echo(dumps(out))
+        click.echo(dumps(message_json(resp)))
         return
     state = f"STALE ({resp.stale_reason})" if resp.stale else "serving"
     click.echo(
-        f"server {resp.server_id}  {state}  revision {resp.revision}  "
+        f"server {resp.server_id} (version {resp.server_version or 'unknown'})  {state}  "
+        f"revision {resp.revision}  "
         f"etcd {resp.etcd_endpoints}  prefix {resp.prefix}"
     )
     for v in resp.schema_violations:
@@ -477,14 +495,12 @@ async def audit(
     admin: Any, env: str, service: str, key_prefix: str, who: str, limit: int, as_json: bool
 ) -> None:
     """The audit log: who changed what, when and why, with old and new values (newest first)."""
-    from google.protobuf.json_format import MessageToDict
-
     from confmesh.wire import from_value, layer_from_pb
 
     resp = await admin.audit(env=env, service=service, key_prefix=key_prefix, actor=who, limit=limit)
     if as_json:
         for rec in resp.records:
-            click.echo(dumps(MessageToDict(rec, preserving_proto_field_name=True)))
+            click.echo(dumps(message_json(rec)))
         return
     for rec in resp.records:
         when = rec.at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")

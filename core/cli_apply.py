@@ -11,6 +11,7 @@ import click
 from confmesh.cli_common import admin_client, dumps, reason_option, run
 from confmesh.errors import InvalidArgument
 from confmesh.gitops import DesiredState, plan_layer, read_directory
+from confmesh.merge import same_value
 
 PROGRESS_FROM = 10  # layers; fewer apply too fast to need a progress bar
 
@@ -79,7 +80,7 @@ async def _preview_changes(admin: Any, changes: list[Any]) -> None:
             click.echo(f"+ {where}  {dumps(change.value)}")
             entries[change.key] = change.value
             count += 1
-        elif entries[change.key] == change.value:
+        elif same_value(entries[change.key], change.value):
             click.echo(f"= {where}  {dumps(change.value)}  (already so)")
         else:
             click.echo(f"~ {where}  {dumps(entries[change.key])} -> {dumps(change.value)}")

@@ -12,14 +12,10 @@ from typing import Any
 import click
 import yaml
 
-from confmesh.cli_common import admin_client, reason_option, run
+from confmesh.cli_common import admin_client, dumps, reason_option, run
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.flags import EvaluationDetails, FlagEvaluator
 from confmesh.flags.files import flags_from_document, load_flags_file
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def parse_duration(text: str) -> int:
@@ -109,7 +105,7 @@ def get_flag(ctx: click.Context, key: str, env: str) -> None:
     _, defs = _run(ctx, lambda a: a.get_flags(env))
     if key not in defs:
         raise ConfmeshError(f"flag {key!r} does not exist in environment {env!r}")
-    click.echo(json.dumps(defs[key], indent=2, ensure_ascii=False))
+    click.echo(dumps(defs[key], pretty=True))
 
 
 @flags.command("list")
@@ -275,12 +271,22 @@ def eval_flag(
 @click.option("--flags-file", default=None, help="Explain offline from this file.")
 @click.option("--env", "env", default=None, help="Explain with the server's flags of this environment.")
 @click.option("--context", default="{}", help="Evaluation context as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="The steps and the result as one JSON object.")
 @click.pass_context
-def explain(ctx: click.Context, key: str, flags_file: str | None, env: str | None, context: str) -> None:
+def explain(
+    ctx: click.Context, key: str, flags_file: str | None, env: str | None, context: str, as_json: bool
+) -> None:
     """Say which rule decided flag KEY for a context, and why."""
     ev = _evaluator(ctx, flags_file, env)
-    for line in ev.explain(key, parse_context(context, "--context")):
-        click.echo(line)
+    evaluation_context = parse_context(context, "--context")
+    lines = ev.explain(key, evaluation_context)
+    if not as_json:
+        for line in lines:
+            click.echo(line)
+        return
+    result = details_json(_typed(ev, key, evaluation_context))
+    steps = [line for line in lines if not line.startswith("=> ")]
+    click.echo(dumps({**result, "version": ev.version, "steps": steps}))
 
 
 @flags.command()

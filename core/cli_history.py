@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from confmesh.cli_common import admin_command, dumps, reason_option
+from confmesh.cli_common import admin_command, dumps, json_option, message_json, reason_option
 from confmesh.errors import InvalidArgument
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -26,13 +26,20 @@ def parse_duration(text: str) -> int:
 @click.option("--env", "env", default="", help="Environment (its own and its services' changes).")
 @click.option("--service", default="", help="Service (needs --env).")
 @click.option("--limit", default=20, show_default=True, help="At most this many versions.")
+@json_option
 @admin_command
-async def history(admin: Any, env: str, service: str, limit: int) -> None:
-    """Versions that changed ENV[/SERVICE]'s config or flags, newest first, with their changes."""
+async def history(admin: Any, env: str, service: str, limit: int, as_json: bool) -> None:
+    """Versions that changed ENV[/SERVICE]'s config or flags, newest first, with their changes.
+
+    With --json, one audit record per line (the same shape as `confmesh audit --json`).
+    """
     from confmesh.wire import from_value, layer_from_pb
 
     for rec in (await admin.audit(env=env, service=service, limit=limit)).records:
         if not rec.changes:
+            continue
+        if as_json:
+            click.echo(dumps(message_json(rec)))
             continue
         when = rec.at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
         why = f"  ({rec.reason})" if rec.reason else ""

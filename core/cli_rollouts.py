@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from confmesh.cli_common import admin_command, dumps, json_option, reason_option
+from confmesh.cli_common import admin_command, dumps, json_option, message_json, reason_option
 from confmesh.errors import InvalidArgument
 
 env_option = click.option("--env", "env", required=True, help="Environment.")
@@ -108,11 +108,9 @@ async def abort(admin: Any, env: str, service: str, reason: str) -> None:
 @admin_command
 async def status(admin: Any, as_json: bool) -> None:
     """Rollouts, with how their canary instances (on this replica) answered."""
-    from google.protobuf.json_format import MessageToDict
-
     for r in await admin.rollouts():
         if as_json:
-            click.echo(dumps(MessageToDict(r, preserving_proto_field_name=True)))
+            click.echo(dumps(message_json(r)))
             continue
         pending = r.canary_instances - r.canary_acked - r.canary_nacked
         line = (

@@ -27,7 +27,7 @@ import yaml
 from confmesh.changes import ChangeSpec
 from confmesh.errors import InvalidArgument
 from confmesh.keys import Layer, check_name, split_key
-from confmesh.merge import JSONValue, normalize
+from confmesh.merge import JSONValue, normalize, same_value
 
 SUFFIXES = (".yaml", ".yml", ".json")
 MARKER = ".managed"
@@ -110,7 +110,7 @@ def plan_layer(layer: Layer, live: dict[str, JSONValue], desired: dict[str, JSON
     for key, value in live.items():
         leaves = flatten({key: value}) if isinstance(value, dict) and value else {key: value}
         wanted = {p: v for p, v in desired.items() if p == key or p.startswith(key + ".")}
-        if wanted == leaves:
+        if wanted.keys() == leaves.keys() and all(same_value(wanted[p], leaves[p]) for p in wanted):
             kept.update(wanted)
         elif key not in desired:
             deletes.append(ChangeSpec(layer, key, delete=True))

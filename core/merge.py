@@ -92,6 +92,11 @@ def canonical_json(value: JSONValue) -> bytes:
     ).encode()
 
 
+def same_value(a: JSONValue, b: JSONValue) -> bool:
+    """JSON equality: ``true`` is not ``1`` (as Python's ``==`` would have it); ``5`` is ``5.0``."""
+    return canonical_json(a) == canonical_json(b)
+
+
 def _depth_order(key: str) -> tuple[int, str]:
     return key.count("."), key
 
@@ -183,6 +188,23 @@ def explain(layers: Sequence[Mapping[str, JSONValue]], key: str) -> tuple[list[L
         hits.append(LayerHit(index, source, value))
     found, resolved = lookup(resolve(layers), key)
     return hits, found, resolved
+
+
+def contributing(values: Sequence[JSONValue]) -> list[int]:
+    """Which of a key's layer values (lowest first) the resolved value is made of.
+
+    The highest layer always counts; objects merge, so while the values from the top down are
+    objects, each one below contributes too, up to the first non-object, which they replace.
+    """
+    if not values:
+        return []
+    picked = [len(values) - 1]
+    if isinstance(values[-1], dict):
+        for index in range(len(values) - 2, -1, -1):
+            if not isinstance(values[index], dict):
+                break
+            picked.append(index)
+    return sorted(picked)
 
 
 def find_conflicts(entries: Mapping[str, JSONValue]) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, TracerProvider
 from pydantic import ValidationError
 
-from confmesh import errors
+from confmesh import __version__, errors
 from confmesh.changes import ChangeSpec
 from confmesh.flags.lifecycle import flag_ages, percentile
 from confmesh.flags.model import parse_flag, parse_flag_set
@@ -281,6 +281,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         visible = self._reads(caller)
         resp = admin_pb2.GetStatusResponse(
             server_id=self.server_id,
+            server_version=__version__,
             revision=self.source.store.revision,
             stale=self.source.stale,
             stale_reason=self.source.stale_reason,

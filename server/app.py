@@ -225,6 +225,11 @@ class ConfmeshServer:
                 check_port_free(s.metrics_listen, "cannot serve metrics on")
             if not endpoints:
                 self._data_lock = prepare_data_dir(Path(s.data_dir))
+                log.warning(
+                    "no --etcd given: starting an embedded etcd under %s "
+                    "(development only; production uses an external etcd >= 3.5.6)",
+                    Path(s.data_dir) / "etcd",
+                )
                 self.embedded = EmbeddedEtcd(Path(s.data_dir) / "etcd")
                 await self.embedded.start()
                 endpoints = [self.embedded.endpoint]
@@ -336,8 +341,9 @@ class ConfmeshServer:
             await self.stop()
             raise
         log.info(
-            "confmesh %s serving on %s (etcd %s, prefix %s)",
+            "confmesh %s (version %s) serving on %s (etcd %s, prefix %s)",
             self.server_id,
+            __version__,
             self.address,
             ",".join(endpoints),
             self.layout.prefix,

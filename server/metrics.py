@@ -10,14 +10,19 @@ streams the client library's locked counters cost more than the push.
 from __future__ import annotations
 
 import bisect
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from confmesh import __version__
 from confmesh.keys import Scope
 
 PROPAGATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -84,6 +89,9 @@ class Metrics:
             "confmesh_write_seconds", "AdminService write latency", ["method", "outcome"], registry=r
         )
         self.etcd_errors = Counter("confmesh_etcd_errors", "etcd connection losses", registry=r)
+        Info("confmesh_build", "The confmesh release this server runs", registry=r).info(
+            {"version": __version__}
+        )
         self._gauges: list[Gauge] = []
         self._server: Any = None
 
@@ -103,9 +111,21 @@ class Metrics:
         self.writes.labels(method, "ok" if ok else "error").observe(time.perf_counter() - started)
 
     def serve(self, listen: str) -> int:
-        """Expose /metrics over HTTP on HOST:PORT (port 0: any free port); returns the port."""
+        """Expose /metrics over HTTP on HOST:PORT (port 0: any free port); returns the port.
+
+        Only ``/metrics`` answers; every other path is a 404, so a probe or a typo cannot mistake
+        this listener for something else.
+        """
         host, _, port = listen.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        host = host.strip("[]") or "127.0.0.1"
+        server = make_server(
+            host,
+            int(port),
+            _only_metrics(make_wsgi_app(self.registry)),
+            server_class=_ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer,
+            handler_class=_QuietHandler,
+        )
+        threading.Thread(target=server.serve_forever, name="confmesh-metrics", daemon=True).start()
         self._server = server
         return int(server.server_address[1])
 
@@ -114,3 +134,26 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _only_metrics(app: Any) -> Any:
+    def only(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == "/metrics":
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: confmesh serves metrics at /metrics\n"]
+
+    return only
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a stderr line each."""

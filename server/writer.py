@@ -26,7 +26,15 @@ from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.flags.model import parse_flag_set
 from confmesh.keys import KeyLayout, Layer, LayerKind, Scope, split_key
-from confmesh.merge import MAX_VALUE_BYTES, JSONValue, find_conflicts, normalize, parse_json_value, resolve
+from confmesh.merge import (
+    MAX_VALUE_BYTES,
+    JSONValue,
+    find_conflicts,
+    normalize,
+    parse_json_value,
+    resolve,
+    same_value,
+)
 from confmesh.secrets import check_refs
 from confmesh.server.audit import AuditEntry
 from confmesh.server.etcd import Etcd
@@ -130,7 +138,7 @@ def _drop_unchanged(
                 del entries[k]
         else:
             value = json.loads(encoded)
-            if change.key in entries and entries[change.key] == value:
+            if change.key in entries and same_value(entries[change.key], value):
                 unchanged.append(f"{change.layer}/{change.key}")
                 continue
             entries[change.key] = value

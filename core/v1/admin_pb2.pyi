@@ -202,7 +202,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected: _Optional[bool] = ..., acked_version: _Optional[int] = ..., acked_hash: _Optional[str] = ..., sent_version: _Optional[int] = ..., last_nack: _Optional[_Union[NackRecord, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason", "schema_violations", "next_page_token")
+    __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason", "schema_violations", "next_page_token", "server_version")
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,7 @@ class GetStatusResponse(_message.Message):
     STALE_REASON_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     server_id: str
     revision: int
     stale: bool
@@ -221,7 +222,8 @@ class GetStatusResponse(_message.Message):
     stale_reason: str
     schema_violations: _containers.RepeatedCompositeFieldContainer[SchemaViolation]
     next_page_token: str
-    def __init__(self, server_id: _Optional[str] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ..., etcd_endpoints: _Optional[str] = ..., prefix: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., stale_reason: _Optional[str] = ..., schema_violations: _Optional[_Iterable[_Union[SchemaViolation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    server_version: str
+    def __init__(self, server_id: _Optional[str] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ..., etcd_endpoints: _Optional[str] = ..., prefix: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., stale_reason: _Optional[str] = ..., schema_violations: _Optional[_Iterable[_Union[SchemaViolation, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class SchemaViolation(_message.Message):
     __slots__ = ("environment", "service", "message")

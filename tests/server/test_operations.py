@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import urllib.error
 import urllib.request
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from confmesh import __version__
 from confmesh.client import AdminClient, ConfigClient
 from confmesh.server import ConfmeshServer, ServerSettings
 from tests.conftest import EtcdHandle
@@ -58,5 +62,12 @@ async def test_health_reflection_and_metrics(etcd: EtcdHandle, prefix: str) -> N
             assert 'confmesh_write_seconds_count{method="Put",outcome="ok"} 1.0' in text
             assert "confmesh_stale 0.0" in text
             assert "confmesh_propagation_seconds_count" in text
+            assert f'confmesh_build_info{{version="{__version__}"}} 1.0' in text
+
+            for path in ("/", "/metricsx", "/health", "/metrics/../x"):
+                url = f"http://127.0.0.1:{server.metrics_port}{path}"
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
+                assert refused.value.code == 404, path
     finally:
         await server.stop()
