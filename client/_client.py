@@ -87,7 +87,9 @@ class ClientState(enum.Enum):
 
 
 def default_instance_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    """``$CONFMESH_INSTANCE_ID`` (e.g. the pod name), else ``HOST-PID-RANDOM``."""
+    named = os.environ.get("CONFMESH_INSTANCE_ID")
+    return named or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class ConfigClient(Generic[T]):

@@ -56,8 +56,10 @@ def apply(ctx: click.Context, path: str | None, file_opt: str | None, dry_run: b
             click.echo(f"ok: nothing to change (revision {result.revision})")
         for item in result.changed:
             click.echo(f"  {item}")
+        deletes = {f"{change.layer}/{change.key}" for change in doc.changes if change.delete}
         for item in result.unchanged:
-            click.echo(f"  = {item} (already so)")
+            why = "not set: nothing to delete" if item in deletes else "already so"
+            click.echo(f"  = {item} ({why})")
 
     run(body())
 

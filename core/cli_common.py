@@ -23,8 +23,21 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def dumps(value: Any, *, pretty: bool = False) -> str:
-    """JSON for output: keys sorted so the same answer prints the same bytes on every run."""
-    return json.dumps(value, indent=2 if pretty else None, ensure_ascii=False, sort_keys=True, default=str)
+    """JSON for output that prints the same bytes for the same answer on every run.
+
+    The top level keeps the order the command wrote (``version`` before ``config``); every object
+    below it is sorted by key, since config, maps and ``Struct`` values carry no order of their own.
+    """
+    return json.dumps(stable_order(value), indent=2 if pretty else None, ensure_ascii=False, default=str)
+
+
+def stable_order(value: Any, *, top: bool = True) -> Any:
+    if isinstance(value, dict):
+        items = value.items() if top else sorted(value.items())
+        return {k: stable_order(v, top=False) for k, v in items}
+    if isinstance(value, list):
+        return [stable_order(v, top=False) for v in value]
+    return value
 
 
 def message_json(msg: Message) -> dict[str, Any]:

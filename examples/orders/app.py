@@ -28,6 +28,7 @@ from confmesh.client import ConfigClient
 from confmesh.client.interceptors import FlagChannel
 from confmesh.client.middleware import FlagScopeMiddleware
 from confmesh.client.telemetry import instrument_flags
+from confmesh.wire import from_struct
 
 
 class Database(BaseModel):
@@ -99,7 +100,8 @@ def create_app(confmesh: str, inventory: str, environment: str = "prod") -> Fast
             "flow": "new" if decision.value else "classic",
             "reason": decision.reason.value,
             "flag_version": decision.flag_version,
-            "inventory": json_format.MessageToDict(reply),
+            # Numbers as inventory wrote them (900, not 900.0), keys sorted (a Struct has no order).
+            "inventory": dict(sorted(from_struct(reply).items())),
         }
 
     @app.get("/status")
