@@ -95,12 +95,13 @@ async def test_a_change_set_file_is_repeatable_and_has_a_dry_run(admin: AdminCli
     code, out, err = await cli(server.address, "apply", str(changes))
     assert code == 0, err
     first = out.splitlines()
-    assert first[0].endswith("2 key(s) changed") and "  = env/prod/legacy.timeout (already so)" in first
+    assert first[0].endswith("2 key(s) changed")
+    assert "  = env/prod/legacy.timeout (not set: nothing to delete)" in first
     version = (await admin.resolve("prod", "orders")).version
     code, out, err = await cli(server.address, "apply", str(changes))
     assert code == 0, err
     assert out.startswith("ok: nothing to change")
-    assert out.count("(already so)") == 3
+    assert out.count("(already so)") == 2 and out.count("(not set: nothing to delete)") == 1
     assert (await admin.resolve("prod", "orders")).version == version  # no new version
     code, out, _ = await cli(server.address, "apply", str(changes), "--dry-run")
     assert out.splitlines()[-1] == "0 change(s) (dry run: nothing applied)"

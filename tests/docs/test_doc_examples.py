@@ -140,7 +140,7 @@ class Story:
             "CONFMESH_SERVER": f"127.0.0.1:{self.ports[7070]}",
             "CONFMESH_ACTOR": "doc-test",
             "PYTHONUNBUFFERED": "1",
-            "DB_PASSWORD": "s3cret",
+            "DB_PASSWORD": "s3cret",  # pragma: allowlist secret
             "CONFMESH_INSTANCE_ID": "orders-7d9f-x2k4",  # as the README's walkthrough says
         }
         self.env.pop("CONFMESH_TOKEN", None)
