@@ -25,6 +25,7 @@ from confmesh.cli_common import (
     json_option,
     message_json,
     reason_option,
+    require_server,
     run,
     service_option,
 )
@@ -216,6 +217,7 @@ def serve(
     log_level: str,
 ) -> None:
     """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
+    require_server("confmesh serve")
     from confmesh.server.app import ServerSettings, parse_endpoints, run_server
     from confmesh.server.etcd import EtcdCredentials
 

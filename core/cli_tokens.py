@@ -65,8 +65,11 @@ def create(
 async def _bootstrap(endpoints: str, prefix: str, name: str, fields: dict[str, Any], reason: str) -> str:
     from pydantic import ValidationError
 
+    from confmesh.cli_common import require_server
     from confmesh.errors import InvalidArgument
     from confmesh.keys import KeyLayout
+
+    require_server("token create --etcd")
     from confmesh.server.access import Grant, new_token
     from confmesh.server.app import parse_endpoints
     from confmesh.server.etcd import Etcd

