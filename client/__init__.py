@@ -14,8 +14,10 @@ from confmesh.errors import (
     FieldIssue,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     SnapshotRejected,
     StartupError,
+    Unauthenticated,
     Unavailable,
 )
 from confmesh.tls import TLSConfig
@@ -32,11 +34,13 @@ __all__ = [
     "InvalidArgument",
     "LayerValue",
     "NotFound",
+    "PermissionDenied",
     "Rejection",
     "SnapshotRejected",
     "StartupError",
     "SyncConfigClient",
     "TLSConfig",
+    "Unauthenticated",
     "Unavailable",
     "WriteResult",
 ]

@@ -446,3 +446,11 @@ class SyncFlagClientInterceptor(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         return continuation(self._details(client_call_details), request_iterator)
+
+
+__all__ = [
+    "FlagChannel",
+    "FlagServerInterceptor",
+    "SyncFlagClientInterceptor",
+    "SyncFlagServerInterceptor",
+]

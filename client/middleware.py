@@ -81,3 +81,9 @@ class WSGIFlagScopeMiddleware:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
+
+
+__all__ = [
+    "FlagScopeMiddleware",
+    "WSGIFlagScopeMiddleware",
+]

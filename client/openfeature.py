@@ -136,3 +136,9 @@ class ConfmeshProvider(AbstractProvider):
     ) -> FlagResolutionDetails[Any]:
         ctx = to_context(evaluation_context)
         return self._resolve(lambda ev: ev.get_object_details(flag_key, default_value, ctx))
+
+
+__all__ = [
+    "ConfmeshProvider",
+    "to_context",
+]

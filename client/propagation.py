@@ -150,3 +150,13 @@ class ConfmeshBaggagePropagator(TextMapPropagator):
     @property
     def fields(self) -> set[str]:
         return _W3C_BAGGAGE.fields
+
+
+__all__ = [
+    "ConfmeshBaggagePropagator",
+    "Trust",
+    "incoming_scope",
+    "inject_headers",
+    "strip_decisions",
+    "with_decisions",
+]

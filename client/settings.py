@@ -82,3 +82,9 @@ class ConfmeshSettingsSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(self.confmesh_config)
+
+
+__all__ = [
+    "ConfmeshSettingsSource",
+    "fetch_config",
+]

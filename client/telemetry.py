@@ -112,3 +112,11 @@ def uninstrument_flags() -> None:
     if _installed is not None:
         _installed[1]()
         _installed = None
+
+
+__all__ = [
+    "FlagSpanEvents",
+    "instrument_flags",
+    "semconv_reason",
+    "uninstrument_flags",
+]

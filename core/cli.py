@@ -78,7 +78,57 @@ def parse_cli_value(raw: str, *, as_string: bool) -> JSONValue:
         return raw
 
 
+GLOBAL_OPTIONS = ("--server", "--actor", "--tls-ca", "--tls-cert", "--tls-key", "--token")
+
+
+def hoist_global_options(group: click.Group, ctx: click.Context, args: list[str]) -> list[str]:
+    """Move global options written after the command to before it, as etcdctl and kubectl take them.
+
+    ``confmesh put k v --server h:7070`` becomes ``confmesh --server h:7070 put k v``. An option the
+    command itself defines (``serve --tls-cert``, ``audit --actor``) stays the command's.
+    """
+    head: list[str] = []
+    rest = list(args)
+    while rest and rest[0].startswith("-") and rest[0] != "--":
+        option = rest.pop(0)
+        head.append(option)
+        if option in GLOBAL_OPTIONS and rest:
+            head.append(rest.pop(0))
+    if not rest:
+        return args
+    own: set[str] = set()
+    command: click.Command | None = group
+    for word in rest:
+        if word.startswith("-") or not isinstance(command, click.Group):
+            break
+        command = command.get_command(ctx, word)
+        if command is None:
+            return args
+        own.update(name for param in command.params for name in getattr(param, "opts", []))
+    hoisted: list[str] = []
+    kept: list[str] = []
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if word == "--":
+            kept.extend(rest[i:])
+            break
+        name = word.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS and name not in own:
+            hoisted.append(word)
+            if "=" not in word and i + 1 < len(rest):
+                hoisted.append(rest[i + 1])
+                i += 1
+        else:
+            kept.append(word)
+        i += 1
+    return [*head, *hoisted, *kept]
+
+
 class ConfmeshGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(self, ctx, args))
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -77,3 +77,17 @@ class SnapshotRejected(ConfmeshError):
     def __init__(self, message: str, issues: list[FieldIssue]) -> None:
         super().__init__(message, field=issues[0].path if issues else "")
         self.issues = issues
+
+
+__all__ = [
+    "ConfmeshError",
+    "FailedPrecondition",
+    "FieldIssue",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "SnapshotRejected",
+    "StartupError",
+    "Unauthenticated",
+    "Unavailable",
+]

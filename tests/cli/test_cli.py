@@ -234,3 +234,16 @@ async def test_a_sigkilled_server_takes_its_embedded_etcd_with_it(tmp_path: Path
             break
         await asyncio.sleep(0.1)
     assert _etcd_processes_under(tmp_path / "d") == []
+
+
+async def test_global_options_work_after_the_command(server: ConfmeshServer) -> None:
+    """As etcdctl and kubectl take them: `confmesh put k v --server HOST:PORT`."""
+    dead = "127.0.0.1:1"  # CONFMESH_SERVER; the option after the command wins over it
+    code, out, err = await cli(dead, "put", "late.option", "1", "--env", "qa", "--server", server.address)
+    assert code == 0, err
+    code, out, err = await cli(
+        dead, "get", "late.option", "--env", "qa", "--service", "api", f"--server={server.address}"
+    )
+    assert (code, out) == (0, "1\n"), err
+    code, out, _ = await cli(dead, "--version")
+    assert code == 0 and out.startswith("confmesh, version ")
