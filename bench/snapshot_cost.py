@@ -28,7 +28,7 @@ from confmesh.delta import apply_updates
 from confmesh.digest import format_hash, snapshot_digest
 from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.server.config_service import EncodedSnapshots
-from confmesh.server.etcd import Event, KeyValue
+from confmesh.server.kv import Event, KeyValue
 from confmesh.server.resolver import Resolver
 from confmesh.server.store import ConfigStore
 from confmesh.v1 import config_pb2

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -30,7 +30,6 @@ from confmesh.server.limits import (
 )
 from confmesh.server.metrics import Metrics
 from confmesh.server.resolver import Resolved, VersionHash
-from confmesh.server.source import EtcdSource
 from confmesh.server.usage import FlagUsageStore
 from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
@@ -140,12 +139,30 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: errors.Confmes
     await context.abort(status_for(exc), exc.message)
 
 
+class ServingState(Protocol):
+    """What the Watch service needs to know of the etcd side (``EtcdSource`` is one).
+
+    The streams never see etcd itself: only whether the cache is synced, how fresh it is, and a
+    way to wait until it reaches a client's version.
+    """
+
+    @property
+    def stale(self) -> bool: ...
+    @property
+    def stale_reason(self) -> str: ...
+    @property
+    def synced(self) -> bool: ...
+    @property
+    def revision(self) -> int: ...
+    async def wait_for_revision(self, revision: int, timeout: float) -> bool: ...
+
+
 class ConfigService(config_pb2_grpc.ConfigServiceServicer):
     def __init__(
         self,
         hub: Hub,
         ledger: Ledger,
-        source: EtcdSource,
+        source: ServingState,
         usage: FlagUsageStore,
         *,
         heartbeat_interval: float = 15.0,
@@ -176,12 +193,12 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         answering it, so the client is never offered an older version.
         """
         if not await self.source.wait_for_revision(known_version, self.catch_up_timeout):
-            if not self.source.store.synced:
+            if not self.source.synced:
                 raise errors.Unavailable(f"server has not synced with etcd yet: {self.source.stale_reason}")
             if not self.source.stale:
                 raise errors.Unavailable(
                     f"server is behind the client's version {known_version} "
-                    f"(at {self.source.store.revision}); try another replica"
+                    f"(at {self.source.revision}); try another replica"
                 )
 
     async def GetSnapshot(
@@ -278,7 +295,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     sub.heartbeat_now = False
                     yield config_pb2.WatchResponse(
                         heartbeat=config_pb2.Heartbeat(
-                            server_revision=self.source.store.revision, stale=self.source.stale
+                            server_revision=self.source.revision, stale=self.source.stale
                         )
                     )
                 snapshot = sub.take()

@@ -28,6 +28,7 @@ from etcd3aio.errors import EtcdConnectionError, EtcdError, EtcdTransientError, 
 from etcd3aio.kv import SortOrder, SortTarget, prefix_range_end
 
 from confmesh.errors import ConfmeshError, FailedPrecondition, InvalidArgument, Unavailable
+from confmesh.server.kv import Event, KeyValue, WatchBatch
 from confmesh.tls import read_pem
 
 log = logging.getLogger(__name__)
@@ -44,30 +45,6 @@ class RevisionCompacted(FailedPrecondition):
 
 class _PageTooLarge(Unavailable):
     """A range answer exceeded the channel's receive limit: read it in smaller pages."""
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    key: str
-    value: bytes
-    mod_revision: int
-
-
-@dataclass(frozen=True)
-class Event:
-    deleted: bool
-    key: str
-    value: bytes
-    mod_revision: int
-
-
-@dataclass(frozen=True)
-class WatchBatch:
-    events: tuple[Event, ...]
-    header_revision: int
-    compact_revision: int = 0
-    canceled: bool = False
-    cancel_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,14 @@ class EtcdSource:
     def stale(self) -> bool:
         return bool(self.stale_reason)
 
+    @property
+    def synced(self) -> bool:
+        return self.store.synced
+
+    @property
+    def revision(self) -> int:
+        return self.store.revision
+
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._run(), name="confmesh-etcd-source"),

@@ -18,7 +18,7 @@ from confmesh.errors import InvalidArgument
 from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.merge import JSONValue, parse_json_value
 from confmesh.server.access import TokenRecord
-from confmesh.server.etcd import Event, KeyValue
+from confmesh.server.kv import Event, KeyValue
 from confmesh.server.rollouts import Rollout
 from confmesh.server.schemas import SchemaRecord, ServiceSchema
 

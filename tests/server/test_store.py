@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from confmesh.keys import KeyLayout, Layer, Scope
-from confmesh.server.etcd import Event, KeyValue
+from confmesh.server.kv import Event, KeyValue
 from confmesh.server.store import ConfigStore
 
 LAYOUT = KeyLayout("/cm")
