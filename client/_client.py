@@ -265,20 +265,20 @@ class ConfigClient(Generic[T]):
             try:
                 await self._wait_first_snapshot()
             except errors.StartupError as exc:
-                if self.cache_path is None or not self._start_from_cache(exc):
+                if self.cache_path is None or not await self._start_from_cache(exc):
                     await self.close()
                     raise
             except BaseException:
                 await self.close()
                 raise
 
-    def _start_from_cache(self, cause: errors.StartupError) -> bool:
+    async def _start_from_cache(self, cause: errors.StartupError) -> bool:
         assert self.cache_path is not None
-        cached = _cache.load(self.cache_path, self.scope, self.max_cache_age)
+        cached = await asyncio.to_thread(_cache.load, self.cache_path, self.scope, self.max_cache_age)
         if cached is None:
             return False
         try:
-            resolved, issues = resolve_refs(cached.config)
+            resolved, issues = await asyncio.to_thread(resolve_refs, cached.config)
             if issues:
                 raise errors.SnapshotRejected("; ".join(str(i) for i in issues), issues)
             config = validate(self.schema, resolved)  # type: ignore[arg-type]
@@ -503,7 +503,8 @@ class ConfigClient(Generic[T]):
             digest = snapshot_digest(raw, raw_flags)
             if format_hash(digest) != snap.hash:
                 return self._nack(snap, "content does not match its hash; snapshot corrupted in transit", [])
-        resolved, secret_issues = resolve_refs(raw)
+        # Secret references read files and Vault (up to its 10 s timeout): never on the event loop.
+        resolved, secret_issues = await asyncio.to_thread(resolve_refs, raw)
         if secret_issues:
             return self._nack(snap, "; ".join(str(i) for i in secret_issues), secret_issues)
         try:
@@ -529,11 +530,8 @@ class ConfigClient(Generic[T]):
         self.history.append(applied)
         if self.cache_path is not None:
             try:
-                _cache.save(
-                    self.cache_path,
-                    self.scope,
-                    _cache.CachedSnapshot(snap.version, snap.hash, raw, raw_flags, applied.applied_at),
-                )
+                cached = _cache.CachedSnapshot(snap.version, snap.hash, raw, raw_flags, applied.applied_at)
+                await asyncio.to_thread(_cache.save, self.cache_path, self.scope, cached)
             except OSError as exc:
                 log.warning("could not write config cache %s: %s", self.cache_path, exc)
         async with self._applied:

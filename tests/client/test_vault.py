@@ -6,8 +6,10 @@ answers the one KV v2 read the client makes, the way Vault documents it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -82,3 +84,35 @@ def test_unreadable_vault_references_are_reported_per_field(
     monkeypatch.setenv("VAULT_TOKEN", "wrong")
     _, issues = resolve_refs({"a": {"$secret": "vault:secret/orders#db_password"}})
     assert "Forbidden" in issues[0].message or "permission denied" in issues[0].message
+
+
+class SlowKV2(KV2):
+    def do_GET(self) -> None:
+        time.sleep(1.5)  # a Vault that takes its time
+        super().do_GET()
+
+
+async def test_a_slow_vault_does_not_stall_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, server: ConfmeshServer, admin: AdminClient
+) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), SlowKV2)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("VAULT_ADDR", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.setenv("VAULT_TOKEN", TOKEN)
+    await admin.put("db.password", {"$secret": "vault:secret/orders#db_password"}, env="prod", service="slow")
+    lags: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.02)
+            lags.append(time.perf_counter() - started - 0.02)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        async with ConfigClient(server.address, environment="prod", service="slow") as client:
+            assert client.config["db"]["password"] == SECRET
+    finally:
+        ticking.cancel()
+        httpd.shutdown()
+    assert len(lags) > 40 and max(lags) < 0.25, f"the loop stalled {max(lags):.2f}s while Vault answered"
