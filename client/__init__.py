@@ -6,7 +6,8 @@ configuration through a server's AdminService.
 """
 
 from confmesh.client._admin import AdminClient, Explained, LayerValue, WriteResult
-from confmesh.client._client import AppliedSnapshot, ClientState, ConfigClient, Rejection
+from confmesh.client._apply import AppliedSnapshot
+from confmesh.client._client import ClientState, ConfigClient, Rejection
 from confmesh.client._sync import SyncConfigClient
 from confmesh.errors import (
     ConfmeshError,

@@ -14,10 +14,10 @@ from confmesh.changes import ChangeSpec
 from confmesh.client.interceptors import FlagChannel
 from confmesh.keys import Layer, Scope
 from confmesh.merge import JSONValue, normalize
+from confmesh.rpc_errors import error_from_rpc
 from confmesh.tls import TLSConfig, aio_channel, bearer_metadata
 from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
 from confmesh.wire import (
-    error_from_rpc,
     from_struct,
     from_value,
     layer_from_pb,

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -25,17 +25,17 @@ from pydantic import BaseModel
 
 from confmesh import errors
 from confmesh.client import _cache
+from confmesh.client._apply import AppliedSnapshot, Confirm, NeedFull, Reject, accept, examine
 from confmesh.client._validation import validate
-from confmesh.delta import apply_updates
-from confmesh.digest import format_hash, snapshot_digest
+from confmesh.digest import snapshot_digest
 from confmesh.flags import FlagEvaluator, UsageCounter
 from confmesh.keys import Scope
 from confmesh.merge import lookup
+from confmesh.rpc_errors import error_from_rpc
 from confmesh.secrets import resolve_refs
 from confmesh.tls import TLSConfig, aio_channel, bearer_metadata
 from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
-from confmesh.wire import error_from_rpc, from_struct, updates_from_pb
 
 log = logging.getLogger("confmesh.client")
 
@@ -51,21 +51,6 @@ FATAL_CODES = {
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.UNIMPLEMENTED,
 }
-
-
-@dataclass(frozen=True)
-class AppliedSnapshot:
-    """One snapshot this client applied."""
-
-    version: int
-    hash: str
-    raw: Mapping[str, Any]
-    config: Any
-    flags: FlagEvaluator
-    applied_at: float
-    # The flag definitions as received, and the snapshot digest: what a delta patches.
-    raw_flags: Mapping[str, Any] = field(default_factory=dict)
-    digest: int = 0
 
 
 @dataclass(frozen=True)
@@ -483,46 +468,28 @@ class ConfigClient(Generic[T]):
     async def _receive(self, snap: config_pb2.Snapshot) -> config_pb2.WatchRequest:
         self.server_stale = snap.stale
         current = self._current
-        if current is not None and current.version > 0:
-            if snap.hash == current.hash and snap.version <= current.version:
-                self.cached = False
-                await self._confirmed()
-                return self._ack()
-            if snap.version < current.version:
-                return self._nack(
-                    snap, f"version {snap.version} is older than the running version {current.version}", []
-                )
-        if snap.HasField("delta"):
-            patched = self._patch(current, snap)
-            if patched is None:
-                return self._need_full()
-            raw, raw_flags, digest = patched
-        else:
-            raw = from_struct(snap.config)
-            raw_flags = from_struct(snap.flags)
-            digest = snapshot_digest(raw, raw_flags)
-            if format_hash(digest) != snap.hash:
-                return self._nack(snap, "content does not match its hash; snapshot corrupted in transit", [])
+        seen = examine(current, snap)
+        if isinstance(seen, Confirm):
+            self.cached = False
+            await self._confirmed()
+            return self._ack()
+        if isinstance(seen, Reject):
+            return self._nack(snap, seen.message, seen.issues)
+        if isinstance(seen, NeedFull):
+            log.info("%s: %s; asking for all of it", self.scope, seen.reason)
+            return self._need_full()
         # Secret references read files and Vault (up to its 10 s timeout): never on the event loop.
-        resolved, secret_issues = await asyncio.to_thread(resolve_refs, raw)
-        if secret_issues:
-            return self._nack(snap, "; ".join(str(i) for i in secret_issues), secret_issues)
-        try:
-            config = validate(self.schema, resolved)  # type: ignore[arg-type]
-        except errors.SnapshotRejected as exc:
-            return self._nack(snap, exc.message, exc.issues)
-        # Unchanged flag definitions (a delta that touched only config) are not parsed again.
-        unchanged = current is not None and raw_flags is current.raw_flags
-        try:
-            flags = FlagEvaluator(
-                current.flags.flag_set if unchanged and current is not None else raw_flags,
-                version=snap.version,
-                environment=self.scope.environment,
-                usage=self.usage,
-            )
-        except errors.InvalidArgument as exc:
-            return self._nack(snap, exc.message, [errors.FieldIssue(exc.field, exc.message)])
-        applied = AppliedSnapshot(snap.version, snap.hash, raw, config, flags, time.time(), raw_flags, digest)
+        resolved, secret_issues = await asyncio.to_thread(resolve_refs, seen.raw)
+        verdict = accept(
+            seen, resolved, secret_issues, schema=self.schema, current=current, version=snap.version,
+            environment=self.scope.environment, usage=self.usage,
+        )  # fmt: skip
+        if isinstance(verdict, Reject):
+            return self._nack(snap, verdict.message, verdict.issues)
+        raw, raw_flags, config = seen.raw, seen.raw_flags, verdict.config
+        applied = AppliedSnapshot(
+            snap.version, snap.hash, raw, config, verdict.flags, time.time(), raw_flags, seen.digest
+        )
         self.deltas_applied += snap.HasField("delta")
         self._current = applied
         self._from_server = True
@@ -540,28 +507,6 @@ class ConfigClient(Generic[T]):
         if current is None or current.hash != applied.hash:
             self._fire(old, config)
         return self._ack()
-
-    def _patch(
-        self, current: AppliedSnapshot | None, snap: config_pb2.Snapshot
-    ) -> tuple[dict[str, Any], dict[str, Any], int] | None:
-        """The documents `snap`'s delta makes of what we run, or None if it cannot be applied here."""
-        delta = snap.delta
-        if current is None or (current.version, current.hash) != (delta.base_version, delta.base_hash):
-            running = current.version if current else None
-            log.info("%s: delta to version %d is from version %d, we run %s; asking for all of it",
-                     self.scope, snap.version, delta.base_version, running)  # fmt: skip
-            return None
-        try:
-            updates = updates_from_pb(delta.updates)
-        except errors.InvalidArgument as exc:
-            log.warning("%s: unusable delta to version %d: %s", self.scope, snap.version, exc.message)
-            return None
-        raw, raw_flags, digest = apply_updates(current.raw, current.raw_flags, current.digest, updates)
-        if format_hash(digest) != snap.hash:
-            log.warning("%s: delta to version %d does not give its hash; asking for all of it",
-                        self.scope, snap.version)  # fmt: skip
-            return None
-        return raw, raw_flags, digest
 
     def _need_full(self) -> config_pb2.WatchRequest:
         return config_pb2.WatchRequest(

@@ -8,7 +8,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from confmesh.client._client import AppliedSnapshot, ChangeCallback, ClientState, ConfigClient, Rejection
+from confmesh.client._apply import AppliedSnapshot
+from confmesh.client._client import ChangeCallback, ClientState, ConfigClient, Rejection
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider

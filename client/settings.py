@@ -29,9 +29,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from confmesh.digest import snapshot_hash
 from confmesh.errors import StartupError
 from confmesh.keys import Scope
+from confmesh.rpc_errors import error_from_rpc
 from confmesh.tls import TLSConfig, bearer_metadata, sync_channel
 from confmesh.v1 import config_pb2, config_pb2_grpc
-from confmesh.wire import error_from_rpc, from_struct
+from confmesh.wire import from_struct
 
 
 def fetch_config(

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, TracerProvider
 from confmesh import errors
 from confmesh.delta import Update
 from confmesh.keys import Scope
+from confmesh.rpc_errors import error_trailers, status_for
 from confmesh.server.access import Access
 from confmesh.server.hub import Hub, Subscriber
 from confmesh.server.interceptors import Malformed, checked_deserializer
@@ -33,7 +34,7 @@ from confmesh.server.resolver import Resolved, VersionHash
 from confmesh.server.usage import FlagUsageStore
 from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
-from confmesh.wire import error_trailers, status_for, to_struct, updates_to_pb
+from confmesh.wire import to_struct, updates_to_pb
 
 log = logging.getLogger(__name__)
 

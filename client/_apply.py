@@ -1,0 +1,139 @@
+"""What a client does with a snapshot, decided without I/O.
+
+Two pure steps, with the one piece of I/O (reading secret references) between them:
+
+* :func:`examine`: what we run and the snapshot received in; out comes ``Confirm`` (the same
+  content: ACK), ``Reject`` (NACK with the reason), ``NeedFull`` (a delta we cannot apply here)
+  or the ``Content`` the snapshot would have us run.
+* :func:`accept`: that content with its secrets resolved in; out comes ``Reject`` (NACK with the
+  failing field paths) or the ``Accepted`` typed config and flag evaluator to apply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confmesh import errors
+from confmesh.client._validation import validate
+from confmesh.delta import apply_updates
+from confmesh.digest import format_hash, snapshot_digest
+from confmesh.flags import FlagEvaluator, UsageCounter
+from confmesh.v1 import config_pb2
+from confmesh.wire import from_struct, updates_from_pb
+
+log = logging.getLogger("confmesh.client")
+
+
+@dataclass(frozen=True)
+class AppliedSnapshot:
+    """One snapshot this client applied."""
+
+    version: int
+    hash: str
+    raw: Mapping[str, Any]
+    config: Any
+    flags: FlagEvaluator
+    applied_at: float
+    # The flag definitions as received, and the snapshot digest: what a delta patches.
+    raw_flags: Mapping[str, Any] = field(default_factory=dict)
+    digest: int = 0
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """The snapshot holds what we run: ACK, apply nothing."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    message: str
+    issues: list[errors.FieldIssue] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NeedFull:
+    """A delta that does not apply to what we run: ask for the whole snapshot."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Content:
+    raw: dict[str, Any]
+    raw_flags: dict[str, Any]
+    digest: int
+
+
+@dataclass(frozen=True)
+class Accepted:
+    config: Any
+    flags: FlagEvaluator
+
+
+Seen = Confirm | Reject | NeedFull | Content
+
+
+def examine(current: AppliedSnapshot | None, snap: config_pb2.Snapshot) -> Seen:
+    if current is not None and current.version > 0:
+        if snap.hash == current.hash and snap.version <= current.version:
+            return Confirm()
+        if snap.version < current.version:
+            return Reject(f"version {snap.version} is older than the running version {current.version}")
+    if snap.HasField("delta"):
+        return _patch(current, snap)
+    raw, raw_flags = from_struct(snap.config), from_struct(snap.flags)
+    digest = snapshot_digest(raw, raw_flags)
+    if format_hash(digest) != snap.hash:
+        return Reject("content does not match its hash; snapshot corrupted in transit")
+    return Content(raw, raw_flags, digest)
+
+
+def _patch(current: AppliedSnapshot | None, snap: config_pb2.Snapshot) -> NeedFull | Content:
+    delta = snap.delta
+    if current is None or (current.version, current.hash) != (delta.base_version, delta.base_hash):
+        running = current.version if current else None
+        base = delta.base_version
+        return NeedFull(f"delta to version {snap.version} is from version {base}, we run {running}")
+    try:
+        updates = updates_from_pb(delta.updates)
+    except errors.InvalidArgument as exc:
+        return NeedFull(f"unusable delta to version {snap.version}: {exc.message}")
+    raw, raw_flags, digest = apply_updates(current.raw, current.raw_flags, current.digest, updates)
+    if format_hash(digest) != snap.hash:
+        return NeedFull(f"delta to version {snap.version} does not give its hash")
+    return Content(raw, raw_flags, digest)
+
+
+def accept(
+    content: Content,
+    resolved: Any,
+    secret_issues: list[errors.FieldIssue],
+    *,
+    schema: type[Any] | None,
+    current: AppliedSnapshot | None,
+    version: int,
+    environment: str,
+    usage: UsageCounter,
+) -> Reject | Accepted:
+    """Validate the resolved config against the schema and compile the flags."""
+    if secret_issues:
+        return Reject("; ".join(str(i) for i in secret_issues), secret_issues)
+    try:
+        config = validate(schema, resolved)  # type: ignore[arg-type]
+    except errors.SnapshotRejected as exc:
+        return Reject(exc.message, exc.issues)
+    # Unchanged flag definitions (a delta that touched only config) are not parsed again.
+    unchanged = current is not None and content.raw_flags is current.raw_flags
+    try:
+        flags = FlagEvaluator(
+            current.flags.flag_set if unchanged and current is not None else content.raw_flags,
+            version=version,
+            environment=environment,
+            usage=usage,
+        )
+    except errors.InvalidArgument as exc:
+        return Reject(exc.message, [errors.FieldIssue(exc.field, exc.message)])
+    return Accepted(config, flags)
