@@ -1,0 +1,144 @@
+"""Flag definitions, the kill switch, and flag usage."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from confmesh import errors
+from confmesh.changes import ChangeSpec
+from confmesh.flags.lifecycle import flag_ages, percentile
+from confmesh.flags.model import parse_flag, parse_flag_set
+from confmesh.keys import Layer, LayerKind, check_name, split_key
+from confmesh.server.access import Grant
+from confmesh.server.admin_base import (
+    AdminBase,
+    read,
+    to_timestamp,
+    write,
+)
+from confmesh.server.limits import Pager
+from confmesh.server.writer import (
+    Current,
+)
+from confmesh.v1 import admin_pb2
+from confmesh.wire import from_struct, to_struct
+
+
+class FlagRPCs(AdminBase):
+    @write
+    async def PutFlags(
+        self, request: admin_pb2.PutFlagsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        layer = Layer.flags(request.environment)
+        incoming = from_struct(request.flags)
+        if not incoming and not request.replace_all:
+            raise errors.InvalidArgument("no flags given", field="flags")
+        flags = {
+            k: ({**v, "key": k} if isinstance(v, dict) and "key" not in v else v) for k, v in incoming.items()
+        }
+        for key, definition in flags.items():  # each on its own; the set is checked in the txn
+            split_key(key)
+            parse_flag(definition, key=key)
+
+        def plan(current: Current) -> list[ChangeSpec]:
+            changes = [ChangeSpec(layer, k, v) for k, v in flags.items()]
+            if request.replace_all:
+                changes += [ChangeSpec(layer, k, delete=True) for k in current[layer] if k not in flags]
+            return changes
+
+        return await self._transact(context, [layer], plan, request.context, "PutFlags")
+
+    @write
+    async def DeleteFlag(
+        self, request: admin_pb2.DeleteFlagRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        change = ChangeSpec(Layer.flags(request.environment), request.key, delete=True)
+        return await self._write(context, [change], request.context, "DeleteFlag")
+
+    @write
+    async def SetFlagEnabled(
+        self, request: admin_pb2.SetFlagEnabledRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        split_key(request.key)
+        if request.environments:
+            layers = [Layer.flags(env) for env in request.environments]
+        else:
+            layers = [
+                layer
+                for layer in self.source.store.layers()
+                if layer.kind is LayerKind.FLAGS and request.key in self.source.store.raw_entries(layer)
+            ]
+            if not layers:
+                raise errors.NotFound(f"flag {request.key!r} exists in no environment", field="key")
+
+        def plan(current: Current) -> list[ChangeSpec]:
+            changes = []
+            for layer in layers:
+                definition = current[layer].get(request.key)
+                if not isinstance(definition, dict):
+                    raise errors.NotFound(
+                        f"flag {request.key!r} does not exist in environment {layer.environment!r}",
+                        field="key",
+                    )
+                changes.append(ChangeSpec(layer, request.key, {**definition, "enabled": request.enabled}))
+            return changes
+
+        source = "SetFlagEnabled" if request.enabled else "SetFlagEnabled(kill)"
+        return await self._transact(context, layers, plan, request.context, source)
+
+    @read
+    async def GetFlags(
+        self, request: admin_pb2.GetFlagsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetFlagsResponse:
+        layer = Layer.flags(request.environment)
+        self._allow(context, lambda g: g.can_read_flags(layer.environment), f"read {layer}")
+        store = self.source.store
+        return admin_pb2.GetFlagsResponse(
+            environment=layer.environment,
+            version=store.layer_revision(layer),
+            flags=to_struct(store.entries(layer)),
+        )
+
+    @read
+    async def GetFlagUsage(
+        self, request: admin_pb2.GetFlagUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetFlagUsageResponse:
+        caller = self._allow(context, Grant.can_operate, "read flag usage")
+        reads = self._reads_layer(caller)
+        env = check_name(request.environment, "environment") if request.environment else ""
+        if request.window_seconds < 0:
+            raise errors.InvalidArgument("window_seconds must be >= 0", field="window_seconds")
+        now = time.time()
+        resp = admin_pb2.GetFlagUsageResponse(
+            window_seconds=request.window_seconds or int(self.usage.retention)
+        )
+        pager = Pager(request.page_token)
+        for s in self.usage.summary(env, request.window_seconds, now):
+            key = (s.environment, s.flag)
+            if not reads(Layer.flags(s.environment)) or not pager.wants(key):
+                continue
+            added = resp.flags.add(
+                environment=s.environment,
+                flag=s.flag,
+                variants=s.variants,
+                first_seen=to_timestamp(s.first_seen),
+                last_seen=to_timestamp(s.last_seen),
+            )
+            pager.added(key, added.ByteSize())
+        resp.next_page_token = pager.next_token
+        ages: list[float] = []
+        store = self.source.store
+        for layer in store.layers():
+            if layer.kind is LayerKind.FLAGS and (not env or layer.environment == env) and reads(layer):
+                try:
+                    flag_set = parse_flag_set(store.entries(layer))
+                except errors.InvalidArgument:
+                    continue
+                ages += flag_ages(flag_set.flags.values(), datetime.now(UTC))
+        resp.flag_age_p95_seconds = percentile(ages, 95)
+        return resp

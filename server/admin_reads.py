@@ -1,0 +1,136 @@
+"""Resolve, GetStatus and GetLayer: resolved config with its layers, the fleet ledger, raw layers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from confmesh import __version__, errors
+from confmesh.keys import Scope, split_key
+from confmesh.merge import explain
+from confmesh.server.access import Grant
+from confmesh.server.admin_base import (
+    AdminBase,
+    read,
+    to_timestamp,
+)
+from confmesh.server.limits import Pager
+from confmesh.server.schemas import redact_config
+from confmesh.server.writer import (
+    shown_in_audit,
+)
+from confmesh.v1 import admin_pb2
+from confmesh.wire import layer_from_pb, layer_to_pb, to_struct, to_value
+
+
+class ReadRPCs(AdminBase):
+    @read
+    async def Resolve(
+        self, request: admin_pb2.ResolveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ResolveResponse:
+        scope = Scope.checked(request.environment, request.service)
+        self._allow(context, lambda g: g.can_read(scope), f"read {scope}")
+        if not self.source.store.synced:
+            raise errors.Unavailable(f"server has not synced with etcd yet: {self.source.stale_reason}")
+        snap = self.hub.resolver.snapshot(scope)
+        schema = self.source.store.schemas.get(scope)
+        resp = admin_pb2.ResolveResponse(
+            environment=scope.environment,
+            service=scope.service,
+            version=snap.version,
+            hash=snap.hash,
+            config=to_struct(redact_config(snap.config, schema)),
+        )
+        if request.key:
+            split_key(request.key)
+            store = self.source.store
+            layer_entries = [store.entries(layer) for layer in scope.layers]
+            hits, found, value = explain(layer_entries, request.key)
+            if schema is not None:
+                value = schema.redact_value(request.key, value)
+                hits = [replace(hit, value=schema.redact_value(hit.source_key, hit.value)) for hit in hits]
+            resp.found = found
+            if found:
+                resp.value.CopyFrom(to_value(value))
+            expl = resp.explanations.add(key=request.key)
+            if found:
+                expl.resolved.CopyFrom(to_value(value))
+            for hit in hits:
+                layer = scope.layers[hit.layer_index]
+                entry = store.raw_entries(layer).get(hit.source_key)
+                expl.layers.add(
+                    layer=layer_to_pb(layer),
+                    source_key=hit.source_key,
+                    value=to_value(hit.value),
+                    mod_revision=entry.mod_revision if entry else store.layer_revision(layer),
+                )
+        return resp
+
+    @read
+    async def GetStatus(
+        self, request: admin_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetStatusResponse:
+        caller = self._allow(context, Grant.can_operate, "read the server status")
+        pager = Pager(request.page_token)
+        visible = self._reads(caller)
+        resp = admin_pb2.GetStatusResponse(
+            server_id=self.server_id,
+            server_version=__version__,
+            revision=self.source.store.revision,
+            stale=self.source.stale,
+            stale_reason=self.source.stale_reason,
+            etcd_endpoints=self.endpoints,
+            prefix=self.source.store.layout.prefix,
+        )
+        resolver = self.hub.resolver
+        for scope in list(self.source.store.schemas):
+            resolver.snapshot(scope)  # evaluates (and caches) whether the scope's config is valid
+        for scope, message in sorted(resolver.violations.items()):
+            if visible(scope):
+                resp.schema_violations.add(
+                    environment=scope.environment, service=scope.service, message=message
+                )
+        for rec in self.ledger.records():
+            key = rec.sort_key()
+            if not visible(rec.scope) or not pager.wants(key):
+                continue
+            inst = resp.instances.add(
+                instance_id=rec.instance_id,
+                environment=rec.scope.environment,
+                service=rec.scope.service,
+                peer=rec.peer,
+                connected=rec.connected,
+                acked_version=rec.acked_version,
+                acked_hash=rec.acked_hash,
+                sent_version=rec.sent_version,
+                connected_at=to_timestamp(rec.connected_at),
+                last_seen=to_timestamp(rec.last_seen),
+                labels=rec.labels,
+            )
+            if rec.last_nack is not None:
+                n = rec.last_nack
+                inst.last_nack.CopyFrom(
+                    admin_pb2.NackRecord(
+                        version=n.version,
+                        hash=n.hash,
+                        error=n.error,
+                        field_paths=n.field_paths,
+                        at=to_timestamp(n.at),
+                    )
+                )
+            pager.added(key, inst.ByteSize())
+        resp.next_page_token = pager.next_token
+        return resp
+
+    @read
+    async def GetLayer(
+        self, request: admin_pb2.GetLayerRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetLayerResponse:
+        layer = layer_from_pb(request.layer)
+        self._allow(context, lambda g: g.can_read_layer(layer), f"read {layer}")
+        store = self.source.store
+        entries = {k: shown_in_audit(store.schemas, layer, k, v) for k, v in store.entries(layer).items()}
+        return admin_pb2.GetLayerResponse(entries=to_struct(entries), revision=store.layer_revision(layer))

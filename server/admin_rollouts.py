@@ -1,0 +1,187 @@
+"""Staged rollouts: start, widen, promote, abort, list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from confmesh import errors
+from confmesh.changes import ChangeSpec
+from confmesh.keys import Layer, Scope
+from confmesh.merge import resolve
+from confmesh.server.access import Grant
+from confmesh.server.admin_base import (
+    AdminBase,
+    read,
+    write,
+)
+from confmesh.server.records import (
+    abort_rollout,
+    canary_counts,
+    delete_rollout,
+    write_rollout,
+)
+from confmesh.server.rollouts import Rollout
+from confmesh.server.writer import (
+    Current,
+    check_schemas,
+    validate_changes,
+)
+from confmesh.v1 import admin_pb2
+from confmesh.wire import from_struct, to_struct
+
+
+class RolloutRPCs(AdminBase):
+    def _rollout(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        environment: str,
+        service: str,
+        *,
+        active: bool = True,
+    ) -> Rollout:
+        """The scope's rollout, for a caller who may write the scope's layer (checked first, so
+        the answer says nothing of other scopes' rollouts)."""
+        scope = Scope.checked(environment, service)
+        self.access.require_writes(
+            self.access.identify(context), [Layer.svc(scope.environment, scope.service)]
+        )
+        entry = self.source.store.rollouts.get(scope)
+        if entry is None or (active and not entry[0].active):
+            raise errors.NotFound(f"no active rollout for {scope}")
+        return entry[0]
+
+    @write
+    async def StartRollout(
+        self, request: admin_pb2.StartRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        scope = Scope.checked(request.environment, request.service)
+        layer = Layer.svc(scope.environment, scope.service)
+        caller = self.access.identify(context)
+        self.access.require_writes(caller, [layer])
+        existing = self.source.store.rollouts.get(scope)
+        if existing is not None and existing[0].active:
+            raise errors.FailedPrecondition(
+                f"rollout {existing[0].name!r} is active for {scope}; promote or abort it first",
+                code="rollout_active",
+            )
+        changes: dict[str, Any] = dict(from_struct(request.set))
+        changes.update({key: None for key in request.delete})
+        rollout = Rollout(
+            request.name,
+            scope,
+            changes,
+            request.percent,
+            request.max_nack_rate if request.HasField("max_nack_rate") else 0.2,
+            started_by=self._actor(caller, request.context),
+            reason=request.context.reason,
+        )
+        validate_changes(rollout.change_specs())
+        schema = self.source.store.schemas.get(scope)
+        if schema is not None:
+            entries = [self.source.store.entries(x) for x in scope.layers]
+            entries[-1] = rollout.apply_to(entries[-1])
+            await check_schemas([(schema, resolve(entries), False)], f"rollout {rollout.name!r}")
+        revision = await write_rollout(
+            self.writer.etcd,
+            self.writer.layout,
+            rollout,
+            actor=rollout.started_by,
+            reason=request.context.reason,
+            action="StartRollout",
+        )
+        return await self._settled(revision, f"rollout/{scope}")
+
+    @write
+    async def UpdateRollout(
+        self, request: admin_pb2.UpdateRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        rollout = self._rollout(context, request.environment, request.service)
+        caller = self.access.identify(context)
+        self.access.require_writes(caller, [rollout.layer])
+        updated = rollout.with_(percent=request.percent)
+        revision = await write_rollout(
+            self.writer.etcd,
+            self.writer.layout,
+            updated,
+            actor=self._actor(caller, request.context),
+            reason=request.context.reason,
+            action="UpdateRollout",
+        )
+        return await self._settled(revision, f"rollout/{rollout.scope}")
+
+    @write
+    async def PromoteRollout(
+        self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        rollout = self._rollout(context, request.environment, request.service)
+        layer = rollout.layer
+
+        def plan(current: Current) -> list[ChangeSpec]:
+            return [c for c in rollout.change_specs() if not c.delete or c.key in current[layer]]
+
+        ctx = admin_pb2.ChangeContext(
+            actor=request.context.actor,
+            reason=request.context.reason or f"promote rollout {rollout.name}",
+        )
+        written = await self._transact(context, [layer], plan, ctx, f"PromoteRollout {rollout.name}")
+        caller = self.access.identify(context)
+        await delete_rollout(
+            self.writer.etcd,
+            self.writer.layout,
+            rollout,
+            actor=self._actor(caller, request.context),
+            reason="promoted",
+        )
+        return written
+
+    @write
+    async def AbortRollout(
+        self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        rollout = self._rollout(context, request.environment, request.service)
+        caller = self.access.identify(context)
+        self.access.require_writes(caller, [rollout.layer])
+        actor = self._actor(caller, request.context)
+        why = request.context.reason or f"aborted by {actor}"
+        revision = await abort_rollout(self.writer.etcd, self.writer.layout, rollout, actor=actor, why=why)
+        return await self._settled(revision, f"rollout/{rollout.scope}")
+
+    @read
+    async def ListRollouts(
+        self, request: admin_pb2.ListRolloutsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ListRolloutsResponse:
+        visible = self._reads(self._allow(context, Grant.can_operate, "list rollouts"))
+        resp = admin_pb2.ListRolloutsResponse()
+        records = self.ledger.records()
+        for scope, (rollout, _) in sorted(self.source.store.rollouts.items()):
+            if not visible(scope):
+                continue
+            schema = self.source.store.schemas.get(scope)
+            shown = {
+                k: schema.redact_value(k, v) if schema is not None else v
+                for k, v in rollout.changes.items()
+                if v is not None
+            }
+            version = self.hub.resolver.for_instance(scope, "").version
+            if rollout.active:
+                version = self.hub.resolver.canary(scope).version
+            n, acked, nacked = canary_counts(rollout, version, records)
+            info = resp.rollouts.add(
+                name=rollout.name,
+                environment=scope.environment,
+                service=scope.service,
+                percent=rollout.percent,
+                state=rollout.state.value,
+                max_nack_rate=rollout.max_nack_rate,
+                version=version,
+                canary_instances=n,
+                canary_acked=acked,
+                canary_nacked=nacked,
+                abort_reason=rollout.abort_reason,
+                set=to_struct(shown),
+            )
+            info.delete.extend(k for k, v in rollout.changes.items() if v is None)
+        return resp

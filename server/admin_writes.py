@@ -1,0 +1,53 @@
+"""Put, Delete and Apply: config writes, validated and audited in one transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from confmesh import errors
+from confmesh.changes import ChangeSpec
+from confmesh.server.admin_base import (
+    AdminBase,
+    write,
+)
+from confmesh.v1 import admin_pb2
+from confmesh.wire import from_value, layer_from_pb
+
+
+class WriteRPCs(AdminBase):
+    @write
+    async def Put(
+        self, request: admin_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        if not request.HasField("value"):
+            raise errors.InvalidArgument("value is required", field="value")
+        change = ChangeSpec(layer_from_pb(request.layer), request.key, from_value(request.value))
+        return await self._write(context, [change], request.context, "Put")
+
+    @write
+    async def Delete(
+        self, request: admin_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        change = ChangeSpec(layer_from_pb(request.layer), request.key, delete=True)
+        return await self._write(context, [change], request.context, "Delete")
+
+    @write
+    async def Apply(
+        self, request: admin_pb2.ApplyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WriteResponse:
+        changes = []
+        for i, ch in enumerate(request.changes):
+            op = ch.WhichOneof("op")
+            if op is None:
+                raise errors.InvalidArgument(
+                    f"changes[{i}]: set either value or delete", field=f"changes[{i}]"
+                )
+            layer = layer_from_pb(ch.layer)
+            if op == "delete":
+                changes.append(ChangeSpec(layer, ch.key, delete=True))
+            else:
+                changes.append(ChangeSpec(layer, ch.key, from_value(ch.value)))
+        return await self._write(context, changes, request.context, "Apply")
