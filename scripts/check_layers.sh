@@ -4,7 +4,7 @@
 # confmesh.client, staged under build/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rm -rf build/layers
+rm -rf build/layers build/lib
 python -m pip install -q --no-deps --no-build-isolation --target build/layers . 2>&1 | grep -v "^WARNING" || true
 cd build/layers
 PYTHONPATH=. lint-imports ../../pyproject.toml

@@ -3,7 +3,7 @@
 # become confmesh, confmesh.server and confmesh.client), staged under build/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rm -rf build/typecheck
+rm -rf build/typecheck build/lib  # build/lib: setuptools would copy stale modules from it
 python -m pip install -q --no-deps --no-build-isolation --target build/typecheck . 2>&1 | grep -v "^WARNING" || true
 cd build/typecheck
 MYPYPATH=. python -m mypy --config-file ../../pyproject.toml -p confmesh

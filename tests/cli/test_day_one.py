@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from confmesh import __version__
-from confmesh.cli_common import stable_order
+from confmesh.cli.common import stable_order
 from confmesh.client import AdminClient
 from confmesh.keys import Layer
 from confmesh.server import ConfmeshServer

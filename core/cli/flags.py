@@ -12,7 +12,7 @@ from typing import Any
 import click
 import yaml
 
-from confmesh.cli_common import admin_client, dumps, reason_option, run
+from confmesh.cli.common import admin_client, dumps, reason_option, run
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.flags import EvaluationDetails, FlagEvaluator
 from confmesh.flags.files import flags_from_document, load_flags_file

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from confmesh import __version__
-from confmesh.cli_common import (
+from confmesh.cli.common import (
     admin_command,
     dumps,
     env_option,
@@ -566,13 +566,13 @@ async def audit(
 
 
 def _register() -> None:
-    from confmesh.cli_apply import apply
-    from confmesh.cli_diff import diff
-    from confmesh.cli_flags import flags
-    from confmesh.cli_history import history, revert, rollback
-    from confmesh.cli_rollouts import rollout
-    from confmesh.cli_schemas import schema
-    from confmesh.cli_tokens import token
+    from confmesh.cli.apply import apply
+    from confmesh.cli.diff import diff
+    from confmesh.cli.flags import flags
+    from confmesh.cli.history import history, revert, rollback
+    from confmesh.cli.rollouts import rollout
+    from confmesh.cli.schemas import schema
+    from confmesh.cli.tokens import token
 
     main.add_command(flags)
     for command in (apply, history, rollback, revert, diff):
@@ -583,6 +583,3 @@ def _register() -> None:
 
 
 _register()
-
-if __name__ == "__main__":
-    main()

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import yaml
 
-from confmesh.cli_common import admin_client, dumps, run
+from confmesh.cli.common import admin_client, dumps, run
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.gitops import flatten
 from confmesh.keys import Layer

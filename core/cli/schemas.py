@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from confmesh.cli_common import admin_command, dumps, reason_option
+from confmesh.cli.common import admin_command, dumps, reason_option
 from confmesh.errors import InvalidArgument
 
 

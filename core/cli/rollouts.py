@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from confmesh.cli_common import admin_command, dumps, json_option, message_json, reason_option
+from confmesh.cli.common import admin_command, dumps, json_option, message_json, reason_option
 from confmesh.errors import InvalidArgument
 
 env_option = click.option("--env", "env", required=True, help="Environment.")
@@ -14,7 +14,7 @@ service_option = click.option("--service", required=True, help="Service.")
 
 
 def parse_assignments(items: tuple[str, ...]) -> dict[str, Any]:
-    from confmesh.cli import parse_cli_value
+    from confmesh.cli.main import parse_cli_value
 
     out: dict[str, Any] = {}
     for item in items:

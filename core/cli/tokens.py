@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from confmesh.cli_common import admin_command, dumps, json_option, reason_option
+from confmesh.cli.common import admin_command, dumps, json_option, reason_option
 
 
 @click.group()
@@ -65,7 +65,7 @@ def create(
 async def _bootstrap(endpoints: str, prefix: str, name: str, fields: dict[str, Any], reason: str) -> str:
     from pydantic import ValidationError
 
-    from confmesh.cli_common import require_server
+    from confmesh.cli.common import require_server
     from confmesh.errors import InvalidArgument
     from confmesh.keys import KeyLayout
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from confmesh.cli_common import admin_client, dumps, reason_option, run
+from confmesh.cli.common import admin_client, dumps, reason_option, run
 from confmesh.errors import InvalidArgument
 from confmesh.gitops import DesiredState, plan_layer, read_directory
 from confmesh.merge import same_value

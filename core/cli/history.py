@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from confmesh.cli_common import admin_command, dumps, json_option, message_json, reason_option
+from confmesh.cli.common import admin_command, dumps, json_option, message_json, reason_option
 from confmesh.errors import InvalidArgument
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")

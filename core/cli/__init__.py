@@ -1,0 +1,5 @@
+"""The ``confmesh`` command: one module per command family, ``main`` the group they join."""
+
+from confmesh.cli.main import DEFAULT_SERVER, hoist_global_options, main, server_target
+
+__all__ = ["DEFAULT_SERVER", "hoist_global_options", "main", "server_target"]

@@ -1,0 +1,5 @@
+"""``python -m confmesh.cli``: the same command as ``confmesh``."""
+
+from confmesh.cli.main import main
+
+main()
