@@ -302,6 +302,8 @@ class Access:
         policy_path: str = "",
         *,
         reload_interval: float = 2.0,
+        on_reload: Sequence[Callable[[], None]] = (),
+        record_denial: Callable[[str, str, str], Awaitable[None]] | None = None,
     ) -> None:
         self.tokens = tokens
         self.policy_path = policy_path
@@ -309,10 +311,10 @@ class Access:
         self.reload_interval = reload_interval
         self.policy: dict[str, Grant] = load_policy(policy_path) if policy_path else {}
         self._mtime = self._policy_mtime()
-        self.on_reload: list[Callable[[], None]] = []
+        self.on_reload = list(on_reload)
         self.reload_error = ""
         # Writes a denial to the audit log: (identity, method, message).
-        self.record_denial: Callable[[str, str, str], Awaitable[None]] | None = None
+        self.record_denial = record_denial
         self._denials: dict[tuple[str, str], float] = {}
         self._denial_log = Throttled(log)
 

@@ -137,7 +137,7 @@ class ConfmeshServer:
         self.embedded: EmbeddedEtcd | None = None
         self._data_lock: DataDirLock | None = None
         self.etcd: Etcd | None = None
-        self.store = ConfigStore(self.layout)
+        self.store = ConfigStore(self.layout, on_tokens=self._recheck_access, on_scopes=self._on_scopes)
         self.resolver = Resolver(self.store)
         self.hub = Hub(self.resolver)
         self.ledger = Ledger()
@@ -149,7 +149,12 @@ class ConfmeshServer:
         self.metrics = Metrics()
         self.metrics_port = 0
         self.port = 0
-        self.access = Access(lambda: self.store.tokens, settings.policy_file)
+        self.access = Access(
+            lambda: self.store.tokens,
+            settings.policy_file,
+            on_reload=[self._recheck_access],
+            record_denial=self._record_denial,
+        )
         self._policy_watch: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
         self._rollouts: asyncio.Task[None] | None = None
@@ -211,6 +216,15 @@ class ConfmeshServer:
             self.resolver.forget(scope)
         self.hub.publish(scopes)
 
+    def _recheck_access(self) -> None:
+        """The policy reloaded or a token changed: open streams are checked against their grants."""
+        if self.config_service is not None:
+            self.config_service.recheck_access()
+
+    async def _record_denial(self, identity: str, method: str, message: str) -> None:
+        if self.etcd is not None:
+            await record_denial(self.etcd, self.layout, identity, method, message)
+
     def _on_change(self, changes: Changes) -> None:
         self.resolver.update(changes)
         self.hub.publish(s for s in self.hub.scopes() if any(affects(layer, s) for layer in changes))
@@ -245,11 +259,7 @@ class ConfmeshServer:
                 progress_interval=s.progress_interval,
                 watch_idle_timeout=s.watch_idle_timeout,
                 resync_interval=s.resync_interval,
-            )
-            self.source.on_error = self.metrics.etcd_errors.inc
-            etcd = self.etcd
-            self.access.record_denial = lambda identity, method, message: record_denial(
-                etcd, self.layout, identity, method, message
+                on_error=self.metrics.etcd_errors.inc,
             )
             self.source.start()
             self._register_gauges()
@@ -289,10 +299,6 @@ class ConfmeshServer:
                 tracer_provider=self.tracer_provider,
                 access=self.access,
             )
-            config_service = self.config_service
-            self.access.on_reload.append(config_service.recheck_access)
-            self.store.on_tokens = config_service.recheck_access
-            self.store.on_scopes = self._on_scopes
             add_config_service(self.config_service, server)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminService(

@@ -300,9 +300,6 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         )
                     )
                 snapshot = sub.take()
-                if snapshot is not None and self.hub.drop_pushes > 0:
-                    self.hub.drop_pushes -= 1
-                    continue
                 if snapshot is not None:
                     self.ledger.sent(sub.id, snapshot.version)
                     counters.pushed += 1

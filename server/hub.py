@@ -109,8 +109,6 @@ class Hub:
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
         self._by_scope: dict[Scope, set[Subscriber]] = {}
-        # Fault injection for tests: pushes to drop silently, as a broken proxy would.
-        self.drop_pushes = 0
 
     def add(self, sub: Subscriber) -> None:
         self._by_scope.setdefault(sub.scope, set()).add(sub)

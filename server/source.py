@@ -24,7 +24,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from confmesh.errors import Unavailable
 from confmesh.server.etcd import Etcd
@@ -46,6 +46,7 @@ class EtcdSource:
         progress_interval: float = 30.0,
         watch_idle_timeout: float = 120.0,
         resync_interval: float = 300.0,
+        on_error: Callable[[], None] | None = None,
     ) -> None:
         self.etcd = etcd
         self.store = store
@@ -59,12 +60,8 @@ class EtcdSource:
         self.stale_reason: str = "not yet synced with etcd"
         self.relists = 0
         self.divergences = 0
-        # Fault injection for tests: watch events to drop on purpose.
-        self.drop_events = 0
-        # Test seam: awaited after each list, before the watch is created.
-        self.before_watch: Callable[[int], Awaitable[None]] | None = None
         self.last_watch_activity = time.monotonic()
-        self.on_error: Callable[[], None] | None = None
+        self.on_error = on_error
         self._relist = asyncio.Event()
         self._progress = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,10 +143,6 @@ class EtcdSource:
                     )
                     return
                 events = batch.events
-                if self.drop_events and events:
-                    dropped = min(self.drop_events, len(events))
-                    self.drop_events -= dropped
-                    events = events[dropped:]
                 if events:
                     await self._notify(self.store.apply(events))
         finally:
@@ -169,8 +162,6 @@ class EtcdSource:
                 self._set_stale("")
                 await self._notify(changed)
                 backoff = self.backoff_initial
-                if self.before_watch is not None:
-                    await self.before_watch(revision)
                 watch = asyncio.create_task(self._consume(prefix, revision))
                 relist = asyncio.create_task(self._relist.wait())
                 try:

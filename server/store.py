@@ -65,7 +65,13 @@ class LayerEntries(Mapping[str, JSONValue]):
 
 
 class ConfigStore:
-    def __init__(self, layout: KeyLayout) -> None:
+    def __init__(
+        self,
+        layout: KeyLayout,
+        *,
+        on_tokens: Callable[[], None] | None = None,
+        on_scopes: Callable[[set[Scope]], None] | None = None,
+    ) -> None:
         self.layout = layout
         self.revision = 0
         self.synced = False
@@ -79,13 +85,13 @@ class ConfigStore:
         self.bad_keys: dict[str, str] = {}
         # Bearer tokens by id (confmesh.server.access), and who to tell when they change.
         self.tokens: dict[str, TokenRecord] = {}
-        self.on_tokens: Callable[[], None] | None = None
+        self.on_tokens = on_tokens
         # Registered service schemas (confmesh.server.schemas) and when each last changed.
         self.schemas: dict[Scope, ServiceSchema] = {}
         self.schema_revision: dict[Scope, int] = {}
         # Scopes whose snapshots changed without a layer changing (a schema or a rollout), and
         # who to tell so they are re-resolved and pushed.
-        self.on_scopes: Callable[[set[Scope]], None] | None = None
+        self.on_scopes = on_scopes
         self._scopes_changed: set[Scope] = set()
         # Staged rollouts (confmesh.server.rollouts) with their record's mod revision.
         self.rollouts: dict[Scope, tuple[Rollout, int]] = {}

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from confmesh.client import AdminClient, ConfigClient, StartupError, Unavailable
 from confmesh.server import ConfmeshServer, EmbeddedEtcd, ServerSettings
+from confmesh.v1 import config_pb2
 from tests.conftest import EtcdHandle
 from tests.helpers import RawWatch, eventually
 from tests.reliability.conftest import ServerProcess
@@ -168,13 +169,17 @@ async def test_a_watch_from_a_compacted_revision_relists_and_converges(etcd: Etc
             assert source is not None
             relists = source.relists
 
-            async def compact_before_watch(list_revision: int) -> None:
-                source.before_watch = None
+            consume = source._consume
+
+            async def compact_then_watch(watch_prefix: str, list_revision: int) -> None:
+                """Between the list and its watch, 20 writes and a compaction past them all."""
+                del source._consume  # once
                 for n in range(2, 22):
                     revision = await etcd_put([etcd.endpoint], f"{prefix}/config/env/prod/n", str(n))
                 await etcd_compact([etcd.endpoint], revision)
+                await consume(watch_prefix, list_revision)
 
-            source.before_watch = compact_before_watch
+            source._consume = compact_then_watch  # type: ignore[method-assign]
             source.request_relist("test: force a list, then compact before the watch starts")
             await eventually(lambda: c.config.n == 21, timeout=15)
             assert source.relists >= relists + 2  # the forced one, and the one after compaction
@@ -242,10 +247,22 @@ async def test_a_lost_push_is_repaired_by_the_clients_report(
 ) -> None:
     await admin.put("n", 1, env="prod")
     async with client(server.address, "c", report_interval=0.2) as c:
-        server.hub.drop_pushes = 1  # a proxy silently eats the next push
+        encoded = server.config_service.encoded  # type: ignore[union-attr]
+        response = encoded.response
+
+        eaten_versions: list[int] = []
+
+        def eaten(*args: Any, **kwargs: Any) -> bytes:
+            """A proxy eats the next push: the server sent it, the client gets a heartbeat."""
+            del encoded.response  # once
+            eaten_versions.append(args[0].version)
+            response(*args, **kwargs)
+            return config_pb2.WatchResponse(heartbeat=config_pb2.Heartbeat()).SerializeToString()
+
+        encoded.response = eaten  # type: ignore[method-assign]
         result = await admin.put("n", 2, env="prod")
         await c.wait_for_version(result.revision, timeout=5)
-        assert c.config.n == 2
+        assert c.config.n == 2 and eaten_versions == [result.revision]
         check_history(c)
 
 
@@ -284,7 +301,14 @@ async def test_an_event_lost_between_etcd_and_the_server_is_repaired_by_resync(
             await admin.put("n", 1, env="prod")
             await eventually(lambda: c.config.n == 1)
             assert server.source is not None
-            server.source.drop_events = 1
+            apply = server.store.apply
+
+            def lossy(events: Any) -> Any:
+                """The watch loses one event, as etcd3aio's reconnecting watch can."""
+                del server.store.apply  # once
+                return apply(list(events)[1:])
+
+            server.store.apply = lossy  # type: ignore[method-assign]
             await etcd_put([etcd.endpoint], f"{prefix}/config/env/prod/n", "2")
             await eventually(lambda: c.config.n == 2, timeout=10)
             assert server.source.divergences >= 1
