@@ -38,6 +38,7 @@ from confmesh.server.snapshot_size import SnapshotSizes
 from confmesh.server.source import EtcdSource
 from confmesh.server.startup import DataDirLock, check_port_free, prepare_data_dir
 from confmesh.server.store import Changes, ConfigStore
+from confmesh.server.stream_callbacks import LedgerCallbacks, MetricsCallbacks, UsageCallbacks
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Writer
 from confmesh.tls import read_pem
@@ -291,11 +292,9 @@ class ConfmeshServer:
             )
             self.config_service = ConfigService(
                 self.hub,
-                self.ledger,
                 self.source,
-                self.usage,
+                [LedgerCallbacks(self.ledger), MetricsCallbacks(self.metrics), UsageCallbacks(self.usage)],
                 heartbeat_interval=s.heartbeat_interval,
-                metrics=self.metrics,
                 tracer_provider=self.tracer_provider,
                 access=self.access,
             )

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -18,9 +17,8 @@ from confmesh.delta import Update
 from confmesh.keys import Scope
 from confmesh.rpc_errors import error_trailers, status_for
 from confmesh.server.access import Access
-from confmesh.server.hub import Hub, Subscriber
+from confmesh.server.hub import Subscriber
 from confmesh.server.interceptors import Malformed, checked_deserializer
-from confmesh.server.ledger import Ledger
 from confmesh.server.limits import (
     MAX_ERROR_MESSAGE,
     MAX_FIELD_PATH,
@@ -29,9 +27,8 @@ from confmesh.server.limits import (
     Throttled,
     clip,
 )
-from confmesh.server.metrics import Metrics
 from confmesh.server.resolver import Resolved, VersionHash
-from confmesh.server.usage import FlagUsageStore
+from confmesh.server.stream_callbacks import StreamCallbacks, StreamOpened
 from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import to_struct, updates_to_pb
@@ -158,33 +155,45 @@ class ServingState(Protocol):
     async def wait_for_revision(self, revision: int, timeout: float) -> bool: ...
 
 
+class SnapshotSource(Protocol):
+    """Subscriptions and what they are offered (``Hub`` is one)."""
+
+    def add(self, sub: Subscriber) -> None: ...
+    def remove(self, sub: Subscriber) -> None: ...
+    def publish(self, scopes: Iterable[Scope] | None = None) -> None: ...
+    def subscribers(self) -> list[Subscriber]: ...
+    def snapshot(self, scope: Scope) -> Resolved: ...
+    def for_instance(self, scope: Scope, instance_id: str) -> Resolved: ...
+    def delta(self, base: VersionHash, target: Resolved) -> list[Update] | None: ...
+
+
 class ConfigService(config_pb2_grpc.ConfigServiceServicer):
+    """The Watch stream and GetSnapshot, on three seams: where snapshots come from
+    (``SnapshotSource``), how fresh the etcd side is (``ServingState``), and who hears about
+    streams (``StreamCallbacks``: the ledger, metrics and flag usage)."""
+
     def __init__(
         self,
-        hub: Hub,
-        ledger: Ledger,
+        snapshots: SnapshotSource,
         source: ServingState,
-        usage: FlagUsageStore,
+        callbacks: Sequence[StreamCallbacks] = (),
         *,
         heartbeat_interval: float = 15.0,
-        metrics: Metrics | None = None,
         subscribe_timeout: float = 30.0,
         catch_up_timeout: float = 10.0,
         tracer_provider: TracerProvider | None = None,
         access: Access | None = None,
     ) -> None:
         self.access = access or Access(dict)
-        self.hub = hub
-        self.ledger = ledger
+        self.hub = snapshots
         self.source = source
-        self.usage = usage
+        self.callbacks = tuple(callbacks)
         self.heartbeat_interval = heartbeat_interval
         self.subscribe_timeout = subscribe_timeout
         self.catch_up_timeout = catch_up_timeout
         self.draining = False
         self._ticker: asyncio.Task[None] | None = None
-        self.encoded = EncodedSnapshots(hub.resolver.delta, tracer_provider=tracer_provider)
-        self.metrics = metrics or Metrics()
+        self.encoded = EncodedSnapshots(snapshots.delta, tracer_provider=tracer_provider)
         self.throttled = Throttled(log)  # repeated per-stream log lines
 
     async def _ready(self, known_version: int = 0) -> None:
@@ -216,7 +225,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             await self.access.audit_denial(exc, context, "GetSnapshot")
             await abort(context, exc)
             raise
-        return snapshot_to_pb(self.hub.resolver.snapshot(scope), stale=self.source.stale)
+        return snapshot_to_pb(self.hub.snapshot(scope), stale=self.source.stale)
 
     async def Watch(
         self,
@@ -259,16 +268,13 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash, sub_msg.instance_id)
         sub.accept_delta = sub_msg.accept_delta
         sub.caller = caller
-        counters = sub.counters = self.metrics.for_stream(scope)
-        self.ledger.connect(
-            sub.id,
-            instance_id=sub_msg.instance_id,
-            scope=scope,
-            peer=context.peer(),
-            labels=dict(sub_msg.labels),
-            known_version=sub_msg.known_version,
-            known_hash=sub_msg.known_hash,
-        )
+        stream = sub.stream = StreamOpened(
+            sub.id, scope, sub_msg.instance_id, context.peer(), dict(sub_msg.labels),
+            sub_msg.known_version, sub_msg.known_hash, sub.created,
+        )  # fmt: skip
+        callbacks = self.callbacks
+        for cb in callbacks:
+            cb.opened(stream)
         self.hub.add(sub)
         reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
@@ -301,16 +307,15 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     )
                 snapshot = sub.take()
                 if snapshot is not None:
-                    self.ledger.sent(sub.id, snapshot.version)
-                    counters.pushed += 1
-                    if snapshot.resolved_at >= sub.created:  # a change seen while subscribed
-                        self.metrics.propagation.observe(max(0.0, time.time() - snapshot.resolved_at))
+                    for cb in callbacks:
+                        cb.sent(stream, snapshot.version, snapshot.resolved_at)
                     base, sub.base = sub.delta_base(), (snapshot.version, snapshot.hash)
                     yield self.encoded.response(snapshot, stale=self.source.stale, base=base)
         finally:
             reader.cancel()
             self.hub.remove(sub)
-            self.ledger.disconnect(sub.id)
+            for cb in callbacks:
+                cb.closed(stream)
 
     async def _heartbeats(self) -> None:
         """One ticker for every stream: cheaper than a timer per stream per wait at 10,000 streams."""
@@ -354,8 +359,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                             "which was never sent on this stream",
                         )
                         return
-                    self.ledger.ack(sub.id, msg.ack.version, msg.ack.hash)
-                    sub.counters.acks += 1
+                    for cb in self.callbacks:
+                        cb.acked(sub.stream, msg.ack.version, msg.ack.hash)
                 elif kind == "nack":
                     nack = msg.nack
                     if sub.sent.get(nack.version) != nack.hash:
@@ -367,9 +372,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         return
                     sub.nacked.add(nack.version)
                     sub.base = None
-                    sub.counters.nacks += 1
                     paths = [fe.path for fe in nack.field_errors]
-                    self.ledger.nack(sub.id, nack.version, nack.hash, nack.error, paths)
+                    for cb in self.callbacks:
+                        cb.nacked(sub.stream, nack.version, nack.hash, nack.error, paths)
                     self.throttled.log(
                         logging.WARNING,
                         ("nack", sub.scope),
@@ -391,12 +396,13 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                             f"non-negative counts with names up to {MAX_USAGE_NAME} characters",
                         )
                         return
-                    self.usage.record(
-                        sub.scope.environment, ((c.flag, c.variant, c.count) for c in counts), time.time()
-                    )
+                    entries = [(c.flag, c.variant, c.count) for c in counts]
+                    for cb in self.callbacks:
+                        cb.usage(sub.stream, entries)
                 elif kind == "report":
-                    self.ledger.seen(sub.id)
-                    current = self.hub.resolver.for_instance(sub.scope, sub.instance_id)
+                    for cb in self.callbacks:
+                        cb.reported(sub.stream)
+                    current = self.hub.for_instance(sub.scope, sub.instance_id)
                     if msg.report.need_full:
                         sub.base = None
                     if sub.resend_if_behind(current, msg.report.version, msg.report.hash):

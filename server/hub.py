@@ -14,8 +14,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from confmesh.delta import Update
 from confmesh.keys import Scope
-from confmesh.server.resolver import Resolved, Resolver
+from confmesh.server.resolver import Resolved, Resolver, VersionHash
 
 SENT_MEMORY = 64
 
@@ -27,7 +28,6 @@ class Subscriber:
         "accept_delta",
         "base",
         "caller",
-        "counters",
         "created",
         "error",
         "heartbeat_now",
@@ -38,6 +38,7 @@ class Subscriber:
         "pending",
         "scope",
         "sent",
+        "stream",
         "wakeup",
     )  # fmt: skip
 
@@ -54,7 +55,7 @@ class Subscriber:
         self.error: tuple[str, str] | None = None
         self.heartbeat_now = False
         self.created = time.time()
-        self.counters: Any = None  # metrics.StreamCounters, set by the servicer
+        self.stream: Any = None  # stream_callbacks.StreamOpened, set by the servicer
         # Deltas: whether the client takes them, and the version it runs (None: unknown).
         self.accept_delta = False
         self.base: tuple[int, str] | None = (known_version, known_hash) if known_version > 0 else None
@@ -136,6 +137,17 @@ class Hub:
 
     def subscribers(self) -> list[Subscriber]:
         return [sub for subs in self._by_scope.values() for sub in subs]
+
+    # What a stream is offered, from the resolver: the Watch service asks the hub, not the resolver.
+
+    def snapshot(self, scope: Scope) -> Resolved:
+        return self.resolver.snapshot(scope)
+
+    def for_instance(self, scope: Scope, instance_id: str) -> Resolved:
+        return self.resolver.for_instance(scope, instance_id)
+
+    def delta(self, base: VersionHash, target: Resolved) -> list[Update] | None:
+        return self.resolver.delta(base, target)
 
     def scopes(self) -> list[Scope]:
         return list(self._by_scope)

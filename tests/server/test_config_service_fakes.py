@@ -20,6 +20,7 @@ from confmesh.server.kv import Event, KeyValue
 from confmesh.server.ledger import Ledger
 from confmesh.server.resolver import Resolver
 from confmesh.server.store import ConfigStore
+from confmesh.server.stream_callbacks import LedgerCallbacks, NoCallbacks, StreamOpened, UsageCallbacks
 from confmesh.server.usage import FlagUsageStore
 from tests.helpers import eventually
 
@@ -50,6 +51,22 @@ class FakeEtcdSide:
         return self.store.synced and self.store.revision >= revision
 
 
+class Heard(NoCallbacks):
+    """A callback of our own beside the real ones: what the Watch service told it."""
+
+    def __init__(self, heard: list[str]) -> None:
+        self.heard = heard
+
+    def opened(self, stream: StreamOpened) -> None:
+        self.heard.append(f"opened {stream.instance_id}")
+
+    def acked(self, stream: StreamOpened, version: int, hash_: str) -> None:
+        self.heard.append(f"acked {version}")
+
+    def closed(self, stream: StreamOpened) -> None:
+        self.heard.append("closed")
+
+
 class Plane:
     def __init__(self) -> None:
         self.store = ConfigStore(LAYOUT)
@@ -57,9 +74,10 @@ class Plane:
         self.hub = Hub(self.resolver)
         self.ledger = Ledger()
         self.state = FakeEtcdSide(self.store)
-        self.service = ConfigService(
-            self.hub, self.ledger, self.state, FlagUsageStore(), heartbeat_interval=0.5
-        )
+        self.usage = FlagUsageStore()
+        self.heard: list[str] = []
+        callbacks = [LedgerCallbacks(self.ledger), UsageCallbacks(self.usage), Heard(self.heard)]
+        self.service = ConfigService(self.hub, self.state, callbacks, heartbeat_interval=0.5)
         self.address = ""
 
     def load(self, revision: int, **values: str) -> None:
@@ -102,10 +120,13 @@ async def test_watch_pushes_from_the_store_and_the_ledger_records_acks(plane: Pl
             lambda: [(r.instance_id, r.acked_version) for r in plane.ledger.records()] == [("i-1", 7)]
         )
 
+        assert plane.heard[:3] == ["opened i-1", "acked 3", "acked 7"]
+
         plane.state.stale_reason = "etcd unreachable (fake)"
         plane.put(Layer.env("prod"), "pool.max", "60", 8)
         await client.wait_for_version(8, timeout=5)
         assert client.server_stale
+    await eventually(lambda: plane.heard[-1] == "closed")
 
 
 async def test_an_unsynced_etcd_side_is_unavailable_not_an_empty_config(plane: Plane) -> None:
