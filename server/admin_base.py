@@ -18,11 +18,11 @@ from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, Scope
 from confmesh.server.access import Access, Caller, Grant, Role
-from confmesh.server.config_service import abort
+from confmesh.server.config_service import ServingState, abort
 from confmesh.server.hub import Hub
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
-from confmesh.server.source import EtcdSource
+from confmesh.server.store import ConfigStore
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import (
     Current,
@@ -73,7 +73,8 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         writer: Writer,
         hub: Hub,
         ledger: Ledger,
-        source: EtcdSource,
+        store: ConfigStore,
+        source: ServingState,
         usage: FlagUsageStore,
         *,
         server_id: str,
@@ -89,7 +90,8 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         self.writer = writer
         self.hub = hub
         self.ledger = ledger
-        self.source = source
+        self.store = store  # the read model: layers, flags, schemas, rollouts, tokens
+        self.source = source  # how fresh it is, and waiting for one's own writes
         self.server_id = server_id
         self.endpoints = endpoints
 

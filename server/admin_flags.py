@@ -70,8 +70,8 @@ class FlagRPCs(AdminBase):
         else:
             layers = [
                 layer
-                for layer in self.source.store.layers()
-                if layer.kind is LayerKind.FLAGS and request.key in self.source.store.raw_entries(layer)
+                for layer in self.store.layers()
+                if layer.kind is LayerKind.FLAGS and request.key in self.store.raw_entries(layer)
             ]
             if not layers:
                 raise errors.NotFound(f"flag {request.key!r} exists in no environment", field="key")
@@ -97,7 +97,7 @@ class FlagRPCs(AdminBase):
     ) -> admin_pb2.GetFlagsResponse:
         layer = Layer.flags(request.environment)
         self._allow(context, lambda g: g.can_read_flags(layer.environment), f"read {layer}")
-        store = self.source.store
+        store = self.store
         return admin_pb2.GetFlagsResponse(
             environment=layer.environment,
             version=store.layer_revision(layer),
@@ -132,7 +132,7 @@ class FlagRPCs(AdminBase):
             pager.added(key, added.ByteSize())
         resp.next_page_token = pager.next_token
         ages: list[float] = []
-        store = self.source.store
+        store = self.store
         for layer in store.layers():
             if layer.kind is LayerKind.FLAGS and (not env or layer.environment == env) and reads(layer):
                 try:

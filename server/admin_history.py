@@ -119,7 +119,7 @@ class HistoryRPCs(AdminBase):
         env = check_name(request.environment, "environment")
         if request.since_seconds <= 0:
             raise errors.InvalidArgument("since_seconds must be positive", field="since_seconds")
-        store = self.source.store
+        store = self.store
         services = {
             layer for layer in store.layers() if layer.kind is LayerKind.SERVICE and layer.environment == env
         }

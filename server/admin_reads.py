@@ -33,10 +33,10 @@ class ReadRPCs(AdminBase):
     ) -> admin_pb2.ResolveResponse:
         scope = Scope.checked(request.environment, request.service)
         self._allow(context, lambda g: g.can_read(scope), f"read {scope}")
-        if not self.source.store.synced:
+        if not self.store.synced:
             raise errors.Unavailable(f"server has not synced with etcd yet: {self.source.stale_reason}")
         snap = self.hub.resolver.snapshot(scope)
-        schema = self.source.store.schemas.get(scope)
+        schema = self.store.schemas.get(scope)
         resp = admin_pb2.ResolveResponse(
             environment=scope.environment,
             service=scope.service,
@@ -46,7 +46,7 @@ class ReadRPCs(AdminBase):
         )
         if request.key:
             split_key(request.key)
-            store = self.source.store
+            store = self.store
             layer_entries = [store.entries(layer) for layer in scope.layers]
             hits, found, value = explain(layer_entries, request.key)
             if schema is not None:
@@ -79,14 +79,14 @@ class ReadRPCs(AdminBase):
         resp = admin_pb2.GetStatusResponse(
             server_id=self.server_id,
             server_version=__version__,
-            revision=self.source.store.revision,
+            revision=self.store.revision,
             stale=self.source.stale,
             stale_reason=self.source.stale_reason,
             etcd_endpoints=self.endpoints,
-            prefix=self.source.store.layout.prefix,
+            prefix=self.store.layout.prefix,
         )
         resolver = self.hub.resolver
-        for scope in list(self.source.store.schemas):
+        for scope in list(self.store.schemas):
             resolver.snapshot(scope)  # evaluates (and caches) whether the scope's config is valid
         for scope, message in sorted(resolver.violations.items()):
             if visible(scope):
@@ -131,6 +131,6 @@ class ReadRPCs(AdminBase):
     ) -> admin_pb2.GetLayerResponse:
         layer = layer_from_pb(request.layer)
         self._allow(context, lambda g: g.can_read_layer(layer), f"read {layer}")
-        store = self.source.store
+        store = self.store
         entries = {k: shown_in_audit(store.schemas, layer, k, v) for k, v in store.entries(layer).items()}
         return admin_pb2.GetLayerResponse(entries=to_struct(entries), revision=store.layer_revision(layer))

@@ -48,7 +48,7 @@ class RolloutRPCs(AdminBase):
         self.access.require_writes(
             self.access.identify(context), [Layer.svc(scope.environment, scope.service)]
         )
-        entry = self.source.store.rollouts.get(scope)
+        entry = self.store.rollouts.get(scope)
         if entry is None or (active and not entry[0].active):
             raise errors.NotFound(f"no active rollout for {scope}")
         return entry[0]
@@ -61,7 +61,7 @@ class RolloutRPCs(AdminBase):
         layer = Layer.svc(scope.environment, scope.service)
         caller = self.access.identify(context)
         self.access.require_writes(caller, [layer])
-        existing = self.source.store.rollouts.get(scope)
+        existing = self.store.rollouts.get(scope)
         if existing is not None and existing[0].active:
             raise errors.FailedPrecondition(
                 f"rollout {existing[0].name!r} is active for {scope}; promote or abort it first",
@@ -79,9 +79,9 @@ class RolloutRPCs(AdminBase):
             reason=request.context.reason,
         )
         validate_changes(rollout.change_specs())
-        schema = self.source.store.schemas.get(scope)
+        schema = self.store.schemas.get(scope)
         if schema is not None:
-            entries = [self.source.store.entries(x) for x in scope.layers]
+            entries = [self.store.entries(x) for x in scope.layers]
             entries[-1] = rollout.apply_to(entries[-1])
             await check_schemas([(schema, resolve(entries), False)], f"rollout {rollout.name!r}")
         revision = await write_rollout(
@@ -156,10 +156,10 @@ class RolloutRPCs(AdminBase):
         visible = self._reads(self._allow(context, Grant.can_operate, "list rollouts"))
         resp = admin_pb2.ListRolloutsResponse()
         records = self.ledger.records()
-        for scope, (rollout, _) in sorted(self.source.store.rollouts.items()):
+        for scope, (rollout, _) in sorted(self.store.rollouts.items()):
             if not visible(scope):
                 continue
-            schema = self.source.store.schemas.get(scope)
+            schema = self.store.schemas.get(scope)
             shown = {
                 k: schema.redact_value(k, v) if schema is not None else v
                 for k, v in rollout.changes.items()

@@ -45,7 +45,7 @@ class SchemaRPCs(AdminBase):
         if document is not None:
             registrant = self._actor(caller, ctx)
             schema = ServiceSchema(scope, document, registrant)
-            config = resolve(self.source.store.entries(x) for x in scope.layers)
+            config = resolve(self.store.entries(x) for x in scope.layers)
             await check_schemas(
                 [(schema, config, False)], f"registering this schema (the current config of {scope})"
             )
@@ -77,11 +77,11 @@ class SchemaRPCs(AdminBase):
     ) -> admin_pb2.GetSchemaResponse:
         scope = Scope.checked(request.environment, request.service)
         self._allow(context, lambda g: g.can_read(scope), f"read the schema of {scope}")
-        schema = self.source.store.schemas.get(scope)
+        schema = self.store.schemas.get(scope)
         if schema is None:
             raise errors.NotFound(f"no schema registered for {scope}")
         return admin_pb2.GetSchemaResponse(
-            schema=to_struct(schema.document), revision=self.source.store.schema_revision.get(scope, 0)
+            schema=to_struct(schema.document), revision=self.store.schema_revision.get(scope, 0)
         )
 
     @write

@@ -304,6 +304,7 @@ class ConfmeshServer:
                     Writer(self.etcd, self.layout, lambda: self.store.schemas, self._snapshot_sizes()),
                     self.hub,
                     self.ledger,
+                    self.store,
                     self.source,
                     self.usage,
                     server_id=self.server_id,
