@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from etcd3aio.kv import KVService
-
 from confmesh.keys import KeyLayout, Layer
 from confmesh.merge import JSONValue
 from confmesh.server.etcd import Etcd
@@ -116,5 +114,5 @@ async def read_audit(
 async def record_denial(etcd: Etcd, layout: KeyLayout, identity: str, method: str, message: str) -> None:
     """An audit record for a refused call: who, which call, and why (no changes)."""
     entry = AuditEntry(identity, message, f"denied:{method}")
-    resp = await etcd.txn([], [KVService.txn_op_put(entry.key(layout), entry.encode())])
+    resp = await etcd.txn([], [Etcd.put_op(entry.key(layout), entry.encode())])
     entry.committed(resp.header.revision)

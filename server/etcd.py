@@ -25,7 +25,7 @@ from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc  # type: ignore[attr-defined]
 from etcd3aio.connections import ConnectionManager
 from etcd3aio.errors import EtcdConnectionError, EtcdError, EtcdTransientError, EtcdUnauthenticatedError
-from etcd3aio.kv import SortOrder, SortTarget, prefix_range_end
+from etcd3aio.kv import KVService, SortOrder, SortTarget, prefix_range_end
 
 from confmesh.errors import ConfmeshError, FailedPrecondition, InvalidArgument, Unavailable
 from confmesh.server.kv import Event, KeyValue, WatchBatch
@@ -253,6 +253,24 @@ class Etcd:
             f"this change is larger than etcd accepts in one request ({self.max_request_bytes} bytes, "
             "etcd's --max-request-bytes); split it into smaller changes",
             code="request_too_large",
+        )
+
+    # Transaction parts, so no module but this one speaks etcd3aio.
+
+    @staticmethod
+    def put_op(key: str, value: bytes | str) -> rpc_pb2.RequestOp:
+        return KVService.txn_op_put(key, value)
+
+    @staticmethod
+    def delete_op(key: str, *, range_end: bytes | str | None = None) -> rpc_pb2.RequestOp:
+        return KVService.txn_op_delete(key, range_end=range_end)
+
+    @staticmethod
+    def created(key: str, *, exists: bool) -> rpc_pb2.Compare:
+        """A txn guard: `key` exists (``exists``) or does not."""
+        result = rpc_pb2.Compare.GREATER if exists else rpc_pb2.Compare.EQUAL
+        return rpc_pb2.Compare(
+            result=result, target=rpc_pb2.Compare.CREATE, key=key.encode(), create_revision=0
         )
 
     @staticmethod

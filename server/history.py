@@ -20,8 +20,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from etcd3aio.kv import KVService
-
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import KeyLayout, Layer, LayerKind
@@ -217,8 +215,8 @@ async def prune_audit(etcd: Etcd, layout: KeyLayout, retention_seconds: float) -
     marker = json.dumps({"revision": newest, "at": time.time()}).encode()
     await etcd.txn(
         [],
-        [KVService.txn_op_delete(layout.audit_root, range_end=cutoff.encode()),
-         KVService.txn_op_put(pruned_key(layout), marker)],
+        [Etcd.delete_op(layout.audit_root, range_end=cutoff.encode()),
+         Etcd.put_op(pruned_key(layout), marker)],
     )  # fmt: skip
     log.info("audit retention: removed the records up to revision %d", newest)
     return newest

@@ -3,9 +3,6 @@ each, with the record's audit entry in the same transaction."""
 
 from __future__ import annotations
 
-from etcd3aio._protobuf import rpc_pb2  # type: ignore[attr-defined]
-from etcd3aio.kv import KVService
-
 from confmesh import errors
 from confmesh.keys import KeyLayout
 from confmesh.server.access import TokenRecord
@@ -13,10 +10,6 @@ from confmesh.server.audit import AuditEntry
 from confmesh.server.etcd import Etcd
 from confmesh.server.ledger import InstanceRecord
 from confmesh.server.rollouts import Rollout, RolloutState
-
-
-def _created(key: str, result: int) -> rpc_pb2.Compare:
-    return rpc_pb2.Compare(result=result, target=rpc_pb2.Compare.CREATE, key=key.encode(), create_revision=0)
 
 
 async def write_record(
@@ -31,9 +24,9 @@ async def write_record(
     """Put (or delete, `value` None) one record; `must_exist` True/False guards on its presence."""
     compare = []
     if must_exist is not None:
-        compare.append(_created(key, rpc_pb2.Compare.GREATER if must_exist else rpc_pb2.Compare.EQUAL))
-    op = KVService.txn_op_delete(key) if value is None else KVService.txn_op_put(key, value)
-    resp = await etcd.txn(compare, [op, KVService.txn_op_put(audit.key(layout), audit.encode())])
+        compare.append(Etcd.created(key, exists=must_exist))
+    op = Etcd.delete_op(key) if value is None else Etcd.put_op(key, value)
+    resp = await etcd.txn(compare, [op, Etcd.put_op(audit.key(layout), audit.encode())])
     if not resp.succeeded:
         raise errors.FailedPrecondition(
             f"{key} {'does not exist' if must_exist else 'already exists'}", code="record_conflict"

@@ -20,8 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from etcd3aio.kv import KVService
-
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.flags.model import parse_flag_set
@@ -332,15 +330,15 @@ class Writer:
                               shown(change.layer, change.key, new), existed)  # fmt: skip
                     final[etcd_key] = encoded
                     changed.append(f"{change.layer}/{change.key}")
-            ops += [KVService.txn_op_delete(k) for k, v in final.items() if v is None]
-            ops += [KVService.txn_op_put(k, v) for k, v in final.items() if v is not None]
+            ops += [Etcd.delete_op(k) for k, v in final.items() if v is None]
+            ops += [Etcd.put_op(k, v) for k, v in final.items() if v is not None]
             stamp: dict[str, Any] = {"actor": actor, "reason": reason, "at": time.time()}
             if trace:
                 stamp["trace"] = trace
             marker = json.dumps(stamp, separators=(",", ":"))
             for layer in touched:
                 check_layer(layer, current[layer])
-                ops.append(KVService.txn_op_put(self.layout.marker_key(layer), marker.encode()))
+                ops.append(Etcd.put_op(self.layout.marker_key(layer), marker.encode()))
             if self.sizes is not None:
                 self.sizes.check({layer: current[layer] for layer in touched})
             await check_schemas(
@@ -350,7 +348,7 @@ class Writer:
                     if any(affects(layer, sc) for layer in touched)
                 ]
             )
-            ops.append(KVService.txn_op_put(audit.key(self.layout), audit.encode()))
+            ops.append(Etcd.put_op(audit.key(self.layout), audit.encode()))
             resp = await self.etcd.txn(self._guards(read, validated, revision), ops)
             if resp.succeeded:
                 audit.committed(resp.header.revision)
