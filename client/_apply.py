@@ -18,7 +18,7 @@ from typing import Any
 
 from confmesh import errors
 from confmesh.client._validation import validate
-from confmesh.delta import apply_updates
+from confmesh.delta import CONFIG, apply_updates
 from confmesh.digest import format_hash, snapshot_digest
 from confmesh.flags import FlagEvaluator, UsageCounter
 from confmesh.v1 import config_pb2
@@ -40,6 +40,8 @@ class AppliedSnapshot:
     # The flag definitions as received, and the snapshot digest: what a delta patches.
     raw_flags: Mapping[str, Any] = field(default_factory=dict)
     digest: int = 0
+    # `raw` with its secret references read: a delta re-reads only the top-level keys it touches.
+    resolved: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Content:
     raw: dict[str, Any]
     raw_flags: dict[str, Any]
     digest: int
+    # The top-level config keys a delta changed (None: a whole snapshot, everything may differ).
+    changed: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,9 @@ def _patch(current: AppliedSnapshot | None, snap: config_pb2.Snapshot) -> NeedFu
     raw, raw_flags, digest = apply_updates(current.raw, current.raw_flags, current.digest, updates)
     if format_hash(digest) != snap.hash:
         return NeedFull(f"delta to version {snap.version} does not give its hash")
-    return Content(raw, raw_flags, digest)
+    config_paths = [u.path for u in updates if u.section == CONFIG]
+    changed = None if any(not p for p in config_paths) else frozenset(str(p[0]) for p in config_paths)
+    return Content(raw, raw_flags, digest, changed)
 
 
 def accept(

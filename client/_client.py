@@ -32,7 +32,7 @@ from confmesh.flags import FlagEvaluator, UsageCounter
 from confmesh.keys import Scope
 from confmesh.merge import lookup
 from confmesh.rpc_errors import error_from_rpc
-from confmesh.secrets import resolve_refs
+from confmesh.secrets import resolve_changed, resolve_refs
 from confmesh.tls import TLSConfig, aio_channel, bearer_metadata
 from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
@@ -275,7 +275,7 @@ class ConfigClient(Generic[T]):
             return False
         self._current = AppliedSnapshot(
             cached.version, cached.hash, cached.config, config, flags, time.time(),
-            cached.flags, snapshot_digest(cached.config, cached.flags),
+            cached.flags, snapshot_digest(cached.config, cached.flags), resolved,
         )  # fmt: skip
         self.cached = True
         log.warning(
@@ -479,7 +479,8 @@ class ConfigClient(Generic[T]):
             log.info("%s: %s; asking for all of it", self.scope, seen.reason)
             return self._need_full()
         # Secret references read files and Vault (up to its 10 s timeout): never on the event loop.
-        resolved, secret_issues = await asyncio.to_thread(resolve_refs, seen.raw)
+        previous = current.resolved if current is not None else None
+        resolved, secret_issues = await asyncio.to_thread(resolve_changed, seen.raw, previous, seen.changed)
         verdict = accept(
             seen, resolved, secret_issues, schema=self.schema, current=current, version=snap.version,
             environment=self.scope.environment, usage=self.usage,
@@ -488,7 +489,7 @@ class ConfigClient(Generic[T]):
             return self._nack(snap, verdict.message, verdict.issues)
         raw, raw_flags, config = seen.raw, seen.raw_flags, verdict.config
         applied = AppliedSnapshot(
-            snap.version, snap.hash, raw, config, verdict.flags, time.time(), raw_flags, seen.digest
+            snap.version, snap.hash, raw, config, verdict.flags, time.time(), raw_flags, seen.digest, resolved
         )
         self.deltas_applied += snap.HasField("delta")
         self._current = applied

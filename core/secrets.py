@@ -82,6 +82,28 @@ def _resolve_one(ref: str) -> str:
         raise LookupError(f"secret {ref} cannot be read: {exc.strerror}") from exc
 
 
+def resolve_changed(
+    config: Mapping[str, Any], previous: Mapping[str, Any] | None, changed: frozenset[str] | None
+) -> tuple[dict[str, Any], list[FieldIssue]]:
+    """`resolve_refs` of a config whose top-level keys other than `changed` are those `previous`
+    was resolved from: only the changed keys are walked (and their references read) again.
+
+    `previous` or `changed` None: the whole config is walked.
+    """
+    if previous is None or changed is None:
+        whole, found = resolve_refs(config)
+        return whole, found
+    out: dict[str, Any] = {}
+    issues: list[FieldIssue] = []
+    for key, value in config.items():
+        if key in changed or key not in previous:
+            out[key], found = resolve_refs(value, key)
+            issues += found
+        else:
+            out[key] = previous[key]
+    return out, issues
+
+
 def resolve_refs(value: Any, path: str = "") -> tuple[Any, list[FieldIssue]]:
     """A copy of `value` with every reference replaced by its secret, and the failures."""
     issues: list[FieldIssue] = []
