@@ -39,7 +39,7 @@ def test_resolving_only_changed_keys_equals_resolving_all(
 
 
 def test_unchanged_keys_are_not_read_again() -> None:
-    previous = {"db": {"password": "old-read"}, "pool": {"max": 1}}
+    previous = {"db": {"password": "old-read"}, "pool": {"max": 1}}  # pragma: allowlist secret
     config = {"db": {"password": {"$secret": "env:NOT_SET_ANYWHERE"}}, "pool": {"max": 2}}
     got, issues = resolve_changed(config, previous, frozenset({"pool"}))
     assert got == {"db": {"password": "old-read"}, "pool": {"max": 2}} and issues == []
