@@ -268,7 +268,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash, sub_msg.instance_id)
         sub.accept_delta = sub_msg.accept_delta
         sub.caller = caller
-        stream = sub.stream = StreamOpened(
+        stream = StreamOpened(
             sub.id, scope, sub_msg.instance_id, context.peer(), dict(sub_msg.labels),
             sub_msg.known_version, sub_msg.known_hash, sub.created,
         )  # fmt: skip
@@ -276,7 +276,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         for cb in callbacks:
             cb.opened(stream)
         self.hub.add(sub)
-        reader = asyncio.create_task(self._read(sub, request_iterator))
+        reader = asyncio.create_task(self._read(sub, stream, request_iterator))
         try:
             self.hub.publish([scope])
             if sub.pending is None:
@@ -344,7 +344,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         for sub in self.hub.subscribers():
             sub.fail("draining", "server is shutting down; reconnect to another replica")
 
-    async def _read(self, sub: Subscriber, requests: AsyncIterator[config_pb2.WatchRequest]) -> None:
+    async def _read(
+        self, sub: Subscriber, stream: StreamOpened, requests: AsyncIterator[config_pb2.WatchRequest]
+    ) -> None:
         try:
             async for msg in requests:
                 if isinstance(msg, Malformed):
@@ -360,7 +362,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         )
                         return
                     for cb in self.callbacks:
-                        cb.acked(sub.stream, msg.ack.version, msg.ack.hash)
+                        cb.acked(stream, msg.ack.version, msg.ack.hash)
                 elif kind == "nack":
                     nack = msg.nack
                     if sub.sent.get(nack.version) != nack.hash:
@@ -374,7 +376,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     sub.base = None
                     paths = [fe.path for fe in nack.field_errors]
                     for cb in self.callbacks:
-                        cb.nacked(sub.stream, nack.version, nack.hash, nack.error, paths)
+                        cb.nacked(stream, nack.version, nack.hash, nack.error, paths)
                     self.throttled.log(
                         logging.WARNING,
                         ("nack", sub.scope),
@@ -398,10 +400,10 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         return
                     entries = [(c.flag, c.variant, c.count) for c in counts]
                     for cb in self.callbacks:
-                        cb.usage(sub.stream, entries)
+                        cb.usage(stream, entries)
                 elif kind == "report":
                     for cb in self.callbacks:
-                        cb.reported(sub.stream)
+                        cb.reported(stream)
                     current = self.hub.for_instance(sub.scope, sub.instance_id)
                     if msg.report.need_full:
                         sub.base = None

@@ -38,7 +38,6 @@ class Subscriber:
         "pending",
         "scope",
         "sent",
-        "stream",
         "wakeup",
     )  # fmt: skip
 
@@ -55,7 +54,6 @@ class Subscriber:
         self.error: tuple[str, str] | None = None
         self.heartbeat_now = False
         self.created = time.time()
-        self.stream: Any = None  # stream_callbacks.StreamOpened, set by the servicer
         # Deltas: whether the client takes them, and the version it runs (None: unknown).
         self.accept_delta = False
         self.base: tuple[int, str] | None = (known_version, known_hash) if known_version > 0 else None
