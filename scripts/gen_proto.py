@@ -1,4 +1,4 @@
-"""Generate the Python protobuf/gRPC stubs from proto/ into core/v1/.
+"""Generate the Python protobuf/gRPC stubs from proto/ into core/confmesh/v1/.
 
     python scripts/gen_proto.py          # regenerate
     python scripts/gen_proto.py --check  # exit 1 if the committed stubs are stale
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-OUT_PACKAGE = ROOT / "core" / "v1"
+OUT_PACKAGE = ROOT / "core" / "confmesh" / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 

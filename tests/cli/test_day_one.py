@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from confmesh import __version__
 from confmesh.cli.common import stable_order
 from confmesh.client import AdminClient
 from confmesh.keys import Layer
 from confmesh.server import ConfmeshServer
+from confmesh.version import __version__
 from tests.cli.test_cli import _etcd_processes_under, cli
 
 IN_USE = "the address is in use (is another server running?)"

@@ -11,9 +11,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from confmesh import __version__
 from confmesh.client import AdminClient, ConfigClient
 from confmesh.server import ConfmeshServer, ServerSettings
+from confmesh.version import __version__
 from tests.conftest import EtcdHandle
 from tests.helpers import eventually
 

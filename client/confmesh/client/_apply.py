@@ -20,7 +20,7 @@ from confmesh import errors
 from confmesh.client._validation import validate
 from confmesh.delta import CONFIG, apply_updates
 from confmesh.digest import format_hash, snapshot_digest
-from confmesh.flags import FlagEvaluator, UsageCounter
+from confmesh.flags import FlagEvaluator, UsageCounter, parse_flag_set, reparse_flag_set
 from confmesh.v1 import config_pb2
 from confmesh.wire import from_struct, updates_from_pb
 
@@ -128,17 +128,29 @@ def accept(
     if secret_issues:
         return Reject("; ".join(str(i) for i in secret_issues), secret_issues)
     try:
-        config = validate(schema, resolved)  # type: ignore[arg-type]
+        config = validate(
+            schema,  # type: ignore[arg-type]
+            resolved,
+            previous=current.config if current is not None else None,
+            changed=content.changed,
+        )
     except errors.SnapshotRejected as exc:
         return Reject(exc.message, exc.issues)
-    # Unchanged flag definitions (a delta that touched only config) are not parsed again.
-    unchanged = current is not None and content.raw_flags is current.raw_flags
+    # Only the flag definitions that changed are parsed and compiled again; the others keep
+    # their compiled form, which answers with the version their definition arrived in.
     try:
+        if current is None:
+            flag_set = parse_flag_set(content.raw_flags)
+        elif content.raw_flags is current.raw_flags:
+            flag_set = current.flags.flag_set
+        else:
+            flag_set = reparse_flag_set(content.raw_flags, current.raw_flags, current.flags.flag_set)
         flags = FlagEvaluator(
-            current.flags.flag_set if unchanged and current is not None else content.raw_flags,
+            flag_set,
             version=version,
             environment=environment,
             usage=usage,
+            previous=current.flags if current is not None else None,
         )
     except errors.InvalidArgument as exc:
         return Reject(exc.message, [errors.FieldIssue(exc.field, exc.message)])

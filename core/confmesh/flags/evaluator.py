@@ -157,6 +157,8 @@ class CompiledFlag:
     rule_matchers: list[Matcher | None] = field(default_factory=list)
     # Set when the outcome never depends on the context (static or off).
     constant: EvaluationDetails | None = None
+    # The snapshot version its outcomes carry: the one this definition arrived in.
+    version: int = 0
 
 
 class _Builder:
@@ -238,6 +240,11 @@ class _Builder:
         return lambda ctx: fixed
 
     def compile(self) -> CompiledFlag:
+        compiled = self._compile()
+        compiled.version = self.version
+        return compiled
+
+    def _compile(self) -> CompiledFlag:
         flag = self.flag
         if not flag.enabled:
             off = self.outcome(flag.off_variant, Reason.DISABLED)
@@ -332,6 +339,8 @@ class FlagEvaluator:
     get_str: Callable[..., str]
     get_object: Callable[..., Any]
     is_enabled: Callable[..., bool]
+    _compiled: dict[str, CompiledFlag]
+    _usage: UsageCounter | None
 
     """Evaluates one environment's flags locally.
 
@@ -348,7 +357,11 @@ class FlagEvaluator:
         environment: str = "",
         clock: Callable[[], float] = time.time,
         usage: UsageCounter | None = None,
+        previous: FlagEvaluator | None = None,
     ) -> None:
+        """`previous`: the evaluator this one replaces. Its compiled flags whose definition is
+        the same parsed Flag (see `reparse_flag_set`) are kept, outcomes and version included,
+        so a change costs what it changed, not the size of the flag set."""
         if flags is None:
             flags = FlagSet(flags={})
         elif not isinstance(flags, FlagSet):
@@ -357,7 +370,15 @@ class FlagEvaluator:
         self.version = version
         self.environment = environment
         self.clock = clock
-        self._compiled = {key: _Builder(flag, version, clock).compile() for key, flag in flags.flags.items()}
+        kept: dict[str, CompiledFlag] = {}
+        if previous is not None and previous.clock is clock and previous._usage is usage:
+            kept = previous._compiled
+        self._compiled = {}
+        for key, flag in flags.flags.items():
+            old = kept.get(key)
+            if old is None or old.flag is not flag:
+                old = _Builder(flag, version, clock).compile()
+            self._compiled[key] = old
         self._depth = 0
         self._usage = usage
         by_type: dict[str, dict[str, Any]] = {}
@@ -386,6 +407,12 @@ class FlagEvaluator:
     def flag(self, key: str) -> Flag | None:
         compiled = self._compiled.get(key)
         return compiled.flag if compiled else None
+
+    def flag_version(self, key: str) -> int:
+        """The snapshot version `key`'s definition arrived in (its outcomes' `flag_version`);
+        the evaluator's own version for a flag it does not hold."""
+        compiled = self._compiled.get(key)
+        return compiled.version if compiled else self.version
 
     # -- the core -------------------------------------------------------------
 

@@ -7,7 +7,7 @@ Watch snapshots).
 
 from confmesh.flags.details import ErrorCode, EvaluationDetails, Reason
 from confmesh.flags.evaluator import FlagEvaluator, UsageCounter
-from confmesh.flags.model import Flag, FlagSet, parse_flag_set
+from confmesh.flags.model import Flag, FlagSet, parse_flag_set, reparse_flag_set
 
 __all__ = [
     "ErrorCode",
@@ -18,4 +18,5 @@ __all__ = [
     "Reason",
     "UsageCounter",
     "parse_flag_set",
+    "reparse_flag_set",
 ]

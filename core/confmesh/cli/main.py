@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import click
 
-from confmesh import __version__
 from confmesh.cli.common import (
     admin_command,
     dumps,
@@ -31,6 +30,7 @@ from confmesh.cli.common import (
 )
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.merge import JSONValue
+from confmesh.version import __version__
 
 T = TypeVar("T")
 DEFAULT_PORT = 7070

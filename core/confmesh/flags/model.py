@@ -30,6 +30,7 @@ name of null anywhere means "the caller's default value".
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -273,19 +274,25 @@ class FlagSet(BaseModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> FlagSet:
-        for key, flag in self.flags.items():
-            if flag.key != key:
-                raise ValueError(f"{key}: the flag's key is {flag.key!r}")
-            for p in flag.prerequisites:
-                other = self.flags.get(p.flag)
-                if other is None:
-                    raise ValueError(f"{key}: prerequisite flag {p.flag!r} does not exist")
-                if p.variant not in other.variants:
-                    raise ValueError(f"{key}: prerequisite {p.flag!r} has no variant {p.variant!r}")
-        cycle = find_cycle({k: [p.flag for p in f.prerequisites] for k, f in self.flags.items()})
-        if cycle:
-            raise ValueError(f"prerequisite cycle: {' -> '.join(cycle)}")
+        check_flag_set(self.flags)
         return self
+
+
+def check_flag_set(flags: Mapping[str, Flag]) -> None:
+    """What holds between the flags of a set: keys, prerequisites, no cycles (ValueError)."""
+    for key, flag in flags.items():
+        if flag.key != key:
+            raise ValueError(f"{key}: the flag's key is {flag.key!r}")
+        for p in flag.prerequisites:
+            other = flags.get(p.flag)
+            if other is None:
+                raise ValueError(f"{key}: prerequisite flag {p.flag!r} does not exist")
+            if p.variant not in other.variants:
+                raise ValueError(f"{key}: prerequisite {p.flag!r} has no variant {p.variant!r}")
+    graph = {k: [p.flag for p in f.prerequisites] for k, f in flags.items() if f.prerequisites}
+    cycle = find_cycle(graph)
+    if cycle:
+        raise ValueError(f"prerequisite cycle: {' -> '.join(cycle)}")
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
@@ -327,6 +334,33 @@ def parse_flag_set(flags: dict[str, Any], *, prefix: str = "flags") -> FlagSet:
         issues = _issues(exc, prefix)
         first = issues[0]
         raise InvalidArgument(f"invalid flag set: {first}", code="invalid_flag", field=first.path) from exc
+
+
+def reparse_flag_set(flags: dict[str, Any], before: Mapping[str, Any], parsed: FlagSet) -> FlagSet:
+    """`parse_flag_set(flags)`, parsing again only the definitions that differ from `before`.
+
+    `parsed` is `before` parsed. A definition that is the same object as before, or equal to it,
+    keeps its parsed Flag, so a one-flag change costs one flag's parse plus the set's cross
+    checks. Whatever fails is parsed again in full, so the error is exactly the full parse's.
+    """
+    kept = parsed.flags
+    try:
+        out: dict[str, Flag] = {}
+        for key, definition in flags.items():
+            old = before.get(key, _ABSENT)
+            previous = kept.get(key)
+            if previous is not None and (old is definition or old == definition):
+                out[key] = previous
+            else:
+                out[key] = Flag.model_validate(definition)
+        check_flag_set(out)
+    except (ValidationError, ValueError):
+        return parse_flag_set(flags)
+    # Every flag is a validated Flag and the set passed its checks: what validation would build.
+    return FlagSet.model_construct(flags=out)
+
+
+_ABSENT = object()
 
 
 def parse_flag(definition: Any, *, key: str | None = None) -> Flag:

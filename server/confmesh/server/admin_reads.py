@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from confmesh import __version__, errors
+from confmesh import errors
 from confmesh.keys import Scope, split_key
 from confmesh.merge import explain
 from confmesh.server.access import Grant
@@ -23,6 +23,7 @@ from confmesh.server.writer import (
     shown_in_audit,
 )
 from confmesh.v1 import admin_pb2
+from confmesh.version import __version__
 from confmesh.wire import layer_from_pb, layer_to_pb, to_struct, to_value
 
 

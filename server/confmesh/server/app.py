@@ -18,7 +18,6 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
-from confmesh import __version__
 from confmesh.errors import ConfmeshError, InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, LayerKind, Scope
 from confmesh.server.access import Access, unruled
@@ -43,6 +42,7 @@ from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Writer
 from confmesh.tls import read_pem
 from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2
+from confmesh.version import __version__
 
 log = logging.getLogger(__name__)
 

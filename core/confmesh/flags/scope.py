@@ -5,7 +5,7 @@ later evaluations of the same flag in the same request return the cached
 details, whatever context they pass and whatever snapshot arrives meanwhile.
 A scope opened with upstream decisions (decoded from trusted baggage by the
 gRPC interceptors or the ASGI/WSGI middleware) returns those for their flags,
-with reason PROPAGATED and the upstream snapshot version as ``flag_version``,
+with reason PROPAGATED and the upstream flag version as ``flag_version``,
 unless they were made in another flag set (environment).
 
 Scopes nest: an inner scope starts with the outer one's decisions.

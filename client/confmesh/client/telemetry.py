@@ -59,8 +59,10 @@ class FlagSpanEvents:
         self, evaluator: FlagEvaluator, details: EvaluationDetails, context: Mapping[str, Any] | None
     ) -> None:
         skew = 0
-        if details.reason is Reason.PROPAGATED and details.flag_version != evaluator.version:
-            skew = evaluator.version - details.flag_version
+        if details.reason is Reason.PROPAGATED:
+            local = evaluator.flag_version(details.flag_key)
+            skew = local - details.flag_version if details.flag_version != local else 0
+        if skew:
             self.skew.add(1, {FEATURE_FLAG_KEY: details.flag_key, FEATURE_FLAG_SET_ID: evaluator.environment})
         span = trace.get_current_span()
         if not span.is_recording():
