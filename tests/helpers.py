@@ -1,14 +1,18 @@
-"""Small helpers for integration tests: raw Watch streams and polling."""
+"""Small helpers for integration tests: raw Watch streams, polling, servers as processes."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import grpc.aio
 
+from confmesh.server.embedded_etcd import free_port
 from confmesh.v1 import config_pb2, config_pb2_grpc
 
 
@@ -89,3 +93,50 @@ class RawWatch:
     async def close(self) -> None:
         self.call.cancel()
         await self.channel.close()
+
+
+class ServerProcess:
+    """`confmesh serve` in its own process, on a port picked at run time."""
+
+    def __init__(self, etcd_endpoints: str, prefix: str, *extra: str) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.args = [
+            sys.executable,
+            "-m",
+            "confmesh.cli",
+            "serve",
+            "--listen",
+            self.address,
+            "--etcd",
+            etcd_endpoints,
+            "--prefix",
+            prefix,
+            "--heartbeat",
+            "1",
+            *extra,
+        ]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> ServerProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        assert line.startswith(b"confmesh serving on"), line
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def stop(self) -> int:
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), 20)
+        except TimeoutError:
+            self.proc.kill()
+            return await self.proc.wait()

@@ -189,6 +189,8 @@ class KeyLayout:
         self.token_root = f"{self.prefix}/meta/tokens/"
         self.schema_root = f"{self.prefix}/meta/schemas/"
         self.rollout_root = f"{self.prefix}/meta/rollouts/"
+        # Each replica's leased ledger summary (confmesh.server.fleet).
+        self.fleet_root = f"{self.prefix}/fleet/"
 
     def rollout_key(self, scope: Scope) -> str:
         return f"{self.rollout_root}{scope.environment}/{scope.service}"

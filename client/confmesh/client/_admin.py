@@ -170,14 +170,17 @@ class AdminClient:
         snapshot: config_pb2.Snapshot = await self._call(self._config.GetSnapshot, req)
         return snapshot
 
-    async def status(self) -> admin_pb2.GetStatusResponse:
-        """The server's status with every page of instances (the server pages at about 1 MiB)."""
+    async def status(self, *, local: bool = False) -> admin_pb2.GetStatusResponse:
+        """The server's status with every page of instances (the server pages at about 1 MiB):
+        the whole fleet's instances, whichever replica answers, or with `local` its own only."""
         status: admin_pb2.GetStatusResponse = await self._call(
-            self._admin.GetStatus, admin_pb2.GetStatusRequest()
+            self._admin.GetStatus, admin_pb2.GetStatusRequest(local=local)
         )
         token = status.next_page_token
         while token:
-            page = await self._call(self._admin.GetStatus, admin_pb2.GetStatusRequest(page_token=token))
+            page = await self._call(
+                self._admin.GetStatus, admin_pb2.GetStatusRequest(page_token=token, local=local)
+            )
             status.instances.extend(page.instances)
             token = page.next_page_token
         status.next_page_token = ""

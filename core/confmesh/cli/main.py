@@ -244,6 +244,26 @@ def main(
     is_flag=True,
     help="Share --listen with other processes (SO_REUSEPORT). Off: a busy port is an error.",
 )
+@click.option(
+    "--fleet-ttl",
+    default=10,
+    show_default=True,
+    type=click.IntRange(2, 300),
+    help="Seconds within which a dead replica's instances leave every replica's status (its lease).",
+)
+@click.option(
+    "--fleet-interval",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 60),
+    help="How often this replica publishes its instance ledger to the fleet view, when it changed.",
+)
+@click.option(
+    "--fleet/--no-fleet",
+    default=None,
+    help="Publish this replica's instances to the fleet view "
+    "[default: with --etcd, not with the embedded etcd].",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
     listen: str,
@@ -264,6 +284,9 @@ def serve(
     audit_retention_days: float,
     etcd_max_request_bytes: int,
     reuse_port: bool,
+    fleet_ttl: int,
+    fleet_interval: float,
+    fleet: bool | None,
     log_level: str,
 ) -> None:
     """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
@@ -296,6 +319,9 @@ def serve(
         audit_retention_days=audit_retention_days,
         etcd_max_request_bytes=etcd_max_request_bytes,
         reuse_port=reuse_port,
+        fleet_ttl=fleet_ttl,
+        fleet_interval=min(fleet_interval, fleet_ttl / 3),
+        fleet=fleet,
     )
     if not run(run_server(settings)):
         logging.shutdown()
@@ -475,10 +501,14 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None, t
 
 @main.command()
 @json_option
+@click.option("--local", is_flag=True, help="Only the answering replica's instances, not the whole fleet's.")
 @admin_command
-async def status(admin: Any, as_json: bool) -> None:
-    """Server health and the instance ledger: who runs which version, who rejected what."""
-    resp = await admin.status()
+async def status(admin: Any, as_json: bool, local: bool) -> None:
+    """Server health and the instance ledger: who runs which version, who rejected what.
+
+    The ledger is fleet-wide: whichever replica answers lists every replica's instances.
+    """
+    resp = await admin.status(local=local)
     if as_json:
         click.echo(dumps(message_json(resp)))
         return
@@ -488,6 +518,8 @@ async def status(admin: Any, as_json: bool) -> None:
         f"revision {resp.revision}  "
         f"etcd {resp.etcd_endpoints}  prefix {resp.prefix}"
     )
+    if len(resp.replicas) > 1:
+        click.echo(f"fleet: {len(resp.replicas)} replicas ({', '.join(resp.replicas)})")
     for v in resp.schema_violations:
         click.echo(
             f"SCHEMA VIOLATION {v.environment}/{v.service}: {v.message} (serving its last valid config)"

@@ -19,12 +19,13 @@ from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, Scope
 from confmesh.server.access import Access, Caller, Grant, Role
 from confmesh.server.config_service import ServingState, abort
+from confmesh.server.fleet import FleetView
 from confmesh.server.hub import Hub
-from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
 from confmesh.server.store import ConfigStore
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import (
+    Also,
     Current,
     Writer,
     WriteResult,
@@ -72,7 +73,7 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         self,
         writer: Writer,
         hub: Hub,
-        ledger: Ledger,
+        fleet: FleetView,
         store: ConfigStore,
         source: ServingState,
         usage: FlagUsageStore,
@@ -89,7 +90,7 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         self.usage = usage
         self.writer = writer
         self.hub = hub
-        self.ledger = ledger
+        self.fleet = fleet
         self.store = store  # the read model: layers, flags, schemas, rollouts, tokens
         self.source = source  # how fresh it is, and waiting for one's own writes
         self.server_id = server_id
@@ -157,6 +158,7 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         source: str,
         *,
         skip_unchanged: bool = False,
+        also: Also | None = None,
     ) -> admin_pb2.WriteResponse:
         """Every write: check the caller may write `layers`, then commit one audited transaction."""
         caller = self.access.identify(context)
@@ -164,7 +166,7 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         return await self._commit(
             await self.writer.transact(
                 sorted(set(layers)), plan, actor=self._actor(caller, ctx), reason=ctx.reason, source=source,
-                skip_unchanged=skip_unchanged,
+                skip_unchanged=skip_unchanged, also=also,
             )
         )  # fmt: skip
 

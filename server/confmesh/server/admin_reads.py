@@ -94,7 +94,8 @@ class ReadRPCs(AdminBase):
                 resp.schema_violations.add(
                     environment=scope.environment, service=scope.service, message=message
                 )
-        for rec in self.ledger.records():
+        resp.replicas.extend([self.server_id] if request.local else self.fleet.replicas())
+        for rec in self.fleet.records(local=request.local):
             key = rec.sort_key()
             if not visible(rec.scope) or not pager.wants(key):
                 continue
@@ -110,6 +111,7 @@ class ReadRPCs(AdminBase):
                 connected_at=to_timestamp(rec.connected_at),
                 last_seen=to_timestamp(rec.last_seen),
                 labels=rec.labels,
+                server_id=rec.server_id,
             )
             if rec.last_nack is not None:
                 n = rec.last_nack

@@ -17,10 +17,13 @@ from confmesh.server.admin_base import (
     read,
     write,
 )
+from confmesh.server.etcd import Etcd
 from confmesh.server.records import (
     abort_rollout,
     canary_counts,
-    delete_rollout,
+    read_rollout,
+    rollout_conflict,
+    rollout_guard,
     write_rollout,
 )
 from confmesh.server.rollouts import Rollout
@@ -34,24 +37,23 @@ from confmesh.wire import from_struct, to_struct
 
 
 class RolloutRPCs(AdminBase):
-    def _rollout(
+    async def _rollout(
         self,
         context: grpc.aio.ServicerContext[Any, Any],
         environment: str,
         service: str,
-        *,
-        active: bool = True,
-    ) -> Rollout:
-        """The scope's rollout, for a caller who may write the scope's layer (checked first, so
-        the answer says nothing of other scopes' rollouts)."""
+    ) -> tuple[Rollout, int]:
+        """The scope's active rollout and its record's revision, as etcd holds it now, for a
+        caller who may write the scope's layer (checked first, so the answer says nothing of
+        other scopes' rollouts)."""
         scope = Scope.checked(environment, service)
         self.access.require_writes(
             self.access.identify(context), [Layer.svc(scope.environment, scope.service)]
         )
-        entry = self.store.rollouts.get(scope)
-        if entry is None or (active and not entry[0].active):
+        found = await read_rollout(self.writer.etcd, self.writer.layout, scope)
+        if found is None or not found[0].active:
             raise errors.NotFound(f"no active rollout for {scope}")
-        return entry[0]
+        return found
 
     @write
     async def StartRollout(
@@ -61,7 +63,7 @@ class RolloutRPCs(AdminBase):
         layer = Layer.svc(scope.environment, scope.service)
         caller = self.access.identify(context)
         self.access.require_writes(caller, [layer])
-        existing = self.store.rollouts.get(scope)
+        existing = await read_rollout(self.writer.etcd, self.writer.layout, scope)
         if existing is not None and existing[0].active:
             raise errors.FailedPrecondition(
                 f"rollout {existing[0].name!r} is active for {scope}; promote or abort it first",
@@ -91,6 +93,7 @@ class RolloutRPCs(AdminBase):
             actor=rollout.started_by,
             reason=request.context.reason,
             action="StartRollout",
+            expect=existing[1] if existing is not None else 0,
         )
         return await self._settled(revision, f"rollout/{scope}")
 
@@ -98,17 +101,16 @@ class RolloutRPCs(AdminBase):
     async def UpdateRollout(
         self, request: admin_pb2.UpdateRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
-        rollout = self._rollout(context, request.environment, request.service)
+        rollout, at = await self._rollout(context, request.environment, request.service)
         caller = self.access.identify(context)
-        self.access.require_writes(caller, [rollout.layer])
-        updated = rollout.with_(percent=request.percent)
         revision = await write_rollout(
             self.writer.etcd,
             self.writer.layout,
-            updated,
+            rollout.with_(percent=request.percent),
             actor=self._actor(caller, request.context),
             reason=request.context.reason,
             action="UpdateRollout",
+            expect=at,
         )
         return await self._settled(revision, f"rollout/{rollout.scope}")
 
@@ -116,37 +118,47 @@ class RolloutRPCs(AdminBase):
     async def PromoteRollout(
         self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
-        rollout = self._rollout(context, request.environment, request.service)
-        layer = rollout.layer
+        """The rollout's changes written for real and its record deleted, in one transaction
+        conditioned on the record being as it was decided on: a crash leaves all or nothing,
+        and an abort that wins the race leaves the value as it was."""
+        rollout, at = await self._rollout(context, request.environment, request.service)
+        layer, etcd, layout = rollout.layer, self.writer.etcd, self.writer.layout
 
         def plan(current: Current) -> list[ChangeSpec]:
             return [c for c in rollout.change_specs() if not c.delete or c.key in current[layer]]
+
+        async def still_as_decided() -> tuple[list[Any], list[Any]]:
+            now = await read_rollout(etcd, layout, rollout.scope)
+            if now is None or now[1] != at:
+                raise rollout_conflict(rollout.scope, "PromoteRollout")
+            return rollout_guard(layout, rollout.scope, at), [
+                Etcd.delete_op(layout.rollout_key(rollout.scope))
+            ]
 
         ctx = admin_pb2.ChangeContext(
             actor=request.context.actor,
             reason=request.context.reason or f"promote rollout {rollout.name}",
         )
-        written = await self._transact(context, [layer], plan, ctx, f"PromoteRollout {rollout.name}")
-        caller = self.access.identify(context)
-        await delete_rollout(
-            self.writer.etcd,
-            self.writer.layout,
-            rollout,
-            actor=self._actor(caller, request.context),
-            reason="promoted",
+        return await self._transact(
+            context,
+            [layer],
+            plan,
+            ctx,
+            f"PromoteRollout {rollout.scope} {rollout.name}",
+            also=still_as_decided,
         )
-        return written
 
     @write
     async def AbortRollout(
         self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
-        rollout = self._rollout(context, request.environment, request.service)
+        rollout, at = await self._rollout(context, request.environment, request.service)
         caller = self.access.identify(context)
-        self.access.require_writes(caller, [rollout.layer])
         actor = self._actor(caller, request.context)
         why = request.context.reason or f"aborted by {actor}"
-        revision = await abort_rollout(self.writer.etcd, self.writer.layout, rollout, actor=actor, why=why)
+        revision = await abort_rollout(
+            self.writer.etcd, self.writer.layout, rollout, at, actor=actor, why=why
+        )
         return await self._settled(revision, f"rollout/{rollout.scope}")
 
     @read
@@ -155,7 +167,7 @@ class RolloutRPCs(AdminBase):
     ) -> admin_pb2.ListRolloutsResponse:
         visible = self._reads(self._allow(context, Grant.can_operate, "list rollouts"))
         resp = admin_pb2.ListRolloutsResponse()
-        records = self.ledger.records()
+        records = self.fleet.records()
         for scope, (rollout, _) in sorted(self.store.rollouts.items()):
             if not visible(scope):
                 continue

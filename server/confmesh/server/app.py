@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
@@ -18,7 +19,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
-from confmesh.errors import ConfmeshError, InvalidArgument, StartupError
+from confmesh.errors import ConfmeshError, FailedPrecondition, InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, LayerKind, Scope
 from confmesh.server.access import Access, unruled
 from confmesh.server.admin_service import AdminService
@@ -26,6 +27,7 @@ from confmesh.server.audit import record_denial
 from confmesh.server.config_service import ConfigService, add_config_service
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import DEFAULT_MAX_REQUEST_BYTES, Etcd, EtcdCredentials
+from confmesh.server.fleet import FleetPublisher, FleetView
 from confmesh.server.history import prune_audit
 from confmesh.server.hub import Hub
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
@@ -90,6 +92,13 @@ class ServerSettings:
     tls_client_ca: str = ""
     # How often active rollouts are checked for NACKing canaries (auto-abort).
     rollout_check_interval: float = 1.0
+    # The fleet view (confmesh.server.fleet): how often this replica publishes its ledger when
+    # it changed, and the lease TTL within which a dead replica's instances leave the view.
+    fleet_interval: float = 2.0
+    fleet_ttl: int = 10
+    # Publish to the fleet view: None = with an external etcd (replicas share it), not with the
+    # embedded one (a single development server, whose etcd revisions stay as its writes make them).
+    fleet: bool | None = None
     # Audit records (the history that rollback and revert use) older than this are removed; 0 keeps all.
     audit_retention_days: float = 90.0
     # YAML policy granting identities their rights ("" = nothing enforced); reloaded on change.
@@ -141,7 +150,10 @@ class ConfmeshServer:
         self.store = ConfigStore(self.layout, on_tokens=self._recheck_access, on_scopes=self._on_scopes)
         self.resolver = Resolver(self.store)
         self.hub = Hub(self.resolver)
-        self.ledger = Ledger()
+        self.ledger = Ledger(server_id=self.server_id)
+        self.fleet = FleetView(self.ledger, self.store.fleet, self.server_id)
+        self.fleet_publisher: FleetPublisher | None = None
+        self._fleet_task: asyncio.Task[None] | None = None
         self.usage = FlagUsageStore()
         self.source: EtcdSource | None = None
         self.grpc_server: grpc.aio.Server | None = None
@@ -170,24 +182,32 @@ class ConfmeshServer:
         assert self.etcd is not None
         while True:
             await asyncio.sleep(self.settings.rollout_check_interval)
-            for scope, (rollout, _) in list(self.store.rollouts.items()):
+            for scope, (rollout, at) in list(self.store.rollouts.items()):
                 if not rollout.active:
                     continue
+                if not self.fleet.covers(at):
+                    continue  # some replica has not published since this rollout changed
                 version = self.resolver.canary(scope).version
-                n, _acked, nacked = canary_counts(rollout, version, self.ledger.records())
+                n, _acked, nacked = canary_counts(rollout, version, self.fleet.records())
                 if n == 0 or nacked / n <= rollout.max_nack_rate:
                     continue
                 why = (
                     f"auto-abort: {nacked} of {n} canary instances rejected version {version} "
                     f"(limit {rollout.max_nack_rate:.0%})"
                 )
-                log.warning("rollout %s of %s: %s", rollout.name, scope, why)
+                # Conditioned on the record as this replica saw it: when several replicas decide
+                # at once, or an operator promotes meanwhile, exactly one transition commits.
                 try:
                     await abort_rollout(
-                        self.etcd, self.layout, rollout, actor=f"confmesh/{self.server_id}", why=why
+                        self.etcd, self.layout, rollout, at, actor=f"confmesh/{self.server_id}", why=why
                     )
+                except FailedPrecondition:
+                    log.info("rollout %s of %s changed before this replica's abort; left as it is",
+                             rollout.name, scope)  # fmt: skip
                 except ConfmeshError as exc:
                     log.warning("could not abort rollout %s of %s: %s", rollout.name, scope, exc.message)
+                else:
+                    log.warning("rollout %s of %s: %s", rollout.name, scope, why)
 
     async def _prune_audit(self) -> None:
         assert self.etcd is not None
@@ -303,7 +323,7 @@ class ConfmeshServer:
                 AdminService(
                     Writer(self.etcd, self.layout, lambda: self.store.schemas, self._snapshot_sizes()),
                     self.hub,
-                    self.ledger,
+                    self.fleet,
                     self.store,
                     self.source,
                     self.usage,
@@ -330,6 +350,22 @@ class ConfmeshServer:
             await server.start()
             self.grpc_server = server
             self._rollouts = asyncio.create_task(self._watch_rollouts(), name="rollout-guard")
+            publish = s.fleet if s.fleet is not None else self.embedded is None
+            self.fleet_publisher = (
+                None
+                if not publish
+                else FleetPublisher(
+                    self.etcd,
+                    self.layout,
+                    self.ledger,
+                    self.server_id,
+                    interval=s.fleet_interval,
+                    ttl=s.fleet_ttl,
+                    epoch=lambda: frozenset((scope, at) for scope, (_, at) in self.store.rollouts.items()),
+                )
+            )
+            if self.fleet_publisher is not None:
+                self._fleet_task = asyncio.create_task(self.fleet_publisher.run(), name="fleet-publisher")
             if s.audit_retention_days > 0:
                 self._retention = asyncio.create_task(self._prune_audit(), name="audit-retention")
             if s.policy_file:
@@ -411,6 +447,15 @@ class ConfmeshServer:
         self._policy_watch = self._retention = self._rollouts = None
         if self.config_service is not None:
             self.config_service.drain()
+        if self._fleet_task is not None:
+            self._fleet_task.cancel()
+            await asyncio.gather(self._fleet_task, return_exceptions=True)
+            self._fleet_task = None
+        if self.fleet_publisher is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self.fleet_publisher.withdraw()
+            self.fleet_publisher = None
         if self.grpc_server is not None:
             await self.grpc_server.stop(self.settings.shutdown_grace)
             self.grpc_server = None

@@ -195,6 +195,42 @@ class Etcd:
                 return revision, out
             start = resp.kvs[-1].key + b"\x00"
 
+    async def get(self, key: str) -> KeyValue | None:
+        """One key as etcd holds it now (a linearizable read), or None."""
+        assert self._client.kv is not None
+        resp = await self._rpc(functools.partial(self._client.kv.get, key.encode(), timeout=self.timeout))
+        for kv in resp.kvs:
+            return KeyValue(kv.key.decode(), kv.value, kv.mod_revision)
+        return None
+
+    async def grant_lease(self, ttl: int) -> int:
+        assert self._client.lease is not None
+        resp = await self._rpc(functools.partial(self._client.lease.grant, ttl, timeout=self.timeout))
+        return int(resp.ID)
+
+    async def keep_lease(self, lease_id: int) -> int:
+        """Renew a lease once; its remaining TTL (0 or less: it has expired)."""
+        assert self._client.lease is not None
+        lease = self._client.lease
+
+        async def once() -> int:
+            async with asyncio.timeout(self.timeout):
+                async for resp in lease.keep_alive(lease_id):
+                    return int(resp.TTL)
+            return 0
+
+        return await self._rpc(once)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        assert self._client.lease is not None
+        await self._rpc(functools.partial(self._client.lease.revoke, lease_id, timeout=self.timeout))
+
+    @staticmethod
+    def put_op_leased(key: str, value: bytes, lease_id: int) -> rpc_pb2.RequestOp:
+        return rpc_pb2.RequestOp(
+            request_put=rpc_pb2.PutRequest(key=key.encode(), value=value, lease=lease_id)
+        )
+
     async def newest_mod_revision(self, prefix: str, *, end: str = "") -> int:
         """The newest modification revision of any key under `prefix` (or in [prefix, end)); 0: no keys."""
         assert self._client.kv is not None

@@ -45,14 +45,17 @@ class InstanceRecord:
     sent_version: int = 0
     last_nack: NackInfo | None = None
     disconnected_at: float = 0.0
+    # The replica holding the stream (the fleet view joins every replica's records).
+    server_id: str = ""
 
-    def sort_key(self) -> tuple[str, str, str, float, int]:
+    def sort_key(self) -> tuple[str, str, str, float, str, int]:
         return (self.scope.environment, self.scope.service, self.instance_id, -self.connected_at,
-                self.stream_id)  # fmt: skip
+                self.server_id, self.stream_id)  # fmt: skip
 
 
 class Ledger:
-    def __init__(self, *, retention: float = 600.0, max_records: int = 10_000) -> None:
+    def __init__(self, *, retention: float = 600.0, max_records: int = 10_000, server_id: str = "") -> None:
+        self.server_id = server_id
         self.retention = retention
         self.max_records = max_records
         self._records: dict[int, InstanceRecord] = {}
@@ -83,6 +86,7 @@ class Ledger:
             last_seen=now,
             acked_version=known_version,
             acked_hash=known_hash,
+            server_id=self.server_id,
         )
         old = self._gone_by_instance.pop((scope, instance_id), None)  # a reconnect replaces its record
         if old is not None:

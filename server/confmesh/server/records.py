@@ -3,8 +3,10 @@ each, with the record's audit entry in the same transaction."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from confmesh import errors
-from confmesh.keys import KeyLayout
+from confmesh.keys import KeyLayout, Scope
 from confmesh.server.access import TokenRecord
 from confmesh.server.audit import AuditEntry
 from confmesh.server.etcd import Etcd
@@ -48,25 +50,44 @@ async def delete_token(etcd: Etcd, layout: KeyLayout, record: TokenRecord, *, ac
     return await write_record(etcd, layout, layout.token_root + record.id, None, audit, must_exist=True)
 
 
-async def write_rollout(
-    etcd: Etcd,
-    layout: KeyLayout,
-    rollout: Rollout,
-    *,
-    actor: str,
-    reason: str,
-    action: str,
-    must_exist: bool | None = None,
-) -> int:
-    audit = AuditEntry(actor, reason, f"{action} {rollout.scope} {rollout.name} ({rollout.percent:g}%)")
-    return await write_record(
-        etcd, layout, layout.rollout_key(rollout.scope), rollout.encode(), audit, must_exist=must_exist
+async def read_rollout(etcd: Etcd, layout: KeyLayout, scope: Scope) -> tuple[Rollout, int] | None:
+    """The scope's rollout record as etcd holds it now, with its mod revision.
+
+    Transitions are decided on this, not on a replica's cache, and committed conditioned on
+    that revision (`rollout_guard`), so two transitions decided at once end with one winner.
+    """
+    kv = await etcd.get(layout.rollout_key(scope))
+    return None if kv is None else (Rollout.decode(kv.value), kv.mod_revision)
+
+
+def rollout_guard(layout: KeyLayout, scope: Scope, revision: int) -> list[Any]:
+    """Txn compares: the record exists and is unchanged since `revision`; none exists (0)."""
+    key = layout.rollout_key(scope)
+    if revision == 0:
+        return [Etcd.created(key, exists=False)]
+    return [Etcd.created(key, exists=True), Etcd.unchanged_since(key, revision, exact=True)]
+
+
+def rollout_conflict(scope: Scope, action: str) -> errors.FailedPrecondition:
+    return errors.FailedPrecondition(
+        f"the rollout of {scope} changed while {action} was decided (another transition won); "
+        "look at it again (confmesh rollout status)",
+        code="rollout_conflict",
     )
 
 
-async def delete_rollout(etcd: Etcd, layout: KeyLayout, rollout: Rollout, *, actor: str, reason: str) -> int:
-    audit = AuditEntry(actor, reason, f"EndRollout {rollout.scope} {rollout.name}")
-    return await write_record(etcd, layout, layout.rollout_key(rollout.scope), None, audit, must_exist=True)
+async def write_rollout(
+    etcd: Etcd, layout: KeyLayout, rollout: Rollout, *, actor: str, reason: str, action: str, expect: int
+) -> int:
+    """Put the rollout record if it is still at revision `expect` (0: if there is none)."""
+    audit = AuditEntry(actor, reason, f"{action} {rollout.scope} {rollout.name} ({rollout.percent:g}%)")
+    compare = rollout_guard(layout, rollout.scope, expect)
+    put = Etcd.put_op(layout.rollout_key(rollout.scope), rollout.encode())
+    resp = await etcd.txn(compare, [put, Etcd.put_op(audit.key(layout), audit.encode())])
+    if not resp.succeeded:
+        raise rollout_conflict(rollout.scope, action)
+    audit.committed(resp.header.revision)
+    return int(resp.header.revision)
 
 
 def canary_counts(rollout: Rollout, version: int, records: list[InstanceRecord]) -> tuple[int, int, int]:
@@ -79,9 +100,12 @@ def canary_counts(rollout: Rollout, version: int, records: list[InstanceRecord])
     return len(canaries), acked, nacked
 
 
-async def abort_rollout(etcd: Etcd, layout: KeyLayout, rollout: Rollout, *, actor: str, why: str) -> int:
-    """Mark `rollout` aborted: its canary instances go forward to the base config."""
+async def abort_rollout(
+    etcd: Etcd, layout: KeyLayout, rollout: Rollout, revision: int, *, actor: str, why: str
+) -> int:
+    """Mark `rollout` (its record at `revision`) aborted: its canary instances go forward to the
+    base config."""
     aborted = rollout.with_(state=RolloutState.ABORTED, abort_reason=why)
     return await write_rollout(
-        etcd, layout, aborted, actor=actor, reason=why, action="AbortRollout", must_exist=True
+        etcd, layout, aborted, actor=actor, reason=why, action="AbortRollout", expect=revision
     )

@@ -95,6 +95,9 @@ class ConfigStore:
         self._scopes_changed: set[Scope] = set()
         # Staged rollouts (confmesh.server.rollouts) with their record's mod revision.
         self.rollouts: dict[Scope, tuple[Rollout, int]] = {}
+        # Each replica's published ledger summary: server id -> chunk -> (value, mod revision),
+        # read by confmesh.server.fleet. The dict is kept (updated in place) for its readers.
+        self.fleet: dict[str, dict[str, tuple[bytes, int]]] = {}
 
     def entries(self, layer: Layer) -> dict[str, JSONValue]:
         return {k: e.value for k, e in self._layers.get(layer, {}).items()}
@@ -199,6 +202,21 @@ class ConfigStore:
             self.bad_keys[etcd_key] = f"unusable rollout: {exc}"
         return True
 
+    def _fleet(self, etcd_key: str, value: bytes | None, revision: int) -> bool:
+        """Track a replica's fleet summary chunk; True if `etcd_key` is one."""
+        if not etcd_key.startswith(self.layout.fleet_root):
+            return False
+        server_id, _, chunk = etcd_key[len(self.layout.fleet_root) :].partition("/")
+        if value is None:
+            chunks = self.fleet.get(server_id)
+            if chunks is not None:
+                chunks.pop(chunk, None)
+                if not chunks:
+                    del self.fleet[server_id]
+        else:
+            self.fleet.setdefault(server_id, {})[chunk] = (value, revision)
+        return True
+
     def _report_scopes(self) -> None:
         changed, self._scopes_changed = self._scopes_changed, set()
         if changed and self.on_scopes is not None:
@@ -232,9 +250,11 @@ class ConfigStore:
         tokens_before, self.tokens = self.tokens, {}
         schemas_before, self.schemas = self.schemas, {}
         rollouts_before, self.rollouts = self.rollouts, {}
+        self.fleet.clear()
         for kv in kvs:
             if (
-                self._token(kv.key, kv.value)
+                self._fleet(kv.key, kv.value, kv.mod_revision)
+                or self._token(kv.key, kv.value)
                 or self._schema(kv.key, kv.value, kv.mod_revision)
                 or self._rollout(kv.key, kv.value, kv.mod_revision)
             ):
@@ -277,6 +297,8 @@ class ConfigStore:
         tokens = False
         for ev in events:
             self.revision = max(self.revision, ev.mod_revision)
+            if self._fleet(ev.key, None if ev.deleted else ev.value, ev.mod_revision):
+                continue
             if self._token(ev.key, None if ev.deleted else ev.value):
                 tokens = True
                 continue

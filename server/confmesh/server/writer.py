@@ -15,7 +15,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +47,9 @@ MAX_GUARDS = 120  # etcd allows 128 operations per transaction by default
 
 Current = dict[Layer, dict[str, JSONValue]]
 Plan = Callable[[Current], Sequence[ChangeSpec]]
+# Decided again on every attempt of a transaction: more compares and ops to commit with its
+# changes (e.g. a rollout record's guard and deletion), or an error that ends the write.
+Also = Callable[[], Awaitable[tuple[Sequence[Any], Sequence[Any]]]]
 
 
 @dataclass(frozen=True)
@@ -264,8 +267,12 @@ class Writer:
         reason: str,
         source: str = "write",
         skip_unchanged: bool = False,
+        also: Also | None = None,
     ) -> WriteResult:
         """Read `layers` at one revision, let `plan` build the changes, commit atomically.
+
+        `also`: awaited on each attempt before committing; its compares and ops join the same
+        transaction, and what it raises ends the write.
 
         `skip_unchanged` (Apply): a put of the value a key already holds and a
         delete of an absent key are reported as unchanged instead of written
@@ -349,7 +356,12 @@ class Writer:
                 ]
             )
             ops.append(Etcd.put_op(audit.key(self.layout), audit.encode()))
-            resp = await self.etcd.txn(self._guards(read, validated, revision), ops)
+            compares = self._guards(read, validated, revision)
+            if also is not None:
+                more_compares, more_ops = await also()
+                compares += more_compares
+                ops += more_ops
+            resp = await self.etcd.txn(compares, ops)
             if resp.succeeded:
                 audit.committed(resp.header.revision)
                 return WriteResult(revision=resp.header.revision, changed=changed, unchanged=unchanged)

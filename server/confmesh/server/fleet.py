@@ -1,0 +1,218 @@
+"""The fleet view: every replica's instances, from any replica, through leased summaries in etcd.
+
+Each replica publishes its ledger as JSON summaries under ``P/fleet/<server id>/<chunk>``,
+attached to a lease of its own. A summary is written at most once per interval and only when
+the ledger changed in what it shows (versions, NACKs, connections; not last-seen times), so an
+ACK costs etcd nothing and a busy fleet costs a few writes per replica per interval. The lease
+is renewed every interval and revoked on shutdown; a replica that dies stops renewing and etcd
+deletes its summaries when the TTL runs out, so its instances leave every view within the TTL
+and reappear where they reconnect. Every replica already watches the whole prefix, so the
+others' summaries reach its store like any other key: reading the view costs no etcd call.
+Why summaries and not queries between replicas: docs/design.md ("The fleet view").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confmesh.errors import ConfmeshError, InvalidArgument
+from confmesh.keys import KeyLayout, Scope
+from confmesh.server.etcd import Etcd
+from confmesh.server.ledger import InstanceRecord, Ledger, NackInfo
+
+log = logging.getLogger("confmesh.server.fleet")
+
+# One etcd value per chunk of this many records (about 200 KiB of JSON at typical sizes, far
+# below etcd's request limit). Plain JSON, so `etcdctl get` and secret scans read it as text.
+CHUNK_RECORDS = 1_000
+FORMAT = 1
+
+
+def _row(r: InstanceRecord) -> list[Any]:
+    nack = None
+    if r.last_nack is not None:
+        n = r.last_nack
+        nack = [n.version, n.hash, n.error, n.field_paths, n.at]
+    return [r.stream_id, r.instance_id, r.scope.environment, r.scope.service, r.peer, r.labels,
+            r.connected_at, r.last_seen, r.connected, r.acked_version, r.acked_hash, r.sent_version,
+            nack, r.disconnected_at]  # fmt: skip
+
+
+def _record(server_id: str, row: list[Any]) -> InstanceRecord:
+    (stream_id, instance_id, env, service, peer, labels, connected_at, last_seen, connected,
+     acked_version, acked_hash, sent_version, nack, disconnected_at) = row  # fmt: skip
+    return InstanceRecord(
+        stream_id=int(stream_id),
+        instance_id=str(instance_id),
+        scope=Scope.checked(env, service),
+        peer=str(peer),
+        labels={str(k): str(v) for k, v in dict(labels).items()},
+        connected_at=float(connected_at),
+        last_seen=float(last_seen),
+        connected=bool(connected),
+        acked_version=int(acked_version),
+        acked_hash=str(acked_hash),
+        sent_version=int(sent_version),
+        last_nack=None
+        if nack is None
+        else NackInfo(int(nack[0]), str(nack[1]), str(nack[2]), [str(p) for p in nack[3]], float(nack[4])),
+        disconnected_at=float(disconnected_at),
+        server_id=server_id,
+    )
+
+
+def encode(records: list[InstanceRecord]) -> list[bytes]:
+    """The summary values of `records`, one per chunk (at least one, so an empty ledger shows)."""
+    rows = [_row(r) for r in records]
+    chunks = [rows[i : i + CHUNK_RECORDS] for i in range(0, len(rows), CHUNK_RECORDS)] or [[]]
+    return [json.dumps({"v": FORMAT, "at": time.time(), "records": c}, separators=(",", ":")).encode()
+            for c in chunks]  # fmt: skip
+
+
+def decode(server_id: str, value: bytes) -> list[InstanceRecord]:
+    try:
+        doc = json.loads(value)
+        if doc.get("v") != FORMAT:
+            return []
+        return [_record(server_id, row) for row in doc["records"]]
+    except (ValueError, TypeError, KeyError, IndexError, InvalidArgument) as exc:
+        log.warning("ignoring an unreadable fleet summary of %s: %s", server_id, exc)
+        return []
+
+
+def _shown(records: Iterable[InstanceRecord]) -> int:
+    """What a republish would change: everything but last-seen times."""
+    return hash(tuple(
+        (r.stream_id, r.instance_id, r.scope, r.connected, r.acked_version, r.acked_hash, r.sent_version,
+         None if r.last_nack is None else (r.last_nack.version, r.last_nack.at),
+         tuple(sorted(r.labels.items())))
+        for r in records
+    ))  # fmt: skip
+
+
+class FleetView:
+    """This replica's ledger joined with every other replica's published summary."""
+
+    def __init__(self, ledger: Ledger, summaries: dict[str, dict[str, tuple[bytes, int]]], server_id: str):
+        self.ledger = ledger
+        # server id -> chunk -> (value, mod revision): kept by the store from the watch.
+        self.summaries = summaries
+        self.server_id = server_id
+        self._decoded: dict[tuple[str, str], tuple[int, list[InstanceRecord]]] = {}
+
+    def replicas(self) -> list[str]:
+        return sorted({self.server_id, *self.summaries})
+
+    def covers(self, revision: int) -> bool:
+        """Has every other replica published since etcd `revision`? A decision over the fleet
+        (auto-abort) waits for that, so a replica whose summary predates a rollout is never
+        left out of the count."""
+        return all(rev > revision for chunks in self.summaries.values() for _, rev in chunks.values())
+
+    def records(self, *, local: bool = False) -> list[InstanceRecord]:
+        own = self.ledger.records()
+        if local:
+            return own
+        merged = list(own)
+        live: set[tuple[str, str]] = set()
+        for server_id, chunks in list(self.summaries.items()):
+            if server_id == self.server_id:
+                continue
+            for chunk, (value, revision) in list(chunks.items()):
+                cached = self._decoded.get((server_id, chunk))
+                if cached is None or cached[0] != revision:
+                    cached = (revision, decode(server_id, value))
+                    self._decoded[(server_id, chunk)] = cached
+                live.add((server_id, chunk))
+                merged.extend(cached[1])
+        for gone in self._decoded.keys() - live:
+            del self._decoded[gone]
+        return _dedupe(merged)
+
+
+def _dedupe(records: list[InstanceRecord]) -> list[InstanceRecord]:
+    """An instance that reconnected elsewhere is shown where it is connected: its disconnected
+    records on other replicas are dropped; of several disconnected ones, the newest stays."""
+    connected = {(r.scope, r.instance_id) for r in records if r.connected}
+    newest_gone: dict[tuple[Scope, str], InstanceRecord] = {}
+    for r in records:
+        key = (r.scope, r.instance_id)
+        if not r.connected and key not in connected:
+            kept = newest_gone.get(key)
+            if kept is None or r.disconnected_at > kept.disconnected_at:
+                newest_gone[key] = r
+    out = [r for r in records if r.connected] + list(newest_gone.values())
+    return sorted(out, key=InstanceRecord.sort_key)
+
+
+class FleetPublisher:
+    """Publishes this replica's ledger under its lease (see the module docstring)."""
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        layout: KeyLayout,
+        ledger: Ledger,
+        server_id: str,
+        *,
+        interval: float = 2.0,
+        ttl: int = 10,
+        refresh: float = 30.0,
+        epoch: Callable[[], object] = lambda: None,
+    ) -> None:
+        """`epoch`: publish again whenever it changes, ledger changed or not (the rollout
+        records: a decider waits for every replica's summary to be newer than the rollout)."""
+        self.etcd, self.layout, self.ledger, self.server_id = etcd, layout, ledger, server_id
+        self.interval, self.ttl, self.refresh, self.epoch = interval, ttl, refresh, epoch
+        self.lease = 0
+        self.published_chunks = 0
+        self.writes = 0  # etcd transactions written (for the bench and tests)
+        self._shown: int | None = None
+        self._published_at = 0.0
+
+    def root(self) -> str:
+        return f"{self.layout.fleet_root}{self.server_id}/"
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except ConfmeshError as exc:
+                log.warning("could not publish this replica's fleet summary: %s", exc.message)
+                self._shown = None  # publish again once etcd answers
+            await asyncio.sleep(self.interval)
+
+    async def tick(self) -> None:
+        if self.lease and await self.etcd.keep_lease(self.lease) <= 0:
+            log.warning("fleet lease %x expired; publishing under a new one", self.lease)
+            self.lease, self._shown = 0, None
+        if not self.lease:
+            self.lease = await self.etcd.grant_lease(self.ttl)
+            self._shown = None
+        records = self.ledger.records()
+        shown = hash((_shown(records), self.epoch()))
+        now = time.monotonic()
+        if shown == self._shown and now - self._published_at < self.refresh:
+            return
+        values = encode(records)
+        root = self.root()
+        ops = [Etcd.put_op_leased(f"{root}{i:04d}", v, self.lease) for i, v in enumerate(values)]
+        ops += [Etcd.delete_op(f"{root}{i:04d}") for i in range(len(values), self.published_chunks)]
+        await self.etcd.txn([], ops)
+        self.writes += 1
+        self.published_chunks = len(values)
+        self._shown, self._published_at = shown, now
+
+    async def withdraw(self) -> None:
+        """Shutdown: this replica's instances leave every view now, not after the TTL."""
+        if self.lease:
+            try:
+                await self.etcd.revoke_lease(self.lease)
+            except ConfmeshError as exc:
+                log.info("fleet lease not revoked (%s); it expires within %ds", exc.message, self.ttl)
+            self.lease = 0
