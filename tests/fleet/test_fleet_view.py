@@ -12,13 +12,14 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel, Field
 
+from confmesh.changes import ChangeSpec
 from confmesh.client import AdminClient, ConfigClient
-from confmesh.keys import Scope
+from confmesh.keys import Layer, Scope
 from confmesh.server import ConfmeshServer, ServerSettings
 from confmesh.server.rollouts import Rollout
 from tests.cli.test_cli import cli
@@ -214,4 +215,58 @@ async def test_auto_abort_counts_the_canaries_of_every_replica_exactly_at_the_th
         await asyncio.gather(*(c.close() for c in clients))
         if extra is not None:
             await extra.close()
+        await admin.close()
+
+
+class Moded(BaseModel):
+    pool: int
+    mode: Literal["a"]
+
+
+async def test_scope_status_says_who_runs_which_version_and_why_the_others_refused(
+    replicas: list[ConfmeshServer],
+) -> None:
+    admin = AdminClient(replicas[0].address)
+    await admin.apply(
+        [ChangeSpec(Layer.svc("prod", "api"), "pool", 10), ChangeSpec(Layer.svc("prod", "api"), "mode", "a")]
+    )
+    schemas: list[type[BaseModel]] = [Api] * 6 + [Strict] * 3 + [Moded]
+    clients = [await connect(replicas[n % 3].address, f"api-{n}", schema) for n, schema in enumerate(schemas)]
+    try:
+        first = (await admin.scope_status("prod", "api")).current_version
+        change = await admin.apply(
+            [
+                ChangeSpec(Layer.svc("prod", "api"), "pool", 30),
+                ChangeSpec(Layer.svc("prod", "api"), "mode", "b"),
+            ]
+        )
+
+        async def answered() -> bool:
+            status = await AdminClient(replicas[1].address).scope_status("prod", "api", change.revision)
+            return bool(status.versions) and (status.versions[0].acked, status.versions[0].nacked) == (6, 4)
+
+        await until(answered)
+        status = await AdminClient(replicas[2].address).scope_status("prod", "api")
+        assert (status.instances, len(status.replicas), status.current_version) == (10, 3, change.revision)
+        newest, running = status.versions
+        assert (newest.version, newest.acked, newest.pending, newest.nacked) == (change.revision, 6, 0, 4)
+        assert [(r.field_path, r.instances) for r in newest.rejections] == [("pool", 3), ("mode", 1)]
+        assert sorted(newest.rejections[0].example_instances) == ["api-6", "api-7", "api-8"]
+        assert "less than or equal to 20" in newest.rejections[0].example_error
+        assert (running.version, running.acked, running.nacked) == (first, 4, 0)  # the refusers run it
+
+        code, out, _ = await cli(replicas[1].address, "status", "--scope", "prod/api")
+        assert code == 0, out
+        assert "prod/api: 10 connected instance(s) on 3 replica(s)" in out
+        assert f"version {change.revision}: 6 ACKed, 0 pending, 4 NACKed" in out
+        assert "rejected at pool by 3 instance(s) (api-6, api-7, api-8)" in out
+        assert "rejected at mode by 1 instance(s) (api-9)" in out
+        code, out, _ = await cli(
+            replicas[1].address, "status", "--scope", "prod/api", "--version", str(first)
+        )
+        assert code == 0 and f"version {first}: 4 ACKed" in out and f"version {change.revision}:" not in out
+        code, out, err = await cli(replicas[1].address, "status", "--scope", "prod")
+        assert code == 1 and "ENV/SERVICE" in out + err
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
         await admin.close()

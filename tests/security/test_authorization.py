@@ -76,6 +76,7 @@ def requests(env: str, svc: str) -> dict[str, Callable[[], Message]]:
         ),
         "Resolve": lambda: admin_pb2.ResolveRequest(environment=env, service=svc, key="db"),
         "GetStatus": lambda: admin_pb2.GetStatusRequest(),
+        "GetScopeStatus": lambda: admin_pb2.GetScopeStatusRequest(environment=env, service=svc),
         "PutFlags": lambda: admin_pb2.PutFlagsRequest(environment=env, flags=to_struct({_unique(): FLAG})),
         "DeleteFlag": lambda: admin_pb2.DeleteFlagRequest(environment=env, key="nope", context=_ctx()),
         "SetFlagEnabled": lambda: admin_pb2.SetFlagEnabledRequest(

@@ -186,6 +186,14 @@ class AdminClient:
         status.next_page_token = ""
         return status
 
+    async def scope_status(
+        self, env: str, service: str, version: int = 0
+    ) -> admin_pb2.GetScopeStatusResponse:
+        """Which instances of one scope run which version, fleet-wide, and why the others rejected it."""
+        req = admin_pb2.GetScopeStatusRequest(environment=env, service=service, version=version)
+        resp: admin_pb2.GetScopeStatusResponse = await self._call(self._admin.GetScopeStatus, req)
+        return resp
+
     # -- feature flags ------------------------------------------------------------
 
     async def put_flags(

@@ -502,12 +502,27 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None, t
 @main.command()
 @json_option
 @click.option("--local", is_flag=True, help="Only the answering replica's instances, not the whole fleet's.")
+@click.option(
+    "--scope",
+    "scope_name",
+    default="",
+    metavar="ENV/SERVICE",
+    help="One scope: per version, who runs it and why the others rejected it (fleet-wide).",
+)
+@click.option(
+    "--version", "only_version", default=0, type=click.IntRange(0), help="With --scope: one version."
+)
 @admin_command
-async def status(admin: Any, as_json: bool, local: bool) -> None:
+async def status(admin: Any, as_json: bool, local: bool, scope_name: str, only_version: int) -> None:
     """Server health and the instance ledger: who runs which version, who rejected what.
 
     The ledger is fleet-wide: whichever replica answers lists every replica's instances.
     """
+    if scope_name:
+        await scope_status(admin, scope_name, only_version, as_json)
+        return
+    if only_version:
+        raise InvalidArgument("--version needs --scope")
     resp = await admin.status(local=local)
     if as_json:
         click.echo(dumps(message_json(resp)))
@@ -548,6 +563,32 @@ async def status(admin: Any, as_json: bool, local: bool) -> None:
     click.echo("versions (connected instances):")
     for line in version_summary(resp.instances):
         click.echo(f"  {line}")
+
+
+async def scope_status(admin: Any, scope_name: str, version: int, as_json: bool) -> None:
+    env, _, service = scope_name.partition("/")
+    if not env or not service:
+        raise InvalidArgument("--scope is ENV/SERVICE, e.g. prod/orders", field="scope")
+    resp = await admin.scope_status(env, service, version)
+    if as_json:
+        click.echo(dumps(message_json(resp)))
+        return
+    replicas = len(resp.replicas)
+    click.echo(
+        f"{env}/{service}: {resp.instances} connected instance(s) on {replicas} replica(s); "
+        f"base config at version {resp.current_version}"
+    )
+    if not resp.versions:
+        click.echo(f"no instance was sent{f' version {version}' if version else ' any version'}")
+    for v in resp.versions:
+        click.echo(f"version {v.version}: {v.acked} ACKed, {v.pending} pending, {v.nacked} NACKed")
+        for r in v.rejections:
+            where = f"at {r.field_path}" if r.field_path else "(no field named)"
+            shown = ", ".join(r.example_instances) + (", …" if r.instances > len(r.example_instances) else "")
+            click.echo(f"  rejected {where} by {r.instances} instance(s) ({shown}): {r.example_error}")
+        if v.pending_instances:
+            more = ", …" if v.pending > len(v.pending_instances) else ""
+            click.echo(f"  pending: {', '.join(v.pending_instances)}{more}")
 
 
 def version_summary(instances: Any) -> list[str]:

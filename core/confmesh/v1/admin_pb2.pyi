@@ -231,6 +231,64 @@ class GetStatusResponse(_message.Message):
     replicas: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, server_id: _Optional[str] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ..., etcd_endpoints: _Optional[str] = ..., prefix: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., stale_reason: _Optional[str] = ..., schema_violations: _Optional[_Iterable[_Union[SchemaViolation, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., server_version: _Optional[str] = ..., replicas: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class GetScopeStatusRequest(_message.Message):
+    __slots__ = ("environment", "service", "version")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    version: int
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class FieldRejection(_message.Message):
+    __slots__ = ("field_path", "instances", "example_error", "example_instances")
+    FIELD_PATH_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    field_path: str
+    instances: int
+    example_error: str
+    example_instances: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, field_path: _Optional[str] = ..., instances: _Optional[int] = ..., example_error: _Optional[str] = ..., example_instances: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ScopeVersionStatus(_message.Message):
+    __slots__ = ("version", "acked", "pending", "nacked", "rejections", "acked_instances", "pending_instances", "nacked_instances")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    NACKED_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    ACKED_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    PENDING_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    NACKED_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    acked: int
+    pending: int
+    nacked: int
+    rejections: _containers.RepeatedCompositeFieldContainer[FieldRejection]
+    acked_instances: _containers.RepeatedScalarFieldContainer[str]
+    pending_instances: _containers.RepeatedScalarFieldContainer[str]
+    nacked_instances: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., acked: _Optional[int] = ..., pending: _Optional[int] = ..., nacked: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[FieldRejection, _Mapping]]] = ..., acked_instances: _Optional[_Iterable[str]] = ..., pending_instances: _Optional[_Iterable[str]] = ..., nacked_instances: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetScopeStatusResponse(_message.Message):
+    __slots__ = ("environment", "service", "current_version", "versions", "instances", "replicas")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    current_version: int
+    versions: _containers.RepeatedCompositeFieldContainer[ScopeVersionStatus]
+    instances: int
+    replicas: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ScopeVersionStatus, _Mapping]]] = ..., instances: _Optional[int] = ..., replicas: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SchemaViolation(_message.Message):
     __slots__ = ("environment", "service", "message")
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class AdminServiceStub:
                 request_serializer=confmesh_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=confmesh_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.GetScopeStatus = channel.unary_unary(
+                '/confmesh.v1.AdminService/GetScopeStatus',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.GetScopeStatusRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.GetScopeStatusResponse.FromString,
+                _registered_method=True)
         self.PutFlags = channel.unary_unary(
                 '/confmesh.v1.AdminService/PutFlags',
                 request_serializer=confmesh_dot_v1_dot_admin__pb2.PutFlagsRequest.SerializeToString,
@@ -193,6 +198,14 @@ class AdminServiceServicer:
 
     def GetStatus(self, request, context):
         """Server health and the ledger of connected instances.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetScopeStatus(self, request, context):
+        """Which instances of one scope run which version, fleet-wide, and why the others rejected it:
+        per version, ACKed / NACKed / pending counts and the rejecting field paths grouped and counted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -358,6 +371,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=confmesh_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=confmesh_dot_v1_dot_admin__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'GetScopeStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetScopeStatus,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.GetScopeStatusRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.GetScopeStatusResponse.SerializeToString,
             ),
             'PutFlags': grpc.unary_unary_rpc_method_handler(
                     servicer.PutFlags,
@@ -595,6 +613,33 @@ class AdminService:
             '/confmesh.v1.AdminService/GetStatus',
             confmesh_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             confmesh_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetScopeStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/GetScopeStatus',
+            confmesh_dot_v1_dot_admin__pb2.GetScopeStatusRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.GetScopeStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -177,6 +177,7 @@ RULES: dict[str, Rule] = {
         "Put", "Delete", "Apply", "PutFlags", "DeleteFlag", "SetFlagEnabled", "PutSchema", "DeleteSchema",
         "Rollback", "Revert", "StartRollout", "UpdateRollout", "PromoteRollout", "AbortRollout")},
     _ADMIN + "Resolve": Rule.READ_SCOPE,
+    _ADMIN + "GetScopeStatus": Rule.READ_SCOPE,
     _ADMIN + "GetSchema": Rule.READ_SCOPE,
     _ADMIN + "GetLayer": Rule.READ_LAYER,
     _ADMIN + "GetFlags": Rule.READ_FLAGS,

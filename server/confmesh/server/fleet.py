@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from confmesh.errors import ConfmeshError, InvalidArgument
@@ -216,3 +217,44 @@ class FleetPublisher:
             except ConfmeshError as exc:
                 log.info("fleet lease not revoked (%s); it expires within %ds", exc.message, self.ttl)
             self.lease = 0
+
+
+@dataclass
+class VersionGroup:
+    """One version of a scope across the fleet: who runs it, who has not answered, who refused it."""
+
+    version: int
+    acked: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    nacked: list[str] = field(default_factory=list)
+    # field path -> (instances, one error message)
+    rejections: dict[str, tuple[list[str], str]] = field(default_factory=dict)
+
+
+def version_groups(records: Iterable[InstanceRecord], scope: Scope, version: int = 0) -> list[VersionGroup]:
+    """Per version (newest first) of `scope`'s connected instances: ACKed, pending and NACKed
+    instances, and the NACKs' field paths grouped. An instance that runs one version and
+    rejected a newer one counts under both; `version` keeps that one alone."""
+    groups: dict[int, VersionGroup] = {}
+
+    def group(v: int) -> VersionGroup | None:
+        if v <= 0 or (version and v != version):
+            return None
+        return groups.setdefault(v, VersionGroup(v))
+
+    for r in records:
+        if not r.connected or r.scope != scope:
+            continue
+        nack = r.last_nack
+        if (g := group(r.acked_version)) is not None:
+            g.acked.append(r.instance_id)
+        if nack is not None and nack.version != r.acked_version and (g := group(nack.version)) is not None:
+            g.nacked.append(r.instance_id)
+            for path in nack.field_paths or [""]:
+                ids, error = g.rejections.get(path, ([], nack.error))
+                ids.append(r.instance_id)
+                g.rejections[path] = (ids, error)
+        answered = {r.acked_version, nack.version if nack is not None else 0}
+        if r.sent_version not in answered and (g := group(r.sent_version)) is not None:
+            g.pending.append(r.instance_id)
+    return [groups[v] for v in sorted(groups, reverse=True)]
