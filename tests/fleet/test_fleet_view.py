@@ -141,10 +141,12 @@ async def test_a_killed_replicas_instances_leave_the_view_within_its_ttl(
 ) -> None:
     async with AdminClient(replicas[0].address) as writer:
         await writer.put("pool", 10, env="prod", service="api")
-    doomed = await ServerProcess(etcd.endpoint, prefix, "--fleet-ttl", "2", "--fleet-interval", "0.3").start()
-    clients = [await connect(doomed.address, f"doomed-{i}") for i in range(3)]
+    doomed = ServerProcess(etcd.endpoint, prefix, "--fleet-ttl", "2", "--fleet-interval", "0.3")
     admin = AdminClient(replicas[0].address)
+    clients: list[ConfigClient[Any]] = []
     try:
+        await doomed.start()
+        clients = [await connect(doomed.address, f"doomed-{i}") for i in range(3)]
 
         async def listed() -> bool:
             status = await admin.status()
@@ -160,6 +162,7 @@ async def test_a_killed_replicas_instances_leave_the_view_within_its_ttl(
         await until(lambda: _gone_listed(admin, 0), timeout=10)
         assert time.monotonic() - killed < 2 + 1.5, "a dead replica's instances outlived its lease"
     finally:
+        await asyncio.gather(*(c.close() for c in clients))
         await doomed.stop()
         await admin.close()
 

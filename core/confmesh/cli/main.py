@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -264,6 +265,12 @@ def main(
     help="Publish this replica's instances to the fleet view "
     "[default: with --etcd, not with the embedded etcd].",
 )
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    help="Server processes sharing --listen (SO_REUSEPORT), one fleet; auto: one per core.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
     listen: str,
@@ -287,6 +294,7 @@ def serve(
     fleet_ttl: int,
     fleet_interval: float,
     fleet: bool | None,
+    workers: str,
     log_level: str,
 ) -> None:
     """Run a confmesh server (with an embedded etcd unless --etcd is given)."""
@@ -323,9 +331,45 @@ def serve(
         fleet_interval=min(fleet_interval, fleet_ttl / 3),
         fleet=fleet,
     )
+    from confmesh.server.workers import run_workers, worker_count
+
+    count = worker_count(workers)
+    if count > 1:
+        if not run(run_workers(settings, count, _worker_args(click.get_current_context()))):
+            logging.shutdown()
+            os._exit(1)
+        return
     if not run(run_server(settings)):
         logging.shutdown()
         os._exit(1)  # shutdown was cut short: do not wait for what still hangs
+
+
+# What the parent sets for each worker itself; every other serve option is passed on as given.
+_PER_WORKER = {"listen", "etcd", "reuse_port", "fleet", "workers", "data_dir", "metrics_listen"}
+
+
+def _worker_args(ctx: click.Context) -> Callable[[str, str, int], list[str]]:
+    """One worker's `serve` arguments: this command's options, with the shared port, the
+    parent's etcd and the fleet view on; `--metrics-listen HOST:PORT` becomes PORT + index."""
+    passed: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in _PER_WORKER or param.name is None:
+            continue
+        value = ctx.params[param.name]
+        if param.is_flag and not param.secondary_opts:
+            passed += [param.opts[0]] if value else []
+        elif value not in (None, ""):
+            passed += [param.opts[0], str(value)]
+    metrics = ctx.params["metrics_listen"]
+
+    def args(listen: str, etcd: str, index: int) -> list[str]:
+        out = [*passed, "--listen", listen, "--etcd", etcd, "--reuse-port", "--fleet"]
+        if metrics:
+            host, _, port = metrics.rpartition(":")
+            out += ["--metrics-listen", f"{host}:{int(port) + index}"]
+        return out
+
+    return args
 
 
 @main.command()
