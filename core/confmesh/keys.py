@@ -12,6 +12,8 @@ human-readable, so ``etcdctl get --prefix /confmesh`` is a usable view::
     P/meta/layers/service/<environment>/<service>
     P/meta/layers/flags/<environment>
     P/audit/<time-ns>-<random>                   one audit record per change (same transaction)
+    P/fleet/<server-id>/<chunk>                  a replica's instance ledger, leased (fleet view)
+    P/usage/<hour>/<server-id>                   a replica's flag-usage counts of one hour
 
 Values are JSON documents. Keys are dotted paths (``database.pool.max``).
 """
@@ -191,6 +193,8 @@ class KeyLayout:
         self.rollout_root = f"{self.prefix}/meta/rollouts/"
         # Each replica's leased ledger summary (confmesh.server.fleet).
         self.fleet_root = f"{self.prefix}/fleet/"
+        # Each replica's flag-usage counts per hour (confmesh.server.fleet.UsagePublisher).
+        self.usage_root = f"{self.prefix}/usage/"
 
     def rollout_key(self, scope: Scope) -> str:
         return f"{self.rollout_root}{scope.environment}/{scope.service}"

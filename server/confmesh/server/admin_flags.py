@@ -21,7 +21,9 @@ from confmesh.server.admin_base import (
     to_timestamp,
     write,
 )
+from confmesh.server.fleet import fleet_usage_docs
 from confmesh.server.limits import Pager
+from confmesh.server.usage import merge_hour_docs
 from confmesh.server.writer import (
     Current,
 )
@@ -118,7 +120,12 @@ class FlagRPCs(AdminBase):
             window_seconds=request.window_seconds or int(self.usage.retention)
         )
         pager = Pager(request.page_token)
-        for s in self.usage.summary(env, request.window_seconds, now):
+        summary = self.usage.summary(env, request.window_seconds, now)
+        # Other replicas' counts, published per hour (also those of replicas gone since).
+        since = now - (request.window_seconds or self.usage.retention)
+        others = await fleet_usage_docs(self.writer.etcd, self.writer.layout, self.server_id, since)
+        summary = merge_hour_docs(summary, others, env)
+        for s in summary:
             key = (s.environment, s.flag)
             if not reads(Layer.flags(s.environment)) or not pager.wants(key):
                 continue

@@ -27,7 +27,7 @@ from confmesh.server.audit import record_denial
 from confmesh.server.config_service import ConfigService, add_config_service
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import DEFAULT_MAX_REQUEST_BYTES, Etcd, EtcdCredentials
-from confmesh.server.fleet import FleetPublisher, FleetView
+from confmesh.server.fleet import FleetPublisher, FleetView, UsagePublisher
 from confmesh.server.history import prune_audit
 from confmesh.server.hub import Hub
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
@@ -99,6 +99,8 @@ class ServerSettings:
     # Publish to the fleet view: None = with an external etcd (replicas share it), not with the
     # embedded one (a single development server, whose etcd revisions stay as its writes make them).
     fleet: bool | None = None
+    # How often flag-usage counts are published for the fleet (`flags stale` across replicas).
+    usage_publish_interval: float = 30.0
     # Audit records (the history that rollback and revert use) older than this are removed; 0 keeps all.
     audit_retention_days: float = 90.0
     # YAML policy granting identities their rights ("" = nothing enforced); reloaded on change.
@@ -154,6 +156,8 @@ class ConfmeshServer:
         self.fleet = FleetView(self.ledger, self.store.fleet, self.server_id)
         self.fleet_publisher: FleetPublisher | None = None
         self._fleet_task: asyncio.Task[None] | None = None
+        self.usage_publisher: UsagePublisher | None = None
+        self._usage_task: asyncio.Task[None] | None = None
         self.usage = FlagUsageStore()
         self.source: EtcdSource | None = None
         self.grpc_server: grpc.aio.Server | None = None
@@ -366,6 +370,10 @@ class ConfmeshServer:
             )
             if self.fleet_publisher is not None:
                 self._fleet_task = asyncio.create_task(self.fleet_publisher.run(), name="fleet-publisher")
+                self.usage_publisher = UsagePublisher(
+                    self.etcd, self.layout, self.usage, self.server_id, interval=s.usage_publish_interval
+                )
+                self._usage_task = asyncio.create_task(self.usage_publisher.run(), name="usage-publisher")
             if s.audit_retention_days > 0:
                 self._retention = asyncio.create_task(self._prune_audit(), name="audit-retention")
             if s.policy_file:
@@ -447,10 +455,17 @@ class ConfmeshServer:
         self._policy_watch = self._retention = self._rollouts = None
         if self.config_service is not None:
             self.config_service.drain()
-        if self._fleet_task is not None:
-            self._fleet_task.cancel()
-            await asyncio.gather(self._fleet_task, return_exceptions=True)
-            self._fleet_task = None
+        for task in (self._fleet_task, self._usage_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._fleet_task = self._usage_task = None
+        if self.usage_publisher is not None:
+            # What this replica counted since its last publish is not lost with it.
+            with contextlib.suppress(TimeoutError, ConfmeshError):
+                async with asyncio.timeout(2):
+                    await self.usage_publisher.tick()
+            self.usage_publisher = None
         if self.fleet_publisher is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):

@@ -25,6 +25,7 @@ from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.keys import KeyLayout, Scope
 from confmesh.server.etcd import Etcd
 from confmesh.server.ledger import InstanceRecord, Ledger, NackInfo
+from confmesh.server.usage import HOUR, FlagUsageStore
 
 log = logging.getLogger("confmesh.server.fleet")
 
@@ -258,3 +259,73 @@ def version_groups(records: Iterable[InstanceRecord], scope: Scope, version: int
         if r.sent_version not in answered and (g := group(r.sent_version)) is not None:
             g.pending.append(r.instance_id)
     return [groups[v] for v in sorted(groups, reverse=True)]
+
+
+class UsagePublisher:
+    """Publishes this replica's flag-usage counts, per hour, for `flags stale` across the fleet.
+
+    ``P/usage/<hour>/<server id>``, rewritten at most once per interval while that hour's
+    counts change. Not leased: a stale report looks back a week and must not forget what a
+    crashed replica counted. Hours past the usage retention are deleted by whichever replica
+    publishes (keys sort by hour, so that is one range delete).
+    """
+
+    def __init__(
+        self, etcd: Etcd, layout: KeyLayout, usage: FlagUsageStore, server_id: str, *, interval: float = 30.0
+    ) -> None:
+        self.etcd, self.layout, self.usage, self.server_id = etcd, layout, usage, server_id
+        self.interval = interval
+        self.writes = 0
+        self._pruned = 0
+
+    def key(self, hour: int) -> str:
+        return f"{self.layout.usage_root}{hour:010d}/{self.server_id}"
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.tick()
+            except ConfmeshError as exc:
+                log.warning("could not publish this replica's flag usage: %s", exc.message)
+
+    async def tick(self) -> None:
+        hours, self.usage.touched = self.usage.touched, set()
+        ops = []
+        for hour in sorted(hours):
+            doc = self.usage.hour_doc(hour)
+            if doc:
+                ops.append(Etcd.put_op(self.key(hour), json.dumps(doc, separators=(",", ":"))))
+        cutoff = int((time.time() - self.usage.retention) // HOUR) * HOUR
+        if cutoff > self._pruned:
+            root = self.layout.usage_root
+            ops.append(Etcd.delete_op(root, range_end=f"{root}{max(cutoff, 0):010d}"))
+        if not ops:
+            return
+        try:
+            await self.etcd.txn([], ops)
+        except ConfmeshError:
+            self.usage.touched |= hours  # published next time
+            raise
+        self.writes += 1
+        self._pruned = max(self._pruned, cutoff)
+
+
+async def fleet_usage_docs(
+    etcd: Etcd, layout: KeyLayout, server_id: str, since: float
+) -> list[dict[str, Any]]:
+    """Other replicas' published hours that overlap [since, now]."""
+    first = int(since // HOUR) * HOUR
+    _, kvs = await etcd.list_prefix(layout.usage_root)
+    docs = []
+    for kv in kvs:
+        hour_text, _, owner = kv.key[len(layout.usage_root) :].partition("/")
+        if owner == server_id or not hour_text.isdigit() or int(hour_text) < first:
+            continue
+        try:
+            doc = json.loads(kv.value)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            docs.append(doc)
+    return docs

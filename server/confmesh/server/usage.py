@@ -13,10 +13,15 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confmesh.server.limits import MAX_VARIANTS_PER_FLAG, OTHER_VARIANT
 
 BUCKET_SECONDS = 60
+HOUR = 3600
+# What one replica publishes per hour for the fleet (see hour_doc): the (flag, variant) cells of
+# the most evaluated flags, about 1 MiB of JSON at most.
+MAX_PUBLISHED_CELLS = 20_000
 
 
 @dataclass
@@ -46,9 +51,12 @@ class FlagUsageStore:
         self.max_cells = max_cells
         self.cells = 0
         self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
+        # Hours (start, in seconds) with counts not yet published to the fleet (hour_doc).
+        self.touched: set[int] = set()
 
     def record(self, environment: str, counts: Iterable[tuple[str, str, int]], now: float) -> None:
         bucket = int(now // BUCKET_SECONDS) * BUCKET_SECONDS
+        self.touched.add(int(now // HOUR) * HOUR)
         for flag, variant, count in counts:
             key = (environment, flag)
             track = self._tracks.get(key)
@@ -89,3 +97,53 @@ class FlagUsageStore:
             if variants:
                 out.append(UsageSummary(env, flag, variants, track.first_seen, track.last_seen))
         return sorted(out, key=lambda s: (s.environment, s.flag))
+
+    def hour_doc(self, hour: int) -> dict[str, dict[str, Any]]:
+        """This replica's counts of one hour, as it publishes them for the fleet:
+        ``{"env/flag": {"v": {variant: n}, "f": first seen, "l": last seen}}`` (minute precision),
+        at most MAX_PUBLISHED_CELLS cells, the most evaluated flags first."""
+        rows: list[tuple[int, str, dict[str, int], float, float]] = []
+        for (env, flag), track in self._tracks.items():
+            variants: dict[str, int] = {}
+            first = last = 0.0
+            for start, slot in track.buckets:
+                if hour <= start < hour + HOUR:
+                    for variant, n in slot.items():
+                        variants[variant] = variants.get(variant, 0) + n
+                    first = first or float(start)
+                    last = float(start + BUCKET_SECONDS)
+            if variants:
+                rows.append((sum(variants.values()), f"{env}/{flag}", variants, first, last))
+        rows.sort(key=lambda r: (-r[0], r[1]))
+        doc: dict[str, dict[str, Any]] = {}
+        cells = 0
+        for _, key, variants, first, last in rows:
+            cells += len(variants)
+            if cells > MAX_PUBLISHED_CELLS:
+                break
+            doc[key] = {"v": variants, "f": first, "l": last}
+        return doc
+
+
+def merge_hour_docs(
+    local: list[UsageSummary], docs: Iterable[dict[str, Any]], environment: str
+) -> list[UsageSummary]:
+    """`local` (this replica's summary) with other replicas' published hours added in."""
+    merged: dict[tuple[str, str], UsageSummary] = {(s.environment, s.flag): s for s in local}
+    for doc in docs:
+        for key, row in doc.items():
+            env, _, flag = key.partition("/")
+            if not flag or (environment and env != environment):
+                continue
+            try:
+                variants = {str(v): int(n) for v, n in dict(row["v"]).items()}
+                first, last = float(row["f"]), float(row["l"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            old = merged.get((env, flag))
+            if old is not None:
+                for v, n in old.variants.items():
+                    variants[v] = variants.get(v, 0) + n
+                first, last = min(first, old.first_seen), max(last, old.last_seen)
+            merged[(env, flag)] = UsageSummary(env, flag, variants, first, last)
+    return sorted(merged.values(), key=lambda s: (s.environment, s.flag))

@@ -1,0 +1,98 @@
+"""`flags stale` and flag usage across replicas: each replica counts what its own streams report,
+and any replica answers with every replica's counts, those of a stopped replica included."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from confmesh.client import AdminClient
+from confmesh.server import ConfmeshServer, ServerSettings
+from confmesh.v1 import config_pb2
+from tests.cli.test_cli import cli
+from tests.conftest import EtcdHandle
+from tests.helpers import RawWatch
+
+pytestmark = pytest.mark.slow
+
+HALVES = [{"variant": "on", "percent": 50}, {"variant": "off", "percent": 50}]
+SPLIT = {"variants": {"on": True, "off": False}, "default_variant": "off", "off_variant": "off",
+         "rules": [{"serve": {"split": HALVES}}]}  # fmt: skip
+
+
+@pytest.fixture
+async def replicas(etcd: EtcdHandle, prefix: str) -> AsyncIterator[list[ConfmeshServer]]:
+    servers = [
+        ConfmeshServer(
+            ServerSettings(
+                listen="127.0.0.1:0",
+                etcd_endpoints=[etcd.endpoint],
+                prefix=prefix,
+                server_id=f"replica-{i}",
+                fleet_interval=0.2,
+                usage_publish_interval=0.2,
+            )
+        )
+        for i in range(2)
+    ]
+    await asyncio.gather(*(s.start() for s in servers))
+    try:
+        yield servers
+    finally:
+        await asyncio.gather(*(s.stop() for s in servers))
+
+
+async def report(address: str, instance: str, counts: list[tuple[str, str, int]]) -> RawWatch:
+    watch = RawWatch(address)
+    watch.subscribe("prod", "api", instance_id=instance)
+    await watch.next_snapshot()
+    watch.send(config_pb2.WatchRequest(usage=config_pb2.FlagUsage(
+        counts=[config_pb2.FlagUsageCount(flag=f, variant=v, count=n) for f, v, n in counts]
+    )))  # fmt: skip
+    return watch
+
+
+async def usage_of(address: str) -> dict[str, dict[str, int]]:
+    async with AdminClient(address) as admin:
+        resp = await admin.flag_usage("prod")
+    return {u.flag: dict(u.variants) for u in resp.flags}
+
+
+async def until(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_split_whose_halves_were_seen_by_different_replicas_is_not_stale(
+    replicas: list[ConfmeshServer],
+) -> None:
+    async with AdminClient(replicas[0].address) as admin:
+        await admin.put_flags("prod", {"split": {"key": "split", **SPLIT}, "solo": {"key": "solo", **SPLIT}})
+    a = await report(replicas[0].address, "a", [("split", "on", 150)])
+    b = await report(replicas[1].address, "b", [("split", "off", 150), ("solo", "on", 200)])
+    try:
+        want = {"split": {"on": 150, "off": 150}, "solo": {"on": 200}}
+
+        async def everywhere() -> bool:
+            seen = [await usage_of(r.address) for r in replicas]
+            return all(u == want for u in seen)
+
+        await until(everywhere)
+        for replica in replicas:
+            code, out, _ = await cli(replica.address, "flags", "stale", "--env", "prod", "--check")
+            assert code == 1, out  # solo is stale: it served one variant, counted on replica 1
+            assert "solo" in out and "served only 'on' (200 evaluations" in out
+            assert "split" not in out.replace("solo", "")
+    finally:
+        await a.close()
+        await b.close()
+
+    # A replica that stops keeps its counts in the fleet: replica 0 still sees them.
+    await replicas[1].stop()
+    assert await usage_of(replicas[0].address) == want
