@@ -22,15 +22,16 @@ class Stack:
 
 
 @contextmanager
-def etcd_and_server() -> Iterator[Stack]:
-    """A fresh etcd (in a temporary directory) and one confmesh server process on loopback."""
+def etcd_and_server(*serve_args: str) -> Iterator[Stack]:
+    """A fresh etcd (in a temporary directory) and one confmesh server process on loopback
+    (`serve_args` added to its command line, e.g. --workers 2)."""
     with tempfile.TemporaryDirectory() as tmp:
         etcd = EmbeddedEtcd(Path(tmp) / "etcd")
         asyncio.run(etcd.start())
         address = f"127.0.0.1:{free_port()}"
         server = subprocess.Popen(
             [sys.executable, "-m", "confmesh.cli", "serve", "--listen", address, "--etcd", etcd.endpoint,
-             "--log-level", "warning"],
+             "--log-level", "warning", *serve_args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:

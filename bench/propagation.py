@@ -41,16 +41,27 @@ KEY = "bench.stamp"
 ETCD_KEY = "/bench/raw/stamp"
 
 
+def family(pid: int) -> list[int]:
+    """The server process and its workers (`serve --workers N`)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [pid, *(int(p) for p in out.split())]
+
+
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    total = 0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for member in family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 # -- workers (separate processes) -------------------------------------------------------------
@@ -354,14 +365,16 @@ def main() -> None:
         help="own: a connection per client or watcher, as separate service instances have; "
         "shared: one per worker process",
     )  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1, help="confmesh serve --workers N")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not set(modes) <= {"clients", "receive", "etcd"}:
         parser.error("--modes takes clients, receive and etcd")
-    with etcd_and_server() as stack:
+    with etcd_and_server("--workers", str(args.workers)) as stack:
         print(
             f"{os.cpu_count()} CPUs; {args.writes} writes {args.gap}s apart per N; "
-            f"clients in {args.procs} processes, {args.connections} connections\n"
+            f"clients in {args.procs} processes, {args.connections} connections; "
+            f"server --workers {args.workers}\n"
         )
         for n in (int(x) for x in args.clients.split(",")):
             run(n, args.writes, args.procs, stack.etcd_endpoint, stack.server, stack.address, args.gap, modes,
