@@ -39,16 +39,15 @@ class EtcdHandle:
         self.endpoint = etcd.endpoint
 
     def ctl(self, *args: str) -> str:
+        """etcdctl's output; binary values (the fleet view's compressed summaries) read as
+        replacement characters."""
         env = {**os.environ, "ETCDCTL_API": "3"}
-        out = subprocess.run(
-            [etcdctl_binary(), f"--endpoints={self.endpoint}", *args],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
-        return out.stdout
+        argv = [etcdctl_binary(), f"--endpoints={self.endpoint}", *args]
+        out = subprocess.run(argv, capture_output=True, env=env, timeout=30)
+        stdout, stderr = (b.decode("utf-8", errors="replace") for b in (out.stdout, out.stderr))
+        if out.returncode:
+            raise subprocess.CalledProcessError(out.returncode, argv, stdout, stderr)
+        return stdout
 
 
 @pytest.fixture(scope="session")
