@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from confmesh.client import AdminClient
-from confmesh.server import ConfmeshServer, ServerSettings
+from confmesh.server import ConfmeshServer
 from confmesh.v1 import config_pb2
 from tests.cli.test_cli import cli
-from tests.conftest import EtcdHandle
+from tests.fleet.conftest import StartReplicas
 from tests.helpers import RawWatch
 
 pytestmark = pytest.mark.slow
@@ -25,25 +24,8 @@ SPLIT = {"variants": {"on": True, "off": False}, "default_variant": "off", "off_
 
 
 @pytest.fixture
-async def replicas(etcd: EtcdHandle, prefix: str) -> AsyncIterator[list[ConfmeshServer]]:
-    servers = [
-        ConfmeshServer(
-            ServerSettings(
-                listen="127.0.0.1:0",
-                etcd_endpoints=[etcd.endpoint],
-                prefix=prefix,
-                server_id=f"replica-{i}",
-                fleet_interval=0.2,
-                usage_publish_interval=0.2,
-            )
-        )
-        for i in range(2)
-    ]
-    await asyncio.gather(*(s.start() for s in servers))
-    try:
-        yield servers
-    finally:
-        await asyncio.gather(*(s.stop() for s in servers))
+async def replicas(fleet: StartReplicas) -> list[ConfmeshServer]:
+    return await fleet(2, fleet_interval=0.2, usage_publish_interval=0.2)
 
 
 async def report(address: str, instance: str, counts: list[tuple[str, str, int]]) -> RawWatch:

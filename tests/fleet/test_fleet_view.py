@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import pytest
@@ -20,10 +19,11 @@ from pydantic import BaseModel, Field
 from confmesh.changes import ChangeSpec
 from confmesh.client import AdminClient, ConfigClient
 from confmesh.keys import Layer, Scope
-from confmesh.server import ConfmeshServer, ServerSettings
+from confmesh.server import ConfmeshServer
 from confmesh.server.rollouts import Rollout
 from tests.cli.test_cli import cli
 from tests.conftest import EtcdHandle
+from tests.fleet.conftest import StartReplicas
 from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -39,26 +39,8 @@ class Strict(BaseModel):
 
 
 @pytest.fixture
-async def replicas(etcd: EtcdHandle, prefix: str) -> AsyncIterator[list[ConfmeshServer]]:
-    servers = [
-        ConfmeshServer(
-            ServerSettings(
-                listen="127.0.0.1:0",
-                etcd_endpoints=[etcd.endpoint],
-                prefix=prefix,
-                server_id=f"replica-{i}",
-                fleet_interval=0.2,
-                fleet_ttl=2,
-                rollout_check_interval=0.2,
-            )
-        )
-        for i in range(3)
-    ]
-    await asyncio.gather(*(s.start() for s in servers))
-    try:
-        yield servers
-    finally:
-        await asyncio.gather(*(s.stop() for s in servers))
+async def replicas(fleet: StartReplicas) -> list[ConfmeshServer]:
+    return await fleet(3, fleet_interval=0.2, fleet_ttl=2, rollout_check_interval=0.2)
 
 
 async def connect(address: str, instance_id: str, schema: type[BaseModel] = Api) -> ConfigClient[Any]:

@@ -12,17 +12,17 @@ import asyncio
 import json
 import random
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from confmesh.client import AdminClient, FailedPrecondition, NotFound
 from confmesh.keys import KeyLayout, Scope
-from confmesh.server import ConfmeshServer, ServerSettings
+from confmesh.server import ConfmeshServer
 from confmesh.server.etcd import Etcd
 from confmesh.server.rollouts import Rollout
 from tests.conftest import EtcdHandle
+from tests.fleet.conftest import StartReplicas
 from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -31,16 +31,8 @@ ROUNDS = 30
 
 
 @pytest.fixture
-async def replicas(etcd: EtcdHandle, prefix: str) -> AsyncIterator[list[ConfmeshServer]]:
-    servers = [
-        ConfmeshServer(ServerSettings(listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint], prefix=prefix))
-        for _ in range(2)
-    ]
-    await asyncio.gather(*(s.start() for s in servers))
-    try:
-        yield servers
-    finally:
-        await asyncio.gather(*(s.stop() for s in servers))
+async def replicas(fleet: StartReplicas) -> list[ConfmeshServer]:
+    return await fleet(2)
 
 
 async def etcd_truth(endpoint: str, prefix: str) -> tuple[Rollout | None, Any]:

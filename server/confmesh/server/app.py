@@ -37,7 +37,7 @@ from confmesh.server.records import abort_rollout, canary_counts
 from confmesh.server.resolver import Resolver, affects
 from confmesh.server.snapshot_size import SnapshotSizes
 from confmesh.server.source import EtcdSource
-from confmesh.server.startup import DataDirLock, check_port_free, prepare_data_dir
+from confmesh.server.startup import DataDirLock, check_port_free, start_embedded_etcd
 from confmesh.server.store import Changes, ConfigStore
 from confmesh.server.stream_callbacks import LedgerCallbacks, MetricsCallbacks, UsageCallbacks
 from confmesh.server.usage import FlagUsageStore
@@ -263,14 +263,7 @@ class ConfmeshServer:
             if s.metrics_listen:
                 check_port_free(s.metrics_listen, "cannot serve metrics on")
             if not endpoints:
-                self._data_lock = prepare_data_dir(Path(s.data_dir))
-                log.warning(
-                    "no --etcd given: starting an embedded etcd under %s "
-                    "(development only; production uses an external etcd >= 3.5.6)",
-                    Path(s.data_dir) / "etcd",
-                )
-                self.embedded = EmbeddedEtcd(Path(s.data_dir) / "etcd")
-                await self.embedded.start()
+                self._data_lock, self.embedded = await start_embedded_etcd(Path(s.data_dir))
                 endpoints = [self.embedded.endpoint]
             self.etcd = Etcd(
                 endpoints, credentials=s.etcd_credentials, max_request_bytes=s.etcd_max_request_bytes

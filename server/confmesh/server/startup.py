@@ -10,12 +10,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 from pathlib import Path
 from typing import IO
 
 from confmesh.errors import StartupError
+from confmesh.server.embedded_etcd import EmbeddedEtcd
+
+log = logging.getLogger("confmesh.server.app")  # the start-up lines, under one name
 
 LOCK_NAME = "confmesh.lock"
 
@@ -93,3 +97,24 @@ def check_port_free(listen: str, what: str) -> None:
                     f"{what} {listen}: the address is in use (is another server running?)"
                 ) from None
             raise StartupError(f"{what} {listen}: {exc.strerror}") from None
+
+
+async def start_embedded_etcd(data_dir: Path, serving: str = "") -> tuple[DataDirLock, EmbeddedEtcd]:
+    """Lock `data_dir` and start the development etcd under it, saying it is for development.
+
+    `serving` says for whom, in the warning (e.g. " for 2 workers").
+    """
+    lock = prepare_data_dir(data_dir)
+    log.warning(
+        "no --etcd given: starting an embedded etcd under %s%s "
+        "(development only; production uses an external etcd >= 3.5.6)",
+        data_dir / "etcd",
+        serving,
+    )
+    embedded = EmbeddedEtcd(data_dir / "etcd")
+    try:
+        await embedded.start()
+    except BaseException:
+        lock.release()
+        raise
+    return lock, embedded

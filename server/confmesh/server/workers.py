@@ -28,7 +28,7 @@ from pathlib import Path
 from confmesh.errors import StartupError
 from confmesh.server.app import SHUTDOWN_EXTRA, ServerSettings
 from confmesh.server.embedded_etcd import EmbeddedEtcd
-from confmesh.server.startup import DataDirLock, check_port_free, prepare_data_dir
+from confmesh.server.startup import DataDirLock, check_port_free, start_embedded_etcd
 from confmesh.version import __version__
 
 log = logging.getLogger("confmesh.server.workers")
@@ -81,15 +81,9 @@ class Workers:
             check_port_free(self.listen, "cannot listen on")
         endpoints = ",".join(s.etcd_endpoints)
         if not endpoints:
-            self._lock = prepare_data_dir(Path(s.data_dir))
-            log.warning(
-                "no --etcd given: starting an embedded etcd under %s for %d workers "
-                "(development only; production uses an external etcd >= 3.5.6)",
-                Path(s.data_dir) / "etcd",
-                self.count,
+            self._lock, self.embedded = await start_embedded_etcd(
+                Path(s.data_dir), f" for {self.count} workers"
             )
-            self.embedded = EmbeddedEtcd(Path(s.data_dir) / "etcd")
-            await self.embedded.start()
             endpoints = self.embedded.endpoint
         for index in range(self.count):
             # Their own session: a signal to the parent's process group (Ctrl-C, a supervisor)
