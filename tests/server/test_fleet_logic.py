@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from confmesh.keys import KeyLayout, Scope
-from confmesh.server.fleet import CHUNK_RECORDS, FleetPublisher, FleetView, decode, encode, version_groups
+from confmesh.server.fleet import (
+    CHUNK_RECORDS,
+    FleetPublisher,
+    FleetView,
+    decode,
+    encode,
+    scope_status,
+    version_groups,
+)
 from confmesh.server.ledger import InstanceRecord, Ledger, NackInfo
 
 SCOPE = Scope("prod", "api")
@@ -186,3 +194,31 @@ async def test_the_publisher_writes_what_changed_under_a_renewed_lease() -> None
     etcd.ttl_left = 0  # the lease expired: a new one, and every chunk again under it
     await publisher.tick()
     assert etcd.leases == 2 and [op.request_put.lease for t in etcd.txns for op in t] == [2]
+
+
+def test_a_scope_status_answer_is_bounded_whatever_peers_claim() -> None:
+    """NACKs name any version and any field paths they like: 2,000 instances each rejecting its
+    own version at 33 long paths with a 1,024-character error still make a small answer."""
+    records = [
+        record(
+            "a",
+            i,
+            f"hostile-{i}",
+            acked=1,
+            sent=1,
+            nack=(10_000 + i, [f"{'p' * 200}{i}-{j}" for j in range(33)]),
+        )
+        for i in range(2_000)
+    ]
+    for r in records:
+        assert r.last_nack is not None
+        r.last_nack.error = "E" * 1024
+    resp = scope_status(records, SCOPE, 0, 1, ["a"])
+    assert resp.ByteSize() < 1 << 20, resp.ByteSize()
+    assert len(resp.versions) == 50 and resp.versions_left_out == 2_000 + 1 - 50
+    newest = resp.versions[0]
+    assert newest.version == 11_999 and newest.rejection_paths_left_out == 33 - 20
+    assert len(newest.rejections) == 20 and len(newest.rejections[0].example_error) <= 300
+    one = scope_status(records, SCOPE, 1, 1, ["a"])
+    assert [v.version for v in one.versions] == [1] and one.versions[0].acked == 2_000
+    assert len(one.versions[0].acked_instances) == 20

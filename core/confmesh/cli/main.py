@@ -630,9 +630,13 @@ async def scope_status(admin: Any, scope_name: str, version: int, as_json: bool)
             where = f"at {r.field_path}" if r.field_path else "(no field named)"
             shown = ", ".join(r.example_instances) + (", …" if r.instances > len(r.example_instances) else "")
             click.echo(f"  rejected {where} by {r.instances} instance(s) ({shown}): {r.example_error}")
+        if v.rejection_paths_left_out:
+            click.echo(f"  (+{v.rejection_paths_left_out} more rejecting field path(s))")
         if v.pending_instances:
             more = ", …" if v.pending > len(v.pending_instances) else ""
             click.echo(f"  pending: {', '.join(v.pending_instances)}{more}")
+    if resp.versions_left_out:
+        click.echo(f"(+{resp.versions_left_out} older version(s) not shown; --version V shows one)")
 
 
 def version_summary(instances: Any) -> list[str]:

@@ -254,7 +254,7 @@ class FieldRejection(_message.Message):
     def __init__(self, field_path: _Optional[str] = ..., instances: _Optional[int] = ..., example_error: _Optional[str] = ..., example_instances: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScopeVersionStatus(_message.Message):
-    __slots__ = ("version", "acked", "pending", "nacked", "rejections", "acked_instances", "pending_instances", "nacked_instances")
+    __slots__ = ("version", "acked", "pending", "nacked", "rejections", "acked_instances", "pending_instances", "nacked_instances", "rejection_paths_left_out")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ACKED_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +263,7 @@ class ScopeVersionStatus(_message.Message):
     ACKED_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     PENDING_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     NACKED_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_PATHS_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
     version: int
     acked: int
     pending: int
@@ -271,23 +272,26 @@ class ScopeVersionStatus(_message.Message):
     acked_instances: _containers.RepeatedScalarFieldContainer[str]
     pending_instances: _containers.RepeatedScalarFieldContainer[str]
     nacked_instances: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., acked: _Optional[int] = ..., pending: _Optional[int] = ..., nacked: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[FieldRejection, _Mapping]]] = ..., acked_instances: _Optional[_Iterable[str]] = ..., pending_instances: _Optional[_Iterable[str]] = ..., nacked_instances: _Optional[_Iterable[str]] = ...) -> None: ...
+    rejection_paths_left_out: int
+    def __init__(self, version: _Optional[int] = ..., acked: _Optional[int] = ..., pending: _Optional[int] = ..., nacked: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[FieldRejection, _Mapping]]] = ..., acked_instances: _Optional[_Iterable[str]] = ..., pending_instances: _Optional[_Iterable[str]] = ..., nacked_instances: _Optional[_Iterable[str]] = ..., rejection_paths_left_out: _Optional[int] = ...) -> None: ...
 
 class GetScopeStatusResponse(_message.Message):
-    __slots__ = ("environment", "service", "current_version", "versions", "instances", "replicas")
+    __slots__ = ("environment", "service", "current_version", "versions", "instances", "replicas", "versions_left_out")
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
     environment: str
     service: str
     current_version: int
     versions: _containers.RepeatedCompositeFieldContainer[ScopeVersionStatus]
     instances: int
     replicas: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ScopeVersionStatus, _Mapping]]] = ..., instances: _Optional[int] = ..., replicas: _Optional[_Iterable[str]] = ...) -> None: ...
+    versions_left_out: int
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ScopeVersionStatus, _Mapping]]] = ..., instances: _Optional[int] = ..., replicas: _Optional[_Iterable[str]] = ..., versions_left_out: _Optional[int] = ...) -> None: ...
 
 class SchemaViolation(_message.Message):
     __slots__ = ("environment", "service", "message")

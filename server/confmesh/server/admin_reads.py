@@ -17,7 +17,7 @@ from confmesh.server.admin_base import (
     read,
     to_timestamp,
 )
-from confmesh.server.fleet import version_groups
+from confmesh.server.fleet import scope_status
 from confmesh.server.limits import Pager
 from confmesh.server.schemas import redact_config
 from confmesh.server.writer import (
@@ -26,11 +26,6 @@ from confmesh.server.writer import (
 from confmesh.v1 import admin_pb2
 from confmesh.version import __version__
 from confmesh.wire import layer_from_pb, layer_to_pb, to_struct, to_value
-
-# What one GetScopeStatus answer lists: instance ids per state, and distinct rejecting field paths
-# (a path is peer-supplied text; every instance's paths are bounded, and so is the answer).
-SHOWN_INSTANCES = 20
-MAX_REJECTION_PATHS = 100
 
 
 class ReadRPCs(AdminBase):
@@ -142,33 +137,8 @@ class ReadRPCs(AdminBase):
         self._allow(context, lambda g: g.can_read(scope), f"read {scope}")
         if request.version < 0:
             raise errors.InvalidArgument("version must be >= 0", field="version")
-        records = self.fleet.records()
-        resp = admin_pb2.GetScopeStatusResponse(
-            environment=scope.environment,
-            service=scope.service,
-            current_version=self.hub.resolver.for_instance(scope, "").version,
-            instances=sum(r.connected and r.scope == scope for r in records),
-            replicas=self.fleet.replicas(),
-        )
-        for g in version_groups(records, scope, request.version):
-            out = resp.versions.add(
-                version=g.version,
-                acked=len(g.acked),
-                pending=len(g.pending),
-                nacked=len(g.nacked),
-                acked_instances=sorted(g.acked)[:SHOWN_INSTANCES],
-                pending_instances=sorted(g.pending)[:SHOWN_INSTANCES],
-                nacked_instances=sorted(g.nacked)[:SHOWN_INSTANCES],
-            )
-            ranked = sorted(g.rejections.items(), key=lambda item: (-len(item[1][0]), item[0]))
-            for path, (ids, error) in ranked[:MAX_REJECTION_PATHS]:
-                out.rejections.add(
-                    field_path=path,
-                    instances=len(ids),
-                    example_error=error,
-                    example_instances=sorted(ids)[:10],
-                )
-        return resp
+        current = self.hub.resolver.for_instance(scope, "").version
+        return scope_status(self.fleet.records(), scope, request.version, current, self.fleet.replicas())
 
     @read
     async def GetLayer(

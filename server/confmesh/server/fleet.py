@@ -26,7 +26,9 @@ from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.keys import KeyLayout, Scope
 from confmesh.server.etcd import Etcd
 from confmesh.server.ledger import InstanceRecord, Ledger, NackInfo
+from confmesh.server.limits import clip
 from confmesh.server.usage import HOUR, FlagUsageStore
+from confmesh.v1 import admin_pb2
 
 log = logging.getLogger("confmesh.server.fleet")
 
@@ -365,3 +367,48 @@ async def fleet_usage_docs(
         if isinstance(doc, dict):
             docs.append(doc)
     return docs
+
+
+# What one GetScopeStatus answer holds at most. Versions, field paths and error texts are what
+# peers sent (a NACK names any version it likes), so each is bounded, and so is the answer:
+# under 1 MiB whatever the fleet's clients say.
+SHOWN_VERSIONS = 50
+SHOWN_INSTANCES = 20
+MAX_REJECTION_PATHS = 20
+MAX_EXAMPLE_ERROR = 300
+
+
+def scope_status(
+    records: Iterable[InstanceRecord], scope: Scope, version: int, current: int, replicas: list[str]
+) -> admin_pb2.GetScopeStatusResponse:
+    """The GetScopeStatus answer: `version_groups` bounded (newest versions first)."""
+    records = list(records)
+    groups = version_groups(records, scope, version)
+    resp = admin_pb2.GetScopeStatusResponse(
+        environment=scope.environment,
+        service=scope.service,
+        current_version=current,
+        instances=sum(r.connected and r.scope == scope for r in records),
+        replicas=replicas,
+        versions_left_out=max(0, len(groups) - SHOWN_VERSIONS),
+    )
+    for g in groups[:SHOWN_VERSIONS]:
+        out = resp.versions.add(
+            version=g.version,
+            acked=len(g.acked),
+            pending=len(g.pending),
+            nacked=len(g.nacked),
+            acked_instances=sorted(g.acked)[:SHOWN_INSTANCES],
+            pending_instances=sorted(g.pending)[:SHOWN_INSTANCES],
+            nacked_instances=sorted(g.nacked)[:SHOWN_INSTANCES],
+            rejection_paths_left_out=max(0, len(g.rejections) - MAX_REJECTION_PATHS),
+        )
+        ranked = sorted(g.rejections.items(), key=lambda item: (-len(item[1][0]), item[0]))
+        for path, (ids, error) in ranked[:MAX_REJECTION_PATHS]:
+            out.rejections.add(
+                field_path=path,
+                instances=len(ids),
+                example_error=clip(error, MAX_EXAMPLE_ERROR),
+                example_instances=sorted(ids)[:10],
+            )
+    return resp
