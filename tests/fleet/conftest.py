@@ -16,7 +16,8 @@ StartReplicas = Callable[..., Awaitable[list[ConfmeshServer]]]
 
 @pytest.fixture
 async def fleet(etcd: EtcdHandle, prefix: str) -> AsyncIterator[StartReplicas]:
-    """`await fleet(count, **settings)`: that many replicas named replica-0..., stopped after the test."""
+    """`await fleet(count, **settings)`: that many more replicas (replica-0, replica-1, ... in the
+    order started), all stopped after the test."""
     started: list[ConfmeshServer] = []
 
     async def start(count: int, **settings: Any) -> list[ConfmeshServer]:
@@ -30,7 +31,7 @@ async def fleet(etcd: EtcdHandle, prefix: str) -> AsyncIterator[StartReplicas]:
                     **settings,
                 )
             )
-            for i in range(count)
+            for i in range(len(started), len(started) + count)
         ]
         started.extend(servers)
         await asyncio.gather(*(s.start() for s in servers))

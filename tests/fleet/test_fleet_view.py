@@ -155,8 +155,11 @@ async def _gone_listed(admin: AdminClient, n: int) -> bool:
 
 
 async def test_auto_abort_counts_the_canaries_of_every_replica_exactly_at_the_threshold(
-    replicas: list[ConfmeshServer],
+    replicas: list[ConfmeshServer], fleet: StartReplicas
 ) -> None:
+    # A fourth replica holds no instance of the scope: its summary does not change with the
+    # rollout, yet the others must not wait for it to decide (it publishes on every rollout step).
+    await fleet(1, fleet_interval=0.2, fleet_ttl=2, rollout_check_interval=0.2)
     admin = AdminClient(replicas[0].address)
     await admin.put("pool", 10, env="prod", service="api")
     slice_ = Rollout("bigger", SCOPE, {"pool": 50}, 50)

@@ -171,7 +171,8 @@ async def test_the_publisher_writes_what_changed_under_a_renewed_lease() -> None
             i, instance_id=f"i{i:05d}", scope=SCOPE, peer="p", labels={}, known_version=1, known_hash="h"
         )
     etcd = FakeEtcd()
-    publisher = FleetPublisher(etcd, KeyLayout("/p"), ledger, "me")  # type: ignore[arg-type]
+    epoch = [0]
+    publisher = FleetPublisher(etcd, KeyLayout("/p"), ledger, "me", epoch=lambda: epoch[0])  # type: ignore[arg-type]
     await publisher.tick()
     assert publisher.published_chunks == 3 and sum(len(t) for t in etcd.txns) == 3
     etcd.txns.clear()
@@ -190,6 +191,10 @@ async def test_the_publisher_writes_what_changed_under_a_renewed_lease() -> None
     ops = [op for t in etcd.txns for op in t]
     assert [op.request_delete_range.key for op in ops if op.HasField("request_delete_range")] == [
         b"/p/fleet/me/0001", b"/p/fleet/me/0002"]  # fmt: skip
+    etcd.txns.clear()
+    epoch[0] += 1  # a rollout changed, the ledger did not: every chunk again, each newer than it
+    await publisher.tick()
+    assert sorted(op.request_put.key for t in etcd.txns for op in t) == [b"/p/fleet/me/0000"]
     etcd.txns.clear()
     etcd.ttl_left = 0  # the lease expired: a new one, and every chunk again under it
     await publisher.tick()

@@ -191,6 +191,7 @@ class FleetPublisher:
         self._published_at = 0.0
         # Chunk index -> the value etcd holds for it under the current lease.
         self._written: dict[int, bytes] = {}
+        self._epoch: object = None
 
     def root(self) -> str:
         return f"{self.layout.fleet_root}{self.server_id}/"
@@ -212,12 +213,16 @@ class FleetPublisher:
             self.lease = await self.etcd.grant_lease(self.ttl)
             self._shown, self._written = None, {}  # the old lease took every chunk with it
         records = self.ledger.records()
-        shown = hash((_shown(records), self.epoch()))
+        epoch = self.epoch()
+        shown = hash((_shown(records), epoch))
         now = time.monotonic()
         if shown == self._shown and now - self._published_at < self.refresh:
             return
-        if now - self._published_at >= self.refresh:
-            self._written = {}  # rewrite all: last-seen times, and any chunk lost meanwhile
+        if now - self._published_at >= self.refresh or epoch != self._epoch:
+            # Rewrite all: last-seen times and any chunk lost meanwhile; and on a new epoch every
+            # chunk must be newer than it (FleetView.covers), changed or not.
+            self._written = {}
+        self._epoch = epoch
         root = self.root()
         values = await asyncio.to_thread(encode_rows, [_row(r) for r in records])
         # Only the chunks whose content changed, in transactions that etcd accepts.
