@@ -167,6 +167,14 @@ def test_prerequisites_must_be_on_and_serve_the_named_variant() -> None:
     flags["api"] = {**flags["api"], "enabled": False, "off_variant": "off"}
     d = FlagEvaluator(flags).get_bool_details("ui", True)
     assert (d.value, d.reason, d.rule) == (False, Reason.PREREQUISITE_FAILED, "prerequisite:api")
+    # Off is off even when its off variant is the one named: the prerequisite must be on.
+    flags["api"] = {**flags["api"], "enabled": False, "off_variant": "on"}
+    ev = FlagEvaluator(flags)
+    d = ev.get_bool_details("ui", True)
+    assert (d.value, d.reason, d.rule) == (False, Reason.PREREQUISITE_FAILED, "prerequisite:api")
+    assert "prerequisite api must be on and serve 'on': it is off or missing -> FAILED" in "\n".join(
+        ev.explain("ui")
+    )
 
 
 @pytest.mark.parametrize(

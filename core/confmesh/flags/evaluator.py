@@ -417,9 +417,10 @@ class FlagEvaluator:
     # -- the core -------------------------------------------------------------
 
     def evaluate_variant(self, key: str, ctx: Context) -> str | None:
-        """The variant `key` serves for `ctx` (prerequisite checks)."""
+        """The variant `key` serves for `ctx` as a prerequisite: None when it is missing or off
+        (a prerequisite must be on and serve the named variant, whatever its off variant is)."""
         compiled = self._compiled.get(key)
-        if compiled is None:
+        if compiled is None or not compiled.flag.enabled:
             return None
         self._depth += 1
         try:

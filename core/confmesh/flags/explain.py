@@ -32,8 +32,9 @@ def explain_flag(ev: FlagEvaluator, key: str, ctx: Context) -> list[str]:
     for p in flag.prerequisites:
         got = ev.evaluate_variant(p.flag, ctx)
         ok = got == p.variant
+        serves = "it is off or missing" if got is None else f"it serves {got!r}"
         steps.append(
-            f"prerequisite {p.flag} must serve {p.variant!r}: it serves {got!r} -> "
+            f"prerequisite {p.flag} must be on and serve {p.variant!r}: {serves} -> "
             + ("ok" if ok else f"FAILED, serves off variant {flag.off_variant!r}")
         )
         if not ok:
