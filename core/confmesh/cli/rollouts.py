@@ -107,7 +107,7 @@ async def abort(admin: Any, env: str, service: str, reason: str) -> None:
 @json_option
 @admin_command
 async def status(admin: Any, as_json: bool) -> None:
-    """Rollouts, with how their canary instances (on this replica) answered."""
+    """Rollouts, with how their canary instances (on every replica) answered."""
     for r in await admin.rollouts():
         if as_json:
             click.echo(dumps(message_json(r)))
