@@ -16,6 +16,9 @@ from confmesh.cli.common import admin_client, dumps, reason_option, run
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.flags import EvaluationDetails, FlagEvaluator
 from confmesh.flags.files import flags_from_document, load_flags_file
+from confmesh.flags.flagd import FRACTIONAL, export_flagd
+from confmesh.flags.formats import FORMATS
+from confmesh.flags.model import Flag
 
 
 def parse_duration(text: str) -> int:
@@ -47,6 +50,8 @@ def details_json(d: EvaluationDetails) -> dict[str, Any]:
     if d.error_code:
         out["error_code"] = str(d.error_code)
         out["error_message"] = d.error_message
+    if d.metadata:
+        out["metadata"] = dict(d.metadata)
     return out
 
 
@@ -190,29 +195,145 @@ def delete_flag(ctx: click.Context, key: str, env: str, reason: str) -> None:
     click.echo(f"ok revision {result.revision}: deleted {key}")
 
 
+fractional_option = click.option(
+    "--fractional",
+    type=click.Choice(FRACTIONAL),
+    default="v2",
+    show_default=True,
+    help="flagd files: the fractional bucketing the file's flagd uses "
+    "(v2 hashes the bucketing string; v3, flagd-core >= 2.0, its canonical CBOR).",
+)
+
+format_option = click.option(
+    "--format",
+    "format",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="The file's format (detected when not given).",
+)
+
+
+def _normalized(definition: Any) -> Any:
+    try:
+        return Flag.model_validate(definition).model_dump(mode="json", exclude_defaults=True)
+    except ValueError:
+        return definition
+
+
+def flags_diff(current: dict[str, Any], incoming: dict[str, Any], *, replace: bool) -> tuple[list[str], int]:
+    """Lines saying what importing `incoming` over `current` changes, and how many flags it changes."""
+    lines: list[str] = []
+    for key in sorted(incoming):
+        new = _normalized(incoming[key])
+        if key not in current:
+            lines.append(f"+ {key}")
+            continue
+        old = _normalized(current[key])
+        fields = sorted(f for f in set(old) | set(new) if old.get(f) != new.get(f))
+        if fields:
+            lines.append(f"~ {key}: {', '.join(fields)}")
+    if replace:
+        lines += [f"- {key}" for key in sorted(set(current) - set(incoming))]
+    return lines, len(lines)
+
+
 @flags.command("import")
 @click.argument("file")
 @env_required
+@format_option
+@fractional_option
 @click.option("--replace", is_flag=True, help="Also delete the environment's flags that are not in FILE.")
+@click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
 @reason_option
 @click.pass_context
-def import_flags(ctx: click.Context, file: str, env: str, replace: bool, reason: str) -> None:
-    """Import flags from FILE: confmesh's format or the classic JSON (kept bucketing)."""
-    flag_set = flags_from_document(load_document(file), source=file)
+def import_flags(
+    ctx: click.Context,
+    file: str,
+    env: str,
+    format: str | None,
+    fractional: str,
+    replace: bool,
+    dry_run: bool,
+    reason: str,
+) -> None:
+    """Import flags from FILE: confmesh's format, classic JSON, flagd or Unleash.
+
+    Prints what changes (+ new, ~ changed fields, - removed with --replace) and
+    writes it in one transaction. A file with any problem is refused whole, every
+    problem listed, and nothing is written. Imported flags keep their format's
+    bucketing, so no user changes variant.
+    """
+    flag_set = flags_from_document(load_document(file), source=file, format=format, fractional=fractional)
     payload = {
         k: f.model_dump(mode="json", exclude_defaults=True) | {"key": k} for k, f in flag_set.flags.items()
     }
+    _, current = _run(ctx, lambda a: a.get_flags(env))
+    lines, changes = flags_diff(current, payload, replace=replace)
+    for line in lines:
+        click.echo(line)
+    if dry_run or not changes:
+        note = " (dry run: nothing applied)" if dry_run else "; nothing to apply"
+        click.echo(f"{changes} flag change(s) in {env}{note}")
+        return
     result = _run(
         ctx, lambda a: a.put_flags(env, payload, replace_all=replace, reason=reason or f"import {file}")
     )
     click.echo(f"ok revision {result.revision}: {len(result.changed)} flag change(s) in {env}")
 
 
-def _evaluator(ctx: click.Context, flags_file: str | None, env: str | None) -> FlagEvaluator:
+@flags.command("export")
+@click.option("--env", "env", default=None, help="Export the server's flags of this environment.")
+@click.option("--flags-file", default=None, help="Export the flags of this file instead.")
+@click.option(
+    "--format",
+    "format",
+    type=click.Choice(["flagd"]),
+    default="flagd",
+    show_default=True,
+    help="The schema to write.",
+)
+@click.option("--output", "-o", default=None, help="Write to this file (default: stdout).")
+@click.pass_context
+def export_flags(
+    ctx: click.Context, env: str | None, flags_file: str | None, format: str, output: str | None
+) -> None:
+    """Write flags in flagd's schema, for flagd-compatible consumers.
+
+    Only flags that translate exactly are written; each one left out is named on
+    stderr with why (prerequisites, Unleash strategies, splits, ...).
+    """
+    if (flags_file is None) == (env is None):
+        raise InvalidArgument("give exactly one of --env (from the server) or --flags-file")
+    if flags_file is not None:
+        flag_set = load_flags_file(flags_file)
+    else:
+        _, defs = _run(ctx, lambda a: a.get_flags(env))
+        flag_set = flags_from_document({"flags": defs}, source=f"environment {env}", format="confmesh")
+    document, left_out = export_flagd(flag_set)
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text)
+    for key, why in left_out.items():
+        click.echo(f"left out {key}: {why}", err=True)
+    exported = len(document["flags"])
+    click.echo(f"exported {exported} flag(s), left out {len(left_out)}", err=True)
+
+
+def _evaluator(
+    ctx: click.Context,
+    flags_file: str | None,
+    env: str | None,
+    format: str | None = None,
+    fractional: str = "v2",
+) -> FlagEvaluator:
     if (flags_file is None) == (env is None):
         raise InvalidArgument("give exactly one of --flags-file (offline) or --env (from the server)")
+    if format is not None and flags_file is None:
+        raise InvalidArgument("--format describes --flags-file")
     if flags_file is not None:
-        return FlagEvaluator(load_flags_file(flags_file))
+        return FlagEvaluator.from_file(flags_file, format=format, fractional=fractional)
     version, defs = _run(ctx, lambda a: a.get_flags(env))
     return FlagEvaluator(defs, version=version, environment=env or "")
 
@@ -226,39 +347,67 @@ def _contexts(context: str | None, contexts: str | None) -> list[dict[str, Any]]
     return [parse_context(context or "{}", "--context")]
 
 
-def _typed(ev: FlagEvaluator, key: str, ctx: dict[str, Any]) -> EvaluationDetails:
-    flag = ev.flag(key)
-    getter = (
-        {"boolean": "boolean", "string": "string", "number": "float"}.get(flag.type, "object")
-        if flag
-        else ("object")
-    )
-    return ev.details(key, None, ctx, getter)
+def _typed(
+    ev: FlagEvaluator, key: str, ctx: dict[str, Any], getter: str | None = None, default: Any = None
+) -> EvaluationDetails:
+    if getter is None:
+        flag = ev.flag(key)
+        getter = (
+            {"boolean": "boolean", "string": "string", "number": "float"}.get(flag.type, "object")
+            if flag
+            else "object"
+        )
+    if getter == "float":
+        return ev.get_float_details(key, default, ctx)
+    return ev.details(key, default, ctx, getter)
+
+
+GETTERS = ("boolean", "string", "integer", "float", "object")
 
 
 @flags.command("eval")
 @click.argument("key")
 @click.option(
-    "--flags-file", default=None, help="Evaluate offline from this file (confmesh or classic format)."
+    "--flags-file",
+    default=None,
+    help="Evaluate offline from this file (confmesh, classic, flagd or Unleash format).",
 )
+@format_option
+@fractional_option
 @click.option("--env", "env", default=None, help="Evaluate the server's flags of this environment.")
 @click.option("--context", default=None, help='Evaluation context as JSON, e.g. \'{"targetingKey": "u1"}\'.')
 @click.option("--contexts", default=None, help="A JSON-lines file of contexts (- for stdin).")
+@click.option(
+    "--type",
+    "getter",
+    type=click.Choice(GETTERS),
+    default=None,
+    help="Read the flag as this type, as an SDK getter would (default: the flag's own type).",
+)
+@click.option("--default", "default", default=None, help="The caller's default value, as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per context.")
 @click.pass_context
 def eval_flag(
     ctx: click.Context,
     key: str,
     flags_file: str | None,
+    format: str | None,
+    fractional: str,
     env: str | None,
     context: str | None,
     contexts: str | None,
+    getter: str | None,
+    default: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate flag KEY for one or many contexts, locally, as a client would."""
-    ev = _evaluator(ctx, flags_file, env)
+    ev = _evaluator(ctx, flags_file, env, format, fractional)
+    try:
+        caller_default = None if default is None else json.loads(default)
+    except ValueError as exc:
+        raise InvalidArgument(f"--default: not valid JSON: {exc}") from exc
     for c in _contexts(context, contexts):
-        d = _typed(ev, key, c)
+        d = _typed(ev, key, c, getter, caller_default)
         if as_json:
             click.echo(dumps(details_json(d)))
         else:

@@ -75,7 +75,7 @@ def encode_member(key: str, value: Any, variant: str | None, version: int) -> st
     if len(text.encode()) > MAX_VALUE_BYTES:
         return None
     raw = f"{version}!{quote(variant or '', safe='')}!{text}"
-    return f"{FLAG_PREFIX}{key}={quote(raw, safe='')}"
+    return f"{FLAG_PREFIX}{quote(key, safe='')}={quote(raw, safe='')}"
 
 
 def build_header(members: Iterable[str | None], flag_set: str) -> str:
@@ -101,7 +101,7 @@ def build_header(members: Iterable[str | None], flag_set: str) -> str:
 def _decode_member(member: str) -> Decision | None:
     """One ``cmf.f.`` member; cached, as the same decisions recur request after request."""
     name, _, value = member.partition("=")
-    key = name.strip()[len(FLAG_PREFIX) :]
+    key = unquote(name.strip()[len(FLAG_PREFIX) :])
     raw = unquote_plus(value.split(";", 1)[0].strip())
     parts = raw.split("!", 2)
     if len(parts) != 3 or not key or len(parts[2].encode()) > MAX_VALUE_BYTES:

@@ -3,8 +3,34 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+
+class Metadata(Mapping[str, Any]):
+    """A flag's metadata, read-only and shared by every outcome of the flag."""
+
+    __slots__ = ("_items",)
+    __hash__ = object.__hash__
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        self._items = dict(items or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Metadata({self._items!r})"
+
+
+NO_METADATA = Metadata()
 
 
 class Reason(enum.StrEnum):
@@ -39,3 +65,5 @@ class EvaluationDetails:
     # The rule that decided ("" when none): a rule id, "target", "prerequisite:<flag>".
     rule: str = ""
     flag_version: int = 0
+    # The flag's metadata (OpenFeature flag metadata: str, int, float or bool values).
+    metadata: Mapping[str, Any] = NO_METADATA

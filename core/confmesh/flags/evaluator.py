@@ -25,10 +25,12 @@ import re2
 import semver
 
 from confmesh.flags.bucketing import legacy_md5_bucket, murmur3_bucket
-from confmesh.flags.details import ErrorCode, EvaluationDetails, Reason
+from confmesh.flags.details import NO_METADATA, ErrorCode, EvaluationDetails, Metadata, Reason
 from confmesh.flags.hooks import HOOKS
+from confmesh.flags.jsonlogic import compile_logic, to_python_str
 from confmesh.flags.model import Clause, Flag, FlagSet, Rule, Serve, parse_flag_set
 from confmesh.flags.scope import current_scope
+from confmesh.flags.unleash_ops import UNLEASH_OPERATORS
 
 log = logging.getLogger("confmesh.flags")
 
@@ -169,6 +171,7 @@ class _Builder:
         self.version = version
         self.clock = clock
         self._outcomes: dict[tuple[str | None, Reason, str], EvaluationDetails] = {}
+        self.metadata: Mapping[str, Any] = Metadata(flag.metadata) if flag.metadata else NO_METADATA
         self.user_key = bucket_value(None)
         self.bucket_key = bucket_value(flag.bucket_by)
         if flag.bucketing == "legacy-md5":
@@ -182,7 +185,7 @@ class _Builder:
             f"flag {flag.key!r} needs a bucketing key: set "
             + (f"{flag.bucket_by!r}" if flag.bucket_by else "targetingKey, userId or sessionId")
             + " in the evaluation context",
-            flag_version=version,
+            flag_version=version, metadata=self.metadata,
         )  # fmt: skip
 
     def outcome(self, variant: str | None, reason: Reason, rule: str = "") -> EvaluationDetails:
@@ -191,8 +194,9 @@ class _Builder:
         if details is None:
             value = self.flag.variants[variant] if variant is not None else _CALLER_DEFAULT
             details = EvaluationDetails(
-                self.flag.key, value, variant, reason, rule=rule, flag_version=self.version
-            )
+                self.flag.key, value, variant, reason, rule=rule, flag_version=self.version,
+                metadata=self.metadata,
+            )  # fmt: skip
             self._outcomes[cache_key] = details
         return details
 
@@ -239,6 +243,41 @@ class _Builder:
         fixed = self.outcome(serve.variant, reason, rule)
         return lambda ctx: fixed
 
+    def targeting(self, fallback: EvaluationDetails) -> Outcome | None:
+        """The flag's JsonLogic targeting as flagd resolves it: null serves the default variant,
+        true/false name the variants "true"/"false", a name the flag lacks is an error."""
+        flag = self.flag
+        if not flag.targeting:
+            return None
+        logic = compile_logic(
+            flag.targeting,
+            flag_key=flag.key,
+            clock=self.clock,
+            extensions=UNLEASH_OPERATORS,
+            cbor_fractional=flag.bucketing == "murmur3-cbor",
+        )
+        table = {name: self.outcome(name, Reason.TARGETING_MATCH, "targeting") for name in flag.variants}
+        key, version, metadata = flag.key, self.version, self.metadata
+
+        def resolve(ctx: Context) -> EvaluationDetails:
+            name = logic(ctx)
+            if name is None:
+                return fallback
+            hit = table.get(name) if type(name) is str else None
+            if hit is not None:
+                return hit
+            text = name if type(name) is str else to_python_str(name)
+            hit = table.get(text)
+            if hit is not None:
+                return hit
+            return EvaluationDetails(
+                key, _CALLER_DEFAULT, None, Reason.ERROR, ErrorCode.GENERAL,
+                f"flag {key!r}: targeting resolved variant {text!r}, which the flag does not have",
+                flag_version=version, metadata=metadata,
+            )  # fmt: skip
+
+        return resolve
+
     def compile(self) -> CompiledFlag:
         compiled = self._compile()
         compiled.version = self.version
@@ -249,12 +288,13 @@ class _Builder:
         if not flag.enabled:
             off = self.outcome(flag.off_variant, Reason.DISABLED)
             return CompiledFlag(flag, flag.type, lambda ctx, ev: off, constant=off)
-        has_logic = bool(flag.prerequisites or flag.targets or flag.rules)
-        fallback = self.outcome(flag.default_variant, Reason.DEFAULT if has_logic else Reason.STATIC)
+        has_logic = bool(flag.prerequisites or flag.targets or flag.rules or flag.targeting)
+        static = not has_logic and flag.default_variant is not None
+        fallback = self.outcome(flag.default_variant, Reason.STATIC if static else Reason.DEFAULT)
         if not has_logic:
             return CompiledFlag(flag, flag.type, lambda ctx, ev: fallback, constant=fallback)
 
-        prereqs = [(p.flag, p.variant) for p in flag.prerequisites]
+        prereqs = [(p.flag, p.accepted, p.enabled) for p in flag.prerequisites]
         prereq_failed = {
             p.flag: self.outcome(flag.off_variant, Reason.PREREQUISITE_FAILED, f"prerequisite:{p.flag}")
             for p in flag.prerequisites
@@ -271,9 +311,15 @@ class _Builder:
             for i, (m, rule) in enumerate(zip(matchers, flag.rules, strict=True))
         ]
 
+        targeting = self.targeting(fallback)
+
         def evaluate(ctx: Context, ev: FlagEvaluator) -> EvaluationDetails:
-            for pkey, pvariant in prereqs:
-                if ev.evaluate_variant(pkey, ctx) != pvariant:
+            for pkey, accepted, must_be_on in prereqs:
+                served = ev.evaluate_variant(pkey, ctx)
+                if must_be_on:
+                    if served not in accepted:
+                        return prereq_failed[pkey]
+                elif served is not None and served not in accepted:
                     return prereq_failed[pkey]
             for lookup_key, table in targets:
                 k = lookup_key(ctx)
@@ -282,9 +328,13 @@ class _Builder:
             for matcher, serve in rules:
                 if matcher is None or matcher(ctx):
                     return serve(ctx)
+            if targeting is not None:
+                return targeting(ctx)
             return fallback
 
-        if not prereqs and not targets and len(rules) == 1:
+        if targeting is not None and not prereqs and not targets and not rules:
+            return CompiledFlag(flag, flag.type, lambda ctx, ev: targeting(ctx), matchers)
+        if not prereqs and not targets and len(rules) == 1 and targeting is None:
             matcher, only = rules[0]
             if matcher is None:
                 return CompiledFlag(flag, flag.type, lambda ctx, ev: only(ctx), matchers)
@@ -358,15 +408,20 @@ class FlagEvaluator:
         clock: Callable[[], float] = time.time,
         usage: UsageCounter | None = None,
         previous: FlagEvaluator | None = None,
+        broken: Mapping[str, str] | None = None,
     ) -> None:
         """`previous`: the evaluator this one replaces. Its compiled flags whose definition is
         the same parsed Flag (see `reparse_flag_set`) are kept, outcomes and version included,
-        so a change costs what it changed, not the size of the flag set."""
+        so a change costs what it changed, not the size of the flag set.
+
+        `broken`: flags of an offline file that did not translate, answered with PARSE_ERROR
+        (as flagd answers a flag whose targeting does not parse)."""
         if flags is None:
             flags = FlagSet(flags={})
         elif not isinstance(flags, FlagSet):
             flags = parse_flag_set(dict(flags))
         self.flag_set = flags
+        self.broken = dict(broken or {})
         self.version = version
         self.environment = environment
         self.clock = clock
@@ -395,11 +450,22 @@ class FlagEvaluator:
                 self.is_enabled = lambda key, context=None, _get=value_fn: _get(key, False, context)
 
     @classmethod
-    def from_file(cls, path: str | Path, *, clock: Callable[[], float] = time.time) -> FlagEvaluator:
-        """Offline mode: flags from a confmesh or classic JSON/YAML file."""
-        from confmesh.flags.files import load_flags_file
+    def from_file(
+        cls,
+        path: str | Path,
+        *,
+        format: str | None = None,
+        fractional: str = "v2",
+        clock: Callable[[], float] = time.time,
+    ) -> FlagEvaluator:
+        """Offline mode: flags from a JSON/YAML file in confmesh's, classic, flagd or Unleash format.
 
-        return cls(load_flags_file(path), clock=clock)
+        As flagd does, a flag of the file that does not translate answers PARSE_ERROR and the
+        others evaluate (`confmesh flags import` refuses such a file whole)."""
+        from confmesh.flags.files import load_document, read_document
+
+        doc = read_document(load_document(path), source=str(path), format=format, fractional=fractional)
+        return cls(doc.lenient_set(), clock=clock, broken=doc.broken)
 
     def keys(self) -> list[str]:
         return sorted(self._compiled)
@@ -457,6 +523,11 @@ class FlagEvaluator:
     def _evaluate(self, key: str, default: Any, context: Context | None, getter: str) -> EvaluationDetails:
         compiled = self._compiled.get(key)
         if compiled is None:
+            if key in self.broken:
+                return EvaluationDetails(
+                    key, default, None, Reason.ERROR, ErrorCode.PARSE_ERROR,
+                    f"flag {key!r} does not parse: {self.broken[key]}", flag_version=self.version,
+                )  # fmt: skip
             return EvaluationDetails(
                 key,
                 default,

@@ -51,8 +51,11 @@ from pydantic import (
 
 from confmesh.errors import FieldIssue, InvalidArgument
 
-# The same rule as config keys (confmesh.keys.split_key).
-FLAG_KEY_RE = r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}$"
+# Dot-separated segments of letters, digits, symbols, `_` and `-` in any script (Unleash
+# allows `Feature.UTF-8.Hellø_Wørld`); no whitespace, no control characters, no `/` or quotes.
+_SEGMENT = r"[^\s./\\\"'<>=,;!%\x00-\x1f\x7f]{1,64}"
+FLAG_KEY_RE = rf"^{_SEGMENT}(\.{_SEGMENT}){{0,15}}$"
+MAX_METADATA = 50
 MAX_TARGET_VALUES = 10_000
 MAX_RULES = 200
 MAX_REGEX_LENGTH = 1_000
@@ -190,8 +193,29 @@ class Target(_Strict):
 
 
 class Prerequisite(_Strict):
+    """`flag` must be on and serve `variant` (or any of `variants`).
+
+    With ``enabled: false`` the dependency is inverted: it holds while `flag` is
+    off, or serves one of `variants` (Unleash's "parent disabled" dependency).
+    """
+
     flag: str
-    variant: str
+    variant: str | None = None
+    variants: list[str] = Field(default_factory=list, max_length=100)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _names_a_variant(self) -> Prerequisite:
+        if self.enabled and self.variant is None and not self.variants:
+            raise ValueError("a prerequisite names the variant (or variants) the flag must serve")
+        return self
+
+    @property
+    def accepted(self) -> frozenset[str]:
+        names = set(self.variants)
+        if self.variant is not None:
+            names.add(self.variant)
+        return frozenset(names)
 
 
 VariantValue = Annotated[
@@ -226,7 +250,29 @@ class Flag(_Strict):
     rules: list[Rule] = Field(default_factory=list, max_length=MAX_RULES)
     bucket_by: str | None = None
     salt: str = Field(default="", max_length=256)
-    bucketing: Literal["murmur3", "legacy-md5"] = "murmur3"
+    bucketing: Literal["murmur3", "murmur3-cbor", "legacy-md5"] = "murmur3"
+    # A JsonLogic expression (flagd's dialect) yielding a variant name, tried after the rules.
+    targeting: dict[str, Any] | None = None
+    # Served with every evaluation (OpenFeature flag metadata); flagd's flag-set metadata merged in.
+    metadata: dict[
+        Annotated[str, Field(min_length=1, max_length=256)],
+        Annotated[StrictBool | StrictInt | StrictFloat | Annotated[str, Field(max_length=1_000)],
+                  Field(union_mode="left_to_right")],
+    ] = Field(default_factory=dict, max_length=MAX_METADATA)  # fmt: skip
+
+    @field_validator("targeting")
+    @classmethod
+    def _compiles(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not value:
+            return None
+        from confmesh.flags.jsonlogic import LogicError, compile_logic
+        from confmesh.flags.unleash_ops import UNLEASH_OPERATORS
+
+        try:
+            compile_logic(value, extensions=UNLEASH_OPERATORS)
+        except LogicError as exc:
+            raise ValueError(f"targeting{'.' + exc.path if exc.path else ''}: {exc.message}") from None
+        return value
 
     @field_validator("variants", mode="before")
     @classmethod
@@ -287,8 +333,9 @@ def check_flag_set(flags: Mapping[str, Flag]) -> None:
             other = flags.get(p.flag)
             if other is None:
                 raise ValueError(f"{key}: prerequisite flag {p.flag!r} does not exist")
-            if p.variant not in other.variants:
-                raise ValueError(f"{key}: prerequisite {p.flag!r} has no variant {p.variant!r}")
+            for name in sorted(p.accepted):
+                if name not in other.variants:
+                    raise ValueError(f"{key}: prerequisite {p.flag!r} has no variant {name!r}")
     graph = {k: [p.flag for p in f.prerequisites] for k, f in flags.items() if f.prerequisites}
     cycle = find_cycle(graph)
     if cycle:
