@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from confmesh.cli.common import admin_client, dumps, reason_option, run
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.flags import EvaluationDetails, FlagEvaluator
-from confmesh.flags.files import flags_from_document, load_flags_file
+from confmesh.flags.files import flags_from_document, load_flags_file, parse_document
 from confmesh.flags.flagd import FRACTIONAL, export_flagd
 from confmesh.flags.formats import FORMATS
 from confmesh.flags.model import Flag
@@ -34,10 +33,7 @@ def load_document(path: str) -> Any:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
         raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"{path}: not valid JSON/YAML: {exc}") from exc
+    return parse_document(text, path)
 
 
 def details_json(d: EvaluationDetails) -> dict[str, Any]:

@@ -9,6 +9,7 @@ classic by every entry having a classic ``type``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,16 +71,25 @@ def flags_from_document(
     )
 
 
+def parse_document(text: str, source: str) -> Any:
+    """JSON (read as JSON: YAML would split a non-BMP escape into two surrogates), else YAML."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"{source}: not valid JSON/YAML: {exc}") from exc
+
+
 def load_document(path: str | Path) -> Any:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise InvalidArgument(f"cannot read flags file {path}: {exc.strerror}") from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"{path}: not valid JSON/YAML: {exc}") from exc
+    return parse_document(text, str(path))
 
 
 def load_flags_file(path: str | Path, *, format: str | None = None, fractional: str = "v2") -> FlagSet:
