@@ -601,9 +601,12 @@ def _cat(c: _Compiler, parts: Parts, path: str) -> Fn:
     fns = [p[0] for p in parts]
     if len(fns) == 2:
         a, b = fns
-        return lambda d: (
-            x + y if type(x := a(d)) is str and type(y := b(d)) is str else to_string(x) + to_string(y)
-        )
+
+        def cat2(d: Any) -> str:
+            x, y = a(d), b(d)
+            return x + y if type(x) is str and type(y) is str else to_string(x) + to_string(y)
+
+        return cat2
     return lambda d: "".join(to_string(f(d)) for f in fns)
 
 
@@ -615,14 +618,22 @@ def _substr(c: _Compiler, parts: Parts, path: str) -> Fn:
 
     def substr(d: Any) -> str:
         s = to_string(text(d))
-        begin = int(to_number(start(d)) or 0)
+        begin = _to_integer(start(d))
         begin = max(len(s) + begin, 0) if begin < 0 else begin
         if length is None:
             return s[begin:]
-        n = int(to_number(length(d)) or 0)
+        n = _to_integer(length(d))
         return s[begin : len(s) + n] if n < 0 else s[begin : begin + n]
 
     return substr
+
+
+def _to_integer(value: Any) -> int:
+    """JavaScript's ToIntegerOrInfinity, clamped to a safe range (NaN is 0)."""
+    n = to_number(value)
+    if math.isnan(n):
+        return 0
+    return int(max(-(2**53), min(2**53, n)))
 
 
 def _in(c: _Compiler, parts: Parts, path: str) -> Fn:
