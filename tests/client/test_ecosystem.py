@@ -30,12 +30,22 @@ CHECKOUT = {"variants": {"on": True, "off": False}, "default_variant": "off", "o
                        "serve": {"variant": "on"}}]}  # fmt: skip
 
 
+# A flag as `confmesh flags import --format flagd` stores it: JsonLogic targeting and metadata.
+BANNER = {"variants": {"wide": "wide", "narrow": "narrow"}, "default_variant": "narrow",
+          "targeting": {"if": [{"in": [{"var": "tier"}, ["premium"]]}, "wide", None]},
+          "metadata": {"team": "growth", "ticket": 42}}  # fmt: skip
+
+
 async def test_openfeature_sdk_evaluates_confmesh_flags_with_events(
     server: ConfmeshServer, admin: AdminClient
 ) -> None:
     await admin.put_flags(
         "prod",
-        {"checkout": CHECKOUT, "limit": {"variants": {"low": 10, "high": 100}, "default_variant": "high"}},
+        {
+            "checkout": CHECKOUT,
+            "limit": {"variants": {"low": 10, "high": 100}, "default_variant": "high"},
+            "banner": BANNER,
+        },
     )
     events: list[tuple[ProviderEvent, list[str]]] = []
     loop = asyncio.get_running_loop()
@@ -62,6 +72,10 @@ async def test_openfeature_sdk_evaluates_confmesh_flags_with_events(
             )
             assert (details.value, details.variant, details.reason) == (False, "off", Reason.DEFAULT)
             assert flags.get_integer_value("limit", 0) == 100
+            tagged = flags.get_string_details("banner", "none", premium)
+            assert tagged.value == "wide"
+            own = {"team": "growth", "ticket": 42, "rule": "targeting", "environment": "prod"}
+            assert tagged.flag_metadata == {**own, "version": tagged.flag_metadata["version"]}
             missing = flags.get_boolean_details("ghost", True)
             assert (missing.value, missing.error_code) == (True, ErrorCode.FLAG_NOT_FOUND)
             wrong = flags.get_string_details("checkout", "x", premium)

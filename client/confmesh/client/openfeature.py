@@ -96,12 +96,14 @@ class ConfmeshProvider(AbstractProvider):
         if d.error_code is not None:
             raise _ERRORS.get(d.error_code, GeneralError)(d.error_message)
         reason: str | Reason = Reason(d.reason) if d.reason in Reason.__members__ else str(d.reason)
-        metadata: dict[str, int | str] = {
+        # The flag's own metadata (flagd's flag and flag-set metadata) wins over confmesh's keys.
+        metadata: dict[str, bool | int | float | str] = {
             "version": d.flag_version,
             "environment": self.client.scope.environment,
         }
         if d.rule:
             metadata["rule"] = d.rule
+        metadata.update(d.metadata)
         return FlagResolutionDetails(value=d.value, reason=reason, variant=d.variant, flag_metadata=metadata)
 
     def resolve_boolean_details(

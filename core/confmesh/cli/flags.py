@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from confmesh.cli.common import admin_client, dumps, reason_option, run
+from confmesh.cli.common import admin_client, dumps, reason_option, run, stable_order
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.flags import EvaluationDetails, FlagEvaluator
 from confmesh.flags.files import flags_from_document, load_flags_file, parse_document
@@ -408,7 +408,8 @@ def eval_flag(
             click.echo(dumps(details_json(d)))
         else:
             err = f"  ({d.error_code}: {d.error_message})" if d.error_code else ""
-            click.echo(f"{dumps(d.value)}  variant={d.variant}  reason={d.reason}{err}")
+            value = json.dumps(stable_order(d.value, top=False), ensure_ascii=False)
+            click.echo(f"{value}  variant={d.variant}  reason={d.reason}{err}")
 
 
 @flags.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -67,3 +67,5 @@ class EvaluationDetails:
     flag_version: int = 0
     # The flag's metadata (OpenFeature flag metadata: str, int, float or bool values).
     metadata: Mapping[str, Any] = NO_METADATA
+    # Where usage counting tallies this outcome (UsageCounter); 0 is the uncounted slot.
+    usage_slot: int = field(default=0, repr=False)

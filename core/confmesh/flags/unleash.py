@@ -291,7 +291,8 @@ class _Toggle:
                 targeting = self.on_serve
         else:
             default = DISABLED
-            targeting = {"if": [*self.branches, DISABLED]} if self.branches else None
+            # No strategy activating falls through to the default variant, `disabled` (DEFAULT).
+            targeting = {"if": self.branches} if self.branches else None
         description = self.feature.get("description")
         definition: dict[str, Any] = {
             "key": self.name,
