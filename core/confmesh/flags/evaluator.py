@@ -4,7 +4,7 @@ Each flag of a snapshot is compiled once into a function ``ctx -> details``.
 Every possible outcome (variant x reason x rule) is an immutable
 ``EvaluationDetails`` built at compile time, so evaluating allocates nothing
 on the common paths. The order follows LaunchDarkly's: off → prerequisites →
-individual targets → rules in order → default variant.
+individual targets → rules in order → JsonLogic targeting → default variant.
 
 Getters never raise into a request path: on any error they return the
 caller's default, with the error in the details.

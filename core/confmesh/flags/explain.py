@@ -31,10 +31,16 @@ def explain_flag(ev: FlagEvaluator, key: str, ctx: Context) -> list[str]:
         return [*steps, _result(result)]
     for p in flag.prerequisites:
         got = ev.evaluate_variant(p.flag, ctx)
-        ok = got == p.variant
+        accepted = " or ".join(repr(v) for v in sorted(p.accepted))
         serves = "it is off or missing" if got is None else f"it serves {got!r}"
+        if p.enabled:
+            ok = got in p.accepted
+            wants = f"must be on and serve {accepted}"
+        else:
+            ok = got is None or got in p.accepted
+            wants = f"must be off or serve {accepted}"
         steps.append(
-            f"prerequisite {p.flag} must be on and serve {p.variant!r}: {serves} -> "
+            f"prerequisite {p.flag} {wants}: {serves} -> "
             + ("ok" if ok else f"FAILED, serves off variant {flag.off_variant!r}")
         )
         if not ok:
@@ -65,7 +71,16 @@ def explain_flag(ev: FlagEvaluator, key: str, ctx: Context) -> list[str]:
             else:
                 steps.append(f"{name} matched: serves {serve.variant!r}")
             return [*steps, _result(result)]
-    steps.append(f"no rule matched: serves the default variant {flag.default_variant!r}")
+    if flag.targeting:
+        steps.append(f"targeting (JsonLogic): {json.dumps(flag.targeting)[:500]}")
+        if result.rule == "targeting":
+            steps.append(f"targeting yielded {result.variant!r}")
+            return [*steps, _result(result)]
+        if result.error_code is not None:
+            return [*steps, _result(result)]
+        steps.append("targeting yielded null")
+    none = "no rule matched" if flag.rules else "no rules"
+    steps.append(f"{none}: serves the default variant {flag.default_variant!r}")
     return [*steps, _result(result)]
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import mmh3
@@ -65,18 +66,30 @@ def to_number(value: Any) -> float:
     if value is True:
         return 1
     if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return 0
-        try:
-            return float(text)
-        except ValueError:
-            return math.nan
+        return _string_to_number(value)
     if isinstance(value, list):
         if not value:
             return 0
         if len(value) == 1:
             return to_number(value[0])
+    return math.nan
+
+
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|Infinity)")
+_RADIX = re.compile(r"0(?:[xX][0-9a-fA-F]+|[oO][0-7]+|[bB][01]+)")
+
+
+def _string_to_number(value: str) -> float:
+    """JavaScript's StringToNumber: decimal, Infinity, 0x/0o/0b literals; "" is 0; else NaN.
+
+    Python's float() would also take "inf", "nan" and "1_000", which JavaScript does not."""
+    text = value.strip()
+    if not text:
+        return 0
+    if _DECIMAL.fullmatch(text):
+        return float(text.replace("Infinity", "inf"))
+    if _RADIX.fullmatch(text):
+        return float(int(text, 0))
     return math.nan
 
 
@@ -864,9 +877,3 @@ def compile_logic(
     if constant is not _MISSING:
         return lambda d: constant
     return fn
-
-
-def check_logic(expr: Any, *, extensions: Sequence[str] = ()) -> None:
-    """Raise LogicError when `expr` does not compile (extension operators accepted by name)."""
-    stubs: dict[str, Extension] = {name: (lambda c, a, p, d: lambda data: None) for name in extensions}
-    compile_logic(expr, extensions=stubs)

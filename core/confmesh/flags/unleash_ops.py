@@ -36,7 +36,7 @@ from typing import Any
 import mmh3
 import re2
 
-from confmesh.flags.jsonlogic import Extension, Fn, LogicError, to_string
+from confmesh.flags.jsonlogic import Extension, Fn, LogicError, to_number, to_string
 
 VARIANT_SEED = 86028157
 MAX_CONSTRAINTS = 100
@@ -68,27 +68,9 @@ def normalized(group: str, identifier: str, modulus: int = 100, seed: int = 0) -
     return mmh3.hash(f"{group}:{identifier}", seed, False) % modulus + 1
 
 
-_JS_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|Infinity)")
-
-
 def js_number(value: Any) -> float:
-    """JavaScript's Number() of a context or constraint value (NaN when it is not one)."""
-    if type(value) is int or type(value) is float:
-        return float(value)
-    if value is None:
-        return math.nan
-    text = str(value).strip()
-    if not text:
-        return 0.0
-    if _JS_NUMBER.fullmatch(text):
-        return float(text.replace("Infinity", "inf"))
-    if re.fullmatch(r"0[xX][0-9a-fA-F]+", text):
-        return float(int(text, 16))
-    if re.fullmatch(r"0[oO][0-7]+", text):
-        return float(int(text[2:], 8))
-    if re.fullmatch(r"0[bB][01]+", text):
-        return float(int(text[2:], 2))
-    return math.nan
+    """JavaScript's Number() of a context or constraint value (NaN when it is not one, or absent)."""
+    return math.nan if value is None else float(to_number(value))
 
 
 def parse_date(value: Any) -> datetime | None:
