@@ -45,6 +45,16 @@ def test_refs_are_inlined_and_cycles_refused() -> None:
     assert "cycle" in doc.problems[0].message and "loop" in doc.broken
 
 
+def test_refs_that_multiply_are_refused_before_they_are_built() -> None:
+    evaluators: dict[str, Any] = {"e0": {"var": "x"}}
+    for n in range(1, 16):
+        evaluators[f"e{n}"] = {"and": [{"$ref": f"e{n - 1}"}] * 10}  # 10**15 nodes if inlined
+    doc = read({"flags": {"bomb": {"state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on",
+                                   "targeting": {"$ref": "e15"}}}, "$evaluators": evaluators})  # fmt: skip
+    assert [(p.flag, p.path) for p in doc.problems] == [("bomb", "targeting")]
+    assert "larger than 10000 nodes" in doc.problems[0].message
+
+
 def test_default_variants_disabled_flags_and_metadata() -> None:
     doc = read(
         {

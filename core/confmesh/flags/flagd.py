@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from confmesh.flags.formats import FlagsDocument, FormatProblem, validate_flag
+from confmesh.flags.jsonlogic import MAX_NODES
 from confmesh.flags.model import Clause, Flag, FlagSet, Rule
 
 FLAG_FIELDS = frozenset(
@@ -41,12 +42,24 @@ def is_flagd(document: Any) -> bool:
     )
 
 
+class RefBudget(ValueError):
+    pass
+
+
 class _Refs:
     def __init__(self, evaluators: Mapping[str, Any]) -> None:
         self.evaluators = evaluators
+        self.nodes = 0
 
     def inline(self, node: Any, stack: tuple[str, ...] = ()) -> Any:
-        """`node` with every {"$ref": name} replaced by its evaluator (KeyError/RecursionError)."""
+        """`node` with every {"$ref": name} replaced by its evaluator.
+
+        KeyError for a missing evaluator, RecursionError for a cycle, RefBudget when the
+        inlined expression would pass MAX_NODES (evaluators that each use the next many
+        times grow exponentially)."""
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise RefBudget(f"inlining its $ref evaluators makes the targeting larger than {MAX_NODES} nodes")
         if isinstance(node, dict):
             if len(node) == 1 and "$ref" in node:
                 name = node["$ref"]
@@ -124,11 +137,14 @@ def _read_flag(
     targeting = body.get("targeting")
     if targeting is not None:
         try:
+            refs.nodes = 0
             targeting = refs.inline(targeting)
         except KeyError as exc:
             problem("targeting", f"$ref to an evaluator that does not exist: {exc.args[0]!r}")
         except RecursionError as exc:
             problem("targeting", f"$ref evaluators refer to each other in a cycle: {exc}")
+        except RefBudget as exc:
+            problem("targeting", str(exc))
         if not isinstance(targeting, dict):
             problem("targeting", "targeting is a JsonLogic object")
     metadata = body.get("metadata") or {}

@@ -26,9 +26,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import platform
 import random
 import re
-import socket
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -326,7 +326,7 @@ def _activation(name: str, params: Mapping[str, Any], group_default: str) -> Che
         return remote
     if name == "applicationHostname":
         hosts = frozenset(h.lower() for h in _list(params, "hostNames"))
-        here = (os.environ.get("HOSTNAME") or socket.gethostname()).lower()
+        here = (os.environ.get("HOSTNAME") or platform.node()).lower()
         return lambda d: here in hosts
     return lambda d: False  # a custom strategy this process does not implement
 
