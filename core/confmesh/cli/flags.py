@@ -15,6 +15,7 @@ from confmesh.cli.common import admin_client, dumps, reason_option, run, stable_
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.flags import EvaluationDetails, FlagEvaluator
 from confmesh.flags.files import flags_from_document, load_flags_file, parse_document
+from confmesh.flags.files import load_document as load_flags_document
 from confmesh.flags.flagd import FRACTIONAL, export_flagd
 from confmesh.flags.formats import FORMATS
 from confmesh.flags.model import Flag
@@ -29,11 +30,8 @@ def parse_duration(text: str) -> int:
 
 
 def load_document(path: str) -> Any:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from exc
-    return parse_document(text, path)
+    """A flags document from a file, or from stdin for ``-``."""
+    return parse_document(sys.stdin.read(), "stdin") if path == "-" else load_flags_document(path)
 
 
 def details_json(d: EvaluationDetails) -> dict[str, Any]:

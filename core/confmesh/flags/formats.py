@@ -3,7 +3,8 @@
 ``FormatProblem`` names the file, the flag and the path of one problem, so a
 refused file lists everything wrong with it at once; ``FlagsDocument`` is what
 a reader returns: the flags, the flags that did not translate (kept apart so
-offline evaluation can answer PARSE_ERROR for them, as flagd does), and notes.
+offline evaluation can answer PARSE_ERROR for them, as flagd does), and the
+problems found.
 """
 
 from __future__ import annotations
