@@ -16,6 +16,7 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf.message import Message
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2
 
 from confmesh.keys import Layer
 from confmesh.server.access import RULES, Rule
@@ -51,6 +52,8 @@ OVERRIDES: dict[str, dict[str, set[tuple[str, str]]]] = {
     **{m: {"admin": BOTH, "orders-writer": BOTH} for m in ("PutFlags", "DeleteFlag", "SetFlagEnabled")},
     # A revert restores every layer of the environment: only a grant covering all of prod.
     "Revert": {"admin": BOTH},
+    # flagd sync metadata is empty; without a selector it asks only that the caller be someone.
+    "GetMetadata": {name: BOTH for name in TENANT_GRANTS},
 }
 
 _n = 0
@@ -109,6 +112,9 @@ def requests(env: str, svc: str) -> dict[str, Callable[[], Message]]:
         "Watch": lambda: config_pb2.WatchRequest(
             subscribe=config_pb2.Subscribe(environment=env, service=svc, instance_id=_unique())
         ),
+        "SyncFlags": lambda: sync_pb2.SyncFlagsRequest(selector=f"flagSetId={env}"),
+        "FetchAllFlags": lambda: sync_pb2.FetchAllFlagsRequest(selector=env),
+        "GetMetadata": lambda: sync_pb2.GetMetadataRequest(),
     }
 
 
@@ -123,6 +129,13 @@ async def call(
 ) -> tuple[grpc.StatusCode, bytes]:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     try:
+        if method.endswith("/SyncFlags"):
+            sync = channel.unary_stream(method)(request.SerializeToString(), metadata=metadata)
+            try:
+                first = await asyncio.wait_for(sync.read(), 10)
+            finally:
+                sync.cancel()
+            return grpc.StatusCode.OK, first if isinstance(first, bytes) else b""
         if method.endswith("/Watch"):
             stream = channel.stream_stream(method)
 
@@ -200,7 +213,7 @@ async def test_every_rpc_is_allowed_or_denied_by_an_explicit_rule(tenants: Tenan
 
 
 def test_every_rule_is_named_in_the_matrix() -> None:
-    confmesh = {m for m in RULES if m.startswith("/confmesh.")}
+    confmesh = {m for m in RULES if m.startswith(("/confmesh.", "/flagd."))}
     assert confmesh == set(served_methods())
     assert {RULES[m] for m in confmesh} <= set(EXPECTED)
     assert all(rule is Rule.PUBLIC for m, rule in RULES.items() if m not in confmesh)

@@ -185,6 +185,9 @@ RULES: dict[str, Rule] = {
     **{_ADMIN + m: Rule.ADMIN for m in ("CreateToken", "ListTokens", "RevokeToken")},
     _CONFIG + "Watch": Rule.WATCH_SCOPE,
     _CONFIG + "GetSnapshot": Rule.WATCH_SCOPE,
+    "/flagd.sync.v1.FlagSyncService/SyncFlags": Rule.READ_FLAGS,
+    "/flagd.sync.v1.FlagSyncService/FetchAllFlags": Rule.READ_FLAGS,
+    "/flagd.sync.v1.FlagSyncService/GetMetadata": Rule.READ_FLAGS,  # any identity without a selector
     "/grpc.health.v1.Health/Check": Rule.PUBLIC,
     "/grpc.health.v1.Health/Watch": Rule.PUBLIC,
     "/grpc.health.v1.Health/List": Rule.PUBLIC,

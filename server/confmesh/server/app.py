@@ -17,6 +17,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 from opentelemetry.trace import TracerProvider
 
 from confmesh.errors import ConfmeshError, FailedPrecondition, InvalidArgument, StartupError
@@ -27,6 +28,7 @@ from confmesh.server.audit import record_denial
 from confmesh.server.config_service import ConfigService, add_config_service
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import DEFAULT_MAX_REQUEST_BYTES, Etcd, EtcdCredentials
+from confmesh.server.flagd_sync import FlagdSyncService
 from confmesh.server.fleet import FleetPublisher, FleetView, UsagePublisher
 from confmesh.server.history import prune_audit
 from confmesh.server.hub import Hub
@@ -55,7 +57,7 @@ def served_methods() -> list[str]:
     """Every confmesh RPC, as gRPC names it: each must have an authorization rule (access.RULES)."""
     return [
         f"/{service.full_name}/{method.name}"
-        for module in (admin_pb2, config_pb2)
+        for module in (admin_pb2, config_pb2, sync_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     ]
@@ -66,6 +68,7 @@ SERVICE_NAMES = (
     "confmesh.v1.AdminService",
     "grpc.health.v1.Health",
     reflection.SERVICE_NAME,
+    "flagd.sync.v1.FlagSyncService",
 )
 
 
@@ -162,6 +165,7 @@ class ConfmeshServer:
         self.source: EtcdSource | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.config_service: ConfigService | None = None
+        self.flagd_sync: FlagdSyncService | None = None
         self.health = health_aio.HealthServicer()
         self.metrics = Metrics()
         self.metrics_port = 0
@@ -245,6 +249,8 @@ class ConfmeshServer:
         """The policy reloaded or a token changed: open streams are checked against their grants."""
         if self.config_service is not None:
             self.config_service.recheck_access()
+        if self.flagd_sync is not None:
+            self.flagd_sync.recheck_access()
 
     async def _record_denial(self, identity: str, method: str, message: str) -> None:
         if self.etcd is not None:
@@ -253,6 +259,8 @@ class ConfmeshServer:
     def _on_change(self, changes: Changes) -> None:
         self.resolver.update(changes)
         self.hub.publish(s for s in self.hub.scopes() if any(affects(layer, s) for layer in changes))
+        if self.flagd_sync is not None:
+            self.flagd_sync.notify({layer.environment for layer in changes if layer.kind is LayerKind.FLAGS})
 
     async def start(self) -> None:
         s = self.settings
@@ -316,6 +324,8 @@ class ConfmeshServer:
                 access=self.access,
             )
             add_config_service(self.config_service, server)
+            self.flagd_sync = FlagdSyncService(self.store, self.source, self.access)
+            sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(self.flagd_sync, server)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminService(
                     Writer(self.etcd, self.layout, lambda: self.store.schemas, self._snapshot_sizes()),
@@ -448,6 +458,8 @@ class ConfmeshServer:
         self._policy_watch = self._retention = self._rollouts = None
         if self.config_service is not None:
             self.config_service.drain()
+        if self.flagd_sync is not None:
+            self.flagd_sync.drain()
         for task in (self._fleet_task, self._usage_task):
             if task is not None:
                 task.cancel()
