@@ -161,6 +161,7 @@ def receiver_worker(
 ) -> None:
     """Bare confmesh Watch streams: receive, read the stamp, ACK (no decode-all, no validation)."""
 
+    from confmesh.digest import JCS
     from confmesh.v1 import config_pb2, config_pb2_grpc
 
     async def main() -> None:
@@ -177,7 +178,7 @@ def receiver_worker(
             outbox.put_nowait(
                 config_pb2.WatchRequest(
                     subscribe=config_pb2.Subscribe(
-                        environment="bench", service="svc", instance_id=f"r{index}-{n}"
+                        environment="bench", service="svc", instance_id=f"r{index}-{n}", hash_schemes=[JCS]
                     )
                 )
             )

@@ -70,7 +70,11 @@ def prefix() -> str:
 async def server(etcd: EtcdHandle, prefix: str) -> AsyncIterator[ConfmeshServer]:
     srv = ConfmeshServer(
         ServerSettings(
-            listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint], prefix=prefix, heartbeat_interval=1.0
+            listen="127.0.0.1:0",
+            etcd_endpoints=[etcd.endpoint],
+            prefix=prefix,
+            heartbeat_interval=1.0,
+            http_listen="127.0.0.1:0",
         )
     )
     await srv.start()
@@ -119,7 +123,7 @@ async def tenants(etcd: EtcdHandle, prefix: str, tmp_path: Path) -> AsyncIterato
     policy.write_text("identities: {}\n")
     srv = ConfmeshServer(
         ServerSettings(listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint], prefix=prefix,
-                       policy_file=str(policy), heartbeat_interval=1.0)
+                       policy_file=str(policy), heartbeat_interval=1.0, http_listen="127.0.0.1:0")
     )  # fmt: skip
     await srv.start()
     try:

@@ -6,12 +6,13 @@ import asyncio
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
+from confmesh.digest import SCHEMES
 from confmesh.server.embedded_etcd import free_port
 from confmesh.v1 import config_pb2, config_pb2_grpc
 
@@ -60,7 +61,9 @@ class RawWatch:
         hash_: str = "",
         instance_id: str = "raw",
         accept_delta: bool = False,
+        hash_schemes: Sequence[str] = SCHEMES,
     ) -> None:
+        """Subscribe; ``hash_schemes=()`` is a client from before the scheme was chosen (leafsum256)."""
         self.send(
             config_pb2.WatchRequest(
                 subscribe=config_pb2.Subscribe(
@@ -70,6 +73,7 @@ class RawWatch:
                     known_hash=hash_,
                     instance_id=instance_id,
                     accept_delta=accept_delta,
+                    hash_schemes=hash_schemes,
                 )
             )
         )

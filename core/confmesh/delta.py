@@ -20,7 +20,7 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from confmesh.digest import MODULUS, subtree_sum
+from confmesh.digest import JCS, MODULUS, subtree_sum
 from confmesh.merge import JSONValue, deep_merge, layer_tree
 
 Path = tuple[str, ...]
@@ -91,17 +91,24 @@ def replace_at(doc: Mapping[str, Any], path: Path, value: Any) -> dict[str, Any]
 
 
 def apply_updates(
-    config: Mapping[str, Any], flags: Mapping[str, Any], digest: int, updates: Iterable[Update]
+    config: Mapping[str, Any],
+    flags: Mapping[str, Any],
+    digest: int,
+    updates: Iterable[Update],
+    scheme: str = JCS,
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """Apply updates in order; return the new documents (the given ones are not modified) and their digest."""
+    """Apply updates in order; return the new documents (the given ones are not modified) and their digest.
+
+    `digest` is of `scheme` (confmesh.digest), and so is the digest returned.
+    """
     docs: dict[str, Mapping[str, Any]] = {CONFIG: config, FLAGS: flags}
     for section, path, value in updates:
         doc = docs[section]
         old = get_path(doc, path)
         if old is not MISSING:
-            digest -= subtree_sum(section, path, old)
+            digest -= subtree_sum(section, path, old, scheme)
         if value is not MISSING:
-            digest += subtree_sum(section, path, value)
+            digest += subtree_sum(section, path, value, scheme)
         docs[section] = replace_at(doc, path, value)
     return _as_dict(docs[CONFIG]), _as_dict(docs[FLAGS]), digest % MODULUS
 

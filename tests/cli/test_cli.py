@@ -142,7 +142,7 @@ async def test_status_and_watch(server: ConfmeshServer) -> None:
         await cli(addr, "put", "n", "2", "--env", "prod")
         second = json.loads(await asyncio.wait_for(watch.stdout.readline(), 10))
         assert second["config"] == {"n": 2} and second["version"] > first["version"]
-        assert second["hash"].startswith("leafsum256:")
+        assert second["hash"].startswith("jcs-leafsum256:")
 
         code, out, _ = await cli(addr, "status", "--json")
         assert code == 0

@@ -12,6 +12,7 @@ import grpc.aio
 
 from confmesh.changes import ChangeSpec
 from confmesh.client.interceptors import FlagChannel
+from confmesh.digest import SCHEMES
 from confmesh.keys import Layer, Scope
 from confmesh.merge import JSONValue, normalize
 from confmesh.rpc_errors import error_from_rpc
@@ -166,7 +167,9 @@ class AdminClient:
 
     async def snapshot(self, env: str, service: str) -> config_pb2.Snapshot:
         scope = Scope.checked(env, service)
-        req = config_pb2.GetSnapshotRequest(environment=scope.environment, service=scope.service)
+        req = config_pb2.GetSnapshotRequest(
+            environment=scope.environment, service=scope.service, hash_schemes=SCHEMES
+        )
         snapshot: config_pb2.Snapshot = await self._call(self._config.GetSnapshot, req)
         return snapshot
 

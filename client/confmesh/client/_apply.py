@@ -19,7 +19,7 @@ from typing import Any
 from confmesh import errors
 from confmesh.client._validation import validate
 from confmesh.delta import CONFIG, apply_updates
-from confmesh.digest import format_hash, snapshot_digest
+from confmesh.digest import SCHEMES, format_hash, scheme_of, snapshot_digest
 from confmesh.flags import FlagEvaluator, UsageCounter, parse_flag_set, reparse_flag_set
 from confmesh.v1 import config_pb2
 from confmesh.wire import from_struct, updates_from_pb
@@ -88,9 +88,12 @@ def examine(current: AppliedSnapshot | None, snap: config_pb2.Snapshot) -> Seen:
             return Reject(f"version {snap.version} is older than the running version {current.version}")
     if snap.HasField("delta"):
         return _patch(current, snap)
+    scheme = scheme_of(snap.hash)
+    if scheme is None:
+        return Reject(f"unknown hash scheme in {snap.hash[:40]!r}; this client checks {', '.join(SCHEMES)}")
     raw, raw_flags = from_struct(snap.config), from_struct(snap.flags)
-    digest = snapshot_digest(raw, raw_flags)
-    if format_hash(digest) != snap.hash:
+    digest = snapshot_digest(raw, raw_flags, scheme)
+    if format_hash(digest, scheme) != snap.hash:
         return Reject("content does not match its hash; snapshot corrupted in transit")
     return Content(raw, raw_flags, digest)
 
@@ -105,8 +108,11 @@ def _patch(current: AppliedSnapshot | None, snap: config_pb2.Snapshot) -> NeedFu
         updates = updates_from_pb(delta.updates)
     except errors.InvalidArgument as exc:
         return NeedFull(f"unusable delta to version {snap.version}: {exc.message}")
-    raw, raw_flags, digest = apply_updates(current.raw, current.raw_flags, current.digest, updates)
-    if format_hash(digest) != snap.hash:
+    scheme = scheme_of(snap.hash)
+    if scheme is None or scheme != scheme_of(current.hash):
+        return NeedFull(f"delta to version {snap.version} comes with another hash scheme")
+    raw, raw_flags, digest = apply_updates(current.raw, current.raw_flags, current.digest, updates, scheme)
+    if format_hash(digest, scheme) != snap.hash:
         return NeedFull(f"delta to version {snap.version} does not give its hash")
     config_paths = [u.path for u in updates if u.section == CONFIG]
     changed = None if any(not p for p in config_paths) else frozenset(str(p[0]) for p in config_paths)

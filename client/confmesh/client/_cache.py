@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confmesh.digest import snapshot_hash
+from confmesh.digest import matches
 from confmesh.errors import StartupError
 from confmesh.keys import Scope
 from confmesh.merge import canonical_json
@@ -89,7 +89,7 @@ def load(path: Path, scope: Scope, max_age: float | None) -> CachedSnapshot | No
             "ignoring config cache %s: it belongs to %s/%s", path, raw.get("environment"), raw.get("service")
         )
         return None
-    if snapshot_hash(raw["config"], raw["flags"]) != raw["hash"]:
+    if not matches(str(raw["hash"]), raw["config"], raw["flags"]):
         log.warning("ignoring config cache %s: content does not match its hash", path)
         return None
     age = time.time() - float(raw["saved_at"])

@@ -27,7 +27,7 @@ from confmesh import errors
 from confmesh.client import _cache
 from confmesh.client._apply import AppliedSnapshot, Confirm, NeedFull, Reject, accept, examine
 from confmesh.client._validation import validate
-from confmesh.digest import snapshot_digest
+from confmesh.digest import JCS, SCHEMES, scheme_of, snapshot_digest
 from confmesh.flags import FlagEvaluator, UsageCounter
 from confmesh.keys import Scope
 from confmesh.merge import lookup
@@ -273,10 +273,18 @@ class ConfigClient(Generic[T]):
         except (errors.SnapshotRejected, errors.InvalidArgument) as exc:
             log.warning("config cache %s no longer fits the schema: %s", self.cache_path, exc.message)
             return False
+        digest = snapshot_digest(cached.config, cached.flags, scheme_of(cached.hash) or JCS)
         self._current = AppliedSnapshot(
-            cached.version, cached.hash, cached.config, config, flags, time.time(),
-            cached.flags, snapshot_digest(cached.config, cached.flags), resolved,
-        )  # fmt: skip
+            cached.version,
+            cached.hash,
+            cached.config,
+            config,
+            flags,
+            time.time(),
+            cached.flags,
+            digest,
+            resolved,
+        )
         self.cached = True
         log.warning(
             "starting %s from cached version %d (saved %.0fs ago): %s",
@@ -358,6 +366,7 @@ class ConfigClient(Generic[T]):
                     instance_id=self.instance_id,
                     labels=self.labels,
                     accept_delta=True,
+                    hash_schemes=SCHEMES,
                 )
             )
 

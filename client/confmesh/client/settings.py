@@ -26,7 +26,7 @@ import grpc
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from confmesh.digest import snapshot_hash
+from confmesh.digest import SCHEMES, matches
 from confmesh.errors import StartupError
 from confmesh.keys import Scope
 from confmesh.rpc_errors import error_from_rpc
@@ -49,7 +49,9 @@ def fetch_config(
         stub = config_pb2_grpc.ConfigServiceStub(channel)
         try:
             snap = stub.GetSnapshot(
-                config_pb2.GetSnapshotRequest(environment=scope.environment, service=scope.service),
+                config_pb2.GetSnapshotRequest(
+                    environment=scope.environment, service=scope.service, hash_schemes=SCHEMES
+                ),
                 timeout=timeout,
                 wait_for_ready=True,
                 metadata=bearer_metadata(token),
@@ -58,7 +60,7 @@ def fetch_config(
             error = error_from_rpc(exc, target)
             raise StartupError(f"cannot read config for {scope} from confmesh: {error.message}") from exc
     config, flags = from_struct(snap.config), from_struct(snap.flags)
-    if snapshot_hash(config, flags) != snap.hash:
+    if not matches(snap.hash, config, flags):
         raise StartupError(f"config for {scope} does not match its hash; refusing it")
     return config
 

@@ -216,6 +216,11 @@ def main(
 @click.option("--prefix", default="/confmesh", show_default=True, help="etcd key prefix.")
 @click.option("--heartbeat", default=15.0, show_default=True, help="Watch heartbeat interval (s).")
 @click.option("--metrics-listen", default="", help="Serve Prometheus /metrics on HOST:PORT.")
+@click.option(
+    "--http-listen",
+    default="",
+    help="Serve HTTP on HOST:PORT: OFREP at /environments/ENV/ofrep/v1/… (TLS as --listen's).",
+)
 @click.option("--tls-cert", "server_cert", default="", help="Serve TLS with this certificate (PEM).")
 @click.option("--tls-key", "server_key", default="", help="The certificate's private key (PEM).")
 @click.option(
@@ -284,6 +289,7 @@ def serve(
     prefix: str,
     heartbeat: float,
     metrics_listen: str,
+    http_listen: str,
     server_cert: str,
     server_key: str,
     tls_client_ca: str,
@@ -320,6 +326,7 @@ def serve(
         prefix=prefix,
         heartbeat_interval=heartbeat,
         metrics_listen=metrics_listen,
+        http_listen=http_listen,
         tls_cert=server_cert,
         tls_key=server_key,
         tls_client_ca=tls_client_ca,
@@ -331,10 +338,12 @@ def serve(
         fleet_interval=min(fleet_interval, fleet_ttl / 3),
         fleet=fleet,
     )
-    from confmesh.server.workers import run_workers, worker_count
+    from confmesh.server.workers import fixed_port, run_workers, worker_count
 
     count = worker_count(workers)
     if count > 1:
+        if http_listen:  # every worker serves HTTP on the same port too
+            settings.http_listen = click.get_current_context().params["http_listen"] = fixed_port(http_listen)
         if not run(run_workers(settings, count, _worker_args(click.get_current_context()))):
             logging.shutdown()
             os._exit(1)

@@ -36,7 +36,7 @@ class Report(_message.Message):
     def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., need_full: _Optional[bool] = ...) -> None: ...
 
 class Subscribe(_message.Message):
-    __slots__ = ("environment", "service", "known_version", "known_hash", "instance_id", "labels", "accept_delta")
+    __slots__ = ("environment", "service", "known_version", "known_hash", "instance_id", "labels", "accept_delta", "hash_schemes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Subscribe(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_DELTA_FIELD_NUMBER: _ClassVar[int]
+    HASH_SCHEMES_FIELD_NUMBER: _ClassVar[int]
     environment: str
     service: str
     known_version: int
@@ -58,7 +59,8 @@ class Subscribe(_message.Message):
     instance_id: str
     labels: _containers.ScalarMap[str, str]
     accept_delta: bool
-    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., known_version: _Optional[int] = ..., known_hash: _Optional[str] = ..., instance_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., accept_delta: _Optional[bool] = ...) -> None: ...
+    hash_schemes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., known_version: _Optional[int] = ..., known_hash: _Optional[str] = ..., instance_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., accept_delta: _Optional[bool] = ..., hash_schemes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "hash")
@@ -179,9 +181,11 @@ class PathUpdate(_message.Message):
     def __init__(self, section: _Optional[_Union[PathUpdate.Section, str]] = ..., path: _Optional[_Iterable[str]] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class GetSnapshotRequest(_message.Message):
-    __slots__ = ("environment", "service")
+    __slots__ = ("environment", "service", "hash_schemes")
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    HASH_SCHEMES_FIELD_NUMBER: _ClassVar[int]
     environment: str
     service: str
-    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
+    hash_schemes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., hash_schemes: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -346,19 +346,19 @@ class Access:
             callback()
         return True
 
+    def identify_bearer(self, bearer: str) -> Caller:
+        """The caller an ``Authorization: Bearer cmt_…`` value proves; Unauthenticated if none."""
+        parsed = parse_bearer(bearer)
+        record = self.tokens().get(parsed[0]) if parsed else None
+        if parsed is None or record is None or not hmac.compare_digest(record.sha256, hash_secret(parsed[1])):
+            raise errors.Unauthenticated("invalid or revoked bearer token", code="bad_token")
+        return Caller(f"token:{record.name}", record.grant, record.id)
+
     def identify(self, context: Any) -> Caller:
         metadata = dict(context.invocation_metadata() or ())
         bearer = metadata.get("authorization")
         if isinstance(bearer, str) and bearer:
-            parsed = parse_bearer(bearer)
-            record = self.tokens().get(parsed[0]) if parsed else None
-            if (
-                parsed is None
-                or record is None
-                or not hmac.compare_digest(record.sha256, hash_secret(parsed[1]))
-            ):
-                raise errors.Unauthenticated("invalid or revoked bearer token", code="bad_token")
-            return Caller(f"token:{record.name}", record.grant, record.id)
+            return self.identify_bearer(bearer)
         names = peer_identities(context)
         for name in names:
             if name in self.policy:
@@ -395,6 +395,12 @@ class Access:
         try:
             caller = self.identify(context)
         except errors.ConfmeshError:
+            return
+        await self.audit_caller_denial(exc, caller, method)
+
+    async def audit_caller_denial(self, exc: errors.ConfmeshError, caller: Caller, method: str) -> None:
+        """`audit_denial` for a caller already identified (e.g. over HTTP)."""
+        if not isinstance(exc, errors.PermissionDenied):
             return
         self._denial_log.log(logging.WARNING, (caller.identity, method), "denied %s to %s: %s",
                              method, caller.identity, exc.message)  # fmt: skip

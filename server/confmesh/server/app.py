@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import ssl
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,12 @@ from confmesh.server.etcd import DEFAULT_MAX_REQUEST_BYTES, Etcd, EtcdCredential
 from confmesh.server.flagd_sync import FlagdSyncService
 from confmesh.server.fleet import FleetPublisher, FleetView, UsagePublisher
 from confmesh.server.history import prune_audit
+from confmesh.server.http_listener import HttpListener
 from confmesh.server.hub import Hub
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
+from confmesh.server.ofrep import MAX_BODY, Ofrep
 from confmesh.server.records import abort_rollout, canary_counts
 from confmesh.server.resolver import Resolver, affects
 from confmesh.server.snapshot_size import SnapshotSizes
@@ -110,6 +113,8 @@ class ServerSettings:
     policy_file: str = ""
     # HOST:PORT for Prometheus /metrics ("" = off).
     metrics_listen: str = ""
+    # HOST:PORT for the HTTP listener: OFREP ("" = off). TLS as --listen's.
+    http_listen: str = ""
     # Push backed by reconcile (see confmesh.server.source).
     progress_interval: float = 30.0
     watch_idle_timeout: float = 120.0
@@ -169,6 +174,9 @@ class ConfmeshServer:
         self.health = health_aio.HealthServicer()
         self.metrics = Metrics()
         self.metrics_port = 0
+        self.http: HttpListener | None = None
+        self.http_port = 0
+        self.ofrep: Ofrep | None = None
         self.port = 0
         self.access = Access(
             lambda: self.store.tokens,
@@ -270,6 +278,8 @@ class ConfmeshServer:
                 check_port_free(s.listen, "cannot listen on")
             if s.metrics_listen:
                 check_port_free(s.metrics_listen, "cannot serve metrics on")
+            if s.http_listen and not s.reuse_port:
+                check_port_free(s.http_listen, "cannot serve HTTP on")
             if not endpoints:
                 self._data_lock, self.embedded = await start_embedded_etcd(Path(s.data_dir))
                 endpoints = [self.embedded.endpoint]
@@ -356,6 +366,8 @@ class ConfmeshServer:
                 raise StartupError(f"cannot listen on {s.listen} (address in use?)")
             await server.start()
             self.grpc_server = server
+            if s.http_listen:
+                await self._start_http()
             self._rollouts = asyncio.create_task(self._watch_rollouts(), name="rollout-guard")
             publish = s.fleet if s.fleet is not None else self.embedded is None
             self.fleet_publisher = (
@@ -401,6 +413,36 @@ class ConfmeshServer:
             ",".join(endpoints),
             self.layout.prefix,
         )
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP listener's base URL (``--http-listen``), with its actual port."""
+        host = self.settings.http_listen.rpartition(":")[0] or "127.0.0.1"
+        scheme = "https" if self.settings.tls_cert else "http"
+        return f"{scheme}://{host}:{self.http_port}"
+
+    async def _start_http(self) -> None:
+        s = self.settings
+        source = self.source
+        assert source is not None
+        self.ofrep = Ofrep(self.store, self.access, synced=lambda: source.synced)
+        context = None
+        if s.tls_cert and s.tls_key:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(s.tls_cert, s.tls_key)
+        elif not is_loopback(s.http_listen):
+            log.warning(
+                "PLAINTEXT HTTP on %s: tokens sent to it can be read on the way. Use --tls-cert/--tls-key.",
+                s.http_listen,
+            )
+        self.http = HttpListener(
+            s.http_listen,
+            [self.ofrep.add_routes],
+            max_body=MAX_BODY,
+            reuse_port=s.reuse_port,
+            ssl_context=context,
+        )
+        self.http_port = await self.http.start()
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings
@@ -476,6 +518,9 @@ class ConfmeshServer:
                 async with asyncio.timeout(2):
                     await self.fleet_publisher.withdraw()
             self.fleet_publisher = None
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         if self.grpc_server is not None:
             await self.grpc_server.stop(self.settings.shutdown_grace)
             self.grpc_server = None

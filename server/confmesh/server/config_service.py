@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind, TracerProvider
 
 from confmesh import errors
 from confmesh.delta import Update
+from confmesh.digest import LEAFSUM, SCHEMES, pick_scheme
 from confmesh.keys import Scope
 from confmesh.rpc_errors import error_trailers, status_for
 from confmesh.server.access import Access
@@ -22,6 +23,8 @@ from confmesh.server.interceptors import Malformed, checked_deserializer
 from confmesh.server.limits import (
     MAX_ERROR_MESSAGE,
     MAX_FIELD_PATH,
+    MAX_HASH_SCHEME_NAME,
+    MAX_HASH_SCHEMES,
     MAX_USAGE_ENTRIES,
     MAX_USAGE_NAME,
     Throttled,
@@ -52,11 +55,16 @@ class EncodedSnapshots:
         self.delta = delta
         self.limit = limit
         self.tracer_provider = tracer_provider
-        self._cache: dict[tuple[int, bool, VersionHash | None], tuple[Resolved, bytes]] = {}
+        self._cache: dict[tuple[int, bool, VersionHash | None, bool], tuple[Resolved, bytes]] = {}
         self._published: set[tuple[Scope, VersionHash, bool]] = set()
 
-    def response(self, resolved: Resolved, *, stale: bool, base: VersionHash | None = None) -> bytes:
-        key = (id(resolved), stale, base)
+    def response(
+        self, resolved: Resolved, *, stale: bool, base: VersionHash | None = None, legacy: bool = False
+    ) -> bytes:
+        """`legacy`: the whole snapshot with its leafsum256 hash (`base` is then ignored)."""
+        if legacy:
+            base = None
+        key = (id(resolved), stale, base, legacy)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is resolved:  # the Resolved itself guards against id reuse
             return hit[1]
@@ -65,7 +73,7 @@ class EncodedSnapshots:
             self._published.clear()
         updates = self.delta(base, resolved) if base is not None else None
         if updates is None:
-            snapshot = snapshot_to_pb(resolved, stale=stale)
+            snapshot = snapshot_to_pb(resolved, stale=stale, legacy=legacy)
         else:
             snapshot = snapshot_to_pb(resolved, stale=stale, config=False)
             snapshot.delta.base_version, snapshot.delta.base_hash = base  # type: ignore[misc]
@@ -84,15 +92,20 @@ class EncodedSnapshots:
         return raw
 
 
-def snapshot_to_pb(resolved: Resolved, *, stale: bool, config: bool = True) -> config_pb2.Snapshot:
-    """The snapshot message; without `config`, its config and flags are left out (a delta carries them)."""
+def snapshot_to_pb(
+    resolved: Resolved, *, stale: bool, config: bool = True, legacy: bool = False
+) -> config_pb2.Snapshot:
+    """The snapshot message; without `config`, its config and flags are left out (a delta carries them).
+
+    `legacy`: with the leafsum256 hash instead of the current scheme's.
+    """
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(resolved.resolved_at * 1e9))
     snapshot = config_pb2.Snapshot(
         environment=resolved.scope.environment,
         service=resolved.scope.service,
         version=resolved.version,
-        hash=resolved.hash,
+        hash=resolved.hash_for(legacy),
         stale=stale,
         resolved_at=ts,
         trace_parent=resolved.trace_parent,
@@ -135,6 +148,23 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: errors.Confmes
         )
     context.set_trailing_metadata(error_trailers(exc))
     await context.abort(status_for(exc), exc.message)
+
+
+def _legacy_scheme(offered: Sequence[str]) -> bool:
+    """Whether a peer that offers these hash schemes gets leafsum256 (True) or jcs-leafsum256."""
+    if len(offered) > MAX_HASH_SCHEMES or any(len(s) > MAX_HASH_SCHEME_NAME for s in offered):
+        raise errors.InvalidArgument(
+            f"hash_schemes takes at most {MAX_HASH_SCHEMES} names of up to {MAX_HASH_SCHEME_NAME} characters",
+            field="hash_schemes",
+        )
+    scheme = pick_scheme(offered)
+    if scheme is None:
+        raise errors.InvalidArgument(
+            f"no hash scheme in common: the server computes {', '.join(SCHEMES)}",
+            code="unknown_hash_scheme",
+            field="hash_schemes",
+        )
+    return scheme == LEAFSUM
 
 
 class ServingState(Protocol):
@@ -218,6 +248,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             if isinstance(request, Malformed):
                 raise errors.InvalidArgument(request.message, code="malformed")
             scope = Scope.checked(request.environment, request.service)
+            legacy = _legacy_scheme(request.hash_schemes)
             caller = self.access.identify(context)
             self.access.require(caller, lambda g: g.can_watch(scope), f"read the snapshot of {scope}")
             await self._ready()
@@ -225,7 +256,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             await self.access.audit_denial(exc, context, "GetSnapshot")
             await abort(context, exc)
             raise
-        return snapshot_to_pb(self.hub.snapshot(scope), stale=self.source.stale)
+        return snapshot_to_pb(self.hub.snapshot(scope), stale=self.source.stale, legacy=legacy)
 
     async def Watch(
         self,
@@ -249,6 +280,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                 )
             if sub_msg.known_version < 0:
                 raise errors.InvalidArgument("subscribe.known_version must be >= 0", field="known_version")
+            legacy = _legacy_scheme(sub_msg.hash_schemes)
             caller = self.access.identify(context)
             self.access.require(caller, lambda g: g.can_watch(scope), f"watch {scope}")
             await self._ready(sub_msg.known_version)
@@ -265,7 +297,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                 context, errors.Unavailable("server is shutting down; use another replica", code="draining")
             )
             return
-        sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash, sub_msg.instance_id)
+        sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash, sub_msg.instance_id, legacy=legacy)
         sub.accept_delta = sub_msg.accept_delta
         sub.caller = caller
         stream = StreamOpened(
@@ -310,7 +342,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     for cb in callbacks:
                         cb.sent(stream, snapshot.version, snapshot.resolved_at)
                     base, sub.base = sub.delta_base(), (snapshot.version, snapshot.hash)
-                    yield self.encoded.response(snapshot, stale=self.source.stale, base=base)
+                    yield self.encoded.response(
+                        snapshot, stale=self.source.stale, base=base, legacy=sub.legacy
+                    )
         finally:
             reader.cancel()
             self.hub.remove(sub)

@@ -34,6 +34,7 @@ class Subscriber:
         "id",
         "instance_id",
         "last_offered",
+        "legacy",
         "nacked",
         "pending",
         "scope",
@@ -41,8 +42,18 @@ class Subscriber:
         "wakeup",
     )  # fmt: skip
 
-    def __init__(self, scope: Scope, known_version: int, known_hash: str, instance_id: str = "") -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        known_version: int,
+        known_hash: str,
+        instance_id: str = "",
+        *,
+        legacy: bool = False,
+    ) -> None:
         self.id = next(_ids)
+        # The client checks leafsum256 hashes only: every hash on this stream is one, and no deltas.
+        self.legacy = legacy
         self.scope = scope
         self.instance_id = instance_id
         self.pending: Resolved | None = None
@@ -60,11 +71,12 @@ class Subscriber:
         self.caller: Any = None  # access.Caller, set by the servicer
 
     def offer(self, snapshot: Resolved) -> None:
-        if (snapshot.version, snapshot.hash) == self.last_offered:
+        offered = (snapshot.version, snapshot.hash_for(self.legacy))
+        if offered == self.last_offered:
             return
-        if snapshot.hash == self.last_offered[1] and snapshot.version <= self.last_offered[0]:
+        if offered[1] == self.last_offered[1] and snapshot.version <= self.last_offered[0]:
             return
-        self.last_offered = (snapshot.version, snapshot.hash)
+        self.last_offered = offered
         self.pending = snapshot
         self.wakeup.set()
 
@@ -73,7 +85,10 @@ class Subscriber:
 
         A version this stream NACKed is never re-sent; the next change will be.
         """
-        if (version, hash_) == (current.version, current.hash) or current.version in self.nacked:
+        if (version, hash_) == (
+            current.version,
+            current.hash_for(self.legacy),
+        ) or current.version in self.nacked:
             return False
         if self.pending is not None:
             return False
@@ -85,7 +100,7 @@ class Subscriber:
 
     def delta_base(self) -> tuple[int, str] | None:
         """What the snapshot being sent may be a delta from: the version the client runs, if known."""
-        return self.base if self.accept_delta else None
+        return self.base if self.accept_delta and not self.legacy else None
 
     def ping(self) -> None:
         self.heartbeat_now = True
@@ -94,7 +109,7 @@ class Subscriber:
     def take(self) -> Resolved | None:
         snapshot, self.pending = self.pending, None
         if snapshot is not None:
-            self.sent[snapshot.version] = snapshot.hash
+            self.sent[snapshot.version] = snapshot.hash_for(self.legacy)
             while len(self.sent) > SENT_MEMORY:
                 self.sent.popitem(last=False)
         return snapshot

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 
 from confmesh.delta import (
     CONFIG,
@@ -26,7 +27,7 @@ from confmesh.delta import (
     minimal_paths,
     resolve_at,
 )
-from confmesh.digest import format_hash, snapshot_digest
+from confmesh.digest import LEAFSUM, format_hash, snapshot_digest, snapshot_hash
 from confmesh.keys import Layer, LayerKind, Scope
 from confmesh.merge import JSONValue, resolve
 from confmesh.server.store import Changes, ConfigStore
@@ -57,6 +58,14 @@ class Resolved:
     @property
     def key(self) -> VersionHash:
         return self.version, self.hash
+
+    @cached_property
+    def legacy_hash(self) -> str:
+        """The leafsum256 hash, for clients that know no other (computed in full, once, on demand)."""
+        return snapshot_hash(self.config, self.flags, LEAFSUM)
+
+    def hash_for(self, legacy: bool) -> str:
+        return self.legacy_hash if legacy else self.hash
 
 
 def affects(layer: Layer, scope: Scope) -> bool:

@@ -46,7 +46,7 @@ def worker_count(text: str) -> int:
     return int(text)
 
 
-def _fixed_port(listen: str) -> str:
+def fixed_port(listen: str) -> str:
     """HOST:PORT with port 0 replaced by a free port: every worker must bind the same one."""
     host, _, port = listen.rpartition(":")
     if port != "0":
@@ -70,7 +70,7 @@ def _die_with_parent() -> None:
 class Workers:
     def __init__(self, settings: ServerSettings, count: int, args: WorkerArgs) -> None:
         self.settings, self.count, self.args = settings, count, args
-        self.listen = _fixed_port(settings.listen)
+        self.listen = fixed_port(settings.listen)
         self.embedded: EmbeddedEtcd | None = None
         self._lock: DataDirLock | None = None
         self.procs: list[asyncio.subprocess.Process] = []
@@ -79,6 +79,8 @@ class Workers:
         s = self.settings
         if not s.reuse_port:
             check_port_free(self.listen, "cannot listen on")
+            if s.http_listen:
+                check_port_free(s.http_listen, "cannot serve HTTP on")
         endpoints = ",".join(s.etcd_endpoints)
         if not endpoints:
             self._lock, self.embedded = await start_embedded_etcd(

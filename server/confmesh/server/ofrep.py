@@ -1,0 +1,300 @@
+"""OFREP, the OpenFeature Remote Evaluation Protocol: flags evaluated on the server, over HTTP.
+
+Any OFREP provider (JS web and server, Go, Python, .NET, Java, Kotlin, Rust,
+Swift) evaluates confmesh flags with no confmesh SDK. The environment is the
+base URL's path, ``http://host:port/environments/<env>``, to which providers
+append ``/ofrep/v1/...``:
+
+* ``POST …/ofrep/v1/evaluate/flags/{key}``: one flag, ``{"context": {...}}`` in.
+* ``POST …/ofrep/v1/evaluate/flags``: every flag, with an ``ETag`` over the
+  answer; ``If-None-Match`` with it gives 304 while nothing changed.
+* ``GET …/ofrep/v1/configuration``: polling, supported types.
+
+Evaluation is the SDK's (``FlagEvaluator``), so OFREP, ``client.flags`` and
+the OpenFeature provider give the same answer for the same context. A flag
+that serves the caller's default carries no ``value`` (OFREP's code-default
+flag). Callers identify with ``Authorization: Bearer <token>`` or
+``X-API-Key: <token>`` (confmesh tokens) and need the Watch's right to read
+the environment's flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from confmesh import errors
+from confmesh.flags import FlagEvaluator, parse_flag_set, reparse_flag_set
+from confmesh.flags.details import ErrorCode, EvaluationDetails, Reason
+from confmesh.flags.model import FlagSet
+from confmesh.keys import Layer, check_name
+from confmesh.server.access import ANONYMOUS, Access, Caller
+from confmesh.server.store import ConfigStore
+
+log = logging.getLogger("confmesh.ofrep")
+
+MAX_BODY = 64 * 1024  # bytes of one request: a context, not a document
+MAX_CONTEXT_DEPTH = 16
+# What OpenFeature's reason enums know; confmesh's own reasons map onto the nearest.
+_REASONS = {Reason.PREREQUISITE_FAILED: "DISABLED", Reason.PROPAGATED: "STATIC"}
+_GETTERS = {"boolean": "boolean", "string": "string", "number": "float", "object": "object"}
+_CALLER_DEFAULT = object()
+ENV_PREFIX = "/environments/{environment}/ofrep/v1"
+
+
+@dataclass
+class _Flags:
+    revision: int
+    raw: dict[str, Any]
+    parsed: FlagSet
+    evaluator: FlagEvaluator
+
+
+class OfrepEvaluators:
+    """One FlagEvaluator per environment, rebuilt (incrementally) when its flags change."""
+
+    def __init__(self, store: ConfigStore) -> None:
+        self.store = store
+        self._by_env: dict[str, _Flags] = {}
+
+    def evaluator(self, environment: str) -> FlagEvaluator:
+        layer = Layer.flags(environment)
+        revision = self.store.layer_revision(layer)
+        cached = self._by_env.get(environment)
+        if cached is not None and cached.revision == revision:
+            return cached.evaluator
+        raw = {k: {"key": k, **v} if isinstance(v, dict) else v for k, v in self.store.entries(layer).items()}
+        if cached is None:
+            parsed = parse_flag_set(raw)
+            previous = None
+        else:
+            parsed = reparse_flag_set(raw, cached.raw, cached.parsed)
+            previous = cached.evaluator
+        evaluator = FlagEvaluator(parsed, version=revision, environment=environment, previous=previous)
+        if len(self._by_env) > 10_000:
+            self._by_env.clear()
+        self._by_env[environment] = _Flags(revision, raw, parsed, evaluator)
+        return evaluator
+
+
+def evaluate(evaluator: FlagEvaluator, key: str, context: Mapping[str, Any]) -> EvaluationDetails:
+    """`key` evaluated as its own type; a value of `_CALLER_DEFAULT` means the caller's default."""
+    compiled = evaluator.compiled(key)
+    getter = _GETTERS.get(compiled.type, "object") if compiled is not None else "object"
+    return evaluator.details(key, _CALLER_DEFAULT, context, getter)
+
+
+def success(details: EvaluationDetails) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "key": details.flag_key,
+        "reason": _REASONS.get(details.reason, str(details.reason)),
+        "variant": details.variant if details.variant is not None else "",
+        "metadata": dict(details.metadata),
+    }
+    if details.value is not _CALLER_DEFAULT:
+        body["value"] = details.value
+    return body
+
+
+def failure(details: EvaluationDetails) -> dict[str, Any]:
+    return {
+        "key": details.flag_key,
+        "errorCode": str(details.error_code or ErrorCode.GENERAL),
+        "errorDetails": details.error_message or "",
+    }
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """Whether `value` nests no deeper than `limit`."""
+    if limit < 0:
+        return False
+    if isinstance(value, dict):
+        return all(_depth(v, limit - 1) for v in value.values())
+    if isinstance(value, list):
+        return all(_depth(v, limit - 1) for v in value)
+    return True
+
+
+def parse_context(raw: bytes) -> dict[str, Any]:
+    """The evaluation context of a request body; InvalidArgument (code = OFREP's) when unusable."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise errors.InvalidArgument(f"the body is not JSON: {exc}", code="PARSE_ERROR") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidArgument("the body must be a JSON object", code="PARSE_ERROR")
+    context = body.get("context", {})
+    if context is None:
+        return {}
+    if not isinstance(context, dict):
+        raise errors.InvalidArgument("context must be a JSON object", code="INVALID_CONTEXT")
+    if not _depth(context, MAX_CONTEXT_DEPTH):
+        raise errors.InvalidArgument(
+            f"context nests deeper than {MAX_CONTEXT_DEPTH} levels", code="INVALID_CONTEXT"
+        )
+    key = context.get("targetingKey")
+    if key is not None and not isinstance(key, str):
+        raise errors.InvalidArgument("context.targetingKey must be a string", code="INVALID_CONTEXT")
+    return context
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _json(status: int, body: Any, **headers: str) -> web.Response:
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return web.Response(status=status, text=text, content_type="application/json", headers=headers)
+
+
+def caller_of(access: Access, request: web.Request) -> Caller:
+    """The identity a request proves: a confmesh token as a bearer token or an API key."""
+    header = request.headers.get("Authorization", "")
+    api_key = request.headers.get("X-API-Key", "")
+    if header:
+        return access.identify_bearer(header)
+    if api_key:
+        return access.identify_bearer(f"Bearer {api_key}")
+    return ANONYMOUS
+
+
+class Ofrep:
+    """The OFREP routes, on an aiohttp application."""
+
+    def __init__(
+        self,
+        store: ConfigStore,
+        access: Access,
+        *,
+        synced: Callable[[], bool],
+        poll_interval_ms: int = 1000,
+    ) -> None:
+        self.access = access
+        self.synced = synced
+        self.evaluators = OfrepEvaluators(store)
+        self.poll_interval_ms = poll_interval_ms
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post(f"{ENV_PREFIX}/evaluate/flags/{{key}}", self.evaluate_one)
+        app.router.add_post(f"{ENV_PREFIX}/evaluate/flags", self.evaluate_all)
+        app.router.add_get(f"{ENV_PREFIX}/configuration", self.configuration)
+
+    async def _authorize(self, request: web.Request, method: str) -> str | web.Response:
+        """The environment the request may read, or the response that refuses it."""
+        try:
+            environment = check_name(request.match_info["environment"], "environment")
+            caller = caller_of(self.access, request)
+            try:
+                self.access.require(
+                    caller, lambda g: g.can_read_flags(environment), f"read the flags of {environment}"
+                )
+            except errors.PermissionDenied as exc:
+                await self.access.audit_caller_denial(exc, caller, method)
+                raise
+            if not self.synced():
+                raise errors.Unavailable("the server has not synced with etcd yet")
+        except errors.Unauthenticated as exc:
+            return _json(
+                401, {"errorDetails": exc.message}, **{"WWW-Authenticate": 'Bearer realm="confmesh"'}
+            )
+        except errors.PermissionDenied as exc:
+            return _json(403, {"errorDetails": exc.message})
+        except errors.Unavailable as exc:
+            return _json(503, {"errorDetails": exc.message}, **{"Retry-After": "1"})
+        except errors.InvalidArgument as exc:
+            return _json(400, {"errorCode": "INVALID_CONTEXT", "errorDetails": exc.message})
+        return environment
+
+    def _evaluator(self, environment: str) -> FlagEvaluator | web.Response:
+        try:
+            return self.evaluators.evaluator(environment)
+        except errors.InvalidArgument as exc:
+            # Flags written out of band that do not validate: what the Watch's clients would NACK.
+            log.error("OFREP cannot evaluate the flags of %s: %s", environment, exc.message)
+            return _json(500, {"errorDetails": f"the flags of {environment} do not validate: {exc.message}"})
+
+    async def evaluate_one(self, request: web.Request) -> web.StreamResponse:
+        environment = await self._authorize(request, "OFREP evaluate")
+        if isinstance(environment, web.Response):
+            return environment
+        key = request.match_info["key"]
+        context = await _context(request, {"key": key})
+        if isinstance(context, web.Response):
+            return context
+        evaluator = self._evaluator(environment)
+        if isinstance(evaluator, web.Response):
+            return evaluator
+        details = evaluate(evaluator, key, context)
+        if details.error_code is None:
+            return _json(200, success(details))
+        status = 404 if details.error_code is ErrorCode.FLAG_NOT_FOUND else 400
+        return _json(status, failure(details))
+
+    async def evaluate_all(self, request: web.Request) -> web.StreamResponse:
+        environment = await self._authorize(request, "OFREP bulk evaluate")
+        if isinstance(environment, web.Response):
+            return environment
+        context = await _context(request, {})
+        if isinstance(context, web.Response):
+            return context
+        evaluator = self._evaluator(environment)
+        if isinstance(evaluator, web.Response):
+            return evaluator
+        flags = []
+        for key in sorted(evaluator.keys()):
+            details = evaluate(evaluator, key, context)
+            flags.append(success(details) if details.error_code is None else failure(details))
+        body = json.dumps(
+            {"flags": flags, "metadata": {"environment": environment, "version": evaluator.version}},
+            ensure_ascii=False,
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode()
+        etag = etag_of(body)
+        matches = _etags(request.headers.get("If-None-Match", ""))
+        if etag in matches or "*" in matches:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(status=200, body=body, content_type="application/json", headers={"ETag": etag})
+
+    async def configuration(self, request: web.Request) -> web.StreamResponse:
+        environment = await self._authorize(request, "OFREP configuration")
+        if isinstance(environment, web.Response):
+            return environment
+        return _json(
+            200,
+            {
+                "name": "confmesh",
+                "capabilities": {
+                    "cacheInvalidation": {
+                        "polling": {"enabled": True, "minPollingIntervalMs": self.poll_interval_ms}
+                    },
+                    "flagEvaluation": {"supportedTypes": ["boolean", "string", "int", "float", "object"]},
+                },
+            },
+        )
+
+
+async def _context(request: web.Request, extra: dict[str, str]) -> dict[str, Any] | web.Response:
+    """The request's evaluation context, or the OFREP error response (with `extra`, e.g. the key)."""
+    try:
+        return parse_context(await request.read())
+    except web.HTTPRequestEntityTooLarge:
+        return _json(
+            413,
+            {**extra, "errorCode": "INVALID_CONTEXT", "errorDetails": f"the body exceeds {MAX_BODY} bytes"},
+        )
+    except errors.InvalidArgument as exc:
+        return _json(400, {**extra, "errorCode": exc.code, "errorDetails": exc.message})
+
+
+def _etags(header: str) -> set[str]:
+    """The entity tags of an If-None-Match header (weak ones compared as strong; `*` matches any)."""
+    return {part.strip().removeprefix("W/") for part in header.split(",") if part.strip()}
