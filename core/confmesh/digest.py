@@ -75,11 +75,6 @@ def legacy_bytes(items: list[Any]) -> bytes:
 _CANONICAL: dict[str, Callable[[list[Any]], bytes]] = {JCS: jcs_bytes, LEAFSUM: legacy_bytes}
 
 
-def leaf_sum(section: str, path: Sequence[str], value: Any, scheme: str = JCS) -> int:
-    """One leaf's contribution (no modulus)."""
-    return int.from_bytes(hashlib.sha256(_CANONICAL[scheme]([section, *path, value])).digest(), "big")
-
-
 def _leaves(canonical: Callable[[list[Any]], bytes], section: str, path: list[str], value: Any) -> int:
     if isinstance(value, dict) and value:
         total = 0
