@@ -115,12 +115,18 @@ class Tenants:
 
 
 @pytest.fixture
-async def tenants(etcd: EtcdHandle, prefix: str, tmp_path: Path) -> AsyncIterator[Tenants]:
+def policy_text() -> str:
+    """The tenants server's policy file (a test module may override this fixture)."""
+    return "identities: {}\n"
+
+
+@pytest.fixture
+async def tenants(etcd: EtcdHandle, prefix: str, tmp_path: Path, policy_text: str) -> AsyncIterator[Tenants]:
     from confmesh.server.access import Grant, new_token
     from confmesh.server.records import store_token
 
     policy = tmp_path / "policy.yaml"
-    policy.write_text("identities: {}\n")
+    policy.write_text(policy_text)
     srv = ConfmeshServer(
         ServerSettings(listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint], prefix=prefix,
                        policy_file=str(policy), heartbeat_interval=1.0, http_listen="127.0.0.1:0")

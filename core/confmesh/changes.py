@@ -16,6 +16,9 @@ An apply file (JSON or YAML) lists changes applied in one transaction::
       - key: legacy.timeout
         env: prod
         delete: true
+      - flag: new-checkout              # a flag of one environment: its whole definition
+        env: prod
+        value: {variants: {"on": true, "off": false}, default_variant: "off"}  # quote on/off in YAML
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from confmesh.errors import InvalidArgument
 from confmesh.keys import Layer, split_key
 from confmesh.merge import JSONValue, normalize
 
-CHANGE_FIELDS = {"key", "value", "delete", "env", "environment", "service"}
+CHANGE_FIELDS = {"key", "flag", "value", "delete", "env", "environment", "service"}
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,15 @@ def parse_apply_document(text: str, *, source: str = "apply file") -> ApplyDocum
         unknown = set(item) - CHANGE_FIELDS
         if unknown:
             raise InvalidArgument(f"{where}: unknown field(s): {', '.join(sorted(map(str, unknown)))}")
-        key = item.get("key")
-        if not isinstance(key, str):
-            raise InvalidArgument(f"{where}: 'key' (a dotted string) is required")
+        flag = item.get("flag")
+        key = item.get("key") if flag is None else flag
+        if ("key" in item) == (flag is not None) or not isinstance(key, str):
+            raise InvalidArgument(f"{where}: 'key' (a dotted string) or 'flag' (a flag key) is required")
         env = item.get("env", item.get("environment"))
+        if flag is not None and (not isinstance(env, str) or "service" in item):
+            raise InvalidArgument(
+                f"{where}: a flag change takes 'env' (flags are per environment), not 'service'"
+            )
         service = item.get("service")
         for name, val in (("env", env), ("service", service)):
             if val is not None and not isinstance(val, str):
@@ -87,7 +95,7 @@ def parse_apply_document(text: str, *, source: str = "apply file") -> ApplyDocum
             raise InvalidArgument(f"{where}: give exactly one of 'value' or 'delete: true'")
         try:
             split_key(key)
-            layer = Layer.of(env, service)
+            layer = Layer.flags(env) if flag is not None else Layer.of(env, service)
             value = None if delete else normalize(item["value"], path=key)
         except InvalidArgument as exc:
             raise InvalidArgument(f"{where}: {exc.message}", code=exc.code, field=exc.field) from exc

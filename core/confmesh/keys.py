@@ -191,6 +191,7 @@ class KeyLayout:
         self.token_root = f"{self.prefix}/meta/tokens/"
         self.schema_root = f"{self.prefix}/meta/schemas/"
         self.rollout_root = f"{self.prefix}/meta/rollouts/"
+        self.change_root = f"{self.prefix}/meta/changes/"
         # Each replica's leased ledger summary (confmesh.server.fleet).
         self.fleet_root = f"{self.prefix}/fleet/"
         # Each replica's flag-usage counts per hour (confmesh.server.fleet.UsagePublisher).
@@ -198,6 +199,9 @@ class KeyLayout:
 
     def rollout_key(self, scope: Scope) -> str:
         return f"{self.rollout_root}{scope.environment}/{scope.service}"
+
+    def change_key(self, change_id: str) -> str:
+        return f"{self.change_root}{change_id}"
 
     def schema_key(self, scope: Scope) -> str:
         return f"{self.schema_root}{scope.environment}/{scope.service}"

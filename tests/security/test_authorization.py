@@ -18,6 +18,7 @@ import pytest
 from google.protobuf.message import Message
 from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2
 
+from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer
 from confmesh.server.access import RULES, Rule
 from confmesh.server.app import served_methods
@@ -54,7 +55,13 @@ OVERRIDES: dict[str, dict[str, set[tuple[str, str]]]] = {
     "Revert": {"admin": BOTH},
     # flagd sync metadata is empty; without a selector it asks only that the caller be someone.
     "GetMetadata": {name: BOTH for name in TENANT_GRANTS},
+    # The seeded change requests are the admin's own, and nobody reviews their own change.
+    "ReviewChange": {"orders-writer": {ORDERS}},
+    # Only a change's author or an admin withdraws it.
+    "CancelChange": {"admin": BOTH},
 }
+# The change requests seed() proposes, per target (GetChange and the transitions act on them).
+CHANGES: dict[tuple[str, str], str] = {}
 
 _n = 0
 
@@ -115,6 +122,15 @@ def requests(env: str, svc: str) -> dict[str, Callable[[], Message]]:
         "SyncFlags": lambda: sync_pb2.SyncFlagsRequest(selector=f"flagSetId={env}"),
         "FetchAllFlags": lambda: sync_pb2.FetchAllFlagsRequest(selector=env),
         "GetMetadata": lambda: sync_pb2.GetMetadataRequest(),
+        "ProposeChange": lambda: admin_pb2.ProposeChangeRequest(
+            changes=[admin_pb2.Change(layer=layer, key=_unique(), value=to_value(3))], context=_ctx()
+        ),
+        "GetChange": lambda: admin_pb2.ChangeRef(id=CHANGES[(env, svc)]),
+        "ListChanges": lambda: admin_pb2.ListChangesRequest(),
+        "ReviewChange": lambda: admin_pb2.ReviewChangeRequest(id=CHANGES[(env, svc)], approve=True),
+        "ScheduleChange": lambda: admin_pb2.ScheduleChangeRequest(id=CHANGES[(env, svc)], context=_ctx()),
+        "ApplyChange": lambda: admin_pb2.ChangeRef(id=CHANGES[(env, svc)], context=_ctx()),
+        "CancelChange": lambda: admin_pb2.ChangeRef(id=CHANGES[(env, svc)], context=_ctx()),
     }
 
 
@@ -162,6 +178,10 @@ async def seed(tenants: Tenants) -> None:
         await admin.put("db.host", "orders-db", env="prod", service="orders")
         await admin.put_flags("prod", {"seeded": FLAG})
         await admin.start_rollout("r0", "prod", "payments", set={"db.password": SECRET + "-next"}, percent=10)
+        for env, svc in (ORDERS, PAYMENTS):
+            value = SECRET + "-cr" if (env, svc) == PAYMENTS else "orders-cr"
+            change = await admin.propose_change([ChangeSpec(Layer.svc(env, svc), "db.password", value)])
+            CHANGES[(env, svc)] = change.id
     channel = grpc.aio.insecure_channel(tenants.address)
     watch = channel.stream_stream("/confmesh.v1.ConfigService/Watch")
     sub = config_pb2.WatchRequest(subscribe=config_pb2.Subscribe(

@@ -384,3 +384,71 @@ class AdminClient:
     async def rollouts(self) -> list[admin_pb2.RolloutInfo]:
         resp = await self._call(self._admin.ListRollouts, admin_pb2.ListRolloutsRequest())
         return list(resp.rollouts)
+
+    # -- change requests ---------------------------------------------------------------------
+
+    async def propose_change(
+        self,
+        changes: Sequence[ChangeSpec] = (),
+        *,
+        title: str = "",
+        reason: str = "",
+        rollout: Mapping[str, Any] | None = None,
+        apply_at: float | None = None,
+        dry_run: bool = False,
+    ) -> admin_pb2.ChangeRequest:
+        """Propose config and flag-layer changes, or (``rollout``: name, env, service, set, delete,
+        percent, max_nack_rate) a rollout start, for review; ``apply_at``: epoch seconds."""
+        req = admin_pb2.ProposeChangeRequest(title=title, context=self._context(reason), dry_run=dry_run)
+        for ch in changes:
+            msg = req.changes.add(layer=layer_to_pb(ch.layer), key=ch.key)
+            if ch.delete:
+                msg.delete = True
+            else:
+                msg.value.CopyFrom(to_value(normalize(ch.value, path=ch.key, depth=ch.key.count("."))))
+        if rollout is not None:
+            start = req.rollout
+            start.name, start.environment = rollout["name"], rollout["env"]
+            start.service, start.percent = rollout["service"], float(rollout["percent"])
+            start.set.CopyFrom(to_struct(dict(rollout.get("set") or {})))
+            start.delete.extend(rollout.get("delete") or ())
+            if rollout.get("max_nack_rate") is not None:
+                start.max_nack_rate = float(rollout["max_nack_rate"])
+        if apply_at:
+            req.apply_at.FromNanoseconds(int(apply_at * 1e9))
+        return await self._call(self._admin.ProposeChange, req)  # type: ignore[no-any-return]
+
+    async def change(self, change_id: str) -> admin_pb2.ChangeRequest:
+        """One change request with its diff and blast radius, as the layers are now."""
+        return await self._call(self._admin.GetChange, admin_pb2.ChangeRef(id=change_id))  # type: ignore[no-any-return]
+
+    async def changes(self, *, states: Sequence[str] = (), limit: int = 0) -> list[admin_pb2.ChangeRequest]:
+        """Change requests the caller may read, newest first; ``states``: open, approved, applied, ..."""
+        wanted = [f"CHANGE_STATE_{s.upper()}" for s in states]
+        resp = await self._call(
+            self._admin.ListChanges, admin_pb2.ListChangesRequest(states=wanted, limit=limit)
+        )
+        return list(resp.changes)
+
+    async def review_change(
+        self, change_id: str, *, approve: bool, comment: str = ""
+    ) -> admin_pb2.ChangeRequest:
+        req = admin_pb2.ReviewChangeRequest(id=change_id, approve=approve, context=self._context(comment))
+        return await self._call(self._admin.ReviewChange, req)  # type: ignore[no-any-return]
+
+    async def schedule_change(
+        self, change_id: str, apply_at: float | None, *, reason: str = ""
+    ) -> admin_pb2.ChangeRequest:
+        """Apply at `apply_at` (epoch seconds) once approved; None clears the schedule."""
+        req = admin_pb2.ScheduleChangeRequest(id=change_id, context=self._context(reason))
+        if apply_at:
+            req.apply_at.FromNanoseconds(int(apply_at * 1e9))
+        return await self._call(self._admin.ScheduleChange, req)  # type: ignore[no-any-return]
+
+    async def apply_change(self, change_id: str, *, reason: str = "") -> admin_pb2.ChangeRequest:
+        req = admin_pb2.ChangeRef(id=change_id, context=self._context(reason))
+        return await self._call(self._admin.ApplyChange, req)  # type: ignore[no-any-return]
+
+    async def cancel_change(self, change_id: str, *, reason: str = "") -> admin_pb2.ChangeRequest:
+        req = admin_pb2.ChangeRef(id=change_id, context=self._context(reason))
+        return await self._call(self._admin.CancelChange, req)  # type: ignore[no-any-return]

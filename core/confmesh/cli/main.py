@@ -697,6 +697,7 @@ async def audit(
 
 def _register() -> None:
     from confmesh.cli.apply import apply
+    from confmesh.cli.changes import change
     from confmesh.cli.diff import diff
     from confmesh.cli.flags import flags
     from confmesh.cli.history import history, revert, rollback
@@ -709,6 +710,7 @@ def _register() -> None:
         main.add_command(command)
     main.add_command(schema)
     main.add_command(rollout)
+    main.add_command(change)
     main.add_command(token)
 
 

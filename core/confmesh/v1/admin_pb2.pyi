@@ -18,11 +18,28 @@ class LayerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LAYER_KIND_ENVIRONMENT: _ClassVar[LayerKind]
     LAYER_KIND_SERVICE: _ClassVar[LayerKind]
     LAYER_KIND_FLAGS: _ClassVar[LayerKind]
+
+class ChangeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_STATE_UNSPECIFIED: _ClassVar[ChangeState]
+    CHANGE_STATE_OPEN: _ClassVar[ChangeState]
+    CHANGE_STATE_APPROVED: _ClassVar[ChangeState]
+    CHANGE_STATE_REJECTED: _ClassVar[ChangeState]
+    CHANGE_STATE_APPLIED: _ClassVar[ChangeState]
+    CHANGE_STATE_CANCELLED: _ClassVar[ChangeState]
+    CHANGE_STATE_FAILED: _ClassVar[ChangeState]
 LAYER_KIND_UNSPECIFIED: LayerKind
 LAYER_KIND_DEFAULTS: LayerKind
 LAYER_KIND_ENVIRONMENT: LayerKind
 LAYER_KIND_SERVICE: LayerKind
 LAYER_KIND_FLAGS: LayerKind
+CHANGE_STATE_UNSPECIFIED: ChangeState
+CHANGE_STATE_OPEN: ChangeState
+CHANGE_STATE_APPROVED: ChangeState
+CHANGE_STATE_REJECTED: ChangeState
+CHANGE_STATE_APPLIED: ChangeState
+CHANGE_STATE_CANCELLED: ChangeState
+CHANGE_STATE_FAILED: ChangeState
 
 class Layer(_message.Message):
     __slots__ = ("kind", "environment", "service")
@@ -679,3 +696,175 @@ class ListRolloutsResponse(_message.Message):
     ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
     rollouts: _containers.RepeatedCompositeFieldContainer[RolloutInfo]
     def __init__(self, rollouts: _Optional[_Iterable[_Union[RolloutInfo, _Mapping]]] = ...) -> None: ...
+
+class ProposeChangeRequest(_message.Message):
+    __slots__ = ("title", "changes", "rollout", "apply_at", "context", "dry_run")
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    APPLY_AT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    title: str
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    rollout: StartRolloutRequest
+    apply_at: _timestamp_pb2.Timestamp
+    context: ChangeContext
+    dry_run: bool
+    def __init__(self, title: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., rollout: _Optional[_Union[StartRolloutRequest, _Mapping]] = ..., apply_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ChangeRef(_message.Message):
+    __slots__ = ("id", "context")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    context: ChangeContext
+    def __init__(self, id: _Optional[str] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class ReviewChangeRequest(_message.Message):
+    __slots__ = ("id", "approve", "context")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    approve: bool
+    context: ChangeContext
+    def __init__(self, id: _Optional[str] = ..., approve: _Optional[bool] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class ScheduleChangeRequest(_message.Message):
+    __slots__ = ("id", "apply_at", "context")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    APPLY_AT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    apply_at: _timestamp_pb2.Timestamp
+    context: ChangeContext
+    def __init__(self, id: _Optional[str] = ..., apply_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[ChangeContext, _Mapping]] = ...) -> None: ...
+
+class ListChangesRequest(_message.Message):
+    __slots__ = ("states", "limit")
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    states: _containers.RepeatedScalarFieldContainer[ChangeState]
+    limit: int
+    def __init__(self, states: _Optional[_Iterable[_Union[ChangeState, str]]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListChangesResponse(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[ChangeRequest]
+    def __init__(self, changes: _Optional[_Iterable[_Union[ChangeRequest, _Mapping]]] = ...) -> None: ...
+
+class ChangeReview(_message.Message):
+    __slots__ = ("identity", "approve", "comment", "at")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    approve: bool
+    comment: str
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, identity: _Optional[str] = ..., approve: _Optional[bool] = ..., comment: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ChangeDiff(_message.Message):
+    __slots__ = ("layer", "key", "op", "old", "new", "existed")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    OLD_FIELD_NUMBER: _ClassVar[int]
+    NEW_FIELD_NUMBER: _ClassVar[int]
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    layer: Layer
+    key: str
+    op: str
+    old: _struct_pb2.Value
+    new: _struct_pb2.Value
+    existed: bool
+    def __init__(self, layer: _Optional[_Union[Layer, _Mapping]] = ..., key: _Optional[str] = ..., op: _Optional[str] = ..., old: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., new: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., existed: _Optional[bool] = ...) -> None: ...
+
+class ScopeImpact(_message.Message):
+    __slots__ = ("environment", "service", "changed_keys", "has_schema", "schema_accepts", "schema_error", "schema_field", "instances")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    HAS_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_ACCEPTS_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    changed_keys: _containers.RepeatedScalarFieldContainer[str]
+    has_schema: bool
+    schema_accepts: bool
+    schema_error: str
+    schema_field: str
+    instances: int
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., changed_keys: _Optional[_Iterable[str]] = ..., has_schema: _Optional[bool] = ..., schema_accepts: _Optional[bool] = ..., schema_error: _Optional[str] = ..., schema_field: _Optional[str] = ..., instances: _Optional[int] = ...) -> None: ...
+
+class FlagImpact(_message.Message):
+    __slots__ = ("environment", "changed_flags", "valid", "error", "instances")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    changed_flags: _containers.RepeatedScalarFieldContainer[str]
+    valid: bool
+    error: str
+    instances: int
+    def __init__(self, environment: _Optional[str] = ..., changed_flags: _Optional[_Iterable[str]] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., instances: _Optional[int] = ...) -> None: ...
+
+class ChangeRequest(_message.Message):
+    __slots__ = ("id", "title", "author", "reason", "state", "created_at", "changes", "rollout", "layers", "base_revision", "stale", "stale_layers", "approvals_required", "approvals", "reviews", "apply_at", "applied_revision", "applied_at", "applied_by", "error", "diff", "scopes", "flags", "scopes_not_shown")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    STALE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    REVIEWS_FIELD_NUMBER: _ClassVar[int]
+    APPLY_AT_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_AT_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_BY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_NOT_SHOWN_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    title: str
+    author: str
+    reason: str
+    state: ChangeState
+    created_at: _timestamp_pb2.Timestamp
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    rollout: StartRolloutRequest
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    base_revision: int
+    stale: bool
+    stale_layers: _containers.RepeatedScalarFieldContainer[str]
+    approvals_required: int
+    approvals: int
+    reviews: _containers.RepeatedCompositeFieldContainer[ChangeReview]
+    apply_at: _timestamp_pb2.Timestamp
+    applied_revision: int
+    applied_at: _timestamp_pb2.Timestamp
+    applied_by: str
+    error: str
+    diff: _containers.RepeatedCompositeFieldContainer[ChangeDiff]
+    scopes: _containers.RepeatedCompositeFieldContainer[ScopeImpact]
+    flags: _containers.RepeatedCompositeFieldContainer[FlagImpact]
+    scopes_not_shown: int
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., author: _Optional[str] = ..., reason: _Optional[str] = ..., state: _Optional[_Union[ChangeState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., rollout: _Optional[_Union[StartRolloutRequest, _Mapping]] = ..., layers: _Optional[_Iterable[str]] = ..., base_revision: _Optional[int] = ..., stale: _Optional[bool] = ..., stale_layers: _Optional[_Iterable[str]] = ..., approvals_required: _Optional[int] = ..., approvals: _Optional[int] = ..., reviews: _Optional[_Iterable[_Union[ChangeReview, _Mapping]]] = ..., apply_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., applied_revision: _Optional[int] = ..., applied_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., applied_by: _Optional[str] = ..., error: _Optional[str] = ..., diff: _Optional[_Iterable[_Union[ChangeDiff, _Mapping]]] = ..., scopes: _Optional[_Iterable[_Union[ScopeImpact, _Mapping]]] = ..., flags: _Optional[_Iterable[_Union[FlagImpact, _Mapping]]] = ..., scopes_not_shown: _Optional[int] = ...) -> None: ...

@@ -164,6 +164,41 @@ class AdminServiceStub:
                 request_serializer=confmesh_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
                 response_deserializer=confmesh_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
                 _registered_method=True)
+        self.ProposeChange = channel.unary_unary(
+                '/confmesh.v1.AdminService/ProposeChange',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.ProposeChangeRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+                _registered_method=True)
+        self.GetChange = channel.unary_unary(
+                '/confmesh.v1.AdminService/GetChange',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.ChangeRef.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+                _registered_method=True)
+        self.ListChanges = channel.unary_unary(
+                '/confmesh.v1.AdminService/ListChanges',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.ListChangesRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.ListChangesResponse.FromString,
+                _registered_method=True)
+        self.ReviewChange = channel.unary_unary(
+                '/confmesh.v1.AdminService/ReviewChange',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.ReviewChangeRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+                _registered_method=True)
+        self.ScheduleChange = channel.unary_unary(
+                '/confmesh.v1.AdminService/ScheduleChange',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.ScheduleChangeRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+                _registered_method=True)
+        self.ApplyChange = channel.unary_unary(
+                '/confmesh.v1.AdminService/ApplyChange',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.ChangeRef.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+                _registered_method=True)
+        self.CancelChange = channel.unary_unary(
+                '/confmesh.v1.AdminService/CancelChange',
+                request_serializer=confmesh_dot_v1_dot_admin__pb2.ChangeRef.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -344,6 +379,55 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeChange(self, request, context):
+        """Change requests (docs/change-requests.md): a set of config and flag changes, or a rollout
+        start, proposed, reviewed and then applied as one audited transaction, conditioned on the
+        layers it touches not having changed since the proposal. The policy's approval rules say
+        which layers need approvals; writes to those layers go through here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChange(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChanges(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewChange(self, request, context):
+        """Approve or reject; never by the author.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleChange(self, request, context):
+        """Apply it at a given time (exactly once across replicas, once approved); zero clears it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyChange(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelChange(self, request, context):
+        """Withdraw an open or approved change (its author, or an admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -476,6 +560,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListRollouts,
                     request_deserializer=confmesh_dot_v1_dot_admin__pb2.ListRolloutsRequest.FromString,
                     response_serializer=confmesh_dot_v1_dot_admin__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'ProposeChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeChange,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.ProposeChangeRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.SerializeToString,
+            ),
+            'GetChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChange,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.ChangeRef.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.SerializeToString,
+            ),
+            'ListChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChanges,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.ListChangesRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.ListChangesResponse.SerializeToString,
+            ),
+            'ReviewChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewChange,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.ReviewChangeRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.SerializeToString,
+            ),
+            'ScheduleChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleChange,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.ScheduleChangeRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.SerializeToString,
+            ),
+            'ApplyChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyChange,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.ChangeRef.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.SerializeToString,
+            ),
+            'CancelChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelChange,
+                    request_deserializer=confmesh_dot_v1_dot_admin__pb2.ChangeRef.FromString,
+                    response_serializer=confmesh_dot_v1_dot_admin__pb2.ChangeRequest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1180,6 +1299,195 @@ class AdminService:
             '/confmesh.v1.AdminService/ListRollouts',
             confmesh_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
             confmesh_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/ProposeChange',
+            confmesh_dot_v1_dot_admin__pb2.ProposeChangeRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/GetChange',
+            confmesh_dot_v1_dot_admin__pb2.ChangeRef.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/ListChanges',
+            confmesh_dot_v1_dot_admin__pb2.ListChangesRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.ListChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/ReviewChange',
+            confmesh_dot_v1_dot_admin__pb2.ReviewChangeRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/ScheduleChange',
+            confmesh_dot_v1_dot_admin__pb2.ScheduleChangeRequest.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/ApplyChange',
+            confmesh_dot_v1_dot_admin__pb2.ChangeRef.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.AdminService/CancelChange',
+            confmesh_dot_v1_dot_admin__pb2.ChangeRef.SerializeToString,
+            confmesh_dot_v1_dot_admin__pb2.ChangeRequest.FromString,
             options,
             channel_credentials,
             insecure,

@@ -176,6 +176,10 @@ RULES: dict[str, Rule] = {
     **{_ADMIN + m: Rule.WRITE_LAYERS for m in (
         "Put", "Delete", "Apply", "PutFlags", "DeleteFlag", "SetFlagEnabled", "PutSchema", "DeleteSchema",
         "Rollback", "Revert", "StartRollout", "UpdateRollout", "PromoteRollout", "AbortRollout")},
+    **{_ADMIN + m: Rule.WRITE_LAYERS for m in (
+        "ProposeChange", "ReviewChange", "ScheduleChange", "ApplyChange", "CancelChange")},
+    _ADMIN + "GetChange": Rule.READ_LAYER,
+    _ADMIN + "ListChanges": Rule.OPERATE,
     _ADMIN + "Resolve": Rule.READ_SCOPE,
     _ADMIN + "GetScopeStatus": Rule.READ_SCOPE,
     _ADMIN + "GetSchema": Rule.READ_SCOPE,
@@ -210,20 +214,65 @@ def scope_path(layer: Layer) -> str:
     return layer.environment
 
 
+class Bypass(enum.StrEnum):
+    """Writes an approval rule may let through without a change request (emergencies)."""
+
+    KILL = "kill"  # SetFlagEnabled(false): switching a flag off
+    REVERT = "revert"
+    ROLLBACK = "rollback"
+
+
+class ApprovalRule(BaseModel):
+    """Changes to these layers go through a change request with `approvers` approvals.
+
+    ``scopes`` are grant patterns over config layers (``prod``, ``prod/*``), ``flags``
+    environment patterns over flag layers. Approvers are identities other than the author
+    who may write every layer the change touches.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = ""
+    scopes: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    approvers: int = Field(default=1, ge=1, le=10)
+    allow: tuple[Bypass, ...] = (Bypass.KILL,)
+
+    @model_validator(mode="after")
+    def _shape(self) -> ApprovalRule:
+        if not (self.scopes or self.flags):
+            raise ValueError("an approval rule needs scopes or flags")
+        return self
+
+    def covers(self, layer: Layer) -> bool:
+        if layer.kind is LayerKind.FLAGS:
+            return any(fnmatch.fnmatchcase(layer.environment, p) for p in self.flags)
+        return any(fnmatch.fnmatchcase(scope_path(layer), p) for p in self.scopes)
+
+    def describe(self) -> str:
+        return self.name or ",".join((*self.scopes, *(f"flags:{f}" for f in self.flags)))
+
+
 class PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     identities: dict[str, Grant] = Field(default_factory=dict)
+    approvals: list[ApprovalRule] = Field(default_factory=list, max_length=100)
 
 
 def load_policy(path: str) -> dict[str, Grant]:
+    """Read and validate a policy file's identities (see `load_policy_file`)."""
+    return load_policy_file(path).identities
+
+
+def load_policy_file(path: str) -> PolicyFile:
     """Read and validate a policy file; every problem is an InvalidArgument naming its place."""
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise errors.InvalidArgument(f"policy {path}: {exc}") from exc
     try:
-        return PolicyFile.model_validate(raw or {}).identities
+        return PolicyFile.model_validate(raw or {})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -313,7 +362,9 @@ class Access:
         self.policy_path = policy_path
         self.enforcing = bool(policy_path)
         self.reload_interval = reload_interval
-        self.policy: dict[str, Grant] = load_policy(policy_path) if policy_path else {}
+        policy = load_policy_file(policy_path) if policy_path else PolicyFile()
+        self.policy: dict[str, Grant] = policy.identities
+        self.approvals: list[ApprovalRule] = policy.approvals
         self._mtime = self._policy_mtime()
         self.on_reload = list(on_reload)
         self.reload_error = ""
@@ -335,7 +386,8 @@ class Access:
             return False
         self._mtime = mtime
         try:
-            self.policy = load_policy(self.policy_path)
+            policy = load_policy_file(self.policy_path)
+            self.policy, self.approvals = policy.identities, policy.approvals
         except errors.InvalidArgument as exc:
             self.reload_error = exc.message
             log.error("keeping the previous policy: %s", exc.message)
@@ -421,3 +473,23 @@ class Access:
     def require_writes(self, caller: Caller, layers: Sequence[Layer]) -> None:
         for layer in sorted(set(layers)):
             self.require(caller, lambda g, layer=layer: g.can_write(layer), f"write {layer}")  # type: ignore[misc]
+
+    def approvals_needed(self, layers: Sequence[Layer]) -> tuple[int, list[ApprovalRule]]:
+        """How many approvals a change to `layers` needs (the most any matching rule asks), and
+        the rules that match."""
+        rules = [rule for rule in self.approvals if any(rule.covers(layer) for layer in layers)]
+        return max((rule.approvers for rule in rules), default=0), rules
+
+    def require_no_approval(self, layers: Sequence[Layer], bypass: Bypass | None = None) -> None:
+        """Refuse a direct write to layers an approval rule covers (unless each allows `bypass`)."""
+        for layer in sorted(set(layers)):
+            rules = [rule for rule in self.approvals if rule.covers(layer)]
+            blocking = [rule for rule in rules if bypass is None or bypass not in rule.allow]
+            if blocking:
+                rule = blocking[0]
+                raise errors.FailedPrecondition(
+                    f"{layer} needs {rule.approvers} approval(s) (rule {rule.describe()!r}): propose the "
+                    "change instead (confmesh change propose)",
+                    code="approval_required",
+                    field=str(layer),
+                )

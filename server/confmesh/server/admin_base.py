@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, Scope
-from confmesh.server.access import Access, Caller, Grant, Role
+from confmesh.server.access import Access, Bypass, Caller, Grant, Role
 from confmesh.server.config_service import ServingState, abort
 from confmesh.server.fleet import FleetView
 from confmesh.server.hub import Hub
@@ -159,10 +159,18 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         *,
         skip_unchanged: bool = False,
         also: Also | None = None,
+        bypass: Bypass | None = None,
+        approved: bool = False,
     ) -> admin_pb2.WriteResponse:
-        """Every write: check the caller may write `layers`, then commit one audited transaction."""
+        """Every write: check the caller may write `layers`, then commit one audited transaction.
+
+        Layers an approval rule covers take only writes already approved (a change request, a
+        rollout started by one) or the emergencies the rule allows (`bypass`).
+        """
         caller = self.access.identify(context)
         self.access.require_writes(caller, layers)
+        if not approved:
+            self.access.require_no_approval(layers, bypass)
         return await self._commit(
             await self.writer.transact(
                 sorted(set(layers)), plan, actor=self._actor(caller, ctx), reason=ctx.reason, source=source,

@@ -14,7 +14,7 @@ from confmesh.changes import ChangeSpec
 from confmesh.flags.lifecycle import flag_ages, percentile
 from confmesh.flags.model import parse_flag, parse_flag_set
 from confmesh.keys import Layer, LayerKind, check_name, split_key
-from confmesh.server.access import Grant
+from confmesh.server.access import Bypass, Grant
 from confmesh.server.admin_base import (
     AdminBase,
     read,
@@ -91,7 +91,8 @@ class FlagRPCs(AdminBase):
             return changes
 
         source = "SetFlagEnabled" if request.enabled else "SetFlagEnabled(kill)"
-        return await self._transact(context, layers, plan, request.context, source)
+        bypass = None if request.enabled else Bypass.KILL
+        return await self._transact(context, layers, plan, request.context, source, bypass=bypass)
 
     @read
     async def GetFlags(

@@ -12,6 +12,7 @@ import grpc.aio
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, LayerKind, check_name
+from confmesh.server.access import Bypass
 from confmesh.server.admin_base import (
     AdminBase,
     write,
@@ -44,6 +45,7 @@ class HistoryRPCs(AdminBase):
         source: str,
         *,
         at: int = 0,
+        bypass: Bypass,
     ) -> admin_pb2.WriteResponse:
         """Restore `layers`, as one new audited change: to what they held at revision `at`, else by
         undoing the audited changes `records(read revision)` returns.
@@ -54,6 +56,7 @@ class HistoryRPCs(AdminBase):
         """
         caller = self.access.identify(context)
         self.access.require_writes(caller, layers)
+        self.access.require_no_approval(layers, bypass)
         revision, base, revisions = 0, {}, {}
         for layer in layers:
             revision, base[layer], revisions[layer] = await self.writer.read_layer_revisions(layer, revision)
@@ -82,7 +85,7 @@ class HistoryRPCs(AdminBase):
                 )
             return changes
 
-        return await self._transact(context, layers, plan, ctx, source)
+        return await self._transact(context, layers, plan, ctx, source, bypass=bypass)
 
     @write
     async def Rollback(
@@ -110,7 +113,9 @@ class HistoryRPCs(AdminBase):
             )
 
         source = f"Rollback {layer} to {request.to_version}"
-        return await self._restore(context, [layer], records, request.context, source, at=request.to_version)
+        return await self._restore(
+            context, [layer], records, request.context, source, at=request.to_version, bypass=Bypass.ROLLBACK
+        )
 
     @write
     async def Revert(
@@ -130,4 +135,4 @@ class HistoryRPCs(AdminBase):
             return await changes_after(self.writer.etcd, self.writer.layout, layers, since=since)
 
         source = f"Revert {env} last {request.since_seconds}s"
-        return await self._restore(context, layers, records, request.context, source)
+        return await self._restore(context, layers, records, request.context, source, bypass=Bypass.REVERT)

@@ -63,6 +63,7 @@ class RolloutRPCs(AdminBase):
         layer = Layer.svc(scope.environment, scope.service)
         caller = self.access.identify(context)
         self.access.require_writes(caller, [layer])
+        self.access.require_no_approval([layer])
         existing = await read_rollout(self.writer.etcd, self.writer.layout, scope)
         if existing is not None and existing[0].active:
             raise errors.FailedPrecondition(
@@ -146,6 +147,7 @@ class RolloutRPCs(AdminBase):
             ctx,
             f"PromoteRollout {rollout.scope} {rollout.name}",
             also=still_as_decided,
+            approved=True,  # a rollout under an approval rule was started by a change request
         )
 
     @write

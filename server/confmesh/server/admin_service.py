@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from confmesh.server.admin_audit import AuditRPCs
 from confmesh.server.admin_base import AdminBase
+from confmesh.server.admin_changes import ChangeRPCs
 from confmesh.server.admin_flags import FlagRPCs
 from confmesh.server.admin_history import HistoryRPCs
 from confmesh.server.admin_reads import ReadRPCs
@@ -23,6 +24,7 @@ class AdminService(
     SchemaRPCs,
     HistoryRPCs,
     RolloutRPCs,
+    ChangeRPCs,
 ):
     """Every AdminService RPC; construct it as ``AdminBase`` is constructed."""
 

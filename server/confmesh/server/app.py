@@ -26,6 +26,7 @@ from confmesh.keys import KeyLayout, LayerKind, Scope
 from confmesh.server.access import Access, unruled
 from confmesh.server.admin_service import AdminService
 from confmesh.server.audit import record_denial
+from confmesh.server.change_flow import ChangeScheduler
 from confmesh.server.config_service import ConfigService, add_config_service
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import DEFAULT_MAX_REQUEST_BYTES, Etcd, EtcdCredentials
@@ -187,6 +188,8 @@ class ConfmeshServer:
         self._policy_watch: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
         self._rollouts: asyncio.Task[None] | None = None
+        self._changes_task: asyncio.Task[None] | None = None
+        self.changes: ChangeScheduler | None = None
 
     @property
     def address(self) -> str:
@@ -336,9 +339,11 @@ class ConfmeshServer:
             add_config_service(self.config_service, server)
             self.flagd_sync = FlagdSyncService(self.store, self.source, self.access)
             sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(self.flagd_sync, server)
+            writer = Writer(self.etcd, self.layout, lambda: self.store.schemas, self._snapshot_sizes())
+            self.changes = ChangeScheduler(writer, self.store, self.access, server_id=self.server_id)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminService(
-                    Writer(self.etcd, self.layout, lambda: self.store.schemas, self._snapshot_sizes()),
+                    writer,
                     self.hub,
                     self.fleet,
                     self.store,
@@ -369,6 +374,7 @@ class ConfmeshServer:
             if s.http_listen:
                 await self._start_http()
             self._rollouts = asyncio.create_task(self._watch_rollouts(), name="rollout-guard")
+            self._changes_task = asyncio.create_task(self.changes.run(), name="change-scheduler")
             publish = s.fleet if s.fleet is not None else self.embedded is None
             self.fleet_publisher = (
                 None
@@ -493,11 +499,11 @@ class ConfmeshServer:
         """Drain Watch streams (clients move to another replica at once), then stop everything."""
         await self.health.enter_graceful_shutdown()
         self.metrics.close()
-        for task in (self._policy_watch, self._retention, self._rollouts):
+        for task in (self._policy_watch, self._retention, self._rollouts, self._changes_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._policy_watch = self._retention = self._rollouts = None
+        self._policy_watch = self._retention = self._rollouts = self._changes_task = None
         if self.config_service is not None:
             self.config_service.drain()
         if self.flagd_sync is not None:

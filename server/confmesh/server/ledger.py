@@ -62,6 +62,8 @@ class Ledger:
         # Disconnected records, oldest disconnect first; and each (scope, instance)'s one among them.
         self._gone: OrderedDict[int, InstanceRecord] = OrderedDict()
         self._gone_by_instance: dict[tuple[Scope, str], int] = {}
+        # Moves on every connect, send, ACK, NACK and disconnect (live views poll it).
+        self.generation = 0
 
     def connect(
         self,
@@ -75,6 +77,7 @@ class Ledger:
         known_hash: str,
     ) -> InstanceRecord:
         now = time.time()
+        self.generation += 1
         self._prune(now)
         record = InstanceRecord(
             stream_id=stream_id,
@@ -96,12 +99,14 @@ class Ledger:
         return record
 
     def sent(self, stream_id: int, version: int) -> None:
+        self.generation += 1
         record = self._records.get(stream_id)
         if record:
             record.sent_version = version
             record.last_seen = time.time()
 
     def ack(self, stream_id: int, version: int, hash_: str) -> None:
+        self.generation += 1
         record = self._records.get(stream_id)
         if record:
             record.acked_version = version
@@ -114,6 +119,7 @@ class Ledger:
             record.last_seen = time.time()
 
     def nack(self, stream_id: int, version: int, hash_: str, error: str, field_paths: list[str]) -> None:
+        self.generation += 1
         record = self._records.get(stream_id)
         if record:
             now = time.time()
@@ -123,6 +129,7 @@ class Ledger:
             record.last_seen = now
 
     def disconnect(self, stream_id: int) -> None:
+        self.generation += 1
         record = self._records.get(stream_id)
         if record and record.connected:
             record.connected = False

@@ -18,6 +18,7 @@ from confmesh.errors import InvalidArgument
 from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.merge import JSONValue, parse_json_value
 from confmesh.server.access import TokenRecord
+from confmesh.server.change_requests import ChangeRequest
 from confmesh.server.kv import Event, KeyValue
 from confmesh.server.rollouts import Rollout
 from confmesh.server.schemas import SchemaRecord, ServiceSchema
@@ -98,6 +99,10 @@ class ConfigStore:
         # Each replica's published ledger summary: server id -> chunk -> (value, mod revision),
         # read by confmesh.server.fleet. The dict is kept (updated in place) for its readers.
         self.fleet: dict[str, dict[str, tuple[bytes, int]]] = {}
+        # Change requests by id, with their record's mod revision, and who to tell when any changes.
+        self.changes: dict[str, tuple[ChangeRequest, int]] = {}
+        self.on_changes: list[Callable[[], None]] = []
+        self._changes_moved = False
 
     def entries(self, layer: Layer) -> dict[str, JSONValue]:
         return {k: e.value for k, e in self._layers.get(layer, {}).items()}
@@ -202,6 +207,28 @@ class ConfigStore:
             self.bad_keys[etcd_key] = f"unusable rollout: {exc}"
         return True
 
+    def _change(self, etcd_key: str, value: bytes | None, revision: int) -> bool:
+        """Track a change request; True if `etcd_key` is one."""
+        if not etcd_key.startswith(self.layout.change_root):
+            return False
+        change_id = etcd_key[len(self.layout.change_root) :]
+        self._changes_moved = True
+        if value is None:
+            self.changes.pop(change_id, None)
+            return True
+        try:
+            self.changes[change_id] = (ChangeRequest.decode(value), revision)
+        except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+            self.changes.pop(change_id, None)
+            self.bad_keys[etcd_key] = f"unusable change request: {exc}"
+        return True
+
+    def _report_changes(self) -> None:
+        if self._changes_moved:
+            self._changes_moved = False
+            for callback in self.on_changes:
+                callback()
+
     def _fleet(self, etcd_key: str, value: bytes | None, revision: int) -> bool:
         """Track a replica's fleet summary chunk; True if `etcd_key` is one."""
         if not etcd_key.startswith(self.layout.fleet_root):
@@ -250,6 +277,8 @@ class ConfigStore:
         tokens_before, self.tokens = self.tokens, {}
         schemas_before, self.schemas = self.schemas, {}
         rollouts_before, self.rollouts = self.rollouts, {}
+        self.changes = {}
+        self._changes_moved = True
         self.fleet.clear()
         for kv in kvs:
             if (
@@ -257,6 +286,7 @@ class ConfigStore:
                 or self._token(kv.key, kv.value)
                 or self._schema(kv.key, kv.value, kv.mod_revision)
                 or self._rollout(kv.key, kv.value, kv.mod_revision)
+                or self._change(kv.key, kv.value, kv.mod_revision)
             ):
                 continue
             parsed = self._parse(kv.key, kv.value)
@@ -289,6 +319,7 @@ class ConfigStore:
             self.schema_revision[scope] = max(self.schema_revision.get(scope, 0), revision)
             self._scopes_changed.add(scope)
         self._report_scopes()
+        self._report_changes()
         return changed
 
     def apply(self, events: Iterable[Event]) -> Changes:
@@ -303,7 +334,11 @@ class ConfigStore:
                 tokens = True
                 continue
             value = None if ev.deleted else ev.value
-            if self._schema(ev.key, value, ev.mod_revision) or self._rollout(ev.key, value, ev.mod_revision):
+            if (
+                self._schema(ev.key, value, ev.mod_revision)
+                or self._rollout(ev.key, value, ev.mod_revision)
+                or self._change(ev.key, value, ev.mod_revision)
+            ):
                 continue
             parsed = self._parse(ev.key, None if ev.deleted else ev.value)
             if parsed is None:
@@ -328,4 +363,5 @@ class ConfigStore:
         if tokens:
             self._tokens_changed()
         self._report_scopes()
+        self._report_changes()
         return changed

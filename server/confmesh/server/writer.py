@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
@@ -41,6 +41,7 @@ from confmesh.server.schemas import ServiceSchema
 from confmesh.server.snapshot_size import SnapshotSizes
 from confmesh.tracing import current_traceparent
 
+T = TypeVar("T")
 MAX_CHANGES = 1000
 CONFLICT_RETRIES = 10
 MAX_GUARDS = 120  # etcd allows 128 operations per transaction by default
@@ -166,6 +167,12 @@ _SCHEMA_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confmesh-sc
 SCHEMA_CHECK_BUDGET = 2.0
 
 
+async def run_on_schema_pool(fn: Callable[[], T], budget: float) -> T:
+    """`fn` on the schema worker thread; TimeoutError past `budget` seconds (it finishes unseen)."""
+    future = asyncio.get_running_loop().run_in_executor(_SCHEMA_POOL, fn)
+    return await asyncio.wait_for(asyncio.shield(future), budget)
+
+
 async def check_schemas(
     checks: Sequence[tuple[ServiceSchema, dict[str, JSONValue], bool]], what: str = "this change"
 ) -> None:
@@ -177,9 +184,8 @@ async def check_schemas(
         for schema, config, shared in checks:
             schema.refuse(config, what, shared=shared)
 
-    future = asyncio.get_running_loop().run_in_executor(_SCHEMA_POOL, run)
     try:
-        await asyncio.wait_for(asyncio.shield(future), SCHEMA_CHECK_BUDGET)
+        await run_on_schema_pool(run, SCHEMA_CHECK_BUDGET)
     except TimeoutError:
         names = ", ".join(str(schema.scope) for schema, _, _ in checks)
         raise errors.InvalidArgument(

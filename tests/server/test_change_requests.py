@@ -1,0 +1,270 @@
+"""Change requests on a policy-enforcing server: approval rules, review, apply, staleness, schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from confmesh import errors
+from confmesh.changes import ChangeSpec
+from confmesh.client import AdminClient
+from confmesh.keys import Layer
+from confmesh.server import ConfmeshServer, ServerSettings
+from confmesh.server.change_requests import MAX_TITLE
+from confmesh.v1 import admin_pb2
+from tests.conftest import Tenants
+from tests.helpers import eventually
+
+FLAG = {"variants": {"on": True, "off": False}, "default_variant": "on"}
+OPEN, APPROVED = admin_pb2.CHANGE_STATE_OPEN, admin_pb2.CHANGE_STATE_APPROVED
+APPLIED, FAILED = admin_pb2.CHANGE_STATE_APPLIED, admin_pb2.CHANGE_STATE_FAILED
+
+
+@pytest.fixture
+def policy_text() -> str:
+    return """
+identities: {}
+approvals:
+  - name: prod
+    scopes: ["prod", "prod/*"]
+    flags: ["prod"]
+    approvers: 1
+"""
+
+
+@pytest.fixture
+async def people(tenants: Tenants) -> AsyncIterator[dict[str, AdminClient]]:
+    """Clients for the author (orders-writer), a second orders writer, an admin, a reader."""
+    async with tenants.admin("admin") as admin:
+        second = await admin.create_token("orders-writer-2", "writer", scopes=["prod/orders"], flags=["prod"])
+        admin2 = await admin.create_token("admin-2", "admin")
+    clients = {
+        "author": tenants.admin("orders-writer"),
+        "admin": tenants.admin("admin"),
+        "reader": tenants.admin("orders-reader"),
+        "staging": tenants.admin("staging-writer"),
+        "second": AdminClient(tenants.address, token=second, actor="orders-writer-2"),
+        "admin2": AdminClient(tenants.address, token=admin2, actor="admin-2"),
+    }
+    for client in clients.values():
+        await client.__aenter__()
+    try:
+        yield clients
+    finally:
+        for client in clients.values():
+            await client.close()
+
+
+def svc(key: str, value: object) -> ChangeSpec:
+    return ChangeSpec(Layer.svc("prod", "orders"), key, value)
+
+
+async def test_direct_writes_to_layers_under_an_approval_rule_are_refused(
+    people: dict[str, AdminClient],
+) -> None:
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        await people["author"].put("db.pool", 20, env="prod", service="orders")
+    assert refused.value.code == "approval_required" and "confmesh change propose" in refused.value.message
+    with pytest.raises(errors.FailedPrecondition):  # admins too: the rule binds every identity
+        await people["admin"].put("db.pool", 20, env="prod")
+    with pytest.raises(errors.FailedPrecondition):
+        await people["admin"].put_flags("prod", {"checkout": FLAG})
+    with pytest.raises(errors.FailedPrecondition):
+        await people["admin"].start_rollout("r1", "prod", "orders", set={"a": 1}, percent=10)
+    await people["staging"].put("db.pool", 20, env="staging", service="orders")  # no rule for staging
+
+    # The kill switch is the emergency the rule allows by default; turning a flag on is not.
+    change = await people["author"].propose_change([ChangeSpec(Layer.flags("prod"), "checkout", FLAG)])
+    await people["admin"].review_change(change.id, approve=True)
+    await people["author"].apply_change(change.id)
+    await people["author"].set_flag_enabled("checkout", False, envs=["prod"])
+    with pytest.raises(errors.FailedPrecondition):
+        await people["author"].set_flag_enabled("checkout", True, envs=["prod"])
+
+
+async def test_a_change_needs_another_identitys_approval_then_applies_once(
+    people: dict[str, AdminClient],
+) -> None:
+    author, second = people["author"], people["second"]
+    change = await author.propose_change(
+        [svc("db.pool", 20), ChangeSpec(Layer.flags("prod"), "checkout", FLAG)],
+        title="bigger pool, checkout flag", reason="black friday",
+    )  # fmt: skip
+    assert change.state == OPEN and change.approvals_required == 1 and change.author == "token:orders-writer"
+    assert {(d.key, d.op) for d in change.diff} == {("db.pool", "put"), ("checkout", "put")}
+    assert [(s.environment, s.service, list(s.changed_keys)) for s in change.scopes] == [
+        ("prod", "orders", ["db.pool"])
+    ]
+    assert [(f.environment, list(f.changed_flags), f.valid) for f in change.flags] == [
+        ("prod", ["checkout"], True)
+    ]
+
+    with pytest.raises(errors.FailedPrecondition) as early:
+        await author.apply_change(change.id)
+    assert early.value.code == "not_approved"
+    with pytest.raises(errors.PermissionDenied) as own:
+        await author.review_change(change.id, approve=True)
+    assert own.value.code == "own_change"
+    with pytest.raises(errors.PermissionDenied):
+        await people["reader"].review_change(change.id, approve=True)
+    assert (await second.change(change.id)).state == OPEN
+
+    approved = await second.review_change(change.id, approve=True, comment="lgtm")
+    assert approved.state == APPROVED and [r.identity for r in approved.reviews] == ["token:orders-writer-2"]
+    applied = await author.apply_change(change.id)
+    assert (
+        applied.state == APPLIED
+        and applied.applied_revision > 0
+        and applied.applied_by == "token:orders-writer"
+    )
+    assert (await author.resolve("prod", "orders", "db.pool")).value == 20
+    with pytest.raises(errors.FailedPrecondition) as again:
+        await author.apply_change(change.id)
+    assert again.value.code == "change_finished"
+
+    records = (await people["admin"].audit(env="prod", service="orders", limit=20)).records
+    applied_records = [r for r in records if r.source.startswith(f"ChangeRequest {change.id}")]
+    assert len(applied_records) == 1
+    assert (
+        applied_records[0].actor == "token:orders-writer"
+        and "token:orders-writer-2" in applied_records[0].source
+    )
+
+
+async def test_a_change_proposed_before_another_write_to_its_layers_cannot_apply(
+    people: dict[str, AdminClient],
+) -> None:
+    author, second = people["author"], people["second"]
+    first = await author.propose_change([svc("timeout", 5)])
+    other = await author.propose_change([svc("timeout", 9)])
+    for change in (first, other):
+        await second.review_change(change.id, approve=True)
+    await author.apply_change(other.id)
+    assert (await author.change(first.id)).stale
+    with pytest.raises(errors.FailedPrecondition) as stale:
+        await author.apply_change(first.id)
+    assert stale.value.code == "change_stale" and "service/prod/orders" in stale.value.message
+    failed = await author.change(first.id)
+    assert failed.state == FAILED and "propose it again" in failed.error
+    assert (await author.resolve("prod", "orders", "timeout")).value == 9
+
+
+async def test_the_blast_radius_shows_each_scope_and_its_schemas_verdict(
+    people: dict[str, AdminClient],
+) -> None:
+    admin, author = people["admin"], people["author"]
+    schema = {
+        "type": "object",
+        "properties": {"db": {"type": "object", "properties": {"pool": {"maximum": 50}}}},
+    }
+    await admin.put_schema("prod", "orders", schema)
+    await admin.put_schema("prod", "payments", {"type": "object"})
+    change = await admin.propose_change([ChangeSpec(Layer.env("prod"), "db.pool", 100)])
+    scopes = {(s.environment, s.service): s for s in change.scopes}
+    assert set(scopes) == {("prod", "orders"), ("prod", "payments")}
+    orders = scopes[("prod", "orders")]
+    assert orders.has_schema and not orders.schema_accepts and orders.schema_field == "db.pool"
+    assert scopes[("prod", "payments")].schema_accepts
+
+    # A reader of prod/orders reads an environment-layer change, but not payments' verdict.
+    seen = await people["reader"].change(change.id)
+    assert [s.service for s in seen.scopes] == ["orders"] and seen.scopes_not_shown == 1
+
+    with pytest.raises(errors.PermissionDenied):  # approving needs the right to write every layer
+        await author.review_change(change.id, approve=True)
+    await people["admin2"].review_change(change.id, approve=True)
+    with pytest.raises(errors.InvalidArgument) as refused:
+        await admin.apply_change(change.id)
+    assert refused.value.code == "schema_violation"
+    assert not (await admin.resolve("prod", "orders", "db.pool")).found
+    assert (await admin.change(change.id)).state == APPROVED  # nothing was written, the change stays
+
+
+async def test_bad_proposals_are_refused_and_a_dry_run_stores_nothing(people: dict[str, AdminClient]) -> None:
+    author = people["author"]
+    with pytest.raises(errors.InvalidArgument):
+        await author.propose_change([svc("a", 1)], title="x" * (MAX_TITLE + 1))
+    with pytest.raises(errors.InvalidArgument):
+        await author.propose_change([svc(f"k{i}", i) for i in range(1001)])
+    with pytest.raises(errors.InvalidArgument):
+        await author.propose_change([svc("a", 1)], apply_at=time.time() + 400 * 86400)
+    with pytest.raises(errors.InvalidArgument):
+        await author.propose_change([])
+    with pytest.raises(errors.NotFound):
+        await author.propose_change([ChangeSpec(Layer.svc("prod", "orders"), "absent", delete=True)])
+    with pytest.raises(errors.InvalidArgument):
+        await author.propose_change([ChangeSpec(Layer.flags("prod"), "broken", {"variants": {}})])
+    with pytest.raises(errors.PermissionDenied):
+        await author.propose_change([ChangeSpec(Layer.svc("prod", "payments"), "a", 1)])
+    with pytest.raises(errors.InvalidArgument):
+        await author.change("../../etc")
+    preview = await author.propose_change([svc("a", 1)], dry_run=True)
+    assert preview.state == OPEN and [d.key for d in preview.diff] == ["a"]
+    assert await author.changes() == []
+
+
+async def test_only_the_author_or_an_admin_cancels(people: dict[str, AdminClient]) -> None:
+    change = await people["author"].propose_change([svc("a", 1)])
+    with pytest.raises(errors.PermissionDenied):
+        await people["second"].cancel_change(change.id)
+    cancelled = await people["author"].cancel_change(change.id, reason="not now")
+    assert cancelled.state == admin_pb2.CHANGE_STATE_CANCELLED and "not now" in cancelled.error
+    with pytest.raises(errors.FailedPrecondition):
+        await people["second"].review_change(change.id, approve=True)
+
+
+async def test_a_rollout_under_an_approval_rule_starts_through_a_change_request(
+    people: dict[str, AdminClient],
+) -> None:
+    author, second = people["author"], people["second"]
+    change = await author.propose_change(
+        rollout={"name": "bigpool", "env": "prod", "service": "orders", "set": {"db.pool": 30}, "percent": 10}
+    )
+    assert change.rollout.name == "bigpool" and [d.key for d in change.diff] == ["db.pool"]
+    await second.review_change(change.id, approve=True)
+    await author.apply_change(change.id)
+    assert [(r.name, r.state) for r in await author.rollouts()] == [("bigpool", "active")]
+    await author.promote_rollout("prod", "orders")  # advancing an approved rollout needs no new approval
+    assert (await author.resolve("prod", "orders", "db.pool")).value == 30
+
+
+async def test_a_scheduled_change_applies_at_its_time_exactly_once_across_replicas(
+    people: dict[str, AdminClient], tenants: Tenants, prefix: str
+) -> None:
+    settings = tenants.server.settings
+    replica = ConfmeshServer(
+        ServerSettings(listen="127.0.0.1:0", etcd_endpoints=settings.etcd_endpoints, prefix=prefix,
+                       policy_file=settings.policy_file, heartbeat_interval=1.0)
+    )  # fmt: skip
+    await replica.start()
+    try:
+        author, second = people["author"], people["second"]
+        at = time.time() + 1.5
+        change = await author.propose_change([svc("sale", True)], apply_at=at)
+        await second.review_change(change.id, approve=True)
+        await asyncio.sleep(0.5)
+        pending = await author.change(change.id)
+        assert pending.state == APPROVED and pending.apply_at.ToNanoseconds() / 1e9 == pytest.approx(
+            at, abs=0.01
+        )
+        assert not (await author.resolve("prod", "orders", "sale")).found
+
+        async def applied() -> bool:
+            return (await author.change(change.id)).state == APPLIED
+
+        deadline = time.monotonic() + 10
+        while not await applied():
+            assert time.monotonic() < deadline, "the scheduled change did not apply"
+            await asyncio.sleep(0.05)
+        done = await author.change(change.id)
+        assert done.applied_at.ToNanoseconds() / 1e9 >= at and done.applied_by.startswith("schedule (")
+        assert (await author.resolve("prod", "orders", "sale")).value is True
+        await asyncio.sleep(1.0)  # both replicas' schedulers had every chance to apply it again
+        records = (await people["admin"].audit(env="prod", service="orders", limit=50)).records
+        assert len([r for r in records if r.source.startswith(f"ChangeRequest {change.id}")]) == 1
+        await eventually(lambda: change.id in replica.store.changes, timeout=5)
+    finally:
+        await replica.stop()
