@@ -58,6 +58,15 @@ def main() -> None:
     found = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True)
     assert found.stdout.strip() == "[]", f"the client install brought server dependencies: {found.stdout}"
 
+    # The wheel carries the console's assets (package data), so `pip install 'confmesh[server]'` has them.
+    assets = (
+        "import sysconfig, pathlib; "
+        "d = pathlib.Path(sysconfig.get_paths()['purelib'], 'confmesh/server/console/static'); "
+        "print(sorted(p.name for p in d.iterdir()))"
+    )
+    shipped = subprocess.run([str(python), "-c", assets], check=True, capture_output=True, text=True)
+    assert shipped.stdout.strip() == "['app.css', 'app.js', 'index.html']", shipped.stdout
+
     refused = subprocess.run([str(confmesh), "serve"], capture_output=True, text=True, cwd=work)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
     assert "pip install 'confmesh[server]'" in refused.stderr, refused.stderr

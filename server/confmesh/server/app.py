@@ -28,6 +28,8 @@ from confmesh.server.admin_service import AdminService
 from confmesh.server.audit import record_denial
 from confmesh.server.change_flow import ChangeScheduler
 from confmesh.server.config_service import ConfigService, add_config_service
+from confmesh.server.console import Console, add_console
+from confmesh.server.console.api import MAX_BODY as CONSOLE_MAX_BODY
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import DEFAULT_MAX_REQUEST_BYTES, Etcd, EtcdCredentials
 from confmesh.server.flagd_sync import FlagdSyncService
@@ -190,6 +192,8 @@ class ConfmeshServer:
         self._rollouts: asyncio.Task[None] | None = None
         self._changes_task: asyncio.Task[None] | None = None
         self.changes: ChangeScheduler | None = None
+        self.admin_service: AdminService | None = None
+        self.console: Console | None = None
 
     @property
     def address(self) -> str:
@@ -341,22 +345,20 @@ class ConfmeshServer:
             sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(self.flagd_sync, server)
             writer = Writer(self.etcd, self.layout, lambda: self.store.schemas, self._snapshot_sizes())
             self.changes = ChangeScheduler(writer, self.store, self.access, server_id=self.server_id)
-            admin_pb2_grpc.add_AdminServiceServicer_to_server(
-                AdminService(
-                    writer,
-                    self.hub,
-                    self.fleet,
-                    self.store,
-                    self.source,
-                    self.usage,
-                    server_id=self.server_id,
-                    tracer_provider=self.tracer_provider,
-                    access=self.access,
-                    endpoints=",".join(endpoints),
-                    metrics=self.metrics,
-                ),
-                server,
+            self.admin_service = AdminService(
+                writer,
+                self.hub,
+                self.fleet,
+                self.store,
+                self.source,
+                self.usage,
+                server_id=self.server_id,
+                tracer_provider=self.tracer_provider,
+                access=self.access,
+                endpoints=",".join(endpoints),
+                metrics=self.metrics,
             )
+            admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin_service, server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             reflection.enable_server_reflection(SERVICE_NAMES, server)
             try:
@@ -441,10 +443,13 @@ class ConfmeshServer:
                 "PLAINTEXT HTTP on %s: tokens sent to it can be read on the way. Use --tls-cert/--tls-key.",
                 s.http_listen,
             )
+        assert self.admin_service is not None
+        self.console = console = Console(self.admin_service, self.access, self.store, self.fleet, self.ledger,
+                          secure_cookies=context is not None)  # fmt: skip
         self.http = HttpListener(
             s.http_listen,
-            [self.ofrep.add_routes],
-            max_body=MAX_BODY,
+            [self.ofrep.add_routes, lambda app: add_console(app, console)],
+            max_body=max(MAX_BODY, CONSOLE_MAX_BODY),
             reuse_port=s.reuse_port,
             ssl_context=context,
         )
@@ -524,6 +529,8 @@ class ConfmeshServer:
                 async with asyncio.timeout(2):
                     await self.fleet_publisher.withdraw()
             self.fleet_publisher = None
+        if self.console is not None:
+            self.console.close()
         if self.http is not None:
             await self.http.stop()
             self.http = None

@@ -12,6 +12,7 @@ from aiohttp import web
 from confmesh.errors import StartupError
 
 log = logging.getLogger(__name__)
+SHUTDOWN_GRACE = 2.0
 
 
 class HttpListener:
@@ -44,7 +45,9 @@ class HttpListener:
         if not port.isdigit():
             raise StartupError(f"--http-listen {self.listen}: expected HOST:PORT")
         # Idle keep-alive connections are closed after 75 s; a slow client cannot hold a handler.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=75)
+        # On stop, requests still running get SHUTDOWN_GRACE seconds, then are cancelled.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=75,
+                               shutdown_timeout=SHUTDOWN_GRACE)  # fmt: skip
         await runner.setup()
         site = web.TCPSite(
             runner,

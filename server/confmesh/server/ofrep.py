@@ -44,7 +44,7 @@ MAX_CONTEXT_DEPTH = 16
 # What OpenFeature's reason enums know; confmesh's own reasons map onto the nearest.
 _REASONS = {Reason.PREREQUISITE_FAILED: "DISABLED", Reason.PROPAGATED: "STATIC"}
 _GETTERS = {"boolean": "boolean", "string": "string", "number": "float", "object": "object"}
-_CALLER_DEFAULT = object()
+CALLER_DEFAULT = object()
 ENV_PREFIX = "/environments/{environment}/ofrep/v1"
 
 
@@ -84,10 +84,10 @@ class OfrepEvaluators:
 
 
 def evaluate(evaluator: FlagEvaluator, key: str, context: Mapping[str, Any]) -> EvaluationDetails:
-    """`key` evaluated as its own type; a value of `_CALLER_DEFAULT` means the caller's default."""
+    """`key` evaluated as its own type; a value of `CALLER_DEFAULT` means the caller's default."""
     compiled = evaluator.compiled(key)
     getter = _GETTERS.get(compiled.type, "object") if compiled is not None else "object"
-    return evaluator.details(key, _CALLER_DEFAULT, context, getter)
+    return evaluator.details(key, CALLER_DEFAULT, context, getter)
 
 
 def success(details: EvaluationDetails) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def success(details: EvaluationDetails) -> dict[str, Any]:
         "variant": details.variant if details.variant is not None else "",
         "metadata": dict(details.metadata),
     }
-    if details.value is not _CALLER_DEFAULT:
+    if details.value is not CALLER_DEFAULT:
         body["value"] = details.value
     return body
 
@@ -285,7 +285,10 @@ class Ofrep:
 async def _context(request: web.Request, extra: dict[str, str]) -> dict[str, Any] | web.Response:
     """The request's evaluation context, or the OFREP error response (with `extra`, e.g. the key)."""
     try:
-        return parse_context(await request.read())
+        body = await request.read()
+        if len(body) > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body))
+        return parse_context(body)
     except web.HTTPRequestEntityTooLarge:
         return _json(
             413,

@@ -1,0 +1,130 @@
+"""The console's HTTP API without a browser: sessions, CSRF, bounds, and the page assets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+
+from confmesh.server import ConfmeshServer, ServerSettings
+from confmesh.server.console.api import MAX_BODY, MAX_EVENT_STREAMS
+from tests.conftest import EtcdHandle, Tenants
+
+
+async def _login(session: aiohttp.ClientSession, base: str, token: str) -> dict[str, Any]:
+    async with session.post(f"{base}/console/api/login", json={"token": token}) as resp:
+        assert resp.status == 200, await resp.text()
+        return dict(await resp.json())
+
+
+def _csrf(session: aiohttp.ClientSession) -> str:
+    return next(c.value for c in session.cookie_jar if c.key == "cm_csrf")
+
+
+async def test_sessions_need_a_valid_token_and_cookies_are_strict(tenants: Tenants) -> None:
+    base = tenants.server.http_url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get(f"{base}/console/api/me") as resp:
+            assert resp.status == 401 and (await resp.json())["error"]["code"] == "no_identity"
+        async with session.post(f"{base}/console/api/login", json={"token": "cmt_nope.nope"}) as resp:
+            assert resp.status == 401
+        async with session.post(f"{base}/console/api/login", data="token=x") as resp:
+            assert resp.status == 400  # a cross-site form cannot log a browser in
+        async with session.post(f"{base}/console/api/login", json={"token": tenants.tokens["orders-reader"]},
+                                headers={"Origin": "http://evil.example"}) as resp:  # fmt: skip
+            assert resp.status == 403
+        async with session.post(
+            f"{base}/console/api/login", json={"token": tenants.tokens["orders-reader"]}
+        ) as resp:
+            cookie = resp.headers.getall("Set-Cookie")
+            assert any("cm_session=" in c and "HttpOnly" in c and "SameSite=Strict" in c for c in cookie)
+            assert (await resp.json())["role"] == "reader"
+        async with session.get(f"{base}/console/api/me") as resp:
+            assert (await resp.json())["identity"] == "token:orders-reader"
+        async with session.get(f"{base}/console/api/audit?limit=lots") as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["field"] == "limit"
+        # The reader may read its scope, not another.
+        async with session.get(f"{base}/console/api/config?env=prod&service=payments") as resp:
+            assert resp.status == 403
+        async with session.post(
+            f"{base}/console/api/logout", json={}, headers={"X-CSRF-Token": _csrf(session)}
+        ) as resp:
+            assert resp.status == 200
+        async with session.get(f"{base}/console/api/me") as resp:
+            assert resp.status == 401
+
+
+async def test_a_revoked_token_ends_its_session(tenants: Tenants) -> None:
+    base = tenants.server.http_url
+    async with tenants.admin("admin") as admin:
+        token = await admin.create_token("short-lived", "reader", scopes=["prod/*"])
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        await _login(session, base, token)
+        async with tenants.admin("admin") as admin:
+            await admin.revoke_token("short-lived")
+        await asyncio.sleep(0.2)
+        async with session.get(f"{base}/console/api/scopes") as resp:
+            assert resp.status == 401
+
+
+async def test_bodies_and_live_streams_are_bounded(tenants: Tenants) -> None:
+    base = tenants.server.http_url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        await _login(session, base, tenants.tokens["admin"])
+        headers = {"X-CSRF-Token": _csrf(session), "Content-Type": "application/json"}
+        big = b'{"env": "prod", "service": "orders", "set": {"k": "' + b"x" * (MAX_BODY + 10) + b'"}}'
+        async with session.post(f"{base}/console/api/config", data=big, headers=headers) as resp:
+            assert resp.status == 413
+        async with session.post(f"{base}/console/api/config", data=b"[1, 2", headers=headers) as resp:
+            assert resp.status == 400 and "not JSON" in (await resp.json())["error"]["message"]
+        kill = {"env": "prod", "key": "x", "confirm": True}
+        async with session.post(f"{base}/console/api/flags/kill", json=kill, headers=headers) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["field"] == "reason"
+
+        streams = []
+        try:
+            for _ in range(MAX_EVENT_STREAMS):
+                resp = await session.get(f"{base}/console/api/events")
+                assert resp.status == 200
+                streams.append(resp)
+            first = await streams[0].content.readline()
+            assert first.startswith(b"event: update")
+            async with session.get(f"{base}/console/api/events") as over:
+                assert over.status == 503
+        finally:
+            for resp in streams:
+                resp.close()
+        await asyncio.sleep(0.3)
+        async with session.get(f"{base}/console/api/events") as again:  # closed streams free their slots
+            assert again.status == 200
+
+
+async def test_the_page_and_assets_ship_with_a_strict_content_security_policy(tenants: Tenants) -> None:
+    base = tenants.server.http_url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get(f"{base}/console/") as resp:
+            assert resp.status == 200 and "app.js" in await resp.text()
+            assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+            assert resp.headers["X-Frame-Options"] == "DENY"
+        async with session.get(f"{base}/console/static/app.js") as resp:
+            assert resp.status == 200 and resp.content_type == "text/javascript"
+        async with session.get(f"{base}/console/static/..%2f..%2fapp.py") as resp:
+            assert resp.status == 404
+
+
+async def test_a_server_with_open_live_pages_stops_at_once(etcd: EtcdHandle, prefix: str) -> None:
+    settings = ServerSettings(
+        listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint], prefix=prefix, http_listen="127.0.0.1:0"
+    )
+    server = ConfmeshServer(settings)
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        streams = [await session.get(f"{server.http_url}/console/api/events") for _ in range(3)]
+        assert all(s.status == 200 for s in streams)
+        started = time.monotonic()
+        await server.stop()
+        assert time.monotonic() - started < 3.0
+        for s in streams:
+            s.close()
