@@ -128,3 +128,42 @@ async def test_a_server_with_open_live_pages_stops_at_once(etcd: EtcdHandle, pre
         assert time.monotonic() - started < 3.0
         for s in streams:
             s.close()
+
+
+async def test_rollout_and_flag_actions_go_through_the_api_path(tenants: Tenants) -> None:
+    base = tenants.server.http_url
+    async with tenants.admin("admin") as admin:
+        await admin.put("db.pool", 10, env="prod", service="orders")
+        await admin.start_rollout("pool", "prod", "orders", set={"db.pool": 20}, percent=10)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        await _login(session, base, tenants.tokens["orders-writer"])
+        headers = {"X-CSRF-Token": _csrf(session)}
+        target = {"env": "prod", "service": "orders"}
+        async with session.post(f"{base}/console/api/rollouts/percent", json={**target, "percent": 50},
+                                headers=headers) as resp:  # fmt: skip
+            assert resp.status == 200, await resp.text()
+        async with session.get(f"{base}/console/api/rollouts") as resp:
+            (only,) = (await resp.json())["rollouts"]
+            assert only["rollout"]["percent"] == 50 and only["status"]["current_version"] > 0
+        async with session.post(f"{base}/console/api/rollouts/promote", json=target, headers=headers) as resp:
+            assert resp.status == 200
+        async with session.post(f"{base}/console/api/rollouts/abort", json=target, headers=headers) as resp:
+            assert resp.status == 404  # promoted: nothing left to abort
+
+        vip = {"id": "vip", "clauses": [{"attribute": "tier", "op": "in", "values": ["vip"]}],
+               "serve": {"variant": "on"}}  # fmt: skip
+        definition = {"variants": {"on": True, "off": False}, "default_variant": "off", "rules": [vip]}
+        explain = {"env": "prod", "key": "vip", "definition": definition, "context": {"tier": "vip"}}
+        async with session.post(f"{base}/console/api/flags/explain", json=explain, headers=headers) as resp:
+            answer = await resp.json()
+            assert answer["value"] is True and answer["variant"] == "on" and answer["trace"]
+        save = {"env": "prod", "key": "vip", "definition": definition}
+        async with session.post(f"{base}/console/api/flags/save", json=save, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+        broken = {**save, "definition": {"variants": {}}}
+        async with session.post(f"{base}/console/api/flags/save", json=broken, headers=headers) as resp:
+            assert resp.status == 400  # validated as PutFlags validates it
+    async with tenants.admin("admin") as admin:
+        assert (await admin.resolve("prod", "orders", "db.pool")).value == 20
+        sources = [r.source for r in (await admin.audit(limit=20)).records]
+        assert "UpdateRollout prod/orders pool (50%)" in sources and "PutFlags" in sources

@@ -201,6 +201,9 @@ async def test_bad_proposals_are_refused_and_a_dry_run_stores_nothing(people: di
         await author.propose_change([ChangeSpec(Layer.svc("prod", "payments"), "a", 1)])
     with pytest.raises(errors.InvalidArgument):
         await author.change("../../etc")
+    with pytest.raises(errors.InvalidArgument) as too_big:  # each value fits; together they do not
+        await author.propose_change([svc(f"blob{i}", "x" * 200_000) for i in range(6)])
+    assert too_big.value.code == "change_too_large"
     preview = await author.propose_change([svc("a", 1)], dry_run=True)
     assert preview.state == OPEN and [d.key for d in preview.diff] == ["a"]
     assert await author.changes() == []
@@ -268,3 +271,20 @@ async def test_a_scheduled_change_applies_at_its_time_exactly_once_across_replic
         await eventually(lambda: change.id in replica.store.changes, timeout=5)
     finally:
         await replica.stop()
+
+
+async def test_open_change_requests_are_capped(
+    people: dict[str, AdminClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import confmesh.server.admin_changes as admin_changes
+
+    monkeypatch.setattr(admin_changes, "MAX_OPEN", 3)
+    author = people["author"]
+    first = await author.propose_change([svc("a", 0)])
+    for n in range(1, 3):
+        await author.propose_change([svc("a", n)])
+    with pytest.raises(errors.FailedPrecondition) as full:
+        await author.propose_change([svc("a", 9)])
+    assert full.value.code == "too_many_open"
+    await author.cancel_change(first.id)  # a finished change frees its place
+    await author.propose_change([svc("a", 9)])
