@@ -247,3 +247,21 @@ async def test_global_options_work_after_the_command(server: ConfmeshServer) -> 
     assert (code, out) == (0, "1\n"), err
     code, out, _ = await cli(dead, "--version")
     assert code == 0 and out.startswith("confmesh, version ")
+
+
+async def test_a_change_set_file_can_hold_flags(server: ConfmeshServer, tmp_path: Path) -> None:
+    changes = tmp_path / "flags.yaml"
+    changes.write_text(
+        "changes:\n"
+        "  - {key: db.pool, env: dev, service: orders, value: 5}\n"
+        "  - flag: beta\n"
+        "    env: dev\n"
+        '    value: {variants: {"on": true, "off": false}, default_variant: "off"}\n'
+    )
+    code, out, err = await cli(server.address, "apply", "-f", str(changes))
+    assert code == 0 and "flags/dev/beta" in out, err
+    code, out, _ = await cli(server.address, "flags", "list", "--env", "dev")
+    assert code == 0 and "beta" in out
+    changes.write_text("changes:\n  - {flag: beta, service: orders, value: {}}\n")
+    code, _, err = await cli(server.address, "apply", "-f", str(changes))
+    assert code != 0 and "flags are per environment" in err

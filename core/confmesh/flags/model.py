@@ -419,3 +419,10 @@ def parse_flag(definition: Any, *, key: str | None = None) -> Flag:
     if key is not None and flag.key != key:
         raise InvalidArgument(f"flag key {flag.key!r} does not match {key!r}", field="key")
     return flag
+
+
+def keyed(key: str, definition: Any) -> Any:
+    """A flag definition as stored: carrying its own key (added when the writer left it out)."""
+    return (
+        {**definition, "key": key} if isinstance(definition, dict) and "key" not in definition else definition
+    )

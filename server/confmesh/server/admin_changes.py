@@ -12,7 +12,7 @@ import grpc.aio
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
-from confmesh.flags.model import parse_flag
+from confmesh.flags.model import keyed, parse_flag
 from confmesh.keys import Layer, LayerKind, Scope, split_key
 from confmesh.merge import same_value
 from confmesh.server.access import Caller, Grant, Role
@@ -64,8 +64,7 @@ def _changes_from_pb(request: admin_pb2.ProposeChangeRequest) -> list[ChangeSpec
         value = from_value(ch.value)
         if layer.kind is LayerKind.FLAGS:
             split_key(ch.key)
-            if isinstance(value, dict) and "key" not in value:
-                value = {**value, "key": ch.key}
+            value = keyed(ch.key, value)
             parse_flag(value, key=ch.key)
         changes.append(ChangeSpec(layer, ch.key, value))
     # As they will be written: normalized, bounded, each value encodable.

@@ -12,7 +12,7 @@ import grpc.aio
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.flags.lifecycle import flag_ages, percentile
-from confmesh.flags.model import parse_flag, parse_flag_set
+from confmesh.flags.model import keyed, parse_flag, parse_flag_set
 from confmesh.keys import Layer, LayerKind, check_name, split_key
 from confmesh.server.access import Bypass, Grant
 from confmesh.server.admin_base import (
@@ -40,9 +40,7 @@ class FlagRPCs(AdminBase):
         incoming = from_struct(request.flags)
         if not incoming and not request.replace_all:
             raise errors.InvalidArgument("no flags given", field="flags")
-        flags = {
-            k: ({**v, "key": k} if isinstance(v, dict) and "key" not in v else v) for k, v in incoming.items()
-        }
+        flags = {k: keyed(k, v) for k, v in incoming.items()}
         for key, definition in flags.items():  # each on its own; the set is checked in the txn
             split_key(key)
             parse_flag(definition, key=key)

@@ -9,12 +9,20 @@ import grpc.aio
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
+from confmesh.flags.model import keyed
+from confmesh.keys import Layer, LayerKind
+from confmesh.merge import JSONValue
 from confmesh.server.admin_base import (
     AdminBase,
     write,
 )
 from confmesh.v1 import admin_pb2
 from confmesh.wire import from_value, layer_from_pb
+
+
+def _put(layer: Layer, key: str, value: JSONValue) -> ChangeSpec:
+    """A put as stored: a flag definition carries its own key, as PutFlags stores it."""
+    return ChangeSpec(layer, key, keyed(key, value) if layer.kind is LayerKind.FLAGS else value)
 
 
 class WriteRPCs(AdminBase):
@@ -24,7 +32,7 @@ class WriteRPCs(AdminBase):
     ) -> admin_pb2.WriteResponse:
         if not request.HasField("value"):
             raise errors.InvalidArgument("value is required", field="value")
-        change = ChangeSpec(layer_from_pb(request.layer), request.key, from_value(request.value))
+        change = _put(layer_from_pb(request.layer), request.key, from_value(request.value))
         return await self._write(context, [change], request.context, "Put")
 
     @write
@@ -49,5 +57,5 @@ class WriteRPCs(AdminBase):
             if op == "delete":
                 changes.append(ChangeSpec(layer, ch.key, delete=True))
             else:
-                changes.append(ChangeSpec(layer, ch.key, from_value(ch.value)))
+                changes.append(_put(layer, ch.key, from_value(ch.value)))
         return await self._write(context, changes, request.context, "Apply")
