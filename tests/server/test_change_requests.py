@@ -111,6 +111,8 @@ async def test_a_change_needs_another_identitys_approval_then_applies_once(
     with pytest.raises(errors.PermissionDenied):
         await people["reader"].review_change(change.id, approve=True)
     assert (await second.change(change.id)).state == OPEN
+    (listed,) = await second.changes(states=["open"])
+    assert listed.id == change.id and not listed.diff and not listed.scopes  # a list stays cheap
 
     approved = await second.review_change(change.id, approve=True, comment="lgtm")
     assert approved.state == APPROVED and [r.identity for r in approved.reviews] == ["token:orders-writer-2"]

@@ -120,8 +120,9 @@ class ChangeRPCs(AdminBase):
     # -- the answer ----------------------------------------------------------------------------
 
     async def _to_pb(
-        self, caller: Caller, change: ChangeRequest, revision: int = 0
+        self, caller: Caller, change: ChangeRequest, revision: int = 0, *, with_impact: bool = True
     ) -> admin_pb2.ChangeRequest:
+        """The change as the API shows it; `with_impact`: with its diff and blast radius (GetChange)."""
         store = self.store
         required = max(change.required, self.access.approvals_needed(change.layers)[0])
         stale = [layer for layer in change.layers if store.layer_revision(layer) > change.base_revision]
@@ -157,7 +158,7 @@ class ChangeRPCs(AdminBase):
             msg.apply_at.CopyFrom(to_timestamp(change.apply_at))
         if change.applied_at:
             msg.applied_at.CopyFrom(to_timestamp(change.applied_at))
-        if not change.state.finished:
+        if with_impact and not change.state.finished:
             await self._fill_impact(msg, caller, change)
         return msg
 
@@ -274,7 +275,7 @@ class ChangeRPCs(AdminBase):
                 continue
             if not self._may_read(caller, change):
                 continue
-            resp.changes.append(await self._to_pb(caller, change, revision))
+            resp.changes.append(await self._to_pb(caller, change, revision, with_impact=False))
             if len(resp.changes) >= (request.limit or 100):
                 break
         return resp
