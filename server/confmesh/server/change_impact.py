@@ -8,6 +8,7 @@ which flags change and whether the environment's flag set still validates.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -124,33 +125,43 @@ async def impact(
     instances: Mapping[Scope, int],
     visible: Callable[[Scope], bool],
 ) -> Impact:
-    """The diff and blast radius of `changes` (already validated), given each layer's entries now."""
+    """The diff and blast radius of `changes` (already validated), given each layer's entries now.
+
+    The layers are copied on the caller's thread; resolving (up to MAX_SCOPES scopes) runs on a
+    worker thread and the schema checks on the schema worker, so the event loop never waits on them.
+    """
     touched = sorted({c.layer for c in changes})
-    now = {layer: current(layer) for layer in touched}
-    result = Impact(diff=diff_rows(now, changes, schemas))
-    after = after_changes({k: dict(v) for k, v in now.items()}, changes)
     config = [layer for layer in touched if layer.kind is not LayerKind.FLAGS]
     affected = sorted(s for s in scopes if any(affects(layer, s) for layer in config))
-    shown = [s for s in affected if visible(s)]
-    result.not_shown = len(affected) - len(shown[:MAX_SCOPES])
-    rows: list[tuple[Scope, list[str], dict[str, JSONValue]]] = []
-    for scope in shown[:MAX_SCOPES]:
-        before = resolve(current(layer) for layer in scope.layers)
-        resolved = resolve(after.get(layer, current(layer)) for layer in scope.layers)
-        rows.append((scope, changed_leaves(before, resolved), resolved))
+    shown = [s for s in affected if visible(s)][:MAX_SCOPES]
+    needed = set(touched) | {layer for scope in shown for layer in scope.layers}
+    layers = {layer: dict(current(layer)) for layer in needed}
+    schemas = dict(schemas)
+
+    def compute() -> tuple[Impact, list[tuple[Scope, list[str], dict[str, JSONValue]]]]:
+        found = Impact(diff=diff_rows(layers, changes, schemas), not_shown=len(affected) - len(shown))
+        after = after_changes({layer: dict(layers[layer]) for layer in touched}, changes)
+        rows = []
+        for scope in shown:
+            before = resolve(layers[layer] for layer in scope.layers)
+            resolved = resolve(after.get(layer, layers[layer]) for layer in scope.layers)
+            rows.append((scope, changed_leaves(before, resolved), resolved))
+        for layer in touched:
+            if layer.kind is not LayerKind.FLAGS:
+                continue
+            flags = sorted({c.key for c in changes if c.layer == layer})
+            env_instances = sum(n for s, n in instances.items() if s.environment == layer.environment)
+            try:
+                parse_flag_set(after[layer], prefix="flags")
+                found.flags.append(FlagRow(layer.environment, flags, True, instances=env_instances))
+            except errors.InvalidArgument as exc:
+                found.flags.append(FlagRow(layer.environment, flags, False, exc.message, env_instances))
+        return found, rows
+
+    result, rows = await asyncio.to_thread(compute)
     verdicts = await schema_verdicts([(schemas.get(scope), resolved) for scope, _, resolved in rows])
     for (scope, keys, _), (has, ok, message, where) in zip(rows, verdicts, strict=True):
         result.scopes.append(ScopeRow(scope, keys, has, ok, message, where, instances.get(scope, 0)))
-    for layer in touched:
-        if layer.kind is not LayerKind.FLAGS:
-            continue
-        flags = sorted({c.key for c in changes if c.layer == layer})
-        env_instances = sum(n for s, n in instances.items() if s.environment == layer.environment)
-        try:
-            parse_flag_set(after[layer], prefix="flags")
-            result.flags.append(FlagRow(layer.environment, flags, True, instances=env_instances))
-        except errors.InvalidArgument as exc:
-            result.flags.append(FlagRow(layer.environment, flags, False, exc.message, env_instances))
     return result
 
 
