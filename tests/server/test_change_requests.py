@@ -290,3 +290,21 @@ async def test_open_change_requests_are_capped(
     assert full.value.code == "too_many_open"
     await author.cancel_change(first.id)  # a finished change frees its place
     await author.propose_change([svc("a", 9)])
+
+
+async def test_a_scheduled_change_whose_layers_moved_fails_instead_of_applying(
+    people: dict[str, AdminClient],
+) -> None:
+    author, second = people["author"], people["second"]
+    scheduled = await author.propose_change([svc("mode", "sale")], apply_at=time.time() + 1.0)
+    await second.review_change(scheduled.id, approve=True)
+    other = await author.propose_change([svc("mode", "normal")])
+    await second.review_change(other.id, approve=True)
+    await author.apply_change(other.id)  # the layer moves before the scheduled time
+
+    deadline = time.monotonic() + 10
+    while (found := await author.change(scheduled.id)).state != FAILED:
+        assert time.monotonic() < deadline and found.state == APPROVED, found
+        await asyncio.sleep(0.05)
+    assert "changed since change" in found.error
+    assert (await author.resolve("prod", "orders", "mode")).value == "normal"
