@@ -219,7 +219,8 @@ def main(
 @click.option(
     "--http-listen",
     default="",
-    help="Serve HTTP on HOST:PORT: OFREP at /environments/ENV/ofrep/v1/… (TLS as --listen's).",
+    help="Serve HTTP on HOST:PORT: the web console at /console/ and OFREP at /environments/ENV/ofrep/v1/… "
+    "(TLS as --listen's).",
 )
 @click.option("--tls-cert", "server_cert", default="", help="Serve TLS with this certificate (PEM).")
 @click.option("--tls-key", "server_key", default="", help="The certificate's private key (PEM).")
