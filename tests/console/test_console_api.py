@@ -167,3 +167,14 @@ async def test_rollout_and_flag_actions_go_through_the_api_path(tenants: Tenants
         assert (await admin.resolve("prod", "orders", "db.pool")).value == 20
         sources = [r.source for r in (await admin.audit(limit=20)).records]
         assert "UpdateRollout prod/orders pool (50%)" in sources and "PutFlags" in sources
+
+
+async def test_without_a_policy_the_console_answers_only_on_loopback(server: ConfmeshServer) -> None:
+    """Off loopback (the server decides with `is_loopback(--http-listen)`), no policy means no console."""
+    assert server.console is not None and server.console.allow_anonymous  # 127.0.0.1: the dev default
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{server.http_url}/console/api/me") as resp:
+            assert resp.status == 200 and (await resp.json())["enforcing"] is False
+        server.console.allow_anonymous = False
+        async with session.get(f"{server.http_url}/console/api/scopes") as resp:
+            assert resp.status == 403 and (await resp.json())["error"]["code"] == "no_policy"

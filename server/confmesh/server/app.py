@@ -444,8 +444,15 @@ class ConfmeshServer:
                 s.http_listen,
             )
         assert self.admin_service is not None
-        self.console = console = Console(self.admin_service, self.access, self.store, self.fleet, self.ledger,
-                          secure_cookies=context is not None)  # fmt: skip
+        self.console = console = Console(
+            self.admin_service,
+            self.access,
+            self.store,
+            self.fleet,
+            self.ledger,
+            secure_cookies=context is not None,
+            allow_anonymous=is_loopback(s.http_listen),
+        )
         self.http = HttpListener(
             s.http_listen,
             [self.ofrep.add_routes, lambda app: add_console(app, console)],

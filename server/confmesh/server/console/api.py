@@ -89,6 +89,7 @@ class Console:
         ledger: Ledger,
         *,
         secure_cookies: bool,
+        allow_anonymous: bool = True,
     ) -> None:
         self.admin = admin
         self.access = access
@@ -96,6 +97,8 @@ class Console:
         self.fleet = fleet
         self.ledger = ledger
         self.secure = secure_cookies
+        # Without a policy every caller may do everything: only on a loopback listener.
+        self.allow_anonymous = allow_anonymous
         self.streams = 0
         self.closed = False
 
@@ -117,6 +120,11 @@ class Console:
             return self.access.identify_bearer(f"Bearer {token}")
         if self.access.enforcing:
             raise errors.Unauthenticated("log in with a token", code="no_identity")
+        if not self.allow_anonymous:
+            raise errors.PermissionDenied(
+                "without a policy (--policy) the console serves only a loopback --http-listen",
+                code="no_policy",
+            )
         return Caller("anonymous", None)
 
     def _check_csrf(self, request: web.Request) -> None:
