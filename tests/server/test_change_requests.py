@@ -308,3 +308,12 @@ async def test_a_scheduled_change_whose_layers_moved_fails_instead_of_applying(
         await asyncio.sleep(0.05)
     assert "changed since change" in found.error
     assert (await author.resolve("prod", "orders", "mode")).value == "normal"
+
+
+async def test_an_unknown_caller_learns_nothing_of_change_ids(tenants: Tenants) -> None:
+    async with AdminClient(tenants.address) as anonymous:
+        with pytest.raises(errors.Unauthenticated):
+            await anonymous.change("0123abcd")  # not NotFound: existence is not revealed
+    async with AdminClient(tenants.address, token=tenants.tokens["orders-service"]) as service:
+        with pytest.raises(errors.PermissionDenied):
+            await service.change("0123abcd")

@@ -114,7 +114,13 @@ class ChangeRPCs(AdminBase):
         )
         return caller
 
-    async def _load(self, change_id: str) -> tuple[ChangeRequest, int]:
+    async def _load(self, change_id: str, context: Context | None = None) -> tuple[ChangeRequest, int]:
+        """The record as etcd holds it; with `context`, only for a caller with some grant (so an
+        unknown caller learns nothing, not even whether the id exists)."""
+        if context is not None:
+            self.access.require(
+                self.access.identify(context), lambda g: g.can_operate(), "read change requests"
+            )
         return await read_change(self.writer.etcd, self.writer.layout, check_id(change_id))
 
     # -- the answer ----------------------------------------------------------------------------
@@ -256,7 +262,7 @@ class ChangeRPCs(AdminBase):
 
     @read
     async def GetChange(self, request: admin_pb2.ChangeRef, context: Context) -> admin_pb2.ChangeRequest:
-        change, revision = await self._load(request.id)
+        change, revision = await self._load(request.id, context)
         caller = self._readable(context, change)
         return await self._to_pb(caller, change, revision)
 
@@ -283,7 +289,7 @@ class ChangeRPCs(AdminBase):
     async def _writable(
         self, context: Context, request_id: str, ctx: admin_pb2.ChangeContext
     ) -> tuple[ChangeRequest, int, Caller, str]:
-        change, revision = await self._load(request_id)
+        change, revision = await self._load(request_id, context)
         caller = self.access.identify(context)
         self.access.require_writes(caller, change.layers)
         return change, revision, caller, self._actor(caller, ctx)
@@ -347,7 +353,7 @@ class ChangeRPCs(AdminBase):
 
     @write
     async def CancelChange(self, request: admin_pb2.ChangeRef, context: Context) -> admin_pb2.ChangeRequest:
-        change, revision = await self._load(request.id)
+        change, revision = await self._load(request.id, context)
         caller = self.access.identify(context)
         who = self._actor(caller, request.context)
         self.access.require(
