@@ -79,6 +79,9 @@ async def test_bodies_and_live_streams_are_bounded(tenants: Tenants) -> None:
             assert resp.status == 413
         async with session.post(f"{base}/console/api/config", data=b"[1, 2", headers=headers) as resp:
             assert resp.status == 400 and "not JSON" in (await resp.json())["error"]["message"]
+        for deep in (b'{"a": ' * 100 + b"1" + b"}" * 100, b"[" * 100_000 + b"]" * 100_000):
+            async with session.post(f"{base}/console/api/flags/explain", data=deep, headers=headers) as resp:
+                assert resp.status == 400, await resp.text()
         kill = {"env": "prod", "key": "x", "confirm": True}
         async with session.post(f"{base}/console/api/flags/kill", json=kill, headers=headers) as resp:
             assert resp.status == 400 and (await resp.json())["error"]["field"] == "reason"

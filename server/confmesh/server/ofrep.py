@@ -110,14 +110,14 @@ def failure(details: EvaluationDetails) -> dict[str, Any]:
     }
 
 
-def _depth(value: Any, limit: int) -> bool:
+def nests_within(value: Any, limit: int) -> bool:
     """Whether `value` nests no deeper than `limit`."""
     if limit < 0:
         return False
     if isinstance(value, dict):
-        return all(_depth(v, limit - 1) for v in value.values())
+        return all(nests_within(v, limit - 1) for v in value.values())
     if isinstance(value, list):
-        return all(_depth(v, limit - 1) for v in value)
+        return all(nests_within(v, limit - 1) for v in value)
     return True
 
 
@@ -136,7 +136,7 @@ def parse_context(raw: bytes) -> dict[str, Any]:
         return {}
     if not isinstance(context, dict):
         raise errors.InvalidArgument("context must be a JSON object", code="INVALID_CONTEXT")
-    if not _depth(context, MAX_CONTEXT_DEPTH):
+    if not nests_within(context, MAX_CONTEXT_DEPTH):
         raise errors.InvalidArgument(
             f"context nests deeper than {MAX_CONTEXT_DEPTH} levels", code="INVALID_CONTEXT"
         )

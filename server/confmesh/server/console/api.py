@@ -32,13 +32,14 @@ from confmesh.server.access import Access, Caller
 from confmesh.server.console.bridge import call
 from confmesh.server.fleet import FleetView
 from confmesh.server.ledger import Ledger
-from confmesh.server.ofrep import CALLER_DEFAULT, evaluate
+from confmesh.server.ofrep import CALLER_DEFAULT, evaluate, nests_within
 from confmesh.server.store import ConfigStore
 from confmesh.v1 import admin_pb2
 from confmesh.wire import layer_to_pb, to_struct, to_value
 
 SESSION, CSRF = "cm_session", "cm_csrf"
 MAX_BODY = 256 * 1024
+MAX_DEPTH = 64
 MAX_EVENT_STREAMS = 64
 EVENT_POLL = 0.1
 KEEPALIVE = 15.0
@@ -194,10 +195,12 @@ class Console:
     async def _json(request: web.Request) -> dict[str, Any]:
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise errors.InvalidArgument(f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict):
             raise errors.InvalidArgument("the body must be a JSON object")
+        if not nests_within(body, MAX_DEPTH):
+            raise errors.InvalidArgument(f"the body nests deeper than {MAX_DEPTH} levels")
         return body
 
     async def rpc(self, request: web.Request, name: str, message: Any) -> Any:
