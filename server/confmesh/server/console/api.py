@@ -224,7 +224,7 @@ class Console:
 
     @staticmethod
     def _ctx(body: dict[str, Any]) -> admin_pb2.ChangeContext:
-        return admin_pb2.ChangeContext(actor="console", reason=str(body.get("reason", ""))[:2000])
+        return admin_pb2.ChangeContext(reason=str(body.get("reason", ""))[:2000])
 
     # -- pages ---------------------------------------------------------------------------------
 
