@@ -27,6 +27,7 @@ from confmesh.server.change_requests import (
     ChangeState,
 )
 from confmesh.server.etcd import Etcd
+from confmesh.server.limits import Throttled
 from confmesh.server.records import read_rollout, rollout_guard
 from confmesh.server.rollouts import Rollout
 from confmesh.server.store import ConfigStore
@@ -218,6 +219,7 @@ class ChangeScheduler:
         self.server_id = server_id
         self.interval = interval
         self._last_prune = 0.0
+        self._log = Throttled(log)
 
     def due(self, now: float) -> list[tuple[ChangeRequest, int]]:
         return sorted(
@@ -257,8 +259,9 @@ class ChangeScheduler:
             await fail_change(self.writer.etcd, self.writer.layout, change.id, exc.message, actor=by)
         except errors.InvalidArgument as exc:
             await fail_change(self.writer.etcd, self.writer.layout, change.id, exc.message, actor=by)
-        except errors.ConfmeshError as exc:
-            log.warning("scheduled change %s not applied yet: %s", change.id, exc.message)
+        except errors.ConfmeshError as exc:  # e.g. etcd unreachable: tried again on the next tick
+            self._log.log(logging.WARNING, change.id, "scheduled change %s not applied yet: %s", change.id,
+                          exc.message)  # fmt: skip
 
     async def prune(self, now: float) -> None:
         """Delete finished records past their keep time, or the oldest past MAX_KEPT."""
