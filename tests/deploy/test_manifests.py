@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from confmesh.cli import main as cli
+from confmesh.server.access import load_policy_file
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MANIFESTS = sorted((DEPLOY / "kubernetes").rglob("*.yaml"))
@@ -86,7 +87,7 @@ def test_workloads_services_and_budgets_agree(path: Path) -> None:
 @pytest.mark.parametrize(
     "path", [p for p in MANIFESTS if p.name == "confmesh.yaml"], ids=lambda p: str(p.relative_to(DEPLOY))
 )
-def test_confmesh_arguments_parse_and_point_at_real_things(path: Path) -> None:
+def test_confmesh_arguments_parse_and_point_at_real_things(path: Path, tmp_path: Path) -> None:
     items = docs(path)
     (deployment,) = by_kind(items, "Deployment")
     assert deployment["spec"]["replicas"] >= 2
@@ -95,15 +96,25 @@ def test_confmesh_arguments_parse_and_point_at_real_things(path: Path) -> None:
     ports = container_ports(deployment["spec"]["template"])
     assert int(params["listen"].rpartition(":")[2]) == ports["grpc"]
     assert int(params["metrics_listen"].rpartition(":")[2]) == ports["metrics"]
+    assert int(params["http_listen"].rpartition(":")[2]) == ports["https"]  # HTTPS: TLS as --listen's
     mounts = [m["mountPath"] for m in container["volumeMounts"]]
-    for option in ("server_cert", "server_key", "tls_client_ca"):
+    for option in ("server_cert", "server_key", "tls_client_ca", "policy_file"):
         assert any(params[option].startswith(m + "/") for m in mounts), f"{option} is not under a mount"
+    # The policy the Deployment mounts is in the same file, and it loads (identities and approval rules).
+    (policy_cm,) = [cm for cm in by_kind(items, "ConfigMap") if cm["metadata"]["name"] == "confmesh-policy"]
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if "configMap" in v
+                  and v["configMap"]["name"] == "confmesh-policy")  # fmt: skip
+    mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume["name"])
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(policy_cm["data"][params["policy_file"].removeprefix(mount + "/")])
+    loaded = load_policy_file(str(policy_file))
+    assert loaded.identities and loaded.approvals
     secrets = [
         v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v
     ]
     assert secrets == ["confmesh-tls"]
     if "$(CONFMESH_ETCD)" in params["etcd"]:
-        (cm,) = by_kind(items, "ConfigMap")
+        (cm,) = [cm for cm in by_kind(items, "ConfigMap") if cm["metadata"]["name"] == "confmesh-etcd"]
         env = {e["name"]: e for e in container["env"]}
         assert env["CONFMESH_ETCD"]["valueFrom"]["configMapKeyRef"]["name"] == cm["metadata"]["name"]
         endpoints = cm["data"][env["CONFMESH_ETCD"]["valueFrom"]["configMapKeyRef"]["key"]]
