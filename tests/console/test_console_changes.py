@@ -87,3 +87,24 @@ async def test_a_scheduled_change_applies_at_its_time_once(tenants: Tenants, bro
         assert (await admin.resolve("prod", "orders", "sale")).value is True
         records = (await admin.audit(env="prod", service="orders", limit=50)).records
         assert len([r for r in records if r.source.startswith(f"ChangeRequest {change.id}")]) == 1
+
+
+async def test_a_change_is_rejected_or_withdrawn_from_its_page(tenants: Tenants, browser: Any) -> None:
+    await _seed(tenants)
+    base = tenants.server.http_url
+    async with tenants.admin("orders-writer") as author_api:
+        rejected = await author_api.propose_change([ChangeSpec(Layer.svc("prod", "orders"), "db.pool", 99)])
+        withdrawn = await author_api.propose_change([ChangeSpec(Layer.svc("prod", "orders"), "db.pool", 11)])
+    reviewer = await login(browser, base, tenants.tokens["admin"])
+    await reviewer.goto(f"{base}/console/#/change/{rejected.id}")
+    await reviewer.get_by_test_id("comment").fill("99 is too many")
+    await reviewer.get_by_test_id("reject").click()
+    await reviewer.get_by_test_id("change-state").filter(has_text="rejected").wait_for(timeout=5_000)
+    assert "99 is too many" in await reviewer.get_by_test_id("error").inner_text()
+
+    author = await login(browser, base, tenants.tokens["orders-writer"])
+    await author.goto(f"{base}/console/#/change/{withdrawn.id}")
+    await author.get_by_test_id("cancel").click()
+    await author.get_by_test_id("change-state").filter(has_text="cancelled").wait_for(timeout=5_000)
+    async with tenants.admin("admin") as admin:
+        assert (await admin.resolve("prod", "orders", "db.pool")).value == 10

@@ -215,3 +215,21 @@ async def test_every_page_renders_with_live_data(tenants: Tenants, browser: Any)
                     and "+ service/prod/orders:db.pool 10" in audit
                 )
             await shot(page, name)
+
+
+async def test_a_rollout_is_widened_and_promoted_from_its_page(tenants: Tenants, browser: Any) -> None:
+    async with tenants.admin("admin") as admin:
+        await admin.put("db.pool", 10, env="prod", service="orders")
+        await admin.start_rollout("pool", "prod", "orders", set={"db.pool": 20}, percent=10)
+    base = tenants.server.http_url
+    page = await login(browser, base, tenants.tokens["orders-writer"])
+    await page.goto(f"{base}/console/#/rollouts")
+    section = page.get_by_test_id("rollout-pool")
+    await section.get_by_test_id("percent").fill("50")
+    await section.get_by_test_id("set-percent").click()
+    await section.locator("h2").filter(has_text="at 50%").wait_for(timeout=5_000)
+    await section.get_by_test_id("promote").click()
+    await page.get_by_text("No rollouts.").wait_for(timeout=5_000)
+    async with tenants.admin("admin") as admin:
+        assert (await admin.resolve("prod", "orders", "db.pool")).value == 20
+        assert await admin.rollouts() == []

@@ -429,9 +429,9 @@ async function rolloutsPage() {
         h("p", { class: "muted" }, `canaries on this replica: ${r.canary_instances}, ACKed ${r.canary_acked}, NACKed ${r.canary_nacked}; max NACK rate ${r.max_nack_rate}`),
         versionTable(status.versions),
         r.state === "active" && h("div", { class: "row" }, percent, "%",
-          h("button", { class: "secondary", disabled: !writable, onclick: () => act(r, "percent", { percent: Number(percent.value) }) }, "Set"),
-          h("button", { disabled: !writable, onclick: () => act(r, "promote") }, "Promote"),
-          h("button", { class: "danger", disabled: !writable, onclick: () => act(r, "abort", { reason: "aborted in the console" }) }, "Abort")));
+          h("button", { class: "secondary", testid: "set-percent", disabled: !writable, onclick: () => act(r, "percent", { percent: Number(percent.value) }) }, "Set"),
+          h("button", { testid: "promote", disabled: !writable, onclick: () => act(r, "promote") }, "Promote"),
+          h("button", { class: "danger", testid: "abort", disabled: !writable, onclick: () => act(r, "abort", { reason: "aborted in the console" }) }, "Abort")));
     })];
 }
 
