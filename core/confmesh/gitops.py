@@ -18,6 +18,7 @@ one service can apply its own directory.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,22 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[path] = value
     return out
+
+
+MISSING = object()  # a key one side of a `drift` lacks
+
+
+def drift(
+    a: dict[str, JSONValue], b: dict[str, JSONValue], expected: list[str]
+) -> list[tuple[str, Any, Any, bool]]:
+    """(key, value in a, value in b, expected?) for every leaf that differs."""
+    fa, fb = flatten(a), flatten(b)
+    rows = []
+    for key in sorted(fa.keys() | fb.keys()):
+        va, vb = fa.get(key, MISSING), fb.get(key, MISSING)
+        if va != vb:
+            rows.append((key, va, vb, any(fnmatch.fnmatchcase(key, p) for p in expected)))
+    return rows
 
 
 def _layer_for(root: Path, directory: Path) -> Layer:

@@ -7,7 +7,9 @@ from collections.abc import Iterable, Mapping
 from google.protobuf import struct_pb2
 
 from confmesh import errors
+from confmesh.changes import ChangeSpec
 from confmesh.delta import CONFIG, FLAGS, MISSING, Update
+from confmesh.flags.model import keyed
 from confmesh.keys import Layer, LayerKind, check_name
 from confmesh.merge import JSONValue, normalize
 from confmesh.v1 import admin_pb2, config_pb2
@@ -107,3 +109,30 @@ def layer_from_pb(msg: admin_pb2.Layer) -> Layer:
     if kind == LayerKind.FLAGS:
         return Layer.flags(msg.environment)
     raise errors.InvalidArgument("layer kind is not set", field="layer.kind")
+
+
+def change_to_pb(change: ChangeSpec) -> admin_pb2.Change:
+    """One put (its value normalized) or delete, as Apply and ProposeChange take it."""
+    msg = admin_pb2.Change(layer=layer_to_pb(change.layer), key=change.key)
+    if change.delete:
+        msg.delete = True
+    else:
+        msg.value.CopyFrom(to_value(normalize(change.value, path=change.key, depth=change.key.count("."))))
+    return msg
+
+
+def changes_from_pb(msgs: Iterable[admin_pb2.Change]) -> list[ChangeSpec]:
+    """Apply's and ProposeChange's changes; a flag definition comes out carrying its key."""
+    changes = []
+    for i, msg in enumerate(msgs):
+        op = msg.WhichOneof("op")
+        if op is None:
+            raise errors.InvalidArgument(f"changes[{i}]: set either value or delete", field=f"changes[{i}]")
+        layer = layer_from_pb(msg.layer)
+        if op == "delete":
+            changes.append(ChangeSpec(layer, msg.key, delete=True))
+        elif layer.kind is LayerKind.FLAGS:
+            changes.append(ChangeSpec(layer, msg.key, keyed(msg.key, from_value(msg.value))))
+        else:
+            changes.append(ChangeSpec(layer, msg.key, from_value(msg.value)))
+    return changes

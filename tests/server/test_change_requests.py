@@ -206,6 +206,8 @@ async def test_bad_proposals_are_refused_and_a_dry_run_stores_nothing(people: di
     with pytest.raises(errors.InvalidArgument) as too_big:  # each value fits; together they do not
         await author.propose_change([svc(f"blob{i}", "x" * 200_000) for i in range(6)])
     assert too_big.value.code == "change_too_large"
+    with pytest.raises(errors.InvalidArgument):
+        await author.changes(states=["open"] * 7)
     preview = await author.propose_change([svc("a", 1)], dry_run=True)
     assert preview.state == OPEN and [d.key for d in preview.diff] == ["a"]
     assert await author.changes() == []

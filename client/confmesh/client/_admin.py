@@ -19,6 +19,7 @@ from confmesh.rpc_errors import error_from_rpc
 from confmesh.tls import TLSConfig, aio_channel, bearer_metadata
 from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
 from confmesh.wire import (
+    change_to_pb,
     from_struct,
     from_value,
     layer_from_pb,
@@ -134,12 +135,7 @@ class AdminClient:
 
     async def apply(self, changes: Sequence[ChangeSpec], *, reason: str = "") -> WriteResult:
         req = admin_pb2.ApplyRequest(context=self._context(reason))
-        for ch in changes:
-            msg = req.changes.add(layer=layer_to_pb(ch.layer), key=ch.key)
-            if ch.delete:
-                msg.delete = True
-            else:
-                msg.value.CopyFrom(to_value(normalize(ch.value, path=ch.key, depth=ch.key.count("."))))
+        req.changes.extend(change_to_pb(ch) for ch in changes)
         resp = await self._call(self._admin.Apply, req)
         return WriteResult(resp.revision, list(resp.changed), list(resp.unchanged))
 
@@ -400,12 +396,7 @@ class AdminClient:
         """Propose config and flag-layer changes, or (``rollout``: name, env, service, set, delete,
         percent, max_nack_rate) a rollout start, for review; ``apply_at``: epoch seconds."""
         req = admin_pb2.ProposeChangeRequest(title=title, context=self._context(reason), dry_run=dry_run)
-        for ch in changes:
-            msg = req.changes.add(layer=layer_to_pb(ch.layer), key=ch.key)
-            if ch.delete:
-                msg.delete = True
-            else:
-                msg.value.CopyFrom(to_value(normalize(ch.value, path=ch.key, depth=ch.key.count("."))))
+        req.changes.extend(change_to_pb(ch) for ch in changes)
         if rollout is not None:
             start = req.rollout
             start.name, start.environment = rollout["name"], rollout["env"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,9 @@ import yaml
 
 from confmesh.cli.common import admin_client, dumps, run
 from confmesh.errors import ConfmeshError, InvalidArgument
-from confmesh.gitops import flatten
+from confmesh.gitops import MISSING, drift
 from confmesh.keys import Layer
-from confmesh.merge import JSONValue, resolve
-
-_MISSING = object()
+from confmesh.merge import resolve
 
 
 def load_expected(path: str | None, allow: tuple[str, ...]) -> list[str]:
@@ -32,19 +29,6 @@ def load_expected(path: str | None, allow: tuple[str, ...]) -> list[str]:
             raise InvalidArgument(f"{path}: expected a mapping with 'expected': a list of key patterns")
         patterns += listed
     return patterns
-
-
-def drift(
-    a: dict[str, JSONValue], b: dict[str, JSONValue], expected: list[str]
-) -> list[tuple[str, Any, Any, bool]]:
-    """(key, value in a, value in b, expected?) for every leaf that differs."""
-    fa, fb = flatten(a), flatten(b)
-    rows = []
-    for key in sorted(fa.keys() | fb.keys()):
-        va, vb = fa.get(key, _MISSING), fb.get(key, _MISSING)
-        if va != vb:
-            rows.append((key, va, vb, any(fnmatch.fnmatchcase(key, p) for p in expected)))
-    return rows
 
 
 @click.command()
@@ -81,7 +65,7 @@ def diff(
         for key, va, vb, is_expected in rows:
             unexpected += not is_expected
             if as_json:
-                values = {envs[0]: None if va is _MISSING else va, envs[1]: None if vb is _MISSING else vb}
+                values = {envs[0]: None if va is MISSING else va, envs[1]: None if vb is MISSING else vb}
                 click.echo(dumps({"scope": scope, "key": key, **values, "expected": is_expected}))
             else:
                 mark = "expected " if is_expected else "DRIFT    "
@@ -92,7 +76,7 @@ def diff(
 
 
 def _show(value: Any) -> str:
-    return "(unset)" if value is _MISSING else dumps(value)
+    return "(unset)" if value is MISSING else dumps(value)
 
 
 async def _compare(

@@ -12,7 +12,7 @@ import grpc.aio
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
-from confmesh.flags.model import keyed, parse_flag
+from confmesh.flags.model import parse_flag
 from confmesh.keys import Layer, LayerKind, Scope, split_key
 from confmesh.merge import same_value
 from confmesh.server.access import Caller, Grant, Role
@@ -33,9 +33,9 @@ from confmesh.server.change_requests import (
     new_id,
 )
 from confmesh.server.rollouts import Rollout
-from confmesh.server.writer import check_layer, validate_changes
+from confmesh.server.writer import check_layer, shown_in_audit, validate_changes
 from confmesh.v1 import admin_pb2
-from confmesh.wire import from_struct, from_value, layer_from_pb, layer_to_pb, to_struct, to_value
+from confmesh.wire import changes_from_pb, from_struct, layer_to_pb, to_struct, to_value
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_SCHEDULE_AHEAD = 366 * 86400
@@ -52,21 +52,11 @@ FROM_PB = {v: k for k, v in STATES.items()}
 
 
 def _changes_from_pb(request: admin_pb2.ProposeChangeRequest) -> list[ChangeSpec]:
-    changes = []
-    for i, ch in enumerate(request.changes):
-        op = ch.WhichOneof("op")
-        if op is None:
-            raise errors.InvalidArgument(f"changes[{i}]: set either value or delete", field=f"changes[{i}]")
-        layer = layer_from_pb(ch.layer)
-        if op == "delete":
-            changes.append(ChangeSpec(layer, ch.key, delete=True))
-            continue
-        value = from_value(ch.value)
-        if layer.kind is LayerKind.FLAGS:
-            split_key(ch.key)
-            value = keyed(ch.key, value)
-            parse_flag(value, key=ch.key)
-        changes.append(ChangeSpec(layer, ch.key, value))
+    changes = changes_from_pb(request.changes)
+    for c in changes:
+        if c.layer.kind is LayerKind.FLAGS and not c.delete:
+            split_key(c.key)
+            parse_flag(c.value, key=c.key)
     # As they will be written: normalized, bounded, each value encodable.
     return [c if c.delete else ChangeSpec(c.layer, c.key, json.loads(encoded))
             for c, encoded in validate_changes(changes)]  # fmt: skip
@@ -169,8 +159,6 @@ class ChangeRPCs(AdminBase):
         return msg
 
     def _shown(self, layer: Layer, key: str, value: Any) -> Any:
-        from confmesh.server.writer import shown_in_audit
-
         return shown_in_audit(self.store.schemas, layer, key, value)
 
     async def _fill_impact(self, msg: admin_pb2.ChangeRequest, caller: Caller, change: ChangeRequest) -> None:
@@ -273,6 +261,8 @@ class ChangeRPCs(AdminBase):
         caller = self._allow(context, Grant.can_operate, "list change requests")
         if not 0 <= request.limit <= MAX_LIST:
             raise errors.InvalidArgument(f"limit must be in [0, {MAX_LIST}]", field="limit")
+        if len(request.states) > len(STATES):
+            raise errors.InvalidArgument(f"name at most {len(STATES)} states", field="states")
         states = {FROM_PB[s] for s in request.states if s in FROM_PB}
         found = sorted(self.store.changes.values(), key=lambda item: -item[0].created_at)
         resp = admin_pb2.ListChangesResponse()

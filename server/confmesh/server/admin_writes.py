@@ -17,7 +17,7 @@ from confmesh.server.admin_base import (
     write,
 )
 from confmesh.v1 import admin_pb2
-from confmesh.wire import from_value, layer_from_pb
+from confmesh.wire import changes_from_pb, from_value, layer_from_pb
 
 
 def _put(layer: Layer, key: str, value: JSONValue) -> ChangeSpec:
@@ -46,16 +46,5 @@ class WriteRPCs(AdminBase):
     async def Apply(
         self, request: admin_pb2.ApplyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
-        changes = []
-        for i, ch in enumerate(request.changes):
-            op = ch.WhichOneof("op")
-            if op is None:
-                raise errors.InvalidArgument(
-                    f"changes[{i}]: set either value or delete", field=f"changes[{i}]"
-                )
-            layer = layer_from_pb(ch.layer)
-            if op == "delete":
-                changes.append(ChangeSpec(layer, ch.key, delete=True))
-            else:
-                changes.append(_put(layer, ch.key, from_value(ch.value)))
+        changes = changes_from_pb(request.changes)
         return await self._write(context, changes, request.context, "Apply")

@@ -28,7 +28,7 @@ from confmesh.server.change_requests import (
 )
 from confmesh.server.etcd import Etcd
 from confmesh.server.limits import Throttled
-from confmesh.server.records import read_rollout, rollout_guard
+from confmesh.server.records import read_rollout, record_guard, rollout_guard, write_guarded
 from confmesh.server.rollouts import Rollout
 from confmesh.server.store import ConfigStore
 from confmesh.server.writer import Writer, check_schemas, validate_changes
@@ -46,11 +46,7 @@ async def read_change(etcd: Etcd, layout: KeyLayout, change_id: str) -> tuple[Ch
 
 
 def change_guard(layout: KeyLayout, change_id: str, revision: int) -> list[Any]:
-    """Txn compares: the record is unchanged since `revision` (0: it does not exist yet)."""
-    key = layout.change_key(change_id)
-    if revision == 0:
-        return [Etcd.created(key, exists=False)]
-    return [Etcd.created(key, exists=True), Etcd.unchanged_since(key, revision, exact=True)]
+    return record_guard(layout.change_key(change_id), revision)
 
 
 def changed_meanwhile(change_id: str, action: str) -> errors.FailedPrecondition:
@@ -66,14 +62,11 @@ async def write_change(
 ) -> int:
     """Put the record if it is still at revision `expect` (0: if there is none), audited."""
     audit = AuditEntry(actor, reason, f"{action} {change.id}: {change.title}", trace=current_traceparent())
-    put = Etcd.put_op(layout.change_key(change.id), change.encode())
-    resp = await etcd.txn(
-        change_guard(layout, change.id, expect), [put, Etcd.put_op(audit.key(layout), audit.encode())]
-    )
-    if not resp.succeeded:
+    key = layout.change_key(change.id)
+    revision = await write_guarded(etcd, layout, key, change.encode(), audit, expect=expect)
+    if revision is None:
         raise changed_meanwhile(change.id, action)
-    audit.committed(resp.header.revision)
-    return int(resp.header.revision)
+    return revision
 
 
 async def stale_layers(etcd: Etcd, layout: KeyLayout, layers: list[Layer], base: int) -> list[Layer]:

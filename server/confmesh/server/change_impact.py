@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.flags.model import parse_flag_set
+from confmesh.gitops import flatten
 from confmesh.keys import Layer, LayerKind, Scope
 from confmesh.merge import JSONValue, resolve, same_value
 from confmesh.server.change_requests import after_changes
@@ -63,20 +64,8 @@ class Impact:
     not_shown: int = 0
 
 
-def leaves(tree: Mapping[str, JSONValue], prefix: str = "") -> dict[str, JSONValue]:
-    """Dotted leaf paths of a resolved config (an empty object is a leaf)."""
-    out: dict[str, JSONValue] = {}
-    for key, value in tree.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and value:
-            out.update(leaves(value, path))
-        else:
-            out[path] = value
-    return out
-
-
 def changed_leaves(before: Mapping[str, JSONValue], after: Mapping[str, JSONValue]) -> list[str]:
-    a, b = leaves(before), leaves(after)
+    a, b = flatten(dict(before)), flatten(dict(after))
     return sorted(k for k in a.keys() | b.keys() if k not in a or k not in b or not same_value(a[k], b[k]))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
-from confmesh.keys import Layer, LayerKind, Scope, check_name
+from confmesh.keys import Layer, LayerKind, Scope
 from confmesh.merge import JSONValue
 
 MAX_TITLE = 200
@@ -241,7 +241,3 @@ def after_changes(
         else:
             entries[change.key] = change.value
     return out
-
-
-def check_rollout_name(name: str) -> str:
-    return check_name(name, "rollout name")

@@ -32,7 +32,7 @@ from aiohttp import web
 from confmesh import errors
 from confmesh.flags import FlagEvaluator, parse_flag_set, reparse_flag_set
 from confmesh.flags.details import ErrorCode, EvaluationDetails, Reason
-from confmesh.flags.model import FlagSet
+from confmesh.flags.model import FlagSet, keyed
 from confmesh.keys import Layer, check_name
 from confmesh.server.access import ANONYMOUS, Access, Caller
 from confmesh.server.store import ConfigStore
@@ -69,7 +69,7 @@ class OfrepEvaluators:
         cached = self._by_env.get(environment)
         if cached is not None and cached.revision == revision:
             return cached.evaluator
-        raw = {k: {"key": k, **v} if isinstance(v, dict) else v for k, v in self.store.entries(layer).items()}
+        raw = {k: keyed(k, v) for k, v in self.store.entries(layer).items()}
         if cached is None:
             parsed = parse_flag_set(raw)
             previous = None

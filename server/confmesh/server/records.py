@@ -60,12 +60,28 @@ async def read_rollout(etcd: Etcd, layout: KeyLayout, scope: Scope) -> tuple[Rol
     return None if kv is None else (Rollout.decode(kv.value), kv.mod_revision)
 
 
-def rollout_guard(layout: KeyLayout, scope: Scope, revision: int) -> list[Any]:
-    """Txn compares: the record exists and is unchanged since `revision`; none exists (0)."""
-    key = layout.rollout_key(scope)
+def record_guard(key: str, revision: int) -> list[Any]:
+    """Txn compares: the record at `key` exists and is unchanged since `revision`; none exists (0)."""
     if revision == 0:
         return [Etcd.created(key, exists=False)]
     return [Etcd.created(key, exists=True), Etcd.unchanged_since(key, revision, exact=True)]
+
+
+async def write_guarded(
+    etcd: Etcd, layout: KeyLayout, key: str, value: bytes, audit: AuditEntry, *, expect: int
+) -> int | None:
+    """Put one record, with its audit entry, if it is still at revision `expect` (0: if there is
+    none); the revision, or None when another transition got there first."""
+    put = Etcd.put_op(key, value)
+    resp = await etcd.txn(record_guard(key, expect), [put, Etcd.put_op(audit.key(layout), audit.encode())])
+    if not resp.succeeded:
+        return None
+    audit.committed(resp.header.revision)
+    return int(resp.header.revision)
+
+
+def rollout_guard(layout: KeyLayout, scope: Scope, revision: int) -> list[Any]:
+    return record_guard(layout.rollout_key(scope), revision)
 
 
 def rollout_conflict(scope: Scope, action: str) -> errors.FailedPrecondition:
@@ -81,13 +97,11 @@ async def write_rollout(
 ) -> int:
     """Put the rollout record if it is still at revision `expect` (0: if there is none)."""
     audit = AuditEntry(actor, reason, f"{action} {rollout.scope} {rollout.name} ({rollout.percent:g}%)")
-    compare = rollout_guard(layout, rollout.scope, expect)
-    put = Etcd.put_op(layout.rollout_key(rollout.scope), rollout.encode())
-    resp = await etcd.txn(compare, [put, Etcd.put_op(audit.key(layout), audit.encode())])
-    if not resp.succeeded:
+    key = layout.rollout_key(rollout.scope)
+    revision = await write_guarded(etcd, layout, key, rollout.encode(), audit, expect=expect)
+    if revision is None:
         raise rollout_conflict(rollout.scope, action)
-    audit.committed(resp.header.revision)
-    return int(resp.header.revision)
+    return revision
 
 
 def canary_counts(rollout: Rollout, version: int, records: list[InstanceRecord]) -> tuple[int, int, int]:

@@ -16,6 +16,7 @@ import hmac
 import json
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,17 +26,19 @@ from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.cli.common import message_json
 from confmesh.flags.evaluator import FlagEvaluator
-from confmesh.flags.model import parse_flag_set
-from confmesh.keys import Layer, LayerKind, Scope, check_name
+from confmesh.flags.model import keyed, parse_flag_set
+from confmesh.gitops import MISSING, drift, flatten
+from confmesh.keys import Layer, Scope, check_name
 from confmesh.merge import explain
 from confmesh.server.access import Access, Caller
+from confmesh.server.change_impact import known_scopes
 from confmesh.server.console.bridge import call
 from confmesh.server.fleet import FleetView
 from confmesh.server.ledger import Ledger
 from confmesh.server.ofrep import CALLER_DEFAULT, evaluate, nests_within
 from confmesh.server.store import ConfigStore
 from confmesh.v1 import admin_pb2
-from confmesh.wire import layer_to_pb, to_struct, to_value
+from confmesh.wire import change_to_pb, from_struct, to_struct
 
 SESSION, CSRF = "cm_session", "cm_csrf"
 MAX_BODY = 256 * 1024
@@ -232,12 +235,8 @@ class Console:
         caller = self.caller(request)
         reads = (lambda s: True) if caller.grant is None else caller.grant.can_read
         flag_reads = (lambda e: True) if caller.grant is None else caller.grant.can_read_flags
-        instances: dict[Scope, int] = {}
-        for record in self.fleet.records():
-            if record.connected:
-                instances[record.scope] = instances.get(record.scope, 0) + 1
-        known = {Scope(x.environment, x.service) for x in self.store.layers() if x.kind is LayerKind.SERVICE}
-        known |= set(self.store.schemas) | set(instances)
+        instances = Counter(r.scope for r in self.fleet.records() if r.connected)
+        known = known_scopes(self.store.layers(), self.store.schemas, instances)
         envs = {s.environment for s in known} | {x.environment for x in self.store.layers() if x.environment}
         services = [
             {
@@ -265,9 +264,6 @@ class Console:
         caller = self.caller(request)
         scope = Scope.checked(env, service)
         layers = [self.store.entries(layer) for layer in scope.layers]
-        from confmesh.gitops import flatten
-        from confmesh.wire import from_struct
-
         config = from_struct(resp.config)
         rows = []
         for key, value in sorted(flatten(config).items()):
@@ -311,12 +307,7 @@ class Console:
         req = admin_pb2.ProposeChangeRequest(
             title=str(body.get("title", ""))[:200], context=self._ctx(body), dry_run=dry_run
         )
-        for ch in changes:
-            msg = req.changes.add(layer=layer_to_pb(ch.layer), key=ch.key)
-            if ch.delete:
-                msg.delete = True
-            else:
-                msg.value.CopyFrom(to_value(ch.value))
+        req.changes.extend(change_to_pb(ch) for ch in changes)
         at = body.get("apply_at")
         if isinstance(at, (int, float)) and at > 0:
             req.apply_at.FromNanoseconds(int(at * 1e9))
@@ -345,12 +336,7 @@ class Console:
             )
             return web.json_response({"ok": True, "change": message_json(proposed)})
         req = admin_pb2.ApplyRequest(context=self._ctx(body))
-        for ch in changes:
-            msg = req.changes.add(layer=layer_to_pb(ch.layer), key=ch.key)
-            if ch.delete:
-                msg.delete = True
-            else:
-                msg.value.CopyFrom(to_value(ch.value))
+        req.changes.extend(change_to_pb(ch) for ch in changes)
         written = await self.rpc(request, "Apply", req)
         return web.json_response({"ok": True, "revision": written.revision, "changed": list(written.changed)})
 
@@ -423,7 +409,7 @@ class Console:
         body = await self._json(request)
         env, key = str(body.get("env", "")), str(body.get("key", ""))
         resp = message_json(await self.rpc(request, "GetFlags", admin_pb2.GetFlagsRequest(environment=env)))
-        flags = {k: {"key": k, **v} if isinstance(v, dict) else v for k, v in resp["flags"].items()}
+        flags = {k: keyed(k, v) for k, v in resp["flags"].items()}
         if isinstance(body.get("definition"), dict):
             flags[key] = {**body["definition"], "key": key}
         context = body.get("context", {})
@@ -556,23 +542,14 @@ class Console:
         return web.json_response({"records": [message_json(r) for r in resp.records]})
 
     async def drift(self, request: web.Request) -> web.StreamResponse:
-        from confmesh.gitops import flatten
-        from confmesh.wire import from_struct
-
         a, b, service = self._query(request, "a"), self._query(request, "b"), self._query(request, "service")
         ra = await self.rpc(request, "Resolve", admin_pb2.ResolveRequest(environment=a, service=service))
         rb = await self.rpc(request, "Resolve", admin_pb2.ResolveRequest(environment=b, service=service))
-        fa, fb = flatten(from_struct(ra.config)), flatten(from_struct(rb.config))
         rows = [
-            {
-                "key": k,
-                "a": fa.get(k),
-                "b": fb.get(k),
-                "only": "a" if k not in fb else "b" if k not in fa else "",
-            }
-            for k in sorted(fa.keys() | fb.keys())
-            if fa.get(k) != fb.get(k) or (k in fa) != (k in fb)
-        ]
+            {"key": key, "a": None if va is MISSING else va, "b": None if vb is MISSING else vb,
+             "only": "a" if vb is MISSING else "b" if va is MISSING else ""}
+            for key, va, vb, _ in drift(from_struct(ra.config), from_struct(rb.config), [])
+        ]  # fmt: skip
         return web.json_response({"a": a, "b": b, "service": service, "rows": rows})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
