@@ -581,7 +581,8 @@ async def run_server(settings: ServerSettings, *, ready: asyncio.Event | None = 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()  # a failed start stops what it started
-    print(f"confmesh serving on {server.address} (version {__version__})", flush=True)
+    http = f"; console and OFREP on {server.http_url}" if settings.http_listen else ""
+    print(f"confmesh serving on {server.address} (version {__version__}){http}", flush=True)
     if ready is not None:
         ready.set()
     await stop.wait()

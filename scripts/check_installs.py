@@ -1,20 +1,25 @@
-"""CI: a service's install (`pip install confmesh`, no extras) works without the server's dependencies.
+"""CI: the README's first command works from a fresh `.[server]` install, and a service's install
+(`pip install confmesh`, no extras) works without the server's dependencies.
 
-Installs the package alone into a fresh virtualenv, checks that none of the server's dependencies
-came with it, then runs a ConfigClient and the CLI from that venv against a server started from the
-full install (this interpreter). Prints both installs' sizes.
+Builds two fresh virtualenvs: one with `.[server]` alone (the README's first command) and one with the
+package alone. Checks that none of the server's dependencies came with the client install, runs
+`confmesh serve` (gRPC and the HTTP listener) from the server venv, and a ConfigClient and the CLI
+(`put`, `get`) from the client venv against it. CI only ever had the test extra installed before,
+which hid a server import that only the test extra provided. Prints both installs' sizes.
 
-    python3 scripts/check_client_install.py [--keep DIR]
+    python3 scripts/check_installs.py [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,16 +48,21 @@ def venv_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 2**20
 
 
+def make_venv(path: Path, spec: str, env: dict[str, str]) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    subprocess.run([str(path / "bin" / "python"), "-m", "pip", "install", "-q", spec], check=True, env=env)
+    return path / "bin"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", default="", help="Build the venv here and keep it.")
+    parser.add_argument("--keep", default="", help="Build the venvs here and keep them.")
     args = parser.parse_args()
-    work = Path(args.keep or tempfile.mkdtemp(prefix="confmesh-client-"))
-    venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python, confmesh = venv / "bin" / "python", venv / "bin" / "confmesh"
+    work = Path(args.keep or tempfile.mkdtemp(prefix="confmesh-installs-"))
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT)], check=True, env=env)
+    client_bin = make_venv(work / "client", str(ROOT), env)
+    server_bin = make_venv(work / "server", f"{ROOT}[server]", env)
+    python, confmesh = client_bin / "python", client_bin / "confmesh"
 
     probe = f"import importlib.util as u; print([m for m in {SERVER_ONLY!r} if u.find_spec(m)])"
     found = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True)
@@ -71,26 +81,48 @@ def main() -> None:
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
     assert "pip install 'confmesh[server]'" in refused.stderr, refused.stderr
 
-    serve = ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(work / "data"), "--log-level", "warning"]
+    # The README's first command, from the `.[server]` venv alone (its own etcd, its own data dir), on
+    # ports chosen at run time, with the HTTP listener so that OFREP and flagd sync import too.
+    serve = ["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log-level", "warning"]
     server = subprocess.Popen(
-        [sys.executable, "-m", "confmesh.cli", *serve],
+        [str(server_bin / "confmesh"), *serve],
         stdout=subprocess.PIPE,
         text=True,
+        cwd=work,
         start_new_session=True,
     )
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
-        assert line.startswith("confmesh serving on "), line
-        address = line.split()[3]
+        assert line.startswith("confmesh serving on "), f"`confmesh serve` from .[server] alone: {line!r}"
+        address, http = line.split()[3], line.rstrip().rsplit(" ", 1)[1]
         cli_env = {**env, "CONFMESH_SERVER": address}
         subprocess.run([str(confmesh), "put", "feature.x", "42", "--env", "prod"], check=True, env=cli_env)
+        got = subprocess.run(
+            [str(confmesh), "get", "feature.x", "--env", "prod", "--service", "orders"],
+            check=True,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+        )
+        assert got.stdout.strip().startswith("42"), got.stdout
         subprocess.run([str(python), "-c", CLIENT % (SERVER_ONLY,), address], check=True, env=env)
+        bulk = urllib.request.Request(
+            f"{http}/environments/prod/ofrep/v1/evaluate/flags",
+            data=json.dumps({"context": {"targetingKey": "u1"}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(bulk, timeout=10) as answer:
+            assert json.load(answer)["flags"] == [], "OFREP from the .[server] install"
+        print(f"`confmesh serve` from .[server] alone answered put/get, a ConfigClient and OFREP at {http}")
     finally:
         server.terminate()
-        server.wait(20)
+        server.wait(30)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    print(f"client-only venv: {venv_mib(venv):.0f} MiB (python {version})")
+    print(
+        f"client-only venv: {venv_mib(work / 'client'):.0f} MiB, "
+        f"server venv: {venv_mib(work / 'server'):.0f} MiB (python {version})"
+    )
 
 
 if __name__ == "__main__":
