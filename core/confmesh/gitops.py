@@ -29,6 +29,7 @@ from confmesh.changes import ChangeSpec
 from confmesh.errors import InvalidArgument
 from confmesh.keys import Layer, check_name, split_key
 from confmesh.merge import JSONValue, normalize, same_value
+from confmesh.textfiles import decode_text
 
 SUFFIXES = (".yaml", ".yml", ".json")
 MARKER = ".managed"
@@ -98,7 +99,7 @@ def read_directory(root: Path) -> DesiredState:
         for path in files:
             state.files += 1
             try:
-                doc = yaml.safe_load(path.read_text()) or {}
+                doc = yaml.safe_load(decode_text(path.read_bytes())) or {}
                 if not isinstance(doc, dict):
                     raise InvalidArgument("expected a mapping of keys")
                 for key, value in flatten(doc).items():

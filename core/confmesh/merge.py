@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,43 @@ MAX_VALUE_DEPTH = 28
 MAX_VALUE_BYTES = 256 * 1024  # one overwrite, with old and new in its audit record, fits etcd's 1.5 MiB
 
 
+# JSON text can spell a lone UTF-16 surrogate ("\ud800"): valid JSON, but no UTF-8 encoding exists for
+# it, so it can be neither hashed, sent over gRPC nor written back. Only an escape can produce one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_text(text: str, path: str, what: str = "string") -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{path}: {what} holds a lone surrogate ({exc.object[exc.start : exc.end]!r}), "
+            "which has no UTF-8 encoding",
+            code="invalid_value",
+            field=path,
+        ) from exc
+
+
+def loads_json(raw: bytes | str) -> Any:
+    """``json.loads`` for text read from outside (etcd, a request): lone surrogates are a ``ValueError``.
+
+    Every string in the result can then be encoded as UTF-8 (hashed, sent over gRPC, written back).
+    """
+    if isinstance(raw, str) and not raw.isascii():
+        raw.encode()  # a str with surrogates in it (UnicodeEncodeError is a ValueError)
+    value = json.loads(raw)
+    pattern = _SURROGATE_ESCAPE if isinstance(raw, str) else _SURROGATE_ESCAPE_BYTES
+    if pattern.search(raw):  # type: ignore[arg-type]
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"a string holds a lone surrogate {exc.object[exc.start : exc.end]!r}") from exc
+    return value
+
+
 def normalize(value: JSONValue, *, path: str = "value", depth: int = 0) -> JSONValue:
     """Validate a JSON value and return its canonical form.
 
@@ -38,7 +76,10 @@ def normalize(value: JSONValue, *, path: str = "value", depth: int = 0) -> JSONV
         raise InvalidArgument(
             f"{path}: nested deeper than {MAX_VALUE_DEPTH} levels", code="value_too_deep", field=path
         )
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        _check_text(value, path)
         return value
     if isinstance(value, int):
         if abs(value) > MAX_SAFE_INTEGER:
@@ -62,6 +103,7 @@ def normalize(value: JSONValue, *, path: str = "value", depth: int = 0) -> JSONV
                 raise InvalidArgument(
                     f"{path}: object keys must be strings", code="invalid_value", field=path
                 )
+            _check_text(k, path, "an object key")
             out[k] = normalize(v, path=f"{path}.{k}", depth=depth + 1)
         return out
     if isinstance(value, (list, tuple)):

@@ -116,8 +116,16 @@ async def test_an_invalid_edit_shows_its_field_path_and_writes_nothing(
         assert (await admin.resolve("prod", "orders", "db.pool")).value == 10
         assert len((await admin.audit(env="prod", service="orders", limit=100)).records) == audit_before
 
-    # A valid edit goes through, typed (an integer stays an integer).
+    # "Check only" checks and says that nothing was saved (it names no version).
     await pool.fill("40")
+    await page.get_by_test_id("check").click()
+    checked = page.get_by_test_id("notice").filter(has_text="Nothing was saved")
+    await checked.wait_for(timeout=5_000)
+    assert "version" not in await checked.inner_text()
+    async with tenants.admin("admin") as admin:
+        assert (await admin.resolve("prod", "orders", "db.pool")).value == 10
+
+    # A valid edit goes through, typed (an integer stays an integer).
     await page.get_by_test_id("save").click()
     await page.get_by_test_id("notice").filter(has_text="Saved as version").wait_for(timeout=5_000)
     async with tenants.admin("admin") as admin:

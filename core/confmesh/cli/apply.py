@@ -12,6 +12,7 @@ from confmesh.cli.common import admin_client, dumps, reason_option, run
 from confmesh.errors import InvalidArgument
 from confmesh.gitops import DesiredState, plan_layer, read_directory
 from confmesh.merge import same_value
+from confmesh.textfiles import read_text_or_stdin
 
 PROGRESS_FROM = 10  # layers; fewer apply too fast to need a progress bar
 
@@ -41,7 +42,7 @@ def apply(ctx: click.Context, path: str | None, file_opt: str | None, dry_run: b
         state = read_directory(Path(target))  # every file checked before the server is asked anything
         run(_apply_directory(ctx, state, Path(target).name, dry_run, reason))
         return
-    text = sys.stdin.read() if target == "-" else _read(target)
+    text = read_text_or_stdin(target)
     doc = parse_apply_document(text, source=target)
 
     async def body() -> None:
@@ -89,13 +90,6 @@ async def _preview_changes(admin: Any, changes: list[Any]) -> None:
             entries[change.key] = change.value
             count += 1
     click.echo(f"{count} change(s) (dry run: nothing applied)")
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise InvalidArgument(f"{path}: {exc.strerror}") from exc
 
 
 async def _apply_directory(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -12,6 +11,7 @@ import click
 
 from confmesh.cli.common import admin_command, dumps, json_option, message_json
 from confmesh.errors import InvalidArgument
+from confmesh.textfiles import read_text_or_stdin
 
 _RELATIVE = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -177,9 +177,7 @@ async def propose(
     else:
         if target is None:
             raise InvalidArgument("give a change-set file (-f PATH), or --rollout NAME")
-        from confmesh.cli.apply import _read
-
-        text = sys.stdin.read() if target == "-" else _read(target)
+        text = read_text_or_stdin(target)
         doc = parse_apply_document(text, source=target)
         found = await admin.propose_change(
             doc.changes, title=title, reason=reason or doc.reason, apply_at=apply_at, dry_run=dry_run

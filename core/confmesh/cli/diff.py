@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +13,7 @@ from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.gitops import MISSING, drift
 from confmesh.keys import Layer
 from confmesh.merge import resolve
+from confmesh.textfiles import read_text
 
 
 def load_expected(path: str | None, allow: tuple[str, ...]) -> list[str]:
@@ -21,8 +21,8 @@ def load_expected(path: str | None, allow: tuple[str, ...]) -> list[str]:
     patterns = list(allow)
     if path:
         try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            doc = yaml.safe_load(read_text(path)) or {}
+        except yaml.YAMLError as exc:
             raise InvalidArgument(f"{path}: {exc}") from exc
         listed = doc.get("expected") if isinstance(doc, dict) else None
         if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):

@@ -19,6 +19,7 @@ from confmesh.flags.files import load_document as load_flags_document
 from confmesh.flags.flagd import FRACTIONAL, export_flagd
 from confmesh.flags.formats import FORMATS
 from confmesh.flags.model import Flag
+from confmesh.textfiles import read_stdin, read_text_or_stdin
 
 
 def parse_duration(text: str) -> int:
@@ -31,7 +32,7 @@ def parse_duration(text: str) -> int:
 
 def load_document(path: str) -> Any:
     """A flags document from a file, or from stdin for ``-``."""
-    return parse_document(sys.stdin.read(), "stdin") if path == "-" else load_flags_document(path)
+    return parse_document(read_stdin(), "stdin") if path == "-" else load_flags_document(path)
 
 
 def details_json(d: EvaluationDetails) -> dict[str, Any]:
@@ -336,7 +337,7 @@ def _contexts(context: str | None, contexts: str | None) -> list[dict[str, Any]]
     if context is not None and contexts is not None:
         raise InvalidArgument("give --context or --contexts, not both")
     if contexts is not None:
-        lines = (sys.stdin if contexts == "-" else open(contexts)).read().splitlines()  # noqa: SIM115
+        lines = read_text_or_stdin(contexts).splitlines()
         return [parse_context(line, f"{contexts}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
     return [parse_context(context or "{}", "--context")]
 

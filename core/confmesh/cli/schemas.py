@@ -13,6 +13,7 @@ import click
 
 from confmesh.cli.common import admin_command, dumps, reason_option
 from confmesh.errors import InvalidArgument
+from confmesh.textfiles import read_text
 
 
 @click.group()
@@ -55,8 +56,8 @@ async def push(admin: Any, env: str, service: str, model: str | None, file: str 
         document = load_model_schema(model)
     else:
         try:
-            document = json.loads(await asyncio.to_thread(Path(str(file)).read_text))
-        except (OSError, ValueError) as exc:
+            document = json.loads(await asyncio.to_thread(read_text, str(file)))
+        except ValueError as exc:
             raise InvalidArgument(f"{file}: {exc}") from exc
     result = await admin.put_schema(env, service, document, reason=reason)
     click.echo(f"schema for {env}/{service} registered (revision {result.revision})")

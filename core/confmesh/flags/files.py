@@ -22,6 +22,7 @@ from confmesh.flags.flagd import is_flagd, read_flagd
 from confmesh.flags.formats import FORMATS, FlagsDocument
 from confmesh.flags.model import Flag, FlagSet, parse_flag_set
 from confmesh.flags.unleash import is_unleash, read_unleash
+from confmesh.textfiles import read_text
 
 
 def detect_format(document: Any) -> str:
@@ -84,12 +85,7 @@ def parse_document(text: str, source: str) -> Any:
 
 
 def load_document(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read flags file {path}: {exc.strerror}") from exc
-    return parse_document(text, str(path))
+    return parse_document(read_text(path), str(path))
 
 
 def load_flags_file(path: str | Path, *, format: str | None = None, fractional: str = "v2") -> FlagSet:

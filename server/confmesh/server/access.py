@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from confmesh import errors
 from confmesh.identity import peer_identities
 from confmesh.keys import Layer, LayerKind, Scope, check_name
+from confmesh.merge import loads_json
 from confmesh.server.limits import Throttled
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ class TokenRecord:
 
     @classmethod
     def decode(cls, token_id: str, raw: bytes) -> TokenRecord:
-        doc = json.loads(raw)
+        doc = loads_json(raw)
         return cls(token_id, doc["name"], Grant.model_validate(doc["grant"]), doc["sha256"],
                    float(doc["created_at"]), doc.get("created_by", ""))  # fmt: skip
 

@@ -20,7 +20,7 @@ from typing import Any
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, LayerKind, Scope
-from confmesh.merge import JSONValue
+from confmesh.merge import JSONValue, loads_json
 
 MAX_TITLE = 200
 MAX_TEXT = 2000
@@ -177,7 +177,7 @@ class ChangeRequest:
 
     @classmethod
     def decode(cls, raw: bytes) -> ChangeRequest:
-        doc = json.loads(raw)
+        doc = loads_json(raw)
         rollout = doc.get("rollout")
         return cls(
             id=doc["id"],

@@ -190,7 +190,7 @@ class Etcd:
             if revision == 0:
                 revision = resp.header.revision
                 # Later pages are read at the first page's revision.
-            out.extend(KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in resp.kvs)
+            out.extend(KeyValue(_key_text(kv.key), kv.value, kv.mod_revision) for kv in resp.kvs)
             if not resp.more or not resp.kvs:
                 return revision, out
             start = resp.kvs[-1].key + b"\x00"
@@ -200,7 +200,7 @@ class Etcd:
         assert self._client.kv is not None
         resp = await self._rpc(functools.partial(self._client.kv.get, key.encode(), timeout=self.timeout))
         for kv in resp.kvs:
-            return KeyValue(kv.key.decode(), kv.value, kv.mod_revision)
+            return KeyValue(_key_text(kv.key), kv.value, kv.mod_revision)
         return None
 
     async def grant_lease(self, ttl: int) -> int:
@@ -261,7 +261,7 @@ class Etcd:
             pages.grow()
             revision = revision or resp.header.revision
             for kv in resp.kvs:
-                yield KeyValue(kv.key.decode(), kv.value, kv.mod_revision)
+                yield KeyValue(_key_text(kv.key), kv.value, kv.mod_revision)
             if not resp.more or not resp.kvs:
                 return
             end = resp.kvs[-1].key  # exclusive: continue below the last key seen
@@ -363,7 +363,7 @@ class Etcd:
                 parts.extend(
                     Event(
                         deleted=ev.type == 1,
-                        key=ev.kv.key.decode(),
+                        key=_key_text(ev.kv.key),
                         value=ev.kv.value,
                         mod_revision=ev.kv.mod_revision,
                     )
@@ -385,6 +385,12 @@ class Etcd:
         finally:
             stop.set()
             call.cancel()
+
+
+def _key_text(raw: bytes) -> str:
+    """A key as text, losslessly: bytes that are not UTF-8 (an out-of-band write) become surrogates, which
+    the store refuses as one unusable key instead of failing the whole list or watch."""
+    return raw.decode(errors="surrogateescape")
 
 
 def _is_auth_failure(exc: BaseException) -> bool:

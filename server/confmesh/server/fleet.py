@@ -24,6 +24,7 @@ from typing import Any
 
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.keys import KeyLayout, Scope
+from confmesh.merge import loads_json
 from confmesh.server.etcd import Etcd
 from confmesh.server.ledger import InstanceRecord, Ledger, NackInfo
 from confmesh.server.limits import clip
@@ -88,7 +89,7 @@ def encode_rows(rows: list[list[Any]]) -> list[bytes]:
 
 def decode(server_id: str, value: bytes) -> list[InstanceRecord]:
     try:
-        doc = json.loads(zlib.decompress(value))
+        doc = loads_json(zlib.decompress(value))
         if doc.get("v") != FORMAT:
             return []
         return [_record(server_id, row) for row in doc["records"]]
@@ -366,7 +367,7 @@ async def fleet_usage_docs(
         if owner == server_id or not hour_text.isdigit() or int(hour_text) < first:
             continue
         try:
-            doc = json.loads(kv.value)
+            doc = loads_json(kv.value)
         except ValueError:
             continue
         if isinstance(doc, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -21,6 +22,8 @@ from confmesh.server.resolver import Resolved, Resolver, VersionHash
 SENT_MEMORY = 64
 
 _ids = itertools.count(1)
+
+log = logging.getLogger(__name__)
 
 
 class Subscriber:
@@ -139,8 +142,11 @@ class Hub:
         """Offer the current snapshot of `scopes` (default: all) to their subscribers."""
         targets = list(self._by_scope) if scopes is None else [s for s in scopes if s in self._by_scope]
         for scope in targets:
-            for sub in self._by_scope[scope]:
-                sub.offer(self.resolver.for_instance(scope, sub.instance_id))
+            try:
+                for sub in self._by_scope[scope]:
+                    sub.offer(self.resolver.for_instance(scope, sub.instance_id))
+            except Exception:  # one scope that cannot resolve never holds back the others
+                log.exception("cannot resolve %s; its streams keep the snapshot they have", scope)
 
     def ping_all(self) -> None:
         """Send every subscriber a heartbeat now (staleness changed)."""

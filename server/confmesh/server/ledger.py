@@ -89,6 +89,9 @@ class Ledger:
             last_seen=now,
             acked_version=known_version,
             acked_hash=known_hash,
+            # A resume was sent its version before (by this replica or another): a resume that is
+            # already current is sent nothing, and must not read as "sent 0, pending".
+            sent_version=known_version,
             server_id=self.server_id,
         )
         old = self._gone_by_instance.pop((scope, instance_id), None)  # a reconnect replaces its record

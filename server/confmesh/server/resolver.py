@@ -207,7 +207,11 @@ class Resolver:
         for scope in [s for s in self._docs if any(affects(layer, s) for layer in layers)]:
             self._cache.pop(scope, None)
             self._canary.pop(scope, None)
-            self._docs[scope] = self._patch(self._docs[scope], changes)
+            try:
+                self._docs[scope] = self._patch(self._docs[scope], changes)
+            except Exception:  # one scope's failure is that scope's alone: it resolves afresh when asked
+                log.exception("cannot patch the snapshot of %s; dropping it", scope)
+                self.forget(scope)
         for scope in [s for s in self._canary if any(affects(layer, s) for layer in layers)]:
             del self._canary[scope]
 

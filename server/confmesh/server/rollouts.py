@@ -25,7 +25,7 @@ import mmh3
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, Scope, check_name
-from confmesh.merge import JSONValue
+from confmesh.merge import JSONValue, loads_json
 
 
 class RolloutState(enum.StrEnum):
@@ -100,7 +100,7 @@ class Rollout:
 
     @classmethod
     def decode(cls, raw: bytes) -> Rollout:
-        doc = json.loads(raw)
+        doc = loads_json(raw)
         return cls(
             name=doc["name"],
             scope=Scope.checked(doc["environment"], doc["service"]),

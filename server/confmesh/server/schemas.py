@@ -33,7 +33,7 @@ from referencing import Registry
 
 from confmesh import errors
 from confmesh.keys import Scope
-from confmesh.merge import JSONValue
+from confmesh.merge import JSONValue, loads_json
 from confmesh.server.limits import MAX_ISSUE_MESSAGE, clip_middle
 
 REDACTED = "<redacted>"
@@ -135,7 +135,7 @@ class SchemaRecord:
 
     @classmethod
     def decode(cls, raw: bytes) -> SchemaRecord:
-        doc = json.loads(raw)
+        doc = loads_json(raw)
         if isinstance(doc, dict) and set(doc) == {"schema", "registered_by"}:
             return cls(doc["schema"], str(doc["registered_by"]))
         return cls(doc)  # written before registrants were recorded: the bare document

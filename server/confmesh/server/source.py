@@ -182,6 +182,11 @@ class EtcdSource:
                 self._set_stale(exc.message)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, self.backoff_max)
+            except Exception as exc:  # a bug must not stop the server's view of etcd silently
+                log.exception("failed to apply etcd's state; re-listing")
+                self._set_stale(f"internal error applying etcd's state ({type(exc).__name__}); see the log")
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self.backoff_max)
 
     async def _resync_loop(self) -> None:
         while True:

@@ -229,6 +229,21 @@ class ConfigStore:
             for callback in self.on_changes:
                 callback()
 
+    def _unusable_name(self, etcd_key: str) -> bool:
+        """True (and logged) for a key that is not UTF-8: the etcd adapter decodes keys losslessly
+        (surrogateescape), so such a key can be skipped here and its delete matched later."""
+        if etcd_key.isascii():
+            return False
+        try:
+            etcd_key.encode()
+        except UnicodeEncodeError:
+            shown = etcd_key.encode(errors="backslashreplace").decode()
+            if etcd_key not in self.bad_keys:
+                log.warning("ignoring unusable etcd key %s: not UTF-8", shown)
+            self.bad_keys[etcd_key] = "the key is not UTF-8"
+            return True
+        return False
+
     def _fleet(self, etcd_key: str, value: bytes | None, revision: int) -> bool:
         """Track a replica's fleet summary chunk; True if `etcd_key` is one."""
         if not etcd_key.startswith(self.layout.fleet_root):
@@ -282,7 +297,8 @@ class ConfigStore:
         self.fleet.clear()
         for kv in kvs:
             if (
-                self._fleet(kv.key, kv.value, kv.mod_revision)
+                self._unusable_name(kv.key)
+                or self._fleet(kv.key, kv.value, kv.mod_revision)
                 or self._token(kv.key, kv.value)
                 or self._schema(kv.key, kv.value, kv.mod_revision)
                 or self._rollout(kv.key, kv.value, kv.mod_revision)
@@ -328,6 +344,10 @@ class ConfigStore:
         tokens = False
         for ev in events:
             self.revision = max(self.revision, ev.mod_revision)
+            if self._unusable_name(ev.key):
+                if ev.deleted:
+                    self.bad_keys.pop(ev.key, None)
+                continue
             if self._fleet(ev.key, None if ev.deleted else ev.value, ev.mod_revision):
                 continue
             if self._token(ev.key, None if ev.deleted else ev.value):

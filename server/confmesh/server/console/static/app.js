@@ -213,8 +213,9 @@ async function servicePage(env, service) {
       }
       if (!Object.keys(set).length) { out.replaceChildren(notice("Nothing changed.", "ok")); return; }
       const res = await api("/config", { env, service, set, reason: reason.value, mode });
+      out.replaceChildren(notice(resultMessage(mode, res), "ok"));
+      if (mode === "check") return; // the edit stays on the page, to save or change
       editing = false;
-      out.replaceChildren(notice(res.change && mode === "propose" ? `Proposed as change ${res.change.id}.` : `Saved as version ${res.revision}.`, "ok"));
       if (mode === "propose") location.hash = `#/change/${res.change.id}`;
       else setTimeout(redraw, 300);
     } catch (err) {
@@ -240,6 +241,17 @@ async function servicePage(env, service) {
       h("button", { testid: "save", disabled: !writable, onclick: () => submit(needsApproval ? "propose" : "write") }, needsApproval ? "Check and propose" : "Check and save"),
       h("button", { class: "secondary", testid: "check", disabled: !writable, onclick: () => submit("check") }, "Check only")),
     out];
+}
+
+/** What a config submit did, by mode: a check saves nothing, so it never names a version. */
+function resultMessage(mode, res) {
+  if (mode === "propose") return `Proposed as change ${res.change.id}.`;
+  if (mode === "check") {
+    const scopes = (res.change && res.change.scopes) || [];
+    const checked = scopes.filter((s) => s.has_schema).length;
+    return `Check passed: ${scopes.length} service(s) affected, ${checked} registered schema(s) accept it. Nothing was saved.`;
+  }
+  return `Saved as version ${res.revision}.`;
 }
 
 async function flagsIndex() {
