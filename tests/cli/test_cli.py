@@ -152,9 +152,18 @@ async def test_status_and_watch(server: ConfmeshServer) -> None:
         assert inst["last_nack"] is None
         _, out, _ = await cli(addr, "status")
         assert "watcher-1" in out and "prod/api" in out
+
+        # Ctrl-C ends it quietly, with 130 as a shell expects; nothing claims a lost connection.
+        watch.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(watch.wait(), 20) == 130
+        assert watch.stderr is not None
+        err = (await watch.stderr.read()).decode()
+        assert err.strip().splitlines()[-1] == f"connected to {addr}", err
+        assert "lost" not in err and "Task was destroyed" not in err and "Traceback" not in err, err
     finally:
-        watch.terminate()
-        await watch.wait()
+        if watch.returncode is None:
+            watch.terminate()
+            await watch.wait()
 
 
 def _free(port: int) -> bool:

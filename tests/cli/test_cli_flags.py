@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from confmesh.server import ConfmeshServer
 from tests.cli.test_cli import cli
 
@@ -98,3 +100,84 @@ async def test_import_list_kill_explain_and_stale(server: ConfmeshServer, tmp_pa
 
     code, out, _ = await cli(addr, "flags", "stale", "--env", "prod", "--check")
     assert code == 0 and "0 stale flag(s) of 4 in prod" in out
+
+
+async def test_reimporting_after_a_kill_keeps_it_killed_and_writes_only_what_changes(
+    server: ConfmeshServer, tmp_path: Path
+) -> None:
+    """A CI job that imports on every deploy must not undo an emergency kill; dry run and import agree."""
+    addr = server.address
+    flags_file = tmp_path / "flags.json"
+    flags_file.write_text(json.dumps(CLASSIC))
+    assert (await cli(addr, "flags", "import", str(flags_file), "--env", "prod"))[0] == 0
+    code, out, _ = await cli(addr, "flags", "kill", "darkMode", "--env", "prod")
+    assert code == 0
+    audit_before = (await cli(addr, "audit", "--env", "prod", "--json"))[1].count('"actor"')
+
+    # Unchanged file: nothing changes, the kill holds, and both runs say so.
+    for extra in (["--dry-run"], []):
+        code, out, err = await cli(addr, "flags", "import", str(flags_file), "--env", "prod", *extra)
+        assert code == 0, err
+        assert "! darkMode: killed on the server" in err and "--override-kill" in err
+        assert "0 flag change(s) in prod" in out, out
+    code, out, _ = await cli(addr, "flags", "eval", "darkMode", "--env", "prod", "--json")
+    assert json.loads(out)["reason"] == "DISABLED"
+
+    # One flag changed in the file: the dry run and the import both count one, and one is written.
+    changed = json.loads(json.dumps(CLASSIC))
+    changed["premiumFeatures"]["values"].append("vip")
+    flags_file.write_text(json.dumps(changed))
+    code, dry, _ = await cli(addr, "flags", "import", str(flags_file), "--env", "prod", "--dry-run")
+    code, done, _ = await cli(addr, "flags", "import", str(flags_file), "--env", "prod")
+    assert "1 flag change(s) in prod (dry run" in dry and ": 1 flag change(s) in prod" in done, (dry, done)
+    records = (await cli(addr, "audit", "--env", "prod", "--json"))[1].splitlines()
+    assert len(records) == audit_before + 1  # the unchanged imports wrote nothing
+    assert [c["key"] for c in json.loads(records[0])["changes"]] == ["premiumFeatures"]
+
+    # Asked for explicitly, the import turns it back on.
+    code, out, err = await cli(addr, "flags", "import", str(flags_file), "--env", "prod", "--override-kill")
+    assert code == 0 and "~ darkMode: enabled" in out and "killed on the server" not in err
+    code, out, _ = await cli(addr, "flags", "eval", "darkMode", "--env", "prod", "--json")
+    assert json.loads(out)["reason"] != "DISABLED"
+
+
+async def test_killing_a_killed_flag_writes_nothing(server: ConfmeshServer, tmp_path: Path) -> None:
+    addr = server.address
+    flags_file = tmp_path / "flags.json"
+    flags_file.write_text(json.dumps(CLASSIC))
+    await cli(addr, "flags", "import", str(flags_file), "--env", "prod")
+    code, first, _ = await cli(addr, "flags", "kill", "darkMode", "--env", "prod")
+    code, again, err = await cli(addr, "flags", "kill", "darkMode", "--env", "prod")
+    assert code == 0, err
+    assert first.split()[2] == again.split()[2], (first, again)  # the same revision: nothing written
+
+
+@pytest.mark.parametrize(
+    ("document", "problems"),
+    [
+        (  # classic: the bad entries are blamed (not valid 'a'), every one of them
+            {"a": {"type": "boolean", "enabled": True}, "b": {"type": "bogus"},
+             "c": {"type": "userList", "users": "u1"}},
+            ["flags.b: unknown classic flag type 'bogus'", "flags.c: 'users' must be a list of strings"],
+        ),
+        (  # confmesh's format lists every problem too
+            {"flags": {"a": {"variants": {"on": True}, "default_variant": "x"},
+                       "b": {"variants": {}, "default_variant": "on"}}},
+            ["flags.a: default_variant: unknown variant 'x'", "flags.b.variants:"],
+        ),
+    ],
+)  # fmt: skip
+async def test_every_format_lists_every_problem_and_blames_the_right_entry(
+    server: ConfmeshServer, tmp_path: Path, document: dict[str, object], problems: list[str]
+) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps(document))
+    for argv in (
+        ["flags", "import", str(path), "--env", "prod"],
+        ["flags", "eval", "a", "--flags-file", str(path)],
+    ):
+        code, _, err = await cli(server.address, *argv)
+        assert code == 1 and f"refused: {len(problems)} problem(s)" in err, err
+        for problem in problems:
+            assert f"{path}: {problem}" in err, err
+        assert "flags.a:" not in err or "flags.a: default_variant" in problems[0]

@@ -215,21 +215,61 @@ def _normalized(definition: Any) -> Any:
         return definition
 
 
-def flags_diff(current: dict[str, Any], incoming: dict[str, Any], *, replace: bool) -> tuple[list[str], int]:
-    """Lines saying what importing `incoming` over `current` changes, and how many flags it changes."""
+def flags_diff(
+    current: dict[str, Any], incoming: dict[str, Any], *, replace: bool
+) -> tuple[list[str], list[str]]:
+    """Lines saying what importing `incoming` over `current` changes, and the keys it changes."""
     lines: list[str] = []
+    changed: list[str] = []
     for key in sorted(incoming):
         new = _normalized(incoming[key])
         if key not in current:
             lines.append(f"+ {key}")
+            changed.append(key)
             continue
         old = _normalized(current[key])
         fields = sorted(f for f in set(old) | set(new) if old.get(f) != new.get(f))
         if fields:
             lines.append(f"~ {key}: {', '.join(fields)}")
+            changed.append(key)
     if replace:
-        lines += [f"- {key}" for key in sorted(set(current) - set(incoming))]
-    return lines, len(lines)
+        removed = sorted(set(current) - set(incoming))
+        lines += [f"- {key}" for key in removed]
+        changed += removed
+    return lines, changed
+
+
+KILL_SOURCE = "SetFlagEnabled(kill)"  # the audit source of a kill switch (AdminService.SetFlagEnabled)
+
+
+async def killed_flags(admin: Any, env: str, current: dict[str, Any], incoming: dict[str, Any]) -> list[str]:
+    """The flags a kill switch turned off on the server that `incoming` would turn on again.
+
+    A flag is killed when its newest audited change in `env` is a kill. A flag that a file defined off
+    and a new file turns on is no kill: that import enables it as written.
+    """
+    from confmesh.wire import layer_from_pb
+
+    candidates = [
+        key
+        for key, definition in incoming.items()
+        if isinstance(current.get(key), dict)
+        and current[key].get("enabled", True) is False
+        and definition.get("enabled", True)
+    ]
+    killed = []
+    flags_layer = f"flags/{env}"
+    for key in sorted(candidates):
+        records = (await admin.audit(env=env, key_prefix=key, limit=50)).records
+        touching = (
+            r
+            for r in records
+            if any(c.key == key and str(layer_from_pb(c.layer)) == flags_layer for c in r.changes)
+        )
+        newest = next(touching, None)
+        if newest is not None and newest.source == KILL_SOURCE:
+            killed.append(key)
+    return killed
 
 
 @flags.command("import")
@@ -239,6 +279,9 @@ def flags_diff(current: dict[str, Any], incoming: dict[str, Any], *, replace: bo
 @fractional_option
 @click.option("--replace", is_flag=True, help="Also delete the environment's flags that are not in FILE.")
 @click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
+@click.option(
+    "--override-kill", is_flag=True, help="Turn on flags that are off (killed) on the server and on in FILE."
+)
 @reason_option
 @click.pass_context
 def import_flags(
@@ -249,6 +292,7 @@ def import_flags(
     fractional: str,
     replace: bool,
     dry_run: bool,
+    override_kill: bool,
     reason: str,
 ) -> None:
     """Import flags from FILE: confmesh's format, classic JSON, flagd or Unleash.
@@ -256,20 +300,28 @@ def import_flags(
     Prints what changes (+ new, ~ changed fields, - removed with --replace) and
     writes it in one transaction. A file with any problem is refused whole, every
     problem listed, and nothing is written. Imported flags keep their format's
-    bucketing, so no user changes variant.
+    bucketing, so no user changes variant. A flag a kill switch turned off stays
+    off unless --override-kill: re-importing an unchanged file never undoes an
+    emergency kill.
     """
     flag_set = flags_from_document(load_document(file), source=file, format=format, fractional=fractional)
     payload = {
         k: f.model_dump(mode="json", exclude_defaults=True) | {"key": k} for k, f in flag_set.flags.items()
     }
     _, current = _run(ctx, lambda a: a.get_flags(env))
-    lines, changes = flags_diff(current, payload, replace=replace)
+    if not override_kill:
+        for key in _run(ctx, lambda a: killed_flags(a, env, current, payload)):
+            payload[key]["enabled"] = False
+            click.echo(f"! {key}: killed on the server: stays off (--override-kill turns it on)", err=True)
+    lines, changed = flags_diff(current, payload, replace=replace)
     for line in lines:
         click.echo(line)
-    if dry_run or not changes:
+    if dry_run or not changed:
         note = " (dry run: nothing applied)" if dry_run else "; nothing to apply"
-        click.echo(f"{changes} flag change(s) in {env}{note}")
+        click.echo(f"{len(changed)} flag change(s) in {env}{note}")
         return
+    if not replace:  # only what changes is written (and audited), as the dry run showed
+        payload = {k: v for k, v in payload.items() if k in changed}
     result = _run(
         ctx, lambda a: a.put_flags(env, payload, replace_all=replace, reason=reason or f"import {file}")
     )

@@ -521,7 +521,11 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None, t
             click.echo(dumps({"version": client.version, "hash": client.hash, "config": client.raw}))
             sys.stdout.flush()
 
+        closing = False  # Ctrl-C: the client closes its own stream, which is no lost connection
+
         def changed(state: ClientState) -> None:
+            if closing:
+                return
             if state is ClientState.READY:
                 click.echo(f"connected to {server}", err=True)
             elif state is ClientState.STALE and not client.connected:
@@ -545,12 +549,17 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None, t
         try:
             async with client:
                 reporter.cancel()
-                await asyncio.Event().wait()
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    closing = True
+                    raise
         finally:
             reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
 
-    with contextlib.suppress(KeyboardInterrupt):
-        run(body())
+    run(body())  # Ctrl-C: quiet, exit 130 (ConfmeshGroup)
 
 
 @main.command()

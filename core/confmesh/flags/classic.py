@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from confmesh.errors import InvalidArgument
+from confmesh.flags.formats import FormatProblem, refusal
 from confmesh.flags.model import Flag, parse_flag
 
 CLASSIC_TYPES = {"percentage", "userList", "boolean", "gradualRollout", "userAttribute"}
@@ -30,10 +31,16 @@ CLASSIC_OPERATORS = {"equals", "contains", "in", "regex"}
 
 
 def is_classic(document: Mapping[str, Any]) -> bool:
-    """True when every entry is an object with a classic ``type``."""
-    return bool(document) and all(
-        isinstance(v, Mapping) and isinstance(v.get("type"), str) and v["type"] in CLASSIC_TYPES
-        for v in document.values()
+    """True for the classic shape: some entry has a classic ``type`` and none has confmesh's ``variants``.
+
+    Decided by shape, not by validity, so a classic file with one bad entry is read as classic and that
+    entry is blamed (not another, valid entry under the confmesh format's rules).
+    """
+    entries = list(document.values())
+    return (
+        bool(entries)
+        and all(isinstance(v, Mapping) and "variants" not in v for v in entries)
+        and any(v.get("type") in CLASSIC_TYPES for v in entries)
     )
 
 
@@ -53,12 +60,12 @@ def _convert(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "boolean":
         enabled = spec.get("enabled")
         if not isinstance(enabled, bool):
-            raise InvalidArgument(f"{name}: a boolean flag needs 'enabled': true or false", field=name)
+            raise InvalidArgument("a boolean flag needs 'enabled': true or false", field=name)
         flag["default_variant"] = "on" if enabled else off
     elif kind == "percentage":
         pct = spec.get("percentage")
         if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100:
-            raise InvalidArgument(f"{name}: 'percentage' must be a number from 0 to 100", field=name)
+            raise InvalidArgument("'percentage' must be a number from 0 to 100", field=name)
         flag["rules"] = [
             {
                 "id": "percentage",
@@ -70,7 +77,7 @@ def _convert(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     elif kind == "userList":
         users = spec.get("users")
         if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
-            raise InvalidArgument(f"{name}: 'users' must be a list of strings", field=name)
+            raise InvalidArgument("'users' must be a list of strings", field=name)
         if users:
             flag["targets"] = [{"variant": "on", "values": users}]
     elif kind == "gradualRollout":
@@ -91,13 +98,13 @@ def _convert(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         op = spec.get("operator")
         if op not in CLASSIC_OPERATORS:
             raise InvalidArgument(
-                f"{name}: operator {op!r} is not one of {', '.join(sorted(CLASSIC_OPERATORS))}", field=name
+                f"operator {op!r} is not one of {', '.join(sorted(CLASSIC_OPERATORS))}", field=name
             )
         values = spec.get("values")
         if isinstance(values, (str, int, float)) and not isinstance(values, bool):
             values = [values]
         if not isinstance(values, list) or not values:
-            raise InvalidArgument(f"{name}: 'values' must be a non-empty list", field=name)
+            raise InvalidArgument("'values' must be a non-empty list", field=name)
         flag["rules"] = [
             {
                 "id": "userAttribute",
@@ -106,15 +113,21 @@ def _convert(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
             }
         ]
     else:
-        raise InvalidArgument(f"{name}: unknown classic flag type {kind!r}", field=name)
+        raise InvalidArgument(f"unknown classic flag type {kind!r}", field=name)
     return flag
 
 
-def import_classic(document: Mapping[str, Any]) -> dict[str, Flag]:
-    """Convert a classic document into confmesh flags (validated)."""
+def import_classic(document: Mapping[str, Any], *, source: str = "flags") -> dict[str, Flag]:
+    """Convert a classic document into confmesh flags (validated); InvalidArgument lists every problem."""
     out = {}
+    problems = []
     for name, spec in document.items():
-        if not isinstance(spec, Mapping):
-            raise InvalidArgument(f"{name}: expected an object", field=name)
-        out[name] = parse_flag(_convert(name, spec), key=name)
+        try:
+            if not isinstance(spec, Mapping):
+                raise InvalidArgument("expected an object", field=name)
+            out[name] = parse_flag(_convert(name, spec), key=name)
+        except InvalidArgument as exc:
+            problems.append(FormatProblem(source, name, "", exc.message))
+    if problems:
+        raise refusal(problems)
     return out

@@ -4,7 +4,7 @@ confmesh's format is ``{"flags": {"<key>": {<flag>}, ...}}``; a bare mapping of
 flag definitions is accepted too. JSON or YAML. ``detect_format`` tells the
 four apart: flagd by its ``$schema``, ``$evaluators`` or flags with a
 ``state``; Unleash by its ``features`` list (the client features API response);
-classic by every entry having a classic ``type``.
+classic by its entries' classic ``type`` (and no confmesh ``variants``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import yaml
 from confmesh.errors import InvalidArgument
 from confmesh.flags.classic import import_classic, is_classic
 from confmesh.flags.flagd import is_flagd, read_flagd
-from confmesh.flags.formats import FORMATS, FlagsDocument
-from confmesh.flags.model import Flag, FlagSet, parse_flag_set
+from confmesh.flags.formats import FORMATS, FlagsDocument, FormatProblem, validate_flag
+from confmesh.flags.model import Flag, FlagSet, keyed
 from confmesh.flags.unleash import is_unleash, read_unleash
 from confmesh.textfiles import read_text
 
@@ -62,14 +62,18 @@ def flags_from_document(
     if format == "classic":
         if not is_classic(document):
             raise InvalidArgument(f"{source}: not a classic flags file (every entry needs a classic type)")
-        flags: dict[str, Flag] = import_classic(document)
+        flags: dict[str, Flag] = import_classic(document, source=source)
         return FlagSet(flags=flags)
     body = document.get("flags", document) if "flags" in document else document
     if not isinstance(body, Mapping):
         raise InvalidArgument(f"{source}: 'flags' must be an object")
-    return parse_flag_set(
-        {k: ({"key": k, **v} if isinstance(v, Mapping) and "key" not in v else v) for k, v in body.items()}
-    )
+    doc = FlagsDocument()  # every flag checked on its own, every problem listed, then the set
+    for key, definition in body.items():
+        if not isinstance(definition, Mapping):
+            doc.problems.append(FormatProblem(source, str(key), "", "expected an object"))
+            continue
+        validate_flag(keyed(key, dict(definition)), source, str(key), doc)
+    return doc.flag_set()
 
 
 def parse_document(text: str, source: str) -> Any:

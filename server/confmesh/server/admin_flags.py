@@ -51,7 +51,8 @@ class FlagRPCs(AdminBase):
                 changes += [ChangeSpec(layer, k, delete=True) for k in current[layer] if k not in flags]
             return changes
 
-        return await self._transact(context, [layer], plan, request.context, "PutFlags")
+        # A flag already so is not rewritten (nor audited): with replace_all the whole set is sent.
+        return await self._transact(context, [layer], plan, request.context, "PutFlags", skip_unchanged=True)
 
     @write
     async def DeleteFlag(
@@ -90,7 +91,11 @@ class FlagRPCs(AdminBase):
 
         source = "SetFlagEnabled" if request.enabled else "SetFlagEnabled(kill)"
         bypass = None if request.enabled else Bypass.KILL
-        return await self._transact(context, layers, plan, request.context, source, bypass=bypass)
+        # Switching a flag to the state it has writes nothing (a kill of a killed flag moves no version
+        # and leaves pending approved changes valid).
+        return await self._transact(
+            context, layers, plan, request.context, source, bypass=bypass, skip_unchanged=True
+        )
 
     @read
     async def GetFlags(
