@@ -5,6 +5,7 @@
     ├── NotFound             nothing at that key / scope (NOT_FOUND)
     ├── FailedPrecondition   the request conflicts with the current state (FAILED_PRECONDITION)
     ├── Unavailable          etcd or the confmesh server cannot be reached (UNAVAILABLE)
+    ├── ResourceExhausted    a caller is over a limit on concurrent or costly work (RESOURCE_EXHAUSTED)
     ├── SnapshotRejected     a snapshot failed the client's schema (never leaves the client)
     └── StartupError         a client could not obtain a first valid configuration
 
@@ -65,6 +66,12 @@ class Unavailable(ConfmeshError):
     code = "unavailable"
 
 
+class ResourceExhausted(ConfmeshError):
+    """The caller is over a limit on the work it may make a server do (too many at once, too costly)."""
+
+    code = "resource_exhausted"
+
+
 class StartupError(ConfmeshError):
     code = "startup"
 
@@ -86,6 +93,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "ResourceExhausted",
     "SnapshotRejected",
     "StartupError",
     "Unauthenticated",

@@ -48,14 +48,19 @@ def _check_text(text: str, path: str, what: str = "string") -> None:
         ) from exc
 
 
-def loads_json(raw: bytes | str) -> Any:
-    """``json.loads`` for text read from outside (etcd, a request): lone surrogates are a ``ValueError``.
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_json(raw: bytes | str, *, constants: bool = True) -> Any:
+    """``json.loads`` for text read from outside (etcd, a request): lone surrogates are a ``ValueError``,
+    and so are ``NaN`` and ``Infinity`` unless `constants`.
 
     Every string in the result can then be encoded as UTF-8 (hashed, sent over gRPC, written back).
     """
     if isinstance(raw, str) and not raw.isascii():
         raw.encode()  # a str with surrogates in it (UnicodeEncodeError is a ValueError)
-    value = json.loads(raw)
+    value = json.loads(raw) if constants else json.loads(raw, parse_constant=_no_constant)
     pattern = _SURROGATE_ESCAPE if isinstance(raw, str) else _SURROGATE_ESCAPE_BYTES
     if pattern.search(raw):  # type: ignore[arg-type]
         try:

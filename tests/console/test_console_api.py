@@ -160,6 +160,17 @@ async def test_rollout_and_flag_actions_go_through_the_api_path(tenants: Tenants
         async with session.post(f"{base}/console/api/flags/explain", json=explain, headers=headers) as resp:
             answer = await resp.json()
             assert answer["value"] is True and answer["variant"] == "on" and answer["trace"]
+        # A definition whose cost doubles per context item is refused at its budget, with the limit named.
+        doubling = {"merge": [{"var": "accumulator"}, {"var": "accumulator"}]}
+        costly = {**definition, "rules": [],
+                  "targeting": {"if": [{"reduce": [{"var": "a"}, doubling, [1]]}, "on", "off"]}}  # fmt: skip
+        costly_explain = {**explain, "definition": costly, "context": {"a": list(range(60))}}
+        async with session.post(
+            f"{base}/console/api/flags/explain", json=costly_explain, headers=headers
+        ) as resp:
+            refused = await resp.json()
+            assert resp.status == 400 and refused["error"]["code"] == "budget_exceeded", refused
+            assert "the limit" in refused["error"]["message"]
         save = {"env": "prod", "key": "vip", "definition": definition}
         async with session.post(f"{base}/console/api/flags/save", json=save, headers=headers) as resp:
             assert resp.status == 200, await resp.text()

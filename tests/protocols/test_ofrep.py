@@ -153,8 +153,21 @@ async def test_bulk_evaluation_with_etag(server: ConfmeshServer, admin: AdminCli
         (b'{"context": {"targetingKey": 7}}', 400, "INVALID_CONTEXT"),
         (b'{"context": {"a": ' + b"[" * 100 + b"]" * 100 + b"}}", 400, "INVALID_CONTEXT"),
         (b'{"context": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 413, "INVALID_CONTEXT"),
+        (b'{"context": {"targetingKey": "u", "score": NaN}}', 400, "PARSE_ERROR"),
+        (b'{"context": {"targetingKey": "u", "score": -Infinity}}', 400, "PARSE_ERROR"),
+        (b'{"context": {"targetingKey": "\\ud800"}}', 400, "PARSE_ERROR"),
     ],
-    ids=["bad-json", "not-object", "context-string", "key-number", "deep", "too-large"],
+    ids=[
+        "bad-json",
+        "not-object",
+        "context-string",
+        "key-number",
+        "deep",
+        "too-large",
+        "nan",
+        "infinity",
+        "lone-surrogate",
+    ],
 )
 async def test_bad_requests_get_ofrep_errors(
     server: ConfmeshServer, admin: AdminClient, raw: bytes, status: int, code: str | None
@@ -173,7 +186,7 @@ async def test_single_evaluation_errors(server: ConfmeshServer, admin: AdminClie
     status, body, _ = await post(f"{base_url(server)}/ofrep/v1/evaluate/flags/split", {"context": {}})
     assert status == 400 and body["errorCode"] == "TARGETING_KEY_MISSING"
     status, body, _ = await post(f"{base_url(server, 'Bad Env!')}/ofrep/v1/evaluate/flags/split", {})
-    assert status in (400, 404)
+    assert status == 400 and body["errorCode"] == "GENERAL" and "environment" in body["errorDetails"]
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"{base_url(server)}/ofrep/v1/configuration") as r,
@@ -213,3 +226,42 @@ async def test_only_ofrep_paths_answer(server: ConfmeshServer, http_session: aio
     for path in ("/", "/metrics", "/ofrep/v1/evaluate/flags", "/environments/prod/ofrep/v2/evaluate/flags"):
         async with http_session.post(f"{server.http_url}{path}", json={}) as r:
             assert r.status in (404, 405), path
+
+
+async def test_if_none_match_star_is_no_match_for_a_post(server: ConfmeshServer, admin: AdminClient) -> None:
+    await admin.put_flags("prod", FLAGS)
+    url = f"{base_url(server)}/ofrep/v1/evaluate/flags"
+    status, body, _ = await post(url, {"context": {"targetingKey": "u"}}, headers={"If-None-Match": "*"})
+    assert status == 200 and body["flags"]
+
+
+async def test_a_flag_too_costly_to_evaluate_is_refused_with_the_limit_named(
+    server: ConfmeshServer, admin: AdminClient
+) -> None:
+    """A flag writer plants targeting whose cost doubles per context item: the evaluation stops at its
+    budget and the caller is told so; the server goes on answering."""
+    doubling = {"merge": [{"var": "accumulator"}, {"var": "accumulator"}]}
+    heavy = {"variants": {"on": True, "off": False}, "default_variant": "off",
+             "targeting": {"if": [{"reduce": [{"var": "a"}, doubling, [1]]}, "on", "off"]}}  # fmt: skip
+    await admin.put_flags("prod", {**FLAGS, "heavy": heavy})
+    context = {"context": {"targetingKey": "u", "a": list(range(60))}}
+    for path in ("/ofrep/v1/evaluate/flags/heavy", "/ofrep/v1/evaluate/flags"):
+        status, body, _ = await post(f"{base_url(server)}{path}", context)
+        assert status == 400 and body["errorCode"] == "GENERAL", body
+        assert "refused" in body["errorDetails"] and "the limit" in body["errorDetails"], body
+    status, body, _ = await post(f"{base_url(server)}/ofrep/v1/evaluate/flags/checkout", context)
+    assert status == 200
+
+
+async def test_one_caller_is_held_to_its_concurrency_limit(
+    server: ConfmeshServer, admin: AdminClient
+) -> None:
+    await admin.put_flags("prod", FLAGS)
+    url = f"{base_url(server)}/ofrep/v1/evaluate/flags"
+    assert server.control_work is not None
+    limit = server.control_work.limits.per_caller
+    answers = await asyncio.gather(*(post(url, {"context": {"targetingKey": f"u{i}"}}) for i in range(40)))
+    statuses = [a[0] for a in answers]
+    assert statuses.count(200) >= limit and 429 in statuses, statuses
+    refused = next(a for a in answers if a[0] == 429)
+    assert refused[2]["Retry-After"] == "1" and f"the limit is {limit}" in refused[1]["errorDetails"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import re2
 import semver
 
 from confmesh.flags.bucketing import BUCKETS, legacy_md5_bucket
+from confmesh.flags.budget import BudgetExceeded, spend
 from confmesh.flags.details import NO_METADATA, ErrorCode, EvaluationDetails, Metadata, Reason
 from confmesh.flags.hooks import HOOKS
 from confmesh.flags.jsonlogic import compile_logic, to_python_str
@@ -52,6 +53,15 @@ def _semver(text: str) -> semver.Version | None:
         return None
 
 
+def _typed_key(x: Any) -> tuple[bool, Any]:
+    """A value as a set member that keeps True apart from 1 (as the clause's JSON equality does)."""
+    return (type(x) is bool, x)
+
+
+def _hashable_items(items: Any) -> Iterator[tuple[bool, Any]]:
+    return (_typed_key(x) for x in items if isinstance(x, (str, int, float, bool)))
+
+
 def compile_clause(clause: Clause) -> Matcher:
     """ctx -> bool; a missing attribute never matches."""
     attr, op, values = clause.attribute, clause.op, clause.values
@@ -74,13 +84,18 @@ def compile_clause(clause: Clause) -> Matcher:
 
         return match_typed
     if op == "contains":
+        hashed = frozenset(_typed_key(x) for x in values)
+
+        needles = [x for x in values if isinstance(x, str)]
 
         def contains(ctx: Context) -> bool:
             v = ctx.get(attr)
             if isinstance(v, str):
-                return any(isinstance(x, str) and x in v for x in values)
+                spend(len(needles))
+                return any(x in v for x in needles)
             if isinstance(v, (list, tuple, set, frozenset)):
-                return any(x in v for x in values)
+                spend(len(v))  # linear: one pass over the context's list, then set lookups
+                return not hashed.isdisjoint(_hashable_items(v))
             return False
 
         return contains
@@ -563,6 +578,8 @@ class FlagEvaluator:
             )  # fmt: skip
         try:
             details = compiled.evaluate(context if context is not None else _EMPTY, self)
+        except BudgetExceeded:
+            raise  # a server's refusal of the whole request (confmesh.flags.budget), not this flag's error
         except Exception as exc:  # never into the request path
             log.exception("evaluating flag %r failed", key)
             return EvaluationDetails(

@@ -25,12 +25,14 @@ from typing import Any
 import mmh3
 import semver
 
+from confmesh.flags.budget import spend
 from confmesh.flags.cbor import canonical_cbor
 
 Fn = Callable[[Any], Any]
 MAX_DEPTH = 64
 MAX_NODES = 10_000
 MAX_FRACTIONAL_WEIGHT = 2_147_483_647
+LONG_TEXT = 4096  # a `cat` result longer than this spends a budget step per LONG_TEXT characters
 
 
 class LogicError(ValueError):
@@ -420,7 +422,10 @@ class _Compiler:
 
         def items(d: Any) -> list[Any]:
             value = source(d)
-            return value if isinstance(value, list) else []
+            if not isinstance(value, list):
+                return []
+            spend(len(value))
+            return value
 
         if op == "map":
             return (lambda d: [body(x) for x in items(d)]), _MISSING
@@ -617,10 +622,20 @@ def _cat(c: _Compiler, parts: Parts, path: str) -> Fn:
 
         def cat2(d: Any) -> str:
             x, y = a(d), b(d)
-            return x + y if type(x) is str and type(y) is str else to_string(x) + to_string(y)
+            out = x + y if type(x) is str and type(y) is str else to_string(x) + to_string(y)
+            if len(out) > LONG_TEXT:
+                spend(len(out) // LONG_TEXT)
+            return out
 
         return cat2
-    return lambda d: "".join(to_string(f(d)) for f in fns)
+
+    def cat(d: Any) -> str:
+        out = "".join(to_string(f(d)) for f in fns)
+        if len(out) > LONG_TEXT:
+            spend(len(out) // LONG_TEXT)
+        return out
+
+    return cat
 
 
 def _substr(c: _Compiler, parts: Parts, path: str) -> Fn:
@@ -661,6 +676,7 @@ def _in(c: _Compiler, parts: Parts, path: str) -> Fn:
         if isinstance(where, str):
             return to_string(value) in where
         if isinstance(where, list):
+            spend(len(where))
             return any(strict_equals(value, x) for x in where)
         return False
 
@@ -675,6 +691,8 @@ def _merge(c: _Compiler, parts: Parts, path: str) -> Fn:
         for f in fns:
             value = f(d)
             out.extend(value if isinstance(value, list) else [value])
+        if len(out) > 64:
+            spend(len(out))  # a reduce that merges its accumulator with itself doubles it each step
         return out
 
     return merge

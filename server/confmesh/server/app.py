@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import ssl
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from confmesh.server.change_flow import ChangeScheduler
 from confmesh.server.config_service import ConfigService, add_config_service
 from confmesh.server.console import Console, add_console
 from confmesh.server.console.api import MAX_BODY as CONSOLE_MAX_BODY
+from confmesh.server.control_work import ControlWork
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import DEFAULT_MAX_REQUEST_BYTES, Etcd, EtcdCredentials
 from confmesh.server.flagd_sync import FlagdSyncService
@@ -180,6 +182,7 @@ class ConfmeshServer:
         self.http: HttpListener | None = None
         self.http_port = 0
         self.ofrep: Ofrep | None = None
+        self.control_work: ControlWork | None = None
         self.port = 0
         self.access = Access(
             lambda: self.store.tokens,
@@ -279,6 +282,10 @@ class ConfmeshServer:
 
     async def start(self) -> None:
         s = self.settings
+        # The event loop waits for the GIL whenever another thread (control work, schema checks) holds
+        # it: at the default 5 ms switch interval, one busy thread adds ~5 ms to each wait; at 1 ms,
+        # ~1 ms (measured in docs/design.md, "Delivery isolation").
+        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             endpoints = list(s.etcd_endpoints)
             if not s.reuse_port:
@@ -433,7 +440,8 @@ class ConfmeshServer:
         s = self.settings
         source = self.source
         assert source is not None
-        self.ofrep = Ofrep(self.store, self.access, synced=lambda: source.synced)
+        self.control_work = work = ControlWork()
+        self.ofrep = Ofrep(self.store, self.access, work, synced=lambda: source.synced)
         context = None
         if s.tls_cert and s.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -450,6 +458,8 @@ class ConfmeshServer:
             self.store,
             self.fleet,
             self.ledger,
+            work,
+            self.ofrep.evaluators,
             secure_cookies=context is not None,
             allow_anonymous=is_loopback(s.http_listen),
         )
@@ -541,6 +551,9 @@ class ConfmeshServer:
         if self.http is not None:
             await self.http.stop()
             self.http = None
+        if self.control_work is not None:
+            self.control_work.close()
+            self.control_work = None
         if self.grpc_server is not None:
             await self.grpc_server.stop(self.settings.shutdown_grace)
             self.grpc_server = None
@@ -565,6 +578,7 @@ class ConfmeshServer:
         await self.stop()
 
 
+SWITCH_INTERVAL = 0.001  # seconds: sys.setswitchinterval for a server process
 SHUTDOWN_EXTRA = 10.0  # seconds past the drain grace before shutdown stops waiting
 
 

@@ -30,17 +30,21 @@ from typing import Any
 from aiohttp import web
 
 from confmesh import errors
-from confmesh.flags import FlagEvaluator, parse_flag_set, reparse_flag_set
+from confmesh.flags import FlagEvaluator, reparse_flag_set
+from confmesh.flags.budget import BudgetExceeded, check
 from confmesh.flags.details import ErrorCode, EvaluationDetails, Reason
 from confmesh.flags.model import FlagSet, keyed
 from confmesh.keys import Layer, check_name
+from confmesh.merge import loads_json
 from confmesh.server.access import ANONYMOUS, Access, Caller
+from confmesh.server.control_work import ControlWork
 from confmesh.server.store import ConfigStore
 
 log = logging.getLogger("confmesh.ofrep")
 
 MAX_BODY = 64 * 1024  # bytes of one request: a context, not a document
 MAX_CONTEXT_DEPTH = 16
+OFREP_CODES = {"PARSE_ERROR", "INVALID_CONTEXT", "TARGETING_KEY_MISSING"}  # parse_context's refusals
 # What OpenFeature's reason enums know; confmesh's own reasons map onto the nearest.
 _REASONS = {Reason.PREREQUISITE_FAILED: "DISABLED", Reason.PROPAGATED: "STATIC"}
 _GETTERS = {"boolean": "boolean", "string": "string", "number": "float", "object": "object"}
@@ -57,30 +61,66 @@ class _Flags:
 
 
 class OfrepEvaluators:
-    """One FlagEvaluator per environment, rebuilt (incrementally) when its flags change."""
+    """One FlagEvaluator per environment, rebuilt (incrementally) when its flags change.
+
+    ``inputs`` runs on the event loop (it reads the store); ``evaluator`` runs on the control-work
+    thread, which alone touches the cache.
+    """
 
     def __init__(self, store: ConfigStore) -> None:
         self.store = store
         self._by_env: dict[str, _Flags] = {}
+        self._failed: dict[str, tuple[int, str]] = {}  # environment -> (revision, why its flags fail)
 
-    def evaluator(self, environment: str) -> FlagEvaluator:
+    def inputs(self, environment: str) -> tuple[int, dict[str, Any] | None]:
+        """The environment's flag revision, and a copy of its flags unless the cache has that revision."""
         layer = Layer.flags(environment)
         revision = self.store.layer_revision(layer)
         cached = self._by_env.get(environment)
         if cached is not None and cached.revision == revision:
+            return revision, None
+        return revision, {k: keyed(k, v) for k, v in self.store.entries(layer).items()}
+
+    def evaluator(self, environment: str, revision: int, raw: dict[str, Any] | None) -> FlagEvaluator:
+        """The environment's evaluator at `revision` (`raw`: its flags, None when the cache has them).
+
+        Flags are parsed one by one (reusing the previous revision's unchanged ones), never as one
+        validation call over the whole set: a single long call into pydantic-core holds the GIL, and
+        the event loop with it, for its whole duration.
+        """
+        cached = self._by_env.get(environment)
+        if cached is not None and (raw is None or cached.revision == revision):
             return cached.evaluator
-        raw = {k: keyed(k, v) for k, v in self.store.entries(layer).items()}
-        if cached is None:
-            parsed = parse_flag_set(raw)
-            previous = None
-        else:
-            parsed = reparse_flag_set(raw, cached.raw, cached.parsed)
-            previous = cached.evaluator
+        assert raw is not None
+        failed = self._failed.get(environment)
+        if failed is not None and failed[0] == revision:
+            raise errors.InvalidArgument(failed[1], code="invalid_flag")
+        before, parsed_before = (cached.raw, cached.parsed) if cached else ({}, _NO_FLAGS)
+        try:
+            parsed = reparse_flag_set(raw, before, parsed_before)
+        except errors.InvalidArgument as exc:
+            self._failed[environment] = (revision, exc.message)
+            raise
+        previous = cached.evaluator if cached else None
         evaluator = FlagEvaluator(parsed, version=revision, environment=environment, previous=previous)
         if len(self._by_env) > 10_000:
             self._by_env.clear()
         self._by_env[environment] = _Flags(revision, raw, parsed, evaluator)
         return evaluator
+
+    def with_flag(
+        self, environment: str, revision: int, raw: dict[str, Any] | None, key: str, definition: Any
+    ) -> FlagEvaluator:
+        """The environment's evaluator with flag `key` replaced by `definition` (the console's explain of
+        an edit): only that flag is parsed and compiled."""
+        base = self.evaluator(environment, revision, raw)
+        current = self._by_env[environment]
+        flags = {**current.raw, key: keyed(key, definition)}
+        parsed = reparse_flag_set(flags, current.raw, current.parsed)
+        return FlagEvaluator(parsed, version=revision, environment=environment, previous=base)
+
+
+_NO_FLAGS = FlagSet(flags={})
 
 
 def evaluate(evaluator: FlagEvaluator, key: str, context: Mapping[str, Any]) -> EvaluationDetails:
@@ -126,7 +166,7 @@ def parse_context(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = loads_json(raw, constants=False)
     except (ValueError, RecursionError) as exc:
         raise errors.InvalidArgument(f"the body is not JSON: {exc}", code="PARSE_ERROR") from None
     if not isinstance(body, dict):
@@ -173,11 +213,13 @@ class Ofrep:
         self,
         store: ConfigStore,
         access: Access,
+        work: ControlWork,
         *,
         synced: Callable[[], bool],
         poll_interval_ms: int = 1000,
     ) -> None:
         self.access = access
+        self.work = work
         self.synced = synced
         self.evaluators = OfrepEvaluators(store)
         self.poll_interval_ms = poll_interval_ms
@@ -187,8 +229,8 @@ class Ofrep:
         app.router.add_post(f"{ENV_PREFIX}/evaluate/flags", self.evaluate_all)
         app.router.add_get(f"{ENV_PREFIX}/configuration", self.configuration)
 
-    async def _authorize(self, request: web.Request, method: str) -> str | web.Response:
-        """The environment the request may read, or the response that refuses it."""
+    async def _authorize(self, request: web.Request, method: str) -> tuple[str, str] | web.Response:
+        """The environment the request may read and who asks, or the response that refuses it."""
         try:
             environment = check_name(request.match_info["environment"], "environment")
             caller = caller_of(self.access, request)
@@ -209,65 +251,103 @@ class Ofrep:
             return _json(403, {"errorDetails": exc.message})
         except errors.Unavailable as exc:
             return _json(503, {"errorDetails": exc.message}, **{"Retry-After": "1"})
-        except errors.InvalidArgument as exc:
-            return _json(400, {"errorCode": "INVALID_CONTEXT", "errorDetails": exc.message})
-        return environment
+        except errors.InvalidArgument as exc:  # the environment in the path: no context involved
+            return _json(400, {"errorCode": "GENERAL", "errorDetails": exc.message})
+        # Anonymous callers (no policy) share nothing with each other: each peer address is its own.
+        who = caller.identity if caller is not ANONYMOUS else f"anonymous@{request.remote or '?'}"
+        return environment, who
 
-    def _evaluator(self, environment: str) -> FlagEvaluator | web.Response:
+    async def _run(
+        self,
+        request: web.Request,
+        who: str,
+        environment: str,
+        job: Callable[[FlagEvaluator, dict[str, Any]], Any],
+        extra: dict[str, str],
+    ) -> Any:
+        """`job(evaluator, context)` on the control-work thread, or the response that refuses it.
+
+        Admission comes first, before the body is read; parsing the context is part of the job, so the
+        event loop only moves bytes.
+        """
         try:
-            return self.evaluators.evaluator(environment)
+            with self.work.slot(who, "OFREP evaluation"):
+                raw = await _body(request)
+                revision, flags = self.evaluators.inputs(environment)
+
+                def work() -> Any:
+                    context = parse_context(raw)
+                    return job(self.evaluators.evaluator(environment, revision, flags), context)
+
+                return await self.work.execute(work)
+        except errors.ResourceExhausted as exc:
+            await self.work.refuse()
+            return _json(429, {**extra, "errorDetails": exc.message}, **{"Retry-After": "1"})
+        except web.HTTPRequestEntityTooLarge:
+            return _json(
+                413,
+                {
+                    **extra,
+                    "errorCode": "INVALID_CONTEXT",
+                    "errorDetails": f"the body exceeds {MAX_BODY} bytes",
+                },
+            )
+        except BudgetExceeded as exc:
+            return _json(400, {**extra, "errorCode": "GENERAL", "errorDetails": f"refused: {exc}"})
         except errors.InvalidArgument as exc:
+            if exc.code in OFREP_CODES:  # the request's context
+                return _json(400, {**extra, "errorCode": exc.code, "errorDetails": exc.message})
             # Flags written out of band that do not validate: what the Watch's clients would NACK.
             log.error("OFREP cannot evaluate the flags of %s: %s", environment, exc.message)
             return _json(500, {"errorDetails": f"the flags of {environment} do not validate: {exc.message}"})
 
     async def evaluate_one(self, request: web.Request) -> web.StreamResponse:
-        environment = await self._authorize(request, "OFREP evaluate")
-        if isinstance(environment, web.Response):
-            return environment
+        authorized = await self._authorize(request, "OFREP evaluate")
+        if isinstance(authorized, web.Response):
+            return authorized
+        environment, who = authorized
         key = request.match_info["key"]
-        context = await _context(request, {"key": key})
-        if isinstance(context, web.Response):
-            return context
-        evaluator = self._evaluator(environment)
-        if isinstance(evaluator, web.Response):
-            return evaluator
-        details = evaluate(evaluator, key, context)
+        details = await self._run(
+            request, who, environment, lambda ev, ctx: evaluate(ev, key, ctx), {"key": key}
+        )
+        if isinstance(details, web.Response):
+            return details
         if details.error_code is None:
             return _json(200, success(details))
         status = 404 if details.error_code is ErrorCode.FLAG_NOT_FOUND else 400
         return _json(status, failure(details))
 
     async def evaluate_all(self, request: web.Request) -> web.StreamResponse:
-        environment = await self._authorize(request, "OFREP bulk evaluate")
-        if isinstance(environment, web.Response):
-            return environment
-        context = await _context(request, {})
-        if isinstance(context, web.Response):
-            return context
-        evaluator = self._evaluator(environment)
-        if isinstance(evaluator, web.Response):
-            return evaluator
-        flags = []
-        for key in sorted(evaluator.keys()):
-            details = evaluate(evaluator, key, context)
-            flags.append(success(details) if details.error_code is None else failure(details))
-        body = json.dumps(
-            {"flags": flags, "metadata": {"environment": environment, "version": evaluator.version}},
-            ensure_ascii=False,
-            separators=(",", ":"),
-            sort_keys=True,
-        ).encode()
+        authorized = await self._authorize(request, "OFREP bulk evaluate")
+        if isinstance(authorized, web.Response):
+            return authorized
+        environment, who = authorized
+
+        def bulk(evaluator: FlagEvaluator, context: dict[str, Any]) -> bytes:
+            flags = []
+            for key in sorted(evaluator.keys()):
+                check()  # one step per flag: a bulk answer is bounded like any evaluation
+                details = evaluate(evaluator, key, context)
+                flags.append(success(details) if details.error_code is None else failure(details))
+            return json.dumps(
+                {"flags": flags, "metadata": {"environment": environment, "version": evaluator.version}},
+                ensure_ascii=False,
+                separators=(",", ":"),
+                sort_keys=True,
+            ).encode()
+
+        body = await self._run(request, who, environment, bulk, {})
+        if isinstance(body, web.Response):
+            return body
         etag = etag_of(body)
-        matches = _etags(request.headers.get("If-None-Match", ""))
-        if etag in matches or "*" in matches:
+        if etag in _etags(request.headers.get("If-None-Match", "")):
             return web.Response(status=304, headers={"ETag": etag})
         return web.Response(status=200, body=body, content_type="application/json", headers={"ETag": etag})
 
     async def configuration(self, request: web.Request) -> web.StreamResponse:
-        environment = await self._authorize(request, "OFREP configuration")
-        if isinstance(environment, web.Response):
-            return environment
+        authorized = await self._authorize(request, "OFREP configuration")
+        if isinstance(authorized, web.Response):
+            return authorized
         return _json(
             200,
             {
@@ -282,22 +362,14 @@ class Ofrep:
         )
 
 
-async def _context(request: web.Request, extra: dict[str, str]) -> dict[str, Any] | web.Response:
-    """The request's evaluation context, or the OFREP error response (with `extra`, e.g. the key)."""
-    try:
-        body = await request.read()
-        if len(body) > MAX_BODY:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body))
-        return parse_context(body)
-    except web.HTTPRequestEntityTooLarge:
-        return _json(
-            413,
-            {**extra, "errorCode": "INVALID_CONTEXT", "errorDetails": f"the body exceeds {MAX_BODY} bytes"},
-        )
-    except errors.InvalidArgument as exc:
-        return _json(400, {**extra, "errorCode": exc.code, "errorDetails": exc.message})
+async def _body(request: web.Request) -> bytes:
+    body = await request.read()
+    if len(body) > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body))
+    return body
 
 
 def _etags(header: str) -> set[str]:
-    """The entity tags of an If-None-Match header (weak ones compared as strong; `*` matches any)."""
+    """The entity tags of an If-None-Match header (weak ones compared as strong). ``*`` is no tag: it
+    asks "does any representation exist", which a POST's evaluation answer never is (RFC 9110 13.1.2)."""
     return {part.strip().removeprefix("W/") for part in header.split(",") if part.strip()}

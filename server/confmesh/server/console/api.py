@@ -25,17 +25,17 @@ from aiohttp import web
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.cli.common import message_json
-from confmesh.flags.evaluator import FlagEvaluator
-from confmesh.flags.model import keyed, parse_flag_set
+from confmesh.flags.budget import BudgetExceeded
 from confmesh.gitops import MISSING, drift, flatten
 from confmesh.keys import Layer, Scope, check_name
 from confmesh.merge import explain
 from confmesh.server.access import Access, Caller
 from confmesh.server.change_impact import known_scopes
 from confmesh.server.console.bridge import call
+from confmesh.server.control_work import ControlWork
 from confmesh.server.fleet import FleetView
 from confmesh.server.ledger import Ledger
-from confmesh.server.ofrep import CALLER_DEFAULT, evaluate, nests_within
+from confmesh.server.ofrep import CALLER_DEFAULT, OfrepEvaluators, evaluate, nests_within
 from confmesh.server.store import ConfigStore
 from confmesh.v1 import admin_pb2
 from confmesh.wire import change_to_pb, from_struct, to_struct
@@ -53,6 +53,7 @@ _KIND = {
     errors.NotFound: 404,
     errors.FailedPrecondition: 409,
     errors.Unavailable: 503,
+    errors.ResourceExhausted: 429,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,6 +75,19 @@ def _limit(raw: str, default: int = 100, most: int = 500) -> int:
     return min(int(raw), most)
 
 
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body: a JSON object, nested at most MAX_DEPTH levels."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise errors.InvalidArgument(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidArgument("the body must be a JSON object")
+    if not nests_within(body, MAX_DEPTH):
+        raise errors.InvalidArgument(f"the body nests deeper than {MAX_DEPTH} levels")
+    return body
+
+
 def _status_of(exc: errors.ConfmeshError) -> int:
     for kind, status in _KIND.items():
         if isinstance(exc, kind):
@@ -91,12 +105,16 @@ class Console:
         store: ConfigStore,
         fleet: FleetView,
         ledger: Ledger,
+        work: ControlWork,
+        evaluators: OfrepEvaluators,
         *,
         secure_cookies: bool,
         allow_anonymous: bool = True,
     ) -> None:
         self.admin = admin
         self.access = access
+        self.work = work
+        self.evaluators = evaluators
         self.store = store
         self.fleet = fleet
         self.ledger = ledger
@@ -196,15 +214,7 @@ class Console:
 
     @staticmethod
     async def _json(request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise errors.InvalidArgument(f"the body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise errors.InvalidArgument("the body must be a JSON object")
-        if not nests_within(body, MAX_DEPTH):
-            raise errors.InvalidArgument(f"the body nests deeper than {MAX_DEPTH} levels")
-        return body
+        return parse_body(await request.read())
 
     async def rpc(self, request: web.Request, name: str, message: Any) -> Any:
         peer = f"console:{request.remote or ''}"
@@ -405,28 +415,46 @@ class Console:
         return web.json_response({"ok": True, "revision": written.revision})
 
     async def flag_explain(self, request: web.Request) -> web.StreamResponse:
-        """Evaluate a flag definition (saved or being edited) for a test context, with the trace."""
-        body = await self._json(request)
-        env, key = str(body.get("env", "")), str(body.get("key", ""))
-        resp = message_json(await self.rpc(request, "GetFlags", admin_pb2.GetFlagsRequest(environment=env)))
-        flags = {k: keyed(k, v) for k, v in resp["flags"].items()}
-        if isinstance(body.get("definition"), dict):
-            flags[key] = {**body["definition"], "key": key}
-        context = body.get("context", {})
-        if not isinstance(context, dict):
-            raise errors.InvalidArgument("context must be a JSON object", field="context")
-        evaluator = FlagEvaluator(parse_flag_set(flags, prefix="flags"))
-        details = evaluate(evaluator, key, context)
-        value = None if details.value is CALLER_DEFAULT else details.value
-        return web.json_response(
-            {
-                "value": value,
-                "variant": details.variant,
-                "reason": str(details.reason),
-                "error": details.error_message or "",
-                "trace": evaluator.explain(key, context),
-            }
-        )
+        """Evaluate a flag definition (saved or being edited) for a test context, with the trace.
+
+        Admitted before its body is read; the body is parsed, and the flag evaluated, on the
+        control-work thread under its budget, from the environment's cached evaluator with only an
+        edited flag parsed and compiled anew.
+        """
+        caller = self.caller(request)
+        with self.work.slot(caller.identity, "explain"):
+            raw = await request.read()
+            try:
+                body = await self.work.execute(lambda: parse_body(raw))
+                env, key = str(body.get("env", "")), str(body.get("key", ""))
+                layer = Layer.flags(check_name(env, "environment"))
+                self.access.require(caller, lambda g: g.can_read_flags(layer.environment), f"read {layer}")
+                context = body.get("context", {})
+                if not isinstance(context, dict):
+                    raise errors.InvalidArgument("context must be a JSON object", field="context")
+                definition = body.get("definition")
+                revision, flags = self.evaluators.inputs(layer.environment)
+
+                def explain() -> dict[str, Any]:
+                    if isinstance(definition, dict):
+                        evaluator = self.evaluators.with_flag(
+                            layer.environment, revision, flags, key, definition
+                        )
+                    else:
+                        evaluator = self.evaluators.evaluator(layer.environment, revision, flags)
+                    details = evaluate(evaluator, key, context)
+                    return {
+                        "value": None if details.value is CALLER_DEFAULT else details.value,
+                        "variant": details.variant,
+                        "reason": str(details.reason),
+                        "error": details.error_message or "",
+                        "trace": evaluator.explain(key, context),
+                    }
+
+                answer = await self.work.execute(explain)
+            except BudgetExceeded as exc:
+                raise errors.InvalidArgument(f"explain refused: {exc}", code="budget_exceeded") from None
+        return web.json_response(answer)
 
     async def changes(self, request: web.Request) -> web.StreamResponse:
         resp = await self.rpc(request, "ListChanges", admin_pb2.ListChangesRequest(limit=200))
@@ -593,6 +621,8 @@ class Console:
                     self._check_csrf(request)
                 return await handler(request)
             except errors.ConfmeshError as exc:
+                if isinstance(exc, errors.ResourceExhausted):
+                    await self.work.refuse()
                 if isinstance(exc, errors.PermissionDenied) and exc.code != "csrf":
                     with contextlib.suppress(errors.ConfmeshError):
                         caller = self.caller(request)
