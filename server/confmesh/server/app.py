@@ -446,6 +446,9 @@ class ConfmeshServer:
         if s.tls_cert and s.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(s.tls_cert, s.tls_key)
+            if s.tls_client_ca:  # one transport policy for both listeners: mutual TLS on HTTP too
+                context.load_verify_locations(s.tls_client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
         elif not is_loopback(s.http_listen):
             log.warning(
                 "PLAINTEXT HTTP on %s: tokens sent to it can be read on the way. Use --tls-cert/--tls-key.",
@@ -469,6 +472,7 @@ class ConfmeshServer:
             max_body=max(MAX_BODY, CONSOLE_MAX_BODY),
             reuse_port=s.reuse_port,
             ssl_context=context,
+            loopback_hosts=not self.access.enforcing,
         )
         self.http_port = await self.http.start()
 
