@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from confmesh.client import AdminClient, ConfigClient
+from confmesh.errors import ConfmeshError
 from tests.helpers import ServerProcess
 
 # The reported explain attack: a `contains` rule over 10,000 values against a 14,000-item list.
@@ -74,10 +75,20 @@ class Target:
     tokens: dict[str, str]
 
 
+# Runs `confmesh` from another checkout's code roots (bench/isolation.py's "before"): argv[1] is the root.
+BOOT = (
+    "import sys; root = sys.argv.pop(1); "
+    "sys.path[:0] = [f'{root}/core', f'{root}/server', f'{root}/client']; "
+    "from confmesh.cli import main; main()"
+)
+
+
 @asynccontextmanager
-async def target(etcd_endpoint: str, prefix: str, tmp: Path) -> AsyncIterator[Target]:
+async def target(
+    etcd_endpoint: str, prefix: str, tmp: Path, code: Path | None = None
+) -> AsyncIterator[Target]:
     """A policy-enforcing `confmesh serve` process with --http-listen, tokens, 1,000 staging flags and
-    5 heavy ones, and a prod/orders config."""
+    5 heavy ones, and a prod/orders config. `code`: another checkout to run the server from."""
     from confmesh.keys import KeyLayout
     from confmesh.server.access import Grant, new_token
     from confmesh.server.embedded_etcd import free_port
@@ -100,6 +111,8 @@ async def target(etcd_endpoint: str, prefix: str, tmp: Path) -> AsyncIterator[Ta
     server = ServerProcess(
         etcd_endpoint, prefix, "--policy", str(policy), "--http-listen", f"127.0.0.1:{http_port}"
     )
+    if code is not None:  # [python, -m, confmesh.cli, ...] -> [python, -c, BOOT, root, ...]
+        server.args[1:3] = ["-c", BOOT, str(code)]
     await server.start()
     try:
         async with AdminClient(server.address, token=tokens["admin"]) as admin:
@@ -153,6 +166,7 @@ class Bystander:
     push_ms: list[float] = field(default_factory=list)
     health_ms: list[float] = field(default_factory=list)
     health_failures: int = 0
+    push_failures: int = 0
 
     @staticmethod
     def p(values: list[float], q: float) -> float:
@@ -168,6 +182,7 @@ class Bystander:
             "pushes": len(self.push_ms),
             "health_checks": len(self.health_ms),
             "health_failures": self.health_failures,
+            "push_failures": self.push_failures,
         }
 
 
@@ -195,8 +210,11 @@ async def measure(t: Target, during: asyncio.Future[Any] | None, seconds: float)
         while not stop.is_set():
             n += 1
             start = time.perf_counter()
-            revision = (await admin.put("pool", n, env="prod", service="orders")).revision
-            await client.wait_for_version(revision, timeout=30)
+            try:
+                revision = (await admin.put("pool", n, env="prod", service="orders")).revision
+                await client.wait_for_version(revision, timeout=30)
+            except (ConfmeshError, TimeoutError):
+                seen.push_failures += 1  # the write or its push did not make it: counted at its full time
             seen.push_ms.append((time.perf_counter() - start) * 1000)
             await asyncio.sleep(0.1)
 

@@ -40,7 +40,7 @@ def is_classic(document: Mapping[str, Any]) -> bool:
     return (
         bool(entries)
         and all(isinstance(v, Mapping) and "variants" not in v for v in entries)
-        and any(v.get("type") in CLASSIC_TYPES for v in entries)
+        and any(isinstance(kind := v.get("type"), str) and kind in CLASSIC_TYPES for v in entries)
     )
 
 

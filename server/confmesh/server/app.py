@@ -599,6 +599,9 @@ async def run_server(settings: ServerSettings, *, ready: asyncio.Event | None = 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()  # a failed start stops what it started
+    import gc
+
+    gc.freeze()
     http = f"; console and OFREP on {server.http_url}" if settings.http_listen else ""
     print(f"confmesh serving on {server.address} (version {__version__}){http}", flush=True)
     if ready is not None:
