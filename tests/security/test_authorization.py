@@ -116,6 +116,7 @@ def requests(env: str, svc: str) -> dict[str, Callable[[], Message]]:
         "AbortRollout": lambda: admin_pb2.RolloutRequest(environment=env, service=svc),
         "ListRollouts": lambda: admin_pb2.ListRolloutsRequest(),
         "GetSnapshot": lambda: config_pb2.GetSnapshotRequest(environment=env, service=svc),
+        "DescribeScope": lambda: config_pb2.DescribeScopeRequest(environment=env, service=svc),
         "Watch": lambda: config_pb2.WatchRequest(
             subscribe=config_pb2.Subscribe(environment=env, service=svc, instance_id=_unique())
         ),

@@ -56,6 +56,10 @@ class Explained:
     found: bool = False
     value: JSONValue = None
     layers: list[LayerValue] = field(default_factory=list)
+    # Set when nothing on the server names the environment (or the service looks like a typo of a
+    # known one): what is unknown and the closest known names. environment_known tells them apart.
+    notice: str = ""
+    environment_known: bool = True
 
 
 def default_actor() -> str:
@@ -159,6 +163,8 @@ class AdminClient:
             found=resp.found,
             value=from_value(resp.value) if resp.found else None,
             layers=layers,
+            notice=resp.notice.message,
+            environment_known=resp.notice.environment_known or not resp.HasField("notice"),
         )
 
     async def snapshot(self, env: str, service: str) -> config_pb2.Snapshot:

@@ -145,6 +145,11 @@ class ConfigClient(Generic[T]):
         self.last_error = ""
         # Snapshots applied from a delta (the others came whole).
         self.deltas_applied = 0
+        # What the server said of this scope's names once connected ("" when it knows them; None
+        # until asked): a typo in the environment or service is logged as a warning, not silent.
+        self.scope_notice: str | None = None
+        self._describing: asyncio.Task[None] | None = None
+        self._described = asyncio.Event()
         self._current: AppliedSnapshot | None = None
         # True once a server delivered a snapshot (cached and default configs do not count).
         self._from_server = False
@@ -296,11 +301,12 @@ class ConfigClient(Generic[T]):
         return True
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._describing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
@@ -386,6 +392,8 @@ class ConfigClient(Generic[T]):
                     self.connected = True
                     self.last_error = ""
                     backoff = self.backoff_initial
+                    if self._describing is None:
+                        self._describing = asyncio.create_task(self._describe(stub))
                     if resp.WhichOneof("kind") == "heartbeat":
                         # Nothing newer was sent first, so what we run is current.
                         self.server_stale = resp.heartbeat.stale
@@ -421,6 +429,28 @@ class ConfigClient(Generic[T]):
                 continue
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, self.backoff_max)
+
+    async def _describe(self, stub: config_pb2_grpc.ConfigServiceStub) -> None:
+        """Ask once whether the server knows this scope's names; warn when it does not."""
+        request = config_pb2.DescribeScopeRequest(
+            environment=self.scope.environment, service=self.scope.service
+        )
+        try:
+            notice = await stub.DescribeScope(request, metadata=self._metadata, timeout=10)
+        except grpc.aio.AioRpcError as exc:  # an older server, or no answer: nothing to say
+            log.debug("DescribeScope for %s: %s", self.scope, exc.code())
+            return
+        finally:
+            self._described.set()
+        self.scope_notice = notice.message
+        if notice.message:
+            log.warning("confmesh %s: %s", self.scope, notice.message)
+
+    async def describe_scope(self) -> str | None:
+        """Once connected: what the server said of this scope's names ("" when it knows them, None when
+        it could not say), e.g. "unknown environment 'prdo' …; did you mean 'prod'?"."""
+        await self._described.wait()
+        return self.scope_notice
 
     async def _report(self, outbox: asyncio.Queue[config_pb2.WatchRequest]) -> None:
         """Periodic messages: what this instance runs, and flag usage counts."""

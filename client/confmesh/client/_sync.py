@@ -168,6 +168,15 @@ class SyncConfigClient(Generic[T]):
     def deltas_applied(self) -> int:
         return self._async.deltas_applied
 
+    @property
+    def scope_notice(self) -> str | None:
+        return self._async.scope_notice
+
+    def describe_scope(self, timeout: float | None = 10.0) -> str | None:
+        """What the server said of this scope's names ("" when it knows them); see ConfigClient."""
+        result: str | None = self._call(self._async.describe_scope(), timeout)
+        return result
+
     # Who it is.
 
     @property

@@ -29,7 +29,7 @@ from confmesh.cli.common import (
     run,
     service_option,
 )
-from confmesh.errors import ConfmeshError, InvalidArgument
+from confmesh.errors import ConfmeshError, InvalidArgument, NotFound
 from confmesh.merge import JSONValue
 from confmesh.version import __version__
 
@@ -419,13 +419,27 @@ async def delete(admin: Any, key: str, env: str | None, service: str | None, rea
 @click.option("--env", "env", required=True, help="Environment.")
 @click.option("--service", required=True, help="Service.")
 @click.option("--explain", is_flag=True, help="Show every layer's value and which one wins.")
+@click.option(
+    "--allow-unknown", is_flag=True, help="Resolve an environment that nothing names yet (defaults only)."
+)
 @json_option
 @admin_command
-async def get(admin: Any, key: str, env: str, service: str, explain: bool, as_json: bool) -> None:
-    """Print the resolved value of KEY (whole config without KEY) for --env/--service."""
+async def get(
+    admin: Any, key: str, env: str, service: str, explain: bool, allow_unknown: bool, as_json: bool
+) -> None:
+    """Print the resolved value of KEY (whole config without KEY) for --env/--service.
+
+    An environment that no layer, flag set or schema names is refused (a typo, most often), with the
+    closest known names; --allow-unknown resolves it anyway. A service name close to a known one is
+    warned about on stderr.
+    """
     if explain and not key:
         raise InvalidArgument("--explain needs a KEY: which key's layers should it show?")
     result = await admin.resolve(env, service, key)
+    if not result.environment_known and not allow_unknown:
+        raise NotFound(f"{result.notice} (--allow-unknown resolves it anyway)", field="env")
+    if result.notice and not allow_unknown:
+        click.echo(f"warning: {result.notice}", err=True)
     if not key:
         click.echo(
             dumps(
@@ -521,6 +535,10 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None, t
             click.echo(dumps({"version": client.version, "hash": client.hash, "config": client.raw}))
             sys.stdout.flush()
 
+        async def warn_unknown_names() -> None:  # the client asks once it is connected
+            if notice := await client.describe_scope():
+                click.echo(f"warning: {notice}", err=True)
+
         closing = False  # Ctrl-C: the client closes its own stream, which is no lost connection
 
         def changed(state: ClientState) -> None:
@@ -546,6 +564,7 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None, t
         client.on_state(changed)
         click.echo(f"connecting to {server} for {env}/{service} ...", err=True)
         reporter = asyncio.create_task(progress())
+        notice = asyncio.create_task(warn_unknown_names())
         try:
             async with client:
                 reporter.cancel()
@@ -555,9 +574,10 @@ def watch(ctx: click.Context, env: str, service: str, instance_id: str | None, t
                     closing = True
                     raise
         finally:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+            for task in (reporter, notice):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     run(body())  # Ctrl-C: quiet, exit 130 (ConfmeshGroup)
 
@@ -626,6 +646,15 @@ async def status(admin: Any, as_json: bool, local: bool, scope_name: str, only_v
     click.echo("versions (connected instances):")
     for line in version_summary(resp.instances):
         click.echo(f"  {line}")
+    unknown: dict[str, tuple[int, str]] = {}
+    for inst in resp.instances:
+        if inst.scope_notice and inst.connected:
+            scope = f"{inst.environment}/{inst.service}"
+            unknown[scope] = (unknown.get(scope, (0, ""))[0] + 1, inst.scope_notice)
+    if unknown:
+        click.echo("UNKNOWN SCOPES (instances running on defaults, most likely a typo in their deployment):")
+        for scope, (count, notice) in sorted(unknown.items()):
+            click.echo(f"  {scope}: {count} instance(s): {notice}")
 
 
 async def scope_status(admin: Any, scope_name: str, version: int, as_json: bool) -> None:

@@ -1,5 +1,6 @@
 import datetime
 
+from confmesh.v1 import config_pb2 as _config_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -144,7 +145,7 @@ class Explanation(_message.Message):
     def __init__(self, key: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerValue, _Mapping]]] = ..., resolved: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class ResolveResponse(_message.Message):
-    __slots__ = ("environment", "service", "version", "hash", "config", "found", "value", "explanations")
+    __slots__ = ("environment", "service", "version", "hash", "config", "found", "value", "explanations", "notice")
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +154,7 @@ class ResolveResponse(_message.Message):
     FOUND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     environment: str
     service: str
     version: int
@@ -161,7 +163,8 @@ class ResolveResponse(_message.Message):
     found: bool
     value: _struct_pb2.Value
     explanations: _containers.RepeatedCompositeFieldContainer[Explanation]
-    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., version: _Optional[int] = ..., hash: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., found: _Optional[bool] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ...) -> None: ...
+    notice: _config_pb2.ScopeNotice
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ..., version: _Optional[int] = ..., hash: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., found: _Optional[bool] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., notice: _Optional[_Union[_config_pb2.ScopeNotice, _Mapping]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("page_token", "local")
@@ -186,7 +189,7 @@ class NackRecord(_message.Message):
     def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., error: _Optional[str] = ..., field_paths: _Optional[_Iterable[str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("instance_id", "environment", "service", "peer", "connected", "acked_version", "acked_hash", "sent_version", "last_nack", "connected_at", "last_seen", "labels", "server_id")
+    __slots__ = ("instance_id", "environment", "service", "peer", "connected", "acked_version", "acked_hash", "sent_version", "last_nack", "connected_at", "last_seen", "labels", "server_id", "scope_notice")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +210,7 @@ class InstanceStatus(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_NOTICE_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     environment: str
     service: str
@@ -220,7 +224,8 @@ class InstanceStatus(_message.Message):
     last_seen: _timestamp_pb2.Timestamp
     labels: _containers.ScalarMap[str, str]
     server_id: str
-    def __init__(self, instance_id: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected: _Optional[bool] = ..., acked_version: _Optional[int] = ..., acked_hash: _Optional[str] = ..., sent_version: _Optional[int] = ..., last_nack: _Optional[_Union[NackRecord, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., server_id: _Optional[str] = ...) -> None: ...
+    scope_notice: str
+    def __init__(self, instance_id: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected: _Optional[bool] = ..., acked_version: _Optional[int] = ..., acked_hash: _Optional[str] = ..., sent_version: _Optional[int] = ..., last_nack: _Optional[_Union[NackRecord, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., server_id: _Optional[str] = ..., scope_notice: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason", "schema_violations", "next_page_token", "server_version", "replicas")

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63onfmesh/v1/config.proto\x12\x0b\x63onfmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\x0cWatchRequest\x12+\n\tsubscribe\x18\x01 \x01(\x0b\x32\x16.confmesh.v1.SubscribeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.confmesh.v1.AckH\x00\x12!\n\x04nack\x18\x03 \x01(\x0b\x32\x11.confmesh.v1.NackH\x00\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x16.confmesh.v1.FlagUsageH\x00\x12%\n\x06report\x18\x05 \x01(\x0b\x32\x13.confmesh.v1.ReportH\x00\x42\x06\n\x04kind\":\n\x06Report\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x11\n\tneed_full\x18\x03 \x01(\x08\"\x80\x02\n\tSubscribe\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\x03\x12\x12\n\nknown_hash\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x32\n\x06labels\x18\x06 \x03(\x0b\x32\".confmesh.v1.Subscribe.LabelsEntry\x12\x14\n\x0c\x61\x63\x63\x65pt_delta\x18\x07 \x01(\x08\x12\x14\n\x0chash_schemes\x18\x08 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\"|\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x17\n\x0frunning_version\x18\x03 \x01(\x03\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12-\n\x0c\x66ield_errors\x18\x05 \x03(\x0b\x32\x17.confmesh.v1.FieldError\"\x9a\x01\n\tFlagUsage\x12+\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1b.confmesh.v1.FlagUsageCount\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x0e\x46lagUsageCount\x12\x0c\n\x04\x66lag\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"+\n\nFieldError\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"o\n\rWatchResponse\x12)\n\x08snapshot\x18\x01 \x01(\x0b\x32\x15.confmesh.v1.SnapshotH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.confmesh.v1.HeartbeatH\x00\x42\x06\n\x04kind\"3\n\tHeartbeat\x12\x17\n\x0fserver_revision\x18\x01 \x01(\x03\x12\r\n\x05stale\x18\x02 \x01(\x08\"\x99\x02\n\x08Snapshot\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12\'\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05stale\x18\x06 \x01(\x08\x12/\n\x0bresolved_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05\x66lags\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0ctrace_parent\x18\t \x01(\t\x12!\n\x05\x64\x65lta\x18\n \x01(\x0b\x32\x12.confmesh.v1.Delta\"Z\n\x05\x44\x65lta\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\x03\x12\x11\n\tbase_hash\x18\x02 \x01(\t\x12(\n\x07updates\x18\x03 \x03(\x0b\x32\x17.confmesh.v1.PathUpdate\"\xae\x01\n\nPathUpdate\x12\x30\n\x07section\x18\x01 \x01(\x0e\x32\x1f.confmesh.v1.PathUpdate.Section\x12\x0c\n\x04path\x18\x02 \x03(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"9\n\x07Section\x12\x17\n\x13SECTION_UNSPECIFIED\x10\x00\x12\n\n\x06\x43ONFIG\x10\x01\x12\t\n\x05\x46LAGS\x10\x02\"P\n\x12GetSnapshotRequest\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x14\n\x0chash_schemes\x18\x03 \x03(\t2\x9a\x01\n\rConfigService\x12\x42\n\x05Watch\x12\x19.confmesh.v1.WatchRequest\x1a\x1a.confmesh.v1.WatchResponse(\x01\x30\x01\x12\x45\n\x0bGetSnapshot\x12\x1f.confmesh.v1.GetSnapshotRequest\x1a\x15.confmesh.v1.Snapshotb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63onfmesh/v1/config.proto\x12\x0b\x63onfmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x14\x44\x65scribeScopeRequest\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\"\x88\x01\n\x0bScopeNotice\x12\x19\n\x11\x65nvironment_known\x18\x01 \x01(\x08\x12\x15\n\rservice_known\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x1c\n\x14\x63losest_environments\x18\x04 \x03(\t\x12\x18\n\x10\x63losest_services\x18\x05 \x03(\t\"\xd7\x01\n\x0cWatchRequest\x12+\n\tsubscribe\x18\x01 \x01(\x0b\x32\x16.confmesh.v1.SubscribeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.confmesh.v1.AckH\x00\x12!\n\x04nack\x18\x03 \x01(\x0b\x32\x11.confmesh.v1.NackH\x00\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x16.confmesh.v1.FlagUsageH\x00\x12%\n\x06report\x18\x05 \x01(\x0b\x32\x13.confmesh.v1.ReportH\x00\x42\x06\n\x04kind\":\n\x06Report\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x11\n\tneed_full\x18\x03 \x01(\x08\"\x80\x02\n\tSubscribe\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\x03\x12\x12\n\nknown_hash\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x32\n\x06labels\x18\x06 \x03(\x0b\x32\".confmesh.v1.Subscribe.LabelsEntry\x12\x14\n\x0c\x61\x63\x63\x65pt_delta\x18\x07 \x01(\x08\x12\x14\n\x0chash_schemes\x18\x08 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\"|\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x17\n\x0frunning_version\x18\x03 \x01(\x03\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12-\n\x0c\x66ield_errors\x18\x05 \x03(\x0b\x32\x17.confmesh.v1.FieldError\"\x9a\x01\n\tFlagUsage\x12+\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1b.confmesh.v1.FlagUsageCount\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x0e\x46lagUsageCount\x12\x0c\n\x04\x66lag\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"+\n\nFieldError\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"o\n\rWatchResponse\x12)\n\x08snapshot\x18\x01 \x01(\x0b\x32\x15.confmesh.v1.SnapshotH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.confmesh.v1.HeartbeatH\x00\x42\x06\n\x04kind\"3\n\tHeartbeat\x12\x17\n\x0fserver_revision\x18\x01 \x01(\x03\x12\r\n\x05stale\x18\x02 \x01(\x08\"\x99\x02\n\x08Snapshot\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12\'\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05stale\x18\x06 \x01(\x08\x12/\n\x0bresolved_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05\x66lags\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0ctrace_parent\x18\t \x01(\t\x12!\n\x05\x64\x65lta\x18\n \x01(\x0b\x32\x12.confmesh.v1.Delta\"Z\n\x05\x44\x65lta\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\x03\x12\x11\n\tbase_hash\x18\x02 \x01(\t\x12(\n\x07updates\x18\x03 \x03(\x0b\x32\x17.confmesh.v1.PathUpdate\"\xae\x01\n\nPathUpdate\x12\x30\n\x07section\x18\x01 \x01(\x0e\x32\x1f.confmesh.v1.PathUpdate.Section\x12\x0c\n\x04path\x18\x02 \x03(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"9\n\x07Section\x12\x17\n\x13SECTION_UNSPECIFIED\x10\x00\x12\n\n\x06\x43ONFIG\x10\x01\x12\t\n\x05\x46LAGS\x10\x02\"P\n\x12GetSnapshotRequest\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x14\n\x0chash_schemes\x18\x03 \x03(\t2\xe8\x01\n\rConfigService\x12\x42\n\x05Watch\x12\x19.confmesh.v1.WatchRequest\x1a\x1a.confmesh.v1.WatchResponse(\x01\x30\x01\x12\x45\n\x0bGetSnapshot\x12\x1f.confmesh.v1.GetSnapshotRequest\x1a\x15.confmesh.v1.Snapshot\x12L\n\rDescribeScope\x12!.confmesh.v1.DescribeScopeRequest\x1a\x18.confmesh.v1.ScopeNoticeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,38 +35,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBSCRIBE_LABELSENTRY']._loaded_options = None
   _globals['_SUBSCRIBE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_WATCHREQUEST']._serialized_start=105
-  _globals['_WATCHREQUEST']._serialized_end=320
-  _globals['_REPORT']._serialized_start=322
-  _globals['_REPORT']._serialized_end=380
-  _globals['_SUBSCRIBE']._serialized_start=383
-  _globals['_SUBSCRIBE']._serialized_end=639
-  _globals['_SUBSCRIBE_LABELSENTRY']._serialized_start=594
-  _globals['_SUBSCRIBE_LABELSENTRY']._serialized_end=639
-  _globals['_ACK']._serialized_start=641
-  _globals['_ACK']._serialized_end=677
-  _globals['_NACK']._serialized_start=679
-  _globals['_NACK']._serialized_end=803
-  _globals['_FLAGUSAGE']._serialized_start=806
-  _globals['_FLAGUSAGE']._serialized_end=960
-  _globals['_FLAGUSAGECOUNT']._serialized_start=962
-  _globals['_FLAGUSAGECOUNT']._serialized_end=1024
-  _globals['_FIELDERROR']._serialized_start=1026
-  _globals['_FIELDERROR']._serialized_end=1069
-  _globals['_WATCHRESPONSE']._serialized_start=1071
-  _globals['_WATCHRESPONSE']._serialized_end=1182
-  _globals['_HEARTBEAT']._serialized_start=1184
-  _globals['_HEARTBEAT']._serialized_end=1235
-  _globals['_SNAPSHOT']._serialized_start=1238
-  _globals['_SNAPSHOT']._serialized_end=1519
-  _globals['_DELTA']._serialized_start=1521
-  _globals['_DELTA']._serialized_end=1611
-  _globals['_PATHUPDATE']._serialized_start=1614
-  _globals['_PATHUPDATE']._serialized_end=1788
-  _globals['_PATHUPDATE_SECTION']._serialized_start=1731
-  _globals['_PATHUPDATE_SECTION']._serialized_end=1788
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=1790
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=1870
-  _globals['_CONFIGSERVICE']._serialized_start=1873
-  _globals['_CONFIGSERVICE']._serialized_end=2027
+  _globals['_DESCRIBESCOPEREQUEST']._serialized_start=104
+  _globals['_DESCRIBESCOPEREQUEST']._serialized_end=164
+  _globals['_SCOPENOTICE']._serialized_start=167
+  _globals['_SCOPENOTICE']._serialized_end=303
+  _globals['_WATCHREQUEST']._serialized_start=306
+  _globals['_WATCHREQUEST']._serialized_end=521
+  _globals['_REPORT']._serialized_start=523
+  _globals['_REPORT']._serialized_end=581
+  _globals['_SUBSCRIBE']._serialized_start=584
+  _globals['_SUBSCRIBE']._serialized_end=840
+  _globals['_SUBSCRIBE_LABELSENTRY']._serialized_start=795
+  _globals['_SUBSCRIBE_LABELSENTRY']._serialized_end=840
+  _globals['_ACK']._serialized_start=842
+  _globals['_ACK']._serialized_end=878
+  _globals['_NACK']._serialized_start=880
+  _globals['_NACK']._serialized_end=1004
+  _globals['_FLAGUSAGE']._serialized_start=1007
+  _globals['_FLAGUSAGE']._serialized_end=1161
+  _globals['_FLAGUSAGECOUNT']._serialized_start=1163
+  _globals['_FLAGUSAGECOUNT']._serialized_end=1225
+  _globals['_FIELDERROR']._serialized_start=1227
+  _globals['_FIELDERROR']._serialized_end=1270
+  _globals['_WATCHRESPONSE']._serialized_start=1272
+  _globals['_WATCHRESPONSE']._serialized_end=1383
+  _globals['_HEARTBEAT']._serialized_start=1385
+  _globals['_HEARTBEAT']._serialized_end=1436
+  _globals['_SNAPSHOT']._serialized_start=1439
+  _globals['_SNAPSHOT']._serialized_end=1720
+  _globals['_DELTA']._serialized_start=1722
+  _globals['_DELTA']._serialized_end=1812
+  _globals['_PATHUPDATE']._serialized_start=1815
+  _globals['_PATHUPDATE']._serialized_end=1989
+  _globals['_PATHUPDATE_SECTION']._serialized_start=1932
+  _globals['_PATHUPDATE_SECTION']._serialized_end=1989
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=1991
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=2071
+  _globals['_CONFIGSERVICE']._serialized_start=2074
+  _globals['_CONFIGSERVICE']._serialized_end=2306
 # @@protoc_insertion_point(module_scope)

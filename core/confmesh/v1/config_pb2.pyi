@@ -11,6 +11,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DescribeScopeRequest(_message.Message):
+    __slots__ = ("environment", "service")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    service: str
+    def __init__(self, environment: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
+
+class ScopeNotice(_message.Message):
+    __slots__ = ("environment_known", "service_known", "message", "closest_environments", "closest_services")
+    ENVIRONMENT_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CLOSEST_ENVIRONMENTS_FIELD_NUMBER: _ClassVar[int]
+    CLOSEST_SERVICES_FIELD_NUMBER: _ClassVar[int]
+    environment_known: bool
+    service_known: bool
+    message: str
+    closest_environments: _containers.RepeatedScalarFieldContainer[str]
+    closest_services: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, environment_known: _Optional[bool] = ..., service_known: _Optional[bool] = ..., message: _Optional[str] = ..., closest_environments: _Optional[_Iterable[str]] = ..., closest_services: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class WatchRequest(_message.Message):
     __slots__ = ("subscribe", "ack", "nack", "usage", "report")
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]

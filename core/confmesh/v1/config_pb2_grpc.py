@@ -44,6 +44,11 @@ class ConfigServiceStub:
                 request_serializer=confmesh_dot_v1_dot_config__pb2.GetSnapshotRequest.SerializeToString,
                 response_deserializer=confmesh_dot_v1_dot_config__pb2.Snapshot.FromString,
                 _registered_method=True)
+        self.DescribeScope = channel.unary_unary(
+                '/confmesh.v1.ConfigService/DescribeScope',
+                request_serializer=confmesh_dot_v1_dot_config__pb2.DescribeScopeRequest.SerializeToString,
+                response_deserializer=confmesh_dot_v1_dot_config__pb2.ScopeNotice.FromString,
+                _registered_method=True)
 
 
 class ConfigServiceServicer:
@@ -63,6 +68,14 @@ class ConfigServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeScope(self, request, context):
+        """Whether anything the server holds names this (environment, service), and the closest names
+        that are known: clients call it once when they start, to warn about a typo in their scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConfigServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_ConfigServiceServicer_to_server(servicer, server):
                     servicer.GetSnapshot,
                     request_deserializer=confmesh_dot_v1_dot_config__pb2.GetSnapshotRequest.FromString,
                     response_serializer=confmesh_dot_v1_dot_config__pb2.Snapshot.SerializeToString,
+            ),
+            'DescribeScope': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeScope,
+                    request_deserializer=confmesh_dot_v1_dot_config__pb2.DescribeScopeRequest.FromString,
+                    response_serializer=confmesh_dot_v1_dot_config__pb2.ScopeNotice.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class ConfigService:
             '/confmesh.v1.ConfigService/GetSnapshot',
             confmesh_dot_v1_dot_config__pb2.GetSnapshotRequest.SerializeToString,
             confmesh_dot_v1_dot_config__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeScope(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confmesh.v1.ConfigService/DescribeScope',
+            confmesh_dot_v1_dot_config__pb2.DescribeScopeRequest.SerializeToString,
+            confmesh_dot_v1_dot_config__pb2.ScopeNotice.FromString,
             options,
             channel_credentials,
             insecure,

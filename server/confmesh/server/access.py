@@ -190,6 +190,7 @@ RULES: dict[str, Rule] = {
     **{_ADMIN + m: Rule.ADMIN for m in ("CreateToken", "ListTokens", "RevokeToken")},
     _CONFIG + "Watch": Rule.WATCH_SCOPE,
     _CONFIG + "GetSnapshot": Rule.WATCH_SCOPE,
+    _CONFIG + "DescribeScope": Rule.WATCH_SCOPE,
     "/flagd.sync.v1.FlagSyncService/SyncFlags": Rule.READ_FLAGS,
     "/flagd.sync.v1.FlagSyncService/FetchAllFlags": Rule.READ_FLAGS,
     "/flagd.sync.v1.FlagSyncService/GetMetadata": Rule.READ_FLAGS,  # any identity without a selector

@@ -21,6 +21,7 @@ from confmesh.server.access import Access, Bypass, Caller, Grant, Role
 from confmesh.server.config_service import ServingState, abort
 from confmesh.server.fleet import FleetView
 from confmesh.server.hub import Hub
+from confmesh.server.known_names import KnownNames
 from confmesh.server.metrics import Metrics
 from confmesh.server.store import ConfigStore
 from confmesh.server.usage import FlagUsageStore
@@ -92,6 +93,7 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         self.hub = hub
         self.fleet = fleet
         self.store = store  # the read model: layers, flags, schemas, rollouts, tokens
+        self.names = KnownNames(store)  # which environment and service names anything names
         self.source = source  # how fresh it is, and waiting for one's own writes
         self.server_id = server_id
         self.endpoints = endpoints

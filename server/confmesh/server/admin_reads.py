@@ -45,6 +45,7 @@ class ReadRPCs(AdminBase):
             version=snap.version,
             hash=snap.hash,
             config=to_struct(redact_config(snap.config, schema)),
+            notice=self.names.check(scope.environment, scope.service).to_pb(),
         )
         if request.key:
             split_key(request.key)
@@ -96,10 +97,13 @@ class ReadRPCs(AdminBase):
                     environment=scope.environment, service=scope.service, message=message
                 )
         resp.replicas.extend([self.server_id] if request.local else self.fleet.replicas())
+        notices: dict[Scope, str] = {}
         for rec in self.fleet.records(local=request.local):
             key = rec.sort_key()
             if not visible(rec.scope) or not pager.wants(key):
                 continue
+            if rec.scope not in notices:
+                notices[rec.scope] = self.names.check(rec.scope.environment, rec.scope.service).message
             inst = resp.instances.add(
                 instance_id=rec.instance_id,
                 environment=rec.scope.environment,
@@ -113,6 +117,7 @@ class ReadRPCs(AdminBase):
                 last_seen=to_timestamp(rec.last_seen),
                 labels=rec.labels,
                 server_id=rec.server_id,
+                scope_notice=notices[rec.scope],
             )
             if rec.last_nack is not None:
                 n = rec.last_nack

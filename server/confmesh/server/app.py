@@ -40,6 +40,7 @@ from confmesh.server.history import prune_audit
 from confmesh.server.http_listener import HttpListener
 from confmesh.server.hub import Hub
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
+from confmesh.server.known_names import KnownNames
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
 from confmesh.server.ofrep import MAX_BODY, Ofrep
@@ -346,6 +347,7 @@ class ConfmeshServer:
                 heartbeat_interval=s.heartbeat_interval,
                 tracer_provider=self.tracer_provider,
                 access=self.access,
+                names=KnownNames(self.store).check,
             )
             add_config_service(self.config_service, server)
             self.flagd_sync = FlagdSyncService(self.store, self.source, self.access)

@@ -20,6 +20,7 @@ from confmesh.rpc_errors import error_trailers, status_for
 from confmesh.server.access import Access
 from confmesh.server.hub import Subscriber
 from confmesh.server.interceptors import Malformed, checked_deserializer
+from confmesh.server.known_names import ScopeCheck
 from confmesh.server.limits import (
     MAX_ERROR_MESSAGE,
     MAX_FIELD_PATH,
@@ -136,6 +137,13 @@ def add_config_service(service: ConfigService, server: grpc.aio.Server) -> None:
             ),
             response_serializer=config_pb2.Snapshot.SerializeToString,
         ),
+        "DescribeScope": grpc.unary_unary_rpc_method_handler(
+            service.DescribeScope,
+            request_deserializer=checked_deserializer(
+                config_pb2.DescribeScopeRequest.FromString, f"/{name}/DescribeScope"
+            ),
+            response_serializer=config_pb2.ScopeNotice.SerializeToString,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
 
@@ -213,8 +221,10 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         catch_up_timeout: float = 10.0,
         tracer_provider: TracerProvider | None = None,
         access: Access | None = None,
+        names: Callable[[str, str], ScopeCheck] | None = None,
     ) -> None:
         self.access = access or Access(dict)
+        self.names = names
         self.hub = snapshots
         self.source = source
         self.callbacks = tuple(callbacks)
@@ -257,6 +267,24 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             await abort(context, exc)
             raise
         return snapshot_to_pb(self.hub.snapshot(scope), stale=self.source.stale, legacy=legacy)
+
+    async def DescribeScope(
+        self, request: config_pb2.DescribeScopeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> config_pb2.ScopeNotice:
+        try:
+            if isinstance(request, Malformed):
+                raise errors.InvalidArgument(request.message, code="malformed")
+            scope = Scope.checked(request.environment, request.service)
+            caller = self.access.identify(context)
+            self.access.require(caller, lambda g: g.can_watch(scope), f"describe {scope}")
+            await self._ready()
+        except errors.ConfmeshError as exc:
+            await self.access.audit_denial(exc, context, "DescribeScope")
+            await abort(context, exc)
+            raise
+        if self.names is None:
+            return config_pb2.ScopeNotice(environment_known=True, service_known=True)
+        return self.names(scope.environment, scope.service).to_pb()
 
     async def Watch(
         self,

@@ -34,6 +34,7 @@ from confmesh.flags.model import parse_flag_set
 from confmesh.keys import Layer, check_name
 from confmesh.server.access import Access, Caller
 from confmesh.server.config_service import ServingState, abort
+from confmesh.server.known_names import KnownNames
 from confmesh.server.limits import Throttled
 from confmesh.server.store import ConfigStore
 
@@ -87,6 +88,7 @@ class FlagdSyncService(sync_pb2_grpc.FlagSyncServiceServicer):
         self.store = store
         self.source = source
         self.access = access
+        self.names = KnownNames(store)
         self.sync_timeout = sync_timeout
         self._streams: dict[str, set[_Stream]] = {}
         # environment -> (flags layer revision, flagd document): exported once per change.
@@ -165,6 +167,16 @@ class FlagdSyncService(sync_pb2_grpc.FlagSyncServiceServicer):
         )
         if not await self.source.wait_for_revision(0, self.sync_timeout) and not self.source.synced:
             raise errors.Unavailable(f"server has not synced with etcd yet: {self.source.stale_reason}")
+        known = self.names.check(environment)
+        if not known.environment_known:  # a typo in a selector must not look like an empty flag set
+            if method != "SyncFlags":
+                raise errors.NotFound(known.message, code="unknown_environment", field="selector")
+            # A stream may legitimately open before its environment's first flag is written (and flagd
+            # has no way to carry a warning): it is served, and the server says so in its log.
+            self.throttled.log(
+                logging.WARNING, ("unknown", environment, caller.identity),
+                "flagd sync from %s for %s", caller.describe(), known.message,
+            )  # fmt: skip
         return environment, caller
 
     async def _guarded(

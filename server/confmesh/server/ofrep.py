@@ -38,6 +38,7 @@ from confmesh.keys import Layer, check_name
 from confmesh.merge import loads_json
 from confmesh.server.access import ANONYMOUS, Access, Caller
 from confmesh.server.control_work import ControlWork
+from confmesh.server.known_names import KnownNames
 from confmesh.server.store import ConfigStore
 
 log = logging.getLogger("confmesh.ofrep")
@@ -222,6 +223,7 @@ class Ofrep:
         self.work = work
         self.synced = synced
         self.evaluators = OfrepEvaluators(store)
+        self.names = KnownNames(store)
         self.poll_interval_ms = poll_interval_ms
 
     def add_routes(self, app: web.Application) -> None:
@@ -253,6 +255,10 @@ class Ofrep:
             return _json(503, {"errorDetails": exc.message}, **{"Retry-After": "1"})
         except errors.InvalidArgument as exc:  # the environment in the path: no context involved
             return _json(400, {"errorCode": "GENERAL", "errorDetails": exc.message})
+        known = self.names.check(environment)
+        if not known.environment_known:  # a typo in a provider's base URL must not look like "no flags"
+            code = "FLAG_NOT_FOUND" if "key" in request.match_info else "GENERAL"
+            return _json(404, {**_key_of(request), "errorCode": code, "errorDetails": known.message})
         # Anonymous callers (no policy) share nothing with each other: each peer address is its own.
         who = caller.identity if caller is not ANONYMOUS else f"anonymous@{request.remote or '?'}"
         return environment, who
@@ -360,6 +366,11 @@ class Ofrep:
                 },
             },
         )
+
+
+def _key_of(request: web.Request) -> dict[str, str]:
+    key = request.match_info.get("key")
+    return {"key": key} if key is not None else {}
 
 
 async def _body(request: web.Request) -> bytes:

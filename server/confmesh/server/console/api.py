@@ -299,6 +299,7 @@ class Console:
                 "schema": schema,
                 "writable": self._may_write(caller, layer),
                 "approvals": self._needs_approval(layer),
+                "notice": resp.notice.message,
             }
         )
 

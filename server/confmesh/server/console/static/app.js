@@ -233,6 +233,7 @@ async function servicePage(env, service) {
   return [h("h1", {}, `${env}/${service}`),
     h("p", { class: "muted" }, `version ${data.version} · ${data.hash.slice(0, 32)}… · `, h("a", { href: `#/fleet/${env}/${service}` }, "fleet"),
       data.schema ? " · validated against its registered schema" : " · no schema registered"),
+    data.notice && h("div", { class: "notice bad", testid: "scope-notice" }, `Warning: ${data.notice}`),
     !writable && notice("You may read this service but not change it: the editor is read-only.", "ok"),
     needsApproval && notice(`Changes here need ${data.approvals} approval(s): saving proposes a change request.`, "ok"),
     h("table", { testid: "config" }, h("tr", {}, h("th", {}, "key"), h("th", {}, "value"), h("th", {}, "layer")), rows),
