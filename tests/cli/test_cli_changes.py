@@ -72,6 +72,16 @@ async def test_propose_review_and_apply_from_the_cli(tenants: Tenants, tmp_path:
     assert out.strip() == "40"
     code, out, _ = await cli(tenants, "admin", "change", "list", "--state", "applied")
     assert code == 0 and cid in out and "sale" in out
+    # What an applied change did stays readable: its diff, from the audit record of its apply; no
+    # claim that it is stale, though its layers moved on (they moved by applying it).
+    code, out, _ = await cli(tenants, "admin", "change", "show", cid)
+    assert code == 0 and "+ service/prod/orders:db.pool  40" in out and "+ flags/prod:sale-banner" in out, out
+    assert "stale" not in out, out
+    code, out, _ = await cli(tenants, "admin", "change", "show", cid, "--json")
+    assert {(d["key"], d["op"]) for d in json.loads(out)["diff"]} == {
+        ("db.pool", "put"),
+        ("sale-banner", "put"),
+    }
 
 
 async def test_a_rollout_is_proposed_and_scheduled_from_the_cli(tenants: Tenants) -> None:

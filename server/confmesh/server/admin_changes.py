@@ -14,7 +14,7 @@ from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.flags.model import parse_flag
 from confmesh.keys import Layer, LayerKind, Scope, split_key
-from confmesh.merge import same_value
+from confmesh.merge import loads_json, same_value
 from confmesh.server.access import Caller, Grant, Role
 from confmesh.server.admin_base import AdminBase, read, to_timestamp, write
 from confmesh.server.change_flow import apply_change, fail_change, read_change, write_change
@@ -121,7 +121,11 @@ class ChangeRPCs(AdminBase):
         """The change as the API shows it; `with_impact`: with its diff and blast radius (GetChange)."""
         store = self.store
         required = max(change.required, self.access.approvals_needed(change.layers)[0])
-        stale = [layer for layer in change.layers if store.layer_revision(layer) > change.base_revision]
+        stale = (
+            []
+            if change.state.finished
+            else [layer for layer in change.layers if store.layer_revision(layer) > change.base_revision]
+        )
         msg = admin_pb2.ChangeRequest(
             id=change.id, title=change.title, author=change.author, reason=change.reason,
             state=STATES[change.state], created_at=to_timestamp(change.created_at),
@@ -156,7 +160,29 @@ class ChangeRPCs(AdminBase):
             msg.applied_at.CopyFrom(to_timestamp(change.applied_at))
         if with_impact and not change.state.finished:
             await self._fill_impact(msg, caller, change)
+        elif with_impact and change.applied_audit:
+            await self._fill_applied_diff(msg, change)
         return msg
+
+    async def _fill_applied_diff(self, msg: admin_pb2.ChangeRequest, change: ChangeRequest) -> None:
+        """What an applied change did, old and new, from the audit record its apply wrote (values
+        redacted there as every audit record is)."""
+        layout = self.writer.layout
+        kv = await self.writer.etcd.get(layout.audit_root + change.applied_audit)
+        try:
+            record = loads_json(kv.value) if kv is not None else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            msg.error = msg.error or "its audit record is gone (pruned after the audit retention)"
+            return
+        for row in record.get("changes", []):
+            d = msg.diff.add(layer=layer_to_pb(Layer.from_path(row["layer"])), key=row["key"], op=row["op"],
+                             existed="old" in row)  # fmt: skip
+            if "old" in row:
+                d.old.CopyFrom(to_value(row["old"]))
+            if row["op"] == "put":
+                d.new.CopyFrom(to_value(row["new"]))
 
     def _shown(self, layer: Layer, key: str, value: Any) -> Any:
         return shown_in_audit(self.store.schemas, layer, key, value)

@@ -42,8 +42,13 @@ class AuditEntry:
     def delete(self, layer: Layer, key: str, old: JSONValue) -> None:
         self.changes.append({"layer": str(layer), "key": key, "op": "delete", "old": old})
 
+    @staticmethod
+    def new_id() -> str:
+        """A new record's id (its key under the audit root): time-ordered, then random."""
+        return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+
     def key(self, layout: KeyLayout) -> str:
-        return f"{layout.audit_root}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        return layout.audit_root + self.new_id()
 
     def encode(self) -> bytes:
         return json.dumps(self.as_dict(), ensure_ascii=False).encode()

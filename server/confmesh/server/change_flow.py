@@ -113,7 +113,11 @@ async def apply_change(
     check_applicable(access, change)
     etcd, layout = writer.etcd, writer.layout
     layers = change.layers
-    applied = change.with_(state=ChangeState.APPLIED, applied_at=time.time(), applied_by=by)
+    audit_id = AuditEntry.new_id()
+    applied = change.with_(
+        state=ChangeState.APPLIED, applied_at=time.time(), applied_by=by,
+        applied_audit=audit_id if change.rollout is None else "",
+    )  # fmt: skip
     approvers = ", ".join(change.approvers()) or "nobody: none needed"
     note = f"ChangeRequest {change.id}: {change.title} (approved by {approvers})"
 
@@ -140,7 +144,7 @@ async def apply_change(
     if change.rollout is None:
         result = await writer.transact(
             layers, lambda _: list(change.changes), actor=change.author, reason=change.reason or change.title,
-            source=note, also=still_as_proposed,
+            source=note, also=still_as_proposed, audit_key=layout.audit_root + audit_id,
         )  # fmt: skip
         return result.revision
     return await _start_rollout(writer, store, change, note, still_as_proposed)

@@ -125,6 +125,8 @@ class ChangeRequest:
     applied_revision: int = 0
     applied_at: float = 0.0
     applied_by: str = ""
+    # The audit record its apply wrote (its id under the audit root): what it changed, old and new.
+    applied_audit: str = ""
     error: str = ""
     # When it reached a finished state (for pruning).
     finished_at: float = 0.0
@@ -163,7 +165,8 @@ class ChangeRequest:
             "reviews": [{"identity": r.identity, "approve": r.approve, "comment": r.comment, "at": r.at}
                         for r in self.reviews],
             "apply_at": self.apply_at, "applied_revision": self.applied_revision,
-            "applied_at": self.applied_at, "applied_by": self.applied_by, "error": self.error,
+            "applied_at": self.applied_at, "applied_by": self.applied_by,
+            "applied_audit": self.applied_audit, "error": self.error,
             "finished_at": self.finished_at,
         }  # fmt: skip
         raw = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
@@ -198,6 +201,7 @@ class ChangeRequest:
             applied_revision=int(doc.get("applied_revision", 0)),
             applied_at=float(doc.get("applied_at", 0)),
             applied_by=doc.get("applied_by", ""),
+            applied_audit=doc.get("applied_audit", ""),
             error=doc.get("error", ""),
             finished_at=float(doc.get("finished_at", 0)),
         )

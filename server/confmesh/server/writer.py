@@ -274,8 +274,11 @@ class Writer:
         source: str = "write",
         skip_unchanged: bool = False,
         also: Also | None = None,
+        audit_key: str = "",
     ) -> WriteResult:
         """Read `layers` at one revision, let `plan` build the changes, commit atomically.
+
+        `audit_key`: where the audit record goes (default: a new key), for a record that refers to it.
 
         `also`: awaited on each attempt before committing; its compares and ops join the same
         transaction, and what it raises ends the write.
@@ -361,7 +364,7 @@ class Writer:
                     if any(affects(layer, sc) for layer in touched)
                 ]
             )
-            ops.append(Etcd.put_op(audit.key(self.layout), audit.encode()))
+            ops.append(Etcd.put_op(audit_key or audit.key(self.layout), audit.encode()))
             compares = self._guards(read, validated, revision)
             if also is not None:
                 more_compares, more_ops = await also()
