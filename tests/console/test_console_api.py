@@ -192,3 +192,29 @@ async def test_without_a_policy_the_console_answers_only_on_loopback(server: Con
         server.console.allow_anonymous = False
         async with session.get(f"{server.http_url}/console/api/scopes") as resp:
             assert resp.status == 403 and (await resp.json())["error"]["code"] == "no_policy"
+
+
+async def test_console_proposals_are_refused_whole_and_bad_times_are_400s(tenants: Tenants) -> None:
+    """1,200 changes are refused (never 1,000 stored silently); an apply_at past what a timestamp holds
+    is a JSON 400, not a 500 with a traceback."""
+    base = tenants.server.http_url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        await _login(session, base, tenants.tokens["orders-writer"])
+        headers = {"X-CSRF-Token": _csrf(session)}
+        many = [{"layer": "service/prod/orders", "key": f"k{i}", "value": i} for i in range(1200)]
+        async with session.post(
+            f"{base}/console/api/propose", json={"changes": many}, headers=headers
+        ) as resp:
+            body = await resp.json()
+            assert (
+                resp.status == 400
+                and "1200 changes in one request; the limit is 1000" in body["error"]["message"]
+            )
+        one = [{"layer": "service/prod/orders", "key": "k", "value": 1}]
+        for at in (1e20, -5, "tomorrow", float("inf")):
+            payload = {"changes": one, "apply_at": at}
+            async with session.post(f"{base}/console/api/propose", json=payload, headers=headers) as resp:
+                body = await resp.json()
+                assert resp.status == 400 and body["error"]["field"] == "apply_at", (at, body)
+    async with tenants.admin("admin") as admin:
+        assert not await admin.changes()

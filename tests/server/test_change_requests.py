@@ -287,11 +287,39 @@ async def test_open_change_requests_are_capped(
     first = await author.propose_change([svc("a", 0)])
     for n in range(1, 3):
         await author.propose_change([svc("a", n)])
-    with pytest.raises(errors.FailedPrecondition) as full:
+    with pytest.raises(errors.ResourceExhausted) as full:
         await author.propose_change([svc("a", 9)])
     assert full.value.code == "too_many_open"
     await author.cancel_change(first.id)  # a finished change frees its place
     await author.propose_change([svc("a", 9)])
+
+
+async def test_one_writer_flooding_proposals_fills_only_its_own_share(
+    people: dict[str, AdminClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging writer proposes as fast as it can, concurrently: it stops at its own cap (the check and
+    the write are one step, so no race lets one more in), and prod's author can still propose."""
+    import confmesh.server.admin_changes as admin_changes
+
+    monkeypatch.setattr(admin_changes, "MAX_OPEN_PER_AUTHOR", 5)
+    staging = people["staging"]
+    spam = [ChangeSpec(Layer.svc("staging", "web"), f"k{n}", n) for n in range(12)]
+    results = await asyncio.gather(*(staging.propose_change([c]) for c in spam), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, errors.ResourceExhausted)]
+    assert len(results) - len(refused) == 5 and all("per author" in r.message for r in refused), results
+    assert (await people["author"].propose_change([svc("a", 1)])).id
+
+
+async def test_a_change_that_could_never_be_applied_is_refused_when_proposed(
+    people: dict[str, AdminClient],
+) -> None:
+    """Four 200 KiB values: each fits, the record fits, but applying them (values, audit record, change
+    record) would be one 2.4 MB etcd transaction, past etcd's 1.5 MiB: refused at once, not failed forever."""
+    big = "x" * 200_000
+    with pytest.raises(errors.InvalidArgument) as too_big:
+        await people["author"].propose_change([svc(f"blob{n}", big) for n in range(4)])
+    assert too_big.value.code == "request_too_large" and "split it" in too_big.value.message
+    assert (await people["author"].propose_change([svc("blob0", big)])).id  # one of them is fine
 
 
 async def test_a_scheduled_change_whose_layers_moved_fails_instead_of_applying(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -94,6 +95,7 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         self.fleet = fleet
         self.store = store  # the read model: layers, flags, schemas, rollouts, tokens
         self.names = KnownNames(store)  # which environment and service names anything names
+        self._proposing = asyncio.Lock()  # ProposeChange: counting open requests and writing one
         self.source = source  # how fresh it is, and waiting for one's own writes
         self.server_id = server_id
         self.endpoints = endpoints

@@ -21,6 +21,7 @@ from confmesh.server.change_flow import apply_change, fail_change, read_change, 
 from confmesh.server.change_impact import impact, known_scopes
 from confmesh.server.change_requests import (
     MAX_OPEN,
+    MAX_OPEN_PER_AUTHOR,
     MAX_REVIEWS,
     MAX_TITLE,
     ChangeRequest,
@@ -261,18 +262,55 @@ class ChangeRPCs(AdminBase):
             changes=tuple(changes), rollout=rollout,
             state=ChangeState.OPEN if required else ChangeState.APPROVED, apply_at=apply_at,
         )  # fmt: skip
-        change.encode()  # size-checked before anything is stored
+        record = change.encode()  # size-checked before anything is stored
+        if rollout is None:
+            self._check_fits_one_transaction(len(record), changes, current)
         if request.dry_run:
             return await self._to_pb(caller, change)
-        if sum(not c.state.finished for c, _ in self.store.changes.values()) >= MAX_OPEN:
-            raise errors.FailedPrecondition(
+        async with self._proposing:  # the count and the write together (on this replica)
+            self._check_open_limits(author)
+            at = await write_change(self.writer.etcd, self.writer.layout, change, expect=0, actor=author,
+                                    reason=reason, action="ProposeChange")  # fmt: skip
+            await self.source.wait_for_revision(at, 5.0)
+        return await self._to_pb(caller, change, at)
+
+    def _check_open_limits(self, author: str) -> None:
+        """MAX_OPEN open requests in all, and MAX_OPEN_PER_AUTHOR of one author's: a writer who floods
+        proposals fills only their own share, and other teams can still propose."""
+        open_ = [c for c, _ in self.store.changes.values() if not c.state.finished]
+        mine = sum(c.author == author for c in open_)
+        if mine >= MAX_OPEN_PER_AUTHOR:
+            raise errors.ResourceExhausted(
+                f"{author} has {mine} change requests open; the limit is {MAX_OPEN_PER_AUTHOR} per author: "
+                "apply, cancel or withdraw some first",
+                code="too_many_open",
+            )
+        if len(open_) >= MAX_OPEN:
+            raise errors.ResourceExhausted(
                 f"{MAX_OPEN} change requests are open; apply, reject or cancel some first",
                 code="too_many_open",
             )
-        at = await write_change(self.writer.etcd, self.writer.layout, change, expect=0, actor=author,
-                                reason=reason, action="ProposeChange")  # fmt: skip
-        await self.source.wait_for_revision(at, 5.0)
-        return await self._to_pb(caller, change, at)
+
+    def _check_fits_one_transaction(
+        self, record: int, changes: list[ChangeSpec], current: dict[Layer, dict[str, Any]]
+    ) -> None:
+        """A change is applied as one etcd transaction: its values, its audit record (old and new values)
+        and its record. One that can never fit is refused when proposed, not failed forever later."""
+        size = 2 * record  # the record written back as applied, and room for the ops' own framing
+        for change in changes:
+            old = current.get(change.layer, {}).get(change.key)
+            size += 256 + (len(json.dumps(old)) if old is not None else 0)
+            if not change.delete:
+                size += 2 * len(json.dumps(change.value))  # the value, and the audit record's copy
+        limit = self.writer.etcd.max_request_bytes
+        if size > limit:
+            raise errors.InvalidArgument(
+                f"applied, this change is about {size} bytes in one etcd transaction (its values, the audit "
+                f"record and the change record); the limit is {limit} bytes (--etcd-max-request-bytes): "
+                "split it into smaller changes",
+                code="request_too_large",
+                field="changes",
+            )
 
     @read
     async def GetChange(self, request: admin_pb2.ChangeRef, context: Context) -> admin_pb2.ChangeRequest:

@@ -26,6 +26,7 @@ MAX_TITLE = 200
 MAX_TEXT = 2000
 MAX_RECORD_BYTES = 1 << 20
 MAX_OPEN = 500  # open or approved at once: proposals past it are refused
+MAX_OPEN_PER_AUTHOR = 50  # of those, one author's: one writer cannot take the whole pool
 MAX_KEPT = 2000  # finished records kept; the oldest are pruned past it
 KEEP_FINISHED_SECONDS = 30 * 86400
 MAX_REVIEWS = 50

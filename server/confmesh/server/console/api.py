@@ -37,6 +37,7 @@ from confmesh.server.fleet import FleetView
 from confmesh.server.ledger import Ledger
 from confmesh.server.ofrep import CALLER_DEFAULT, OfrepEvaluators, evaluate, nests_within
 from confmesh.server.store import ConfigStore
+from confmesh.server.writer import MAX_CHANGES
 from confmesh.v1 import admin_pb2
 from confmesh.wire import change_to_pb, from_struct, to_struct
 
@@ -44,6 +45,7 @@ SESSION, CSRF = "cm_session", "cm_csrf"
 MAX_BODY = 256 * 1024
 MAX_DEPTH = 64
 MAX_EVENT_STREAMS = 64
+LAST_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a protobuf Timestamp holds
 EVENT_POLL = 0.1
 KEEPALIVE = 15.0
 _KIND = {
@@ -86,6 +88,18 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not nests_within(body, MAX_DEPTH):
         raise errors.InvalidArgument(f"the body nests deeper than {MAX_DEPTH} levels")
     return body
+
+
+def _apply_at(body: dict[str, Any]) -> int:
+    """A body's ``apply_at`` (seconds since the epoch) in nanoseconds; 0 when absent."""
+    at = body.get("apply_at")
+    if at is None or at == 0:
+        return 0
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 < at < LAST_TIMESTAMP:
+        raise errors.InvalidArgument(
+            "apply_at must be a time in seconds since the epoch, from now to a year ahead", field="apply_at"
+        )
+    return int(at * 1e9)
 
 
 def _status_of(exc: errors.ConfmeshError) -> int:
@@ -319,9 +333,9 @@ class Console:
             title=str(body.get("title", ""))[:200], context=self._ctx(body), dry_run=dry_run
         )
         req.changes.extend(change_to_pb(ch) for ch in changes)
-        at = body.get("apply_at")
-        if isinstance(at, (int, float)) and at > 0:
-            req.apply_at.FromNanoseconds(int(at * 1e9))
+        at = _apply_at(body)
+        if at:
+            req.apply_at.FromNanoseconds(at)
         return req
 
     async def config_edit(self, request: web.Request) -> web.StreamResponse:
@@ -487,9 +501,9 @@ class Console:
             resp = await self.rpc(request, "CancelChange", admin_pb2.ChangeRef(id=cid, context=ctx))
         elif action == "schedule":
             sched = admin_pb2.ScheduleChangeRequest(id=cid, context=ctx)
-            at = body.get("apply_at")
-            if isinstance(at, (int, float)) and at > 0:
-                sched.apply_at.FromNanoseconds(int(at * 1e9))
+            at = _apply_at(body)
+            if at:
+                sched.apply_at.FromNanoseconds(at)
             resp = await self.rpc(request, "ScheduleChange", sched)
         else:
             raise errors.NotFound(f"no change action {action!r}")
@@ -667,8 +681,12 @@ class Console:
         items = body.get("changes", [])
         if not isinstance(items, list):
             raise errors.InvalidArgument("changes must be a list", field="changes")
+        if len(items) > MAX_CHANGES:  # refused whole, never cut: the gRPC API refuses the same
+            raise errors.InvalidArgument(
+                f"{len(items)} changes in one request; the limit is {MAX_CHANGES}", field="changes"
+            )
         changes = []
-        for i, item in enumerate(items[:1000]):
+        for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise errors.InvalidArgument(f"changes[{i}] must be an object", field=f"changes[{i}]")
             layer = Layer.from_path(str(item.get("layer", "")))
