@@ -85,6 +85,38 @@ async def test_direct_writes_to_layers_under_an_approval_rule_are_refused(
         await people["author"].set_flag_enabled("checkout", True, envs=["prod"])
 
 
+async def test_a_rule_protects_its_scopes_from_the_defaults_layer_too(people: dict[str, AdminClient]) -> None:
+    """`defaults` flows into every prod service: a rule over prod covers a write to it (and the dry run
+    says it needs the approval), while a rule only over staging services would not."""
+    await people["staging"].put(
+        "db.pool", 20, env="staging", service="orders"
+    )  # prod/orders and a known scope
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        await people["admin"].put("db.pool", 99)
+    assert refused.value.code == "approval_required" and "defaults" in refused.value.message
+    dry = await people["admin"].propose_change([ChangeSpec(Layer.defaults(), "db.pool", 99)], dry_run=True)
+    assert dry.approvals_required == 1
+    change = await people["admin"].propose_change([ChangeSpec(Layer.defaults(), "db.pool", 99)])
+    await people["admin2"].review_change(change.id, approve=True)
+    await people["admin"].apply_change(change.id)
+    assert (await people["admin"].resolve("prod", "orders", "db.pool")).value == 99
+
+
+def test_which_layers_a_rule_covers() -> None:
+    from confmesh.server.access import ApprovalRule
+
+    prod = ApprovalRule(scopes=("prod/orders",))
+    assert (
+        prod.covers(Layer.defaults())
+        and prod.covers(Layer.env("prod"))
+        and prod.covers(Layer.svc("prod", "orders"))
+    )
+    assert not prod.covers(Layer.env("staging")) and not prod.covers(Layer.svc("prod", "payments"))
+    assert not prod.covers(Layer.flags("prod"))
+    flags_only = ApprovalRule(flags=("prod",))
+    assert not flags_only.covers(Layer.defaults()) and flags_only.covers(Layer.flags("prod"))
+
+
 async def test_a_change_needs_another_identitys_approval_then_applies_once(
     people: dict[str, AdminClient],
 ) -> None:

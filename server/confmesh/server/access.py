@@ -247,8 +247,18 @@ class ApprovalRule(BaseModel):
         return self
 
     def covers(self, layer: Layer) -> bool:
+        """Whether a write to `layer` can change what a scope this rule names resolves to.
+
+        A rule protects its scopes from every layer they resolve from: ``defaults`` reaches every
+        scope, so any rule with scopes covers it; ``env/E`` reaches every service of E, so a rule
+        naming E or any E/<service> covers it; ``service/E/S`` is covered by a rule naming it.
+        """
         if layer.kind is LayerKind.FLAGS:
             return any(fnmatch.fnmatchcase(layer.environment, p) for p in self.flags)
+        if layer.kind is LayerKind.DEFAULTS:
+            return bool(self.scopes)
+        if layer.kind is LayerKind.ENVIRONMENT:
+            return any(fnmatch.fnmatchcase(layer.environment, p.partition("/")[0]) for p in self.scopes)
         return any(fnmatch.fnmatchcase(scope_path(layer), p) for p in self.scopes)
 
     def describe(self) -> str:
