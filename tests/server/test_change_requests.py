@@ -102,6 +102,26 @@ async def test_a_rule_protects_its_scopes_from_the_defaults_layer_too(people: di
     assert (await people["admin"].resolve("prod", "orders", "db.pool")).value == 99
 
 
+async def test_the_kill_bypass_only_turns_flags_off(people: dict[str, AdminClient]) -> None:
+    """A kill serves the flag's off variant: under an approval rule, one that would serve true is
+    refused (it would switch something on with no review); killing a killed flag writes nothing."""
+    inverted = {"variants": {"on": True, "off": False}, "default_variant": "off", "off_variant": "on"}
+    change = await people["author"].propose_change(
+        [
+            ChangeSpec(Layer.flags("prod"), "inverted", inverted),
+            ChangeSpec(Layer.flags("prod"), "checkout", FLAG),
+        ]
+    )
+    await people["admin"].review_change(change.id, approve=True)
+    await people["author"].apply_change(change.id)
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        await people["author"].set_flag_enabled("inverted", False, envs=["prod"])
+    assert refused.value.code == "approval_required" and "would serve true" in refused.value.message
+    first = await people["author"].set_flag_enabled("checkout", False, envs=["prod"])
+    again = await people["author"].set_flag_enabled("checkout", False, envs=["prod"])
+    assert again.revision == first.revision and again.changed == []
+
+
 def test_which_layers_a_rule_covers() -> None:
     from confmesh.server.access import ApprovalRule
 

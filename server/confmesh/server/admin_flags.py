@@ -86,6 +86,8 @@ class FlagRPCs(AdminBase):
                         f"flag {request.key!r} does not exist in environment {layer.environment!r}",
                         field="key",
                     )
+                if not request.enabled and self.access.approvals_needed([layer])[0]:
+                    check_kill_turns_off(layer, request.key, definition)
                 changes.append(ChangeSpec(layer, request.key, {**definition, "enabled": request.enabled}))
             return changes
 
@@ -153,3 +155,18 @@ class FlagRPCs(AdminBase):
                 ages += flag_ages(flag_set.flags.values(), datetime.now(UTC))
         resp.flag_age_p95_seconds = percentile(ages, 95)
         return resp
+
+
+def check_kill_turns_off(layer: Layer, key: str, definition: dict[str, Any]) -> None:
+    """The kill bypass of an approval rule may only turn a flag off: a boolean flag killed serves false
+    (its off variant) or the caller's default (none), never true. Any other value the off variant
+    serves was reviewed with the definition."""
+    off = definition.get("off_variant")
+    served = definition.get("variants", {}).get(off) if off is not None else None
+    if served is True:
+        raise errors.FailedPrecondition(
+            f"killing flag {key!r} in {layer.environment} would serve true (its off_variant {off!r}): the "
+            "kill an approval rule allows only turns a flag off; propose this change instead",
+            code="approval_required",
+            field=key,
+        )
