@@ -88,7 +88,9 @@ def test_approval_rules_from_the_policy_file(tmp_path: Path) -> None:
     access = Access(dict, str(policy))
     assert access.approvals_needed([Layer.svc("prod", "orders")])[0] == 2
     assert access.approvals_needed([Layer.svc("staging", "payments")])[0] == 1
-    assert access.approvals_needed([Layer.defaults(), Layer.flags("staging")])[0] == 0
+    # defaults reaches every scope, prod's included: the strictest config rule applies
+    assert access.approvals_needed([Layer.defaults(), Layer.flags("staging")])[0] == 2
+    assert access.approvals_needed([Layer.flags("staging")])[0] == 0
     access.require_no_approval([Layer.flags("prod")], Bypass.KILL)
     access.require_no_approval([Layer.env("prod")], Bypass.ROLLBACK)
     with pytest.raises(errors.FailedPrecondition) as refused:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -390,6 +392,42 @@ async def test_a_scheduled_change_whose_layers_moved_fails_instead_of_applying(
         await asyncio.sleep(0.05)
     assert "changed since change" in found.error
     assert (await author.resolve("prod", "orders", "mode")).value == "normal"
+
+
+async def test_grants_and_rules_are_checked_when_a_change_takes_effect(
+    people: dict[str, AdminClient], tenants: Tenants
+) -> None:
+    """A revoked writer's scheduled change fails instead of applying under the revoked identity; a
+    rollout started directly before a rule covered its layer cannot be widened or promoted after."""
+    writer2, author, admin = people["second"], people["author"], people["admin"]
+    scheduled = await writer2.propose_change([svc("mode", "sale")], apply_at=time.time() + 1.0)
+    await author.review_change(scheduled.id, approve=True)
+    await admin.revoke_token("orders-writer-2")
+    deadline = time.monotonic() + 10
+    while (found := await author.change(scheduled.id)).state != FAILED:
+        assert time.monotonic() < deadline and found.state == APPROVED, found
+        await asyncio.sleep(0.05)
+    assert "may no longer write" in found.error and "orders-writer-2" in found.error
+    assert not (await author.resolve("prod", "orders", "mode")).found
+
+    staging = people["staging"]
+    await staging.put("pool", 1, env="staging", service="web")
+    await staging.start_rollout("bigger", "staging", "web", set={"pool": 2}, percent=10)
+    await asyncio.to_thread(_add_rule, Path(tenants.server.settings.policy_file), "staging/*")
+    access = tenants.server.access
+    await eventually(lambda: access.maybe_reload() or len(access.approvals) == 2)
+    with pytest.raises(errors.FailedPrecondition) as widen:
+        await staging.update_rollout("staging", "web", 50)
+    assert widen.value.code == "approval_required"
+    with pytest.raises(errors.FailedPrecondition):
+        await staging.promote_rollout("staging", "web")
+    await staging.abort_rollout("staging", "web")  # aborting is always allowed
+
+
+def _add_rule(policy: Path, scope: str) -> None:
+    policy.write_text(policy.read_text() + f'  - name: added\n    scopes: ["{scope}"]\n')
+    later = time.time() + 5
+    os.utime(policy, (later, later))  # a new mtime, whatever the file system's resolution
 
 
 async def test_an_unknown_caller_learns_nothing_of_change_ids(tenants: Tenants) -> None:

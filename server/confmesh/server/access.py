@@ -418,6 +418,14 @@ class Access:
             raise errors.Unauthenticated("invalid or revoked bearer token", code="bad_token")
         return Caller(f"token:{record.name}", record.grant, record.id)
 
+    def grant_of(self, identity: str) -> Grant | None:
+        """The grant `identity` holds now (``token:<name>`` or a policy identity); None when it holds none
+        (a revoked token, an identity the policy no longer lists)."""
+        if identity.startswith("token:"):
+            name = identity.removeprefix("token:")
+            return next((r.grant for r in self.tokens().values() if r.name == name), None)
+        return self.policy.get(identity)
+
     def identify(self, context: Any) -> Caller:
         metadata = dict(context.invocation_metadata() or ())
         bearer = metadata.get("authorization")

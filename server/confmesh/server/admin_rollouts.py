@@ -55,6 +55,13 @@ class RolloutRPCs(AdminBase):
             raise errors.NotFound(f"no active rollout for {scope}")
         return found
 
+    def _require_reviewed(self, rollout: Rollout) -> None:
+        """Widening or promoting changes what a scope resolves to: under an approval rule it needs a
+        rollout that a change request started. One started directly before the rule covered its layer
+        is refused (abort it, and propose the rollout)."""
+        if not rollout.change_id:
+            self.access.require_no_approval([rollout.layer])
+
     @write
     async def StartRollout(
         self, request: admin_pb2.StartRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -104,6 +111,7 @@ class RolloutRPCs(AdminBase):
     ) -> admin_pb2.WriteResponse:
         rollout, at = await self._rollout(context, request.environment, request.service)
         caller = self.access.identify(context)
+        self._require_reviewed(rollout)
         revision = await write_rollout(
             self.writer.etcd,
             self.writer.layout,
@@ -123,6 +131,7 @@ class RolloutRPCs(AdminBase):
         conditioned on the record being as it was decided on: a crash leaves all or nothing,
         and an abort that wins the race leaves the value as it was."""
         rollout, at = await self._rollout(context, request.environment, request.service)
+        self._require_reviewed(rollout)
         layer, etcd, layout = rollout.layer, self.writer.etcd, self.writer.layout
 
         def plan(current: Current) -> list[ChangeSpec]:

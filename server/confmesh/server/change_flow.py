@@ -80,12 +80,28 @@ async def stale_layers(etcd: Etcd, layout: KeyLayout, layers: list[Layer], base:
 
 
 def approvals_short(access: Access, change: ChangeRequest) -> tuple[int, int]:
-    """(approvals needed now, approvals it has): the policy may have tightened since the proposal."""
+    """(approvals needed now, approvals it has): the policy may have tightened since the proposal, and
+    only approvers who may still write every layer of the change count."""
     required = max(change.required, access.approvals_needed(change.layers)[0])
-    return required, len(change.approvers())
+    if not access.enforcing:
+        return required, len(change.approvers())
+    valid = [a for a in change.approvers() if (g := access.grant_of(a)) is not None
+             and all(g.can_write(layer) for layer in change.layers)]  # fmt: skip
+    return required, len(valid)
 
 
 def check_applicable(access: Access, change: ChangeRequest) -> None:
+    """Whether `change` may take effect now: grants and rules as they are now, not as they were when it
+    was proposed, approved or scheduled (a revoked author's scheduled change does not apply, and an
+    approval whose approver lost the right to write its layers no longer counts)."""
+    if access.enforcing:
+        author = access.grant_of(change.author)
+        if author is None or not all(author.can_write(layer) for layer in change.layers):
+            raise errors.PermissionDenied(
+                f"change {change.id}'s author {change.author} may no longer write "
+                f"{', '.join(map(str, change.layers))} (revoked, or the grant narrowed)",
+                code="author_revoked",
+            )
     if change.state is not ChangeState.APPROVED:
         required, have = approvals_short(access, change)
         if change.state is ChangeState.OPEN:
@@ -161,7 +177,8 @@ async def _start_rollout(
     assert start is not None
     etcd, layout = writer.etcd, writer.layout
     rollout = Rollout(start.name, start.scope, dict(start.changes), start.percent, start.max_nack_rate,
-                      started_by=change.author, reason=change.reason or change.title)  # fmt: skip
+                      started_by=change.author, reason=change.reason or change.title,
+                      change_id=change.id)  # fmt: skip
     validate_changes(rollout.change_specs())
     existing = await read_rollout(etcd, layout, start.scope)
     if existing is not None and existing[0].active:
@@ -254,7 +271,7 @@ class ChangeScheduler:
             if exc.code == "change_conflict":
                 return  # another replica (or a review) got there first
             await fail_change(self.writer.etcd, self.writer.layout, change.id, exc.message, actor=by)
-        except errors.InvalidArgument as exc:
+        except (errors.InvalidArgument, errors.PermissionDenied) as exc:  # its author was revoked, too
             await fail_change(self.writer.etcd, self.writer.layout, change.id, exc.message, actor=by)
         except errors.ConfmeshError as exc:  # e.g. etcd unreachable: tried again on the next tick
             self._log.log(logging.WARNING, change.id, "scheduled change %s not applied yet: %s", change.id,

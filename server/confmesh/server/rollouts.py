@@ -47,6 +47,8 @@ class Rollout:
     reason: str = ""
     # Why it was aborted (by hand or automatically).
     abort_reason: str = ""
+    # The change request that started it ("" for a direct StartRollout).
+    change_id: str = ""
 
     def __post_init__(self) -> None:
         check_name(self.name, "rollout name")
@@ -95,7 +97,7 @@ class Rollout:
             "name": self.name, "environment": self.scope.environment, "service": self.scope.service,
             "changes": self.changes, "percent": self.percent, "max_nack_rate": self.max_nack_rate,
             "state": self.state.value, "started_by": self.started_by, "started_at": self.started_at,
-            "reason": self.reason, "abort_reason": self.abort_reason,
+            "reason": self.reason, "abort_reason": self.abort_reason, "change_id": self.change_id,
         }).encode()  # fmt: skip
 
     @classmethod
@@ -112,4 +114,5 @@ class Rollout:
             started_at=float(doc.get("started_at", 0)),
             reason=doc.get("reason", ""),
             abort_reason=doc.get("abort_reason", ""),
+            change_id=doc.get("change_id", ""),
         )
