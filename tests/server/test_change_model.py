@@ -92,10 +92,14 @@ def test_approval_rules_from_the_policy_file(tmp_path: Path) -> None:
     assert access.approvals_needed([Layer.defaults(), Layer.flags("staging")])[0] == 2
     assert access.approvals_needed([Layer.flags("staging")])[0] == 0
     access.require_no_approval([Layer.flags("prod")], Bypass.KILL)
-    access.require_no_approval([Layer.env("prod")], Bypass.ROLLBACK)
+    access.require_no_approval([Layer.svc("prod", "orders")], Bypass.ROLLBACK)
     with pytest.raises(errors.FailedPrecondition) as refused:
-        access.require_no_approval([Layer.env("prod")], Bypass.REVERT)
+        access.require_no_approval([Layer.svc("prod", "orders")], Bypass.REVERT)
     assert refused.value.code == "approval_required" and "'prod'" in refused.value.message
+    with pytest.raises(
+        errors.FailedPrecondition
+    ):  # env/prod reaches prod/payments, whose rule allows no rollback
+        access.require_no_approval([Layer.env("prod")], Bypass.ROLLBACK)
     with pytest.raises(errors.FailedPrecondition):  # the second rule allows no emergencies but the kill
         access.require_no_approval([Layer.svc("prod", "payments")], Bypass.ROLLBACK)
 
