@@ -107,10 +107,26 @@ def apply_updates(
         old = get_path(doc, path)
         if old is not MISSING:
             digest -= subtree_sum(section, path, old, scheme)
+        elif value is not MISSING and (above := _leaf_above(doc, path)) is not None:
+            # Setting a value below a leaf (a scalar, a list, an empty object) turns it into an object:
+            # that leaf leaves the sum.
+            digest -= subtree_sum(section, above[0], above[1], scheme)
         if value is not MISSING:
             digest += subtree_sum(section, path, value, scheme)
         docs[section] = replace_at(doc, path, value)
     return _as_dict(docs[CONFIG]), _as_dict(docs[FLAGS]), digest % MODULUS
+
+
+def _leaf_above(doc: Mapping[str, Any], path: Path) -> tuple[Path, Any] | None:
+    """The leaf on the way to `path` (strictly above it) and its path, if there is one."""
+    node: Any = doc
+    for depth, part in enumerate(path[:-1], 1):
+        node = node.get(part, MISSING)
+        if node is MISSING:
+            return None
+        if not isinstance(node, dict) or not node:
+            return path[:depth], node
+    return None
 
 
 def _as_dict(doc: Mapping[str, Any]) -> dict[str, Any]:

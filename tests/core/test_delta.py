@@ -140,3 +140,37 @@ def test_flags_patch_by_key() -> None:
     _, new, new_digest = apply_updates({}, flags, digest, [Update(FLAGS, ("off",), MISSING)])
     assert new == {"on": {"state": "ENABLED"}}
     assert new_digest == snapshot_digest({}, new)
+
+
+leafy = st.recursive(
+    st.none()
+    | st.integers(-3, 3)
+    | st.text(max_size=2)
+    | st.just({})
+    | st.lists(st.integers(0, 2), max_size=2),
+    lambda kids: st.dictionaries(st.sampled_from(["a", "b"]), kids, max_size=2),
+    max_leaves=6,
+)
+update_paths = st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3).map(tuple)
+
+
+@given(st.dictionaries(st.sampled_from(["a", "b"]), leafy, max_size=2),
+       st.lists(st.tuples(update_paths, st.one_of(st.just(MISSING), leafy)), max_size=4))  # fmt: skip
+def test_any_update_keeps_the_digest_equal_to_the_full_sum(doc: dict[str, Any], updates: list[Any]) -> None:
+    """Whatever a path crosses (a scalar, a list, an empty object, nothing), the incremental digest is the
+    digest of the resulting document: docs/watch-protocol.md's update rules, checked."""
+    digest = snapshot_digest(doc, {})
+    config, flags = doc, {}
+    for path, value in updates:
+        config, flags, digest = apply_updates(config, flags, digest, [Update(CONFIG, path, value)])
+        assert digest == snapshot_digest(config, flags), (path, value, config)
+
+
+def test_setting_below_a_leaf_replaces_the_leaf() -> None:
+    for leaf in (5, [1], {}, "x"):
+        doc = {"a": leaf}
+        config, _, digest = apply_updates(doc, {}, snapshot_digest(doc, {}), [Update(CONFIG, ("a", "b"), 1)])
+        assert config == {"a": {"b": 1}} and digest == snapshot_digest(config, {})
+    # Removing a path that is not there changes nothing, whatever lies on the way.
+    doc = {"a": 5}
+    assert apply_updates(doc, {}, snapshot_digest(doc, {}), [Update(CONFIG, ("a", "b"), MISSING)])[0] == doc
