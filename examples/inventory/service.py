@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from typing import Any
 
 import grpc
@@ -22,7 +23,7 @@ import grpc.aio
 from google.protobuf import json_format, struct_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
-from confmesh.client import ConfigClient
+from confmesh.client import ConfigClient, StartupError
 from confmesh.client.interceptors import FlagServerInterceptor
 from confmesh.client.propagation import Trust
 from confmesh.client.telemetry import instrument_flags
@@ -96,7 +97,10 @@ def main() -> None:
     parser.add_argument("--env", default="prod")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    asyncio.run(serve(args.confmesh, args.listen, args.env))
+    try:
+        asyncio.run(serve(args.confmesh, args.listen, args.env))
+    except StartupError as exc:  # no valid config to start on: say why in one line
+        sys.exit(f"inventory cannot start: {exc.message}")
 
 
 if __name__ == "__main__":

@@ -118,3 +118,19 @@ async def test_orders_and_inventory_agree_and_config_reloads(
     await until(nacked)
     status = (await http.get("/status")).json()
     assert status["pool_size"] == 25 and status["version"] == written.revision
+
+
+async def test_an_example_that_cannot_start_says_why_in_one_line(
+    server: ConfmeshServer, admin: AdminClient
+) -> None:
+    """The README walkthrough's defaults on the examples' server: inventory's schema refuses the extra
+    key, and the service exits with one line saying so (no traceback)."""
+    await admin.put("database.pool.max", 10)  # the walkthrough's first write: it reaches every service
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / "inventory" / "service.py"), "--confmesh", server.address,
+        "--listen", f"127.0.0.1:{free_port()}", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    last = err.decode().strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("inventory cannot start: "), err.decode()
+    assert "Traceback" not in err.decode()
