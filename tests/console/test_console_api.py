@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from confmesh.server import ConfmeshServer, ServerSettings
-from confmesh.server.console.api import MAX_BODY, MAX_EVENT_STREAMS
+from confmesh.server.console.api import MAX_BODY, MAX_EVENT_STREAMS_PER_CALLER
 from tests.conftest import EtcdHandle, Tenants
 
 
@@ -86,20 +87,52 @@ async def test_bodies_and_live_streams_are_bounded(tenants: Tenants) -> None:
         async with session.post(f"{base}/console/api/flags/kill", json=kill, headers=headers) as resp:
             assert resp.status == 400 and (await resp.json())["error"]["field"] == "reason"
 
-        streams = []
-        try:
-            for _ in range(MAX_EVENT_STREAMS):
-                resp = await session.get(f"{base}/console/api/events")
-                assert resp.status == 200
-                streams.append(resp)
-            first = await streams[0].content.readline()
-            assert first.startswith(b"event: update")
-            async with session.get(f"{base}/console/api/events") as over:
-                assert over.status == 503
-        finally:
-            for resp in streams:
-                resp.close()
-        await asyncio.sleep(0.3)
+
+async def test_live_streams_are_bounded_per_identity_and_end_when_the_token_goes(
+    tenants: Tenants, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One identity holds at most 8 live pages (an admin can still open one); the replica's total is
+    bounded too; a revoked token's stream ends at once with a `denied` event."""
+    import confmesh.server.console.api as console_api
+
+    monkeypatch.setattr(console_api, "MAX_EVENT_STREAMS", 12)
+    base = tenants.server.http_url
+    sessions = {who: aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+                for who in ("orders-reader", "admin", "staging-reader")}  # fmt: skip
+    streams = []
+    try:
+        for who, session in sessions.items():
+            await _login(session, base, tenants.tokens[who])
+        hog = sessions["orders-reader"]
+        for _ in range(MAX_EVENT_STREAMS_PER_CALLER):
+            streams.append(await hog.get(f"{base}/console/api/events"))
+        assert all(r.status == 200 for r in streams)
+        assert (await streams[0].content.readline()).startswith(b"event: update")
+        async with hog.get(f"{base}/console/api/events") as over:
+            assert over.status == 429 and "the limit is 8" in (await over.json())["error"]["message"]
+        for _ in range(4):  # the admin still gets its pages, up to the replica's total
+            streams.append(await sessions["admin"].get(f"{base}/console/api/events"))
+        assert all(r.status == 200 for r in streams)
+        async with sessions["staging-reader"].get(f"{base}/console/api/events") as full:
+            assert full.status == 503
+
+        async with tenants.admin("admin") as admin:
+            await admin.revoke_token("orders-reader")
+        for resp in streams[:MAX_EVENT_STREAMS_PER_CALLER]:
+            lines = []
+            async with asyncio.timeout(5):
+                while (line := await resp.content.readline()) and not line.startswith(b"event: denied"):
+                    lines.append(line)
+            assert line.startswith(b"event: denied")
+            assert await resp.content.read() == b"data: {}\n\n"  # and the stream ends there
+    finally:
+        for resp in streams:
+            resp.close()
+        for session in sessions.values():
+            await session.close()
+    await asyncio.sleep(0.3)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        await _login(session, base, tenants.tokens["staging-reader"])
         async with session.get(f"{base}/console/api/events") as again:  # closed streams free their slots
             assert again.status == 200
 

@@ -45,6 +45,7 @@ SESSION, CSRF = "cm_session", "cm_csrf"
 MAX_BODY = 256 * 1024
 MAX_DEPTH = 64
 MAX_EVENT_STREAMS = 64
+MAX_EVENT_STREAMS_PER_CALLER = 8
 LAST_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a protobuf Timestamp holds
 EVENT_POLL = 0.1
 KEEPALIVE = 15.0
@@ -136,6 +137,7 @@ class Console:
         # Without a policy every caller may do everything: only on a loopback listener.
         self.allow_anonymous = allow_anonymous
         self.streams = 0
+        self.streams_by: dict[str, int] = {}  # identity -> live pages open
         self.closed = False
 
     def close(self) -> None:
@@ -596,8 +598,18 @@ class Console:
         return web.json_response({"a": a, "b": b, "service": service, "rows": rows})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """Server-sent events: one `update` whenever config, flags, changes or the fleet's answers move."""
-        self.caller(request)
+        """Server-sent events: one `update` whenever config, flags, changes or the fleet's answers move.
+
+        At most MAX_EVENT_STREAMS per replica and MAX_EVENT_STREAMS_PER_CALLER per identity (so one
+        identity cannot take every slot). The caller's grant is checked again on every poll: a revoked
+        token's stream ends at once with a `denied` event, as Watch and flagd sync streams do.
+        """
+        caller = self.caller(request)
+        mine = self.streams_by.get(caller.identity, 0)
+        if mine >= MAX_EVENT_STREAMS_PER_CALLER:
+            raise errors.ResourceExhausted(
+                f"{caller.identity} has {mine} live pages open; the limit is {MAX_EVENT_STREAMS_PER_CALLER}"
+            )
         if self.streams >= MAX_EVENT_STREAMS:
             raise errors.Unavailable(
                 f"{MAX_EVENT_STREAMS} live pages are open on this replica; try again later"
@@ -607,10 +619,14 @@ class Console:
         )
         await response.prepare(request)
         self.streams += 1
+        self.streams_by[caller.identity] = mine + 1
         try:
             last: tuple[int, int] = (-1, -1)
             quiet = time.monotonic()
             while not self.closed and request.transport is not None and not request.transport.is_closing():
+                if self.access.enforcing and self.access.still_valid(caller) is None:
+                    await response.write(b"event: denied\ndata: {}\n\n")
+                    break
                 now = (self.store.revision, self.ledger.generation)
                 if now != last:
                     last = now
@@ -625,6 +641,11 @@ class Console:
             pass
         finally:
             self.streams -= 1
+            left = self.streams_by[caller.identity] - 1
+            if left:
+                self.streams_by[caller.identity] = left
+            else:
+                del self.streams_by[caller.identity]
         return response
 
     # -- wiring --------------------------------------------------------------------------------

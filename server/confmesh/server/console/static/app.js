@@ -547,13 +547,24 @@ async function route() {
 
 let source = null;
 
+let retry = 1000;
+
 function live() {
   const dot = document.getElementById("live");
   let timer = null;
   if (source) source.close();
   source = new EventSource(`${API}/events`);
-  source.addEventListener("open", () => dot.classList.add("on"));
-  source.addEventListener("error", () => dot.classList.remove("on"));
+  source.addEventListener("open", () => { dot.classList.add("on"); retry = 1000; });
+  source.addEventListener("error", () => {
+    dot.classList.remove("on");
+    // The browser retries a dropped stream by itself, but not one the server refused (503, 429):
+    // try again later, backing off to a minute.
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(live, retry);
+      retry = Math.min(retry * 2, 60000);
+    }
+  });
+  source.addEventListener("denied", () => { source.close(); location.hash = "#/login"; });
   source.addEventListener("update", () => {
     clearTimeout(timer);
     timer = setTimeout(() => { if (render && !editing && !document.getElementById("dialog").open) render(true); }, 50);
