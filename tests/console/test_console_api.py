@@ -251,3 +251,18 @@ async def test_console_proposals_are_refused_whole_and_bad_times_are_400s(tenant
                 assert resp.status == 400 and body["error"]["field"] == "apply_at", (at, body)
     async with tenants.admin("admin") as admin:
         assert not await admin.changes()
+
+
+async def test_console_denials_are_audited_once_per_caller(tenants: Tenants) -> None:
+    """A reader probing 20 scopes it may not read through the console: 20 refusals, one audit record (the
+    servicer's, not again by the console, and throttled per caller, not per path)."""
+    base = tenants.server.http_url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        await _login(session, base, tenants.tokens["orders-reader"])
+        for i in range(20):
+            async with session.get(f"{base}/console/api/config?env=prod&service=probe{i}") as resp:
+                assert resp.status == 403
+    async with tenants.admin("admin") as admin:
+        records = (await admin.audit(actor="token:orders-reader", limit=100)).records
+    denied = [r.source for r in records if r.source.startswith("denied:")]
+    assert len(denied) == 1, denied

@@ -234,7 +234,11 @@ class Console:
 
     async def rpc(self, request: web.Request, name: str, message: Any) -> Any:
         peer = f"console:{request.remote or ''}"
-        return await call(getattr(self.admin, name), message, self._token(request), peer)
+        try:
+            return await call(getattr(self.admin, name), message, self._token(request), peer)
+        except errors.PermissionDenied as exc:
+            exc.audited = True  # type: ignore[attr-defined]  # the servicer recorded it: not twice
+            raise
 
     def _may_write(self, caller: Caller, layer: Layer) -> bool:
         if not self.access.enforcing:
@@ -659,10 +663,12 @@ class Console:
             except errors.ConfmeshError as exc:
                 if isinstance(exc, errors.ResourceExhausted):
                     await self.work.refuse()
-                if isinstance(exc, errors.PermissionDenied) and exc.code != "csrf":
+                denied = isinstance(exc, errors.PermissionDenied) and exc.code != "csrf"
+                if denied and not getattr(exc, "audited", False):
                     with contextlib.suppress(errors.ConfmeshError):
                         caller = self.caller(request)
-                        await self.access.audit_caller_denial(exc, caller, f"console {request.path}")
+                        # Throttled per caller (one record per 10 s), not per path a caller may vary.
+                        await self.access.audit_caller_denial(exc, caller, "console")
                 return _error(_status_of(exc), exc.code, exc.message, exc.field)
 
         return run
