@@ -166,7 +166,8 @@ async def test_a_reader_sees_write_controls_disabled_and_forged_posts_are_refuse
     assert other.status == 403 and (await other.json())["error"]["code"] == "csrf"
     async with AdminClient(tenants.address, token=tenants.tokens["admin"]) as admin:
         assert (await admin.resolve("prod", "orders", "db.pool")).value == 10
-        denials = [r for r in (await admin.audit(limit=50)).records if "console" in r.source]
+        records = (await admin.audit(limit=50)).records
+        denials = [r for r in records if r.source.startswith("denied:") and r.actor == "token:orders-reader"]
         assert denials, "the refused console write is in the audit log"
 
 
