@@ -437,3 +437,40 @@ async def test_an_unknown_caller_learns_nothing_of_change_ids(tenants: Tenants) 
     async with AdminClient(tenants.address, token=tenants.tokens["orders-service"]) as service:
         with pytest.raises(errors.PermissionDenied):
             await service.change("0123abcd")
+
+
+async def test_one_writers_many_scheduled_changes_do_not_hold_back_anothers(
+    people: dict[str, AdminClient], tenants: Tenants
+) -> None:
+    """A staging writer has 45 changes due at once (its cap of open requests is 50); prod's one approved
+    change, due a moment later, is applied within the next scheduler tick or so, not after them all."""
+    staging, author, second = people["staging"], people["author"], people["second"]
+    at = time.time() + 1.5
+    spam = [ChangeSpec(Layer.svc("staging", "web"), f"k{n}", n) for n in range(45)]
+    ids = [(await staging.propose_change([c], apply_at=at)).id for c in spam]
+    prod = await author.propose_change([svc("sale", True)], apply_at=at + 0.1)
+    await second.review_change(prod.id, approve=True)
+    deadline = time.monotonic() + 30
+    while (found := await author.change(prod.id)).state != APPLIED:
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.05)
+    waited = found.applied_at.ToNanoseconds() / 1e9 - (at + 0.1)
+    still_due = [c for c in await staging.changes(states=["approved"]) if c.id in ids]
+    assert waited < 2.0 and still_due, (waited, len(still_due))  # prod did not wait for them all
+
+
+def test_due_changes_are_taken_in_turn_by_author() -> None:
+    from confmesh.server.change_flow import PER_AUTHOR_PER_TICK, ChangeScheduler
+    from confmesh.server.change_requests import ChangeRequest, ChangeState
+
+    def change(cid: str, author: str, at: float) -> tuple[ChangeRequest, int]:
+        return ChangeRequest(id=cid, title="t", author=author, reason="", base_revision=1, required=0,
+                             changes=(svc("k", 1),), state=ChangeState.APPROVED, apply_at=at), 1  # fmt: skip
+
+    store = type("Store", (), {})()
+    store.changes = {f"s{n}": change(f"s{n}", "spammer", 1.0 + n / 1000) for n in range(50)}
+    store.changes["p"] = change("p", "prod-team", 1.02)
+    scheduler = ChangeScheduler(None, store, None, server_id="x")  # type: ignore[arg-type]
+    order = [c.id for c, _ in scheduler.due(now=2.0)]
+    assert order[:2] == ["s0", "p"] and len(order) == PER_AUTHOR_PER_TICK + 1
+    assert scheduler.due(now=0.5) == []

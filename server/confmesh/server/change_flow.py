@@ -221,6 +221,9 @@ async def fail_change(etcd: Etcd, layout: KeyLayout, change_id: str, why: str, *
         log.warning("could not mark change %s failed: %s", change_id, exc.message)
 
 
+PER_AUTHOR_PER_TICK = 10
+
+
 class ChangeScheduler:
     """Applies approved changes whose time has come; runs on every replica (etcd picks one winner)."""
 
@@ -236,11 +239,18 @@ class ChangeScheduler:
         self._log = Throttled(log)
 
     def due(self, now: float) -> list[tuple[ChangeRequest, int]]:
-        return sorted(
-            ((c, rev) for c, rev in self.store.changes.values()
-             if c.state is ChangeState.APPROVED and c.apply_at and c.apply_at <= now),
-            key=lambda item: item[0].apply_at,
-        )  # fmt: skip
+        """The changes to apply this tick, fairly: one of each author's in turn (each author's in time
+        order), at most PER_AUTHOR_PER_TICK of one author's, so one author's hundreds of due changes
+        cannot hold back another team's one (the rest wait for the next tick, which looks again)."""
+        by_author: dict[str, list[tuple[ChangeRequest, int]]] = {}
+        for c, rev in sorted(self.store.changes.values(), key=lambda item: item[0].apply_at):
+            if c.state is ChangeState.APPROVED and c.apply_at and c.apply_at <= now:
+                by_author.setdefault(c.author, []).append((c, rev))
+        queues = sorted(by_author.values(), key=lambda q: q[0][0].apply_at)
+        out: list[tuple[ChangeRequest, int]] = []
+        for turn in range(min(PER_AUTHOR_PER_TICK, max((len(q) for q in queues), default=0))):
+            out.extend(q[turn] for q in queues if turn < len(q))
+        return out
 
     async def run(self) -> None:
         while True:
