@@ -81,6 +81,15 @@ async def test_a_kill_in_the_console_reaches_20_clients_on_the_fleet_page_within
         assert after > before and elapsed < 2.0, (before, after, elapsed)
         assert {str(c.flags.get_bool_details("checkout", True).reason) for c in clients} == {"DISABLED"}
         await row.get_by_test_id("state").filter(has_text="killed").wait_for(timeout=2_000)
+        # The adoption chart drew the new version's curve: a version mark, and an ACKed line that
+        # climbed to all 20 (its last point at the top of the chart, as high as the first version's).
+        chart = fleet.get_by_test_id("adoption-chart")
+        await chart.wait_for()
+        assert f"v{after}" in (await chart.text_content() or "")
+        legend = await chart.locator("text").all_text_contents()
+        assert f"ACKed {CLIENTS}" in legend and "NACKed 0" in legend, legend
+        points = (await chart.get_by_test_id("series-acked").get_attribute("points") or "").split()
+        assert len(points) >= 4 and points[0].split(",")[1] == points[-1].split(",")[1], points
         await shot(flags, "flags")
         await shot(fleet, "fleet")
 

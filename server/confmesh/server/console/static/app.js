@@ -19,7 +19,7 @@ function h(tag, attrs, ...children) {
     else if (k === "value") el.value = v;
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -405,11 +405,69 @@ function versionTable(versions) {
       h("td", {}, v.rejections.map((r) => h("div", {}, h("code", {}, r.field_path || "(no field)"), ` × ${r.instances}: ${r.example_error}`))))));
 }
 
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "testid") el.dataset.testid = v;
+    else el.setAttribute(k, v);
+  }
+  for (const c of children.flat(Infinity)) if (c) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+
+// Adoption over time, sampled on this page at every live update (kept while the page stays open).
+const adoption = {};
+const SERIES = [["acked", "ACKed", "#1a7f37"], ["nacked", "NACKed", "#c62828"], ["pending", "pending", "#8a8f98"]];
+
+function recordAdoption(scope, status) {
+  const current = status.versions.find((v) => v.version === status.current_version) || { acked: 0, nacked: 0, pending: 0 };
+  const samples = (adoption[scope] ||= []);
+  const last = samples[samples.length - 1];
+  const sample = { t: Date.now(), version: status.current_version, acked: current.acked, nacked: current.nacked, pending: current.pending };
+  if (!last || ["version", "acked", "nacked", "pending"].some((k) => last[k] !== sample[k])) samples.push(sample);
+  if (samples.length > 500) samples.shift();
+  return samples;
+}
+
+/** The current version's ACKed, NACKed and pending instances over time, as step lines; a new version is a
+ * dashed vertical mark, so a rollout or a bad push shows as a curve. */
+function adoptionChart(samples) {
+  const W = 640, H = 160, L = 36, B = 20;
+  const now = Date.now();
+  const t0 = Math.min(samples[0].t, now - 5_000);
+  const top = Math.max(1, ...samples.map((s) => s.acked + s.nacked + s.pending));
+  const x = (t) => L + ((t - t0) / Math.max(1, now - t0)) * (W - L - 8);
+  const y = (n) => H - B - (n / top) * (H - B - 8);
+  const line = (key) => {
+    let pts = "";
+    samples.forEach((s, i) => {
+      const next = i + 1 < samples.length ? samples[i + 1].t : now;
+      pts += `${x(s.t).toFixed(1)},${y(s[key]).toFixed(1)} ${x(next).toFixed(1)},${y(s[key]).toFixed(1)} `;
+    });
+    return pts.trim();
+  };
+  const marks = samples.filter((s, i) => i > 0 && s.version !== samples[i - 1].version);
+  return svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: "chart", testid: "adoption-chart", role: "img",
+      "aria-label": "instances on the current version over time" },
+    svg("line", { x1: L, y1: y(0), x2: W - 8, y2: y(0), stroke: "#c8ccd4" }),
+    svg("text", { x: 4, y: y(top) + 4, "font-size": 11, fill: "#666" }, top),
+    svg("text", { x: 4, y: y(0) + 4, "font-size": 11, fill: "#666" }, 0),
+    marks.map((m) => [svg("line", { x1: x(m.t), y1: 8, x2: x(m.t), y2: y(0), stroke: "#999", "stroke-dasharray": "3 3" }),
+      svg("text", { x: x(m.t) + (x(m.t) > W - 60 ? -3 : 3), y: 18, "font-size": 11, fill: "#666",
+        "text-anchor": x(m.t) > W - 60 ? "end" : "start" }, `v${m.version}`)]),
+    SERIES.map(([key, label, color]) => svg("polyline", { points: line(key), fill: "none", stroke: color, "stroke-width": 2, testid: `series-${key}` },
+      svg("title", {}, label))),
+    SERIES.map(([key, label, color], i) => svg("text", { x: L + 8 + i * 90, y: H - 4, "font-size": 11, fill: color }, `${label} ${samples[samples.length - 1][key]}`)));
+}
+
 async function fleetPage(env, service) {
   const data = await api(`/fleet?env=${encodeURIComponent(env)}&service=${encodeURIComponent(service)}`);
   const s = data.status;
+  const samples = recordAdoption(`${env}/${service}`, s);
   return [h("h1", {}, `Fleet of ${env}/${service}`),
     h("p", {}, "current version ", h("b", { testid: "current-version" }, s.current_version), ` · ${s.instances} connected instance(s) across ${s.replicas.length} replica(s)`),
+    h("h2", {}, "Adoption of the current version"),
+    adoptionChart(samples),
     versionTable(s.versions),
     h("h2", {}, "Instances"),
     h("table", { testid: "instances" }, h("tr", {}, h("th", {}, "instance"), h("th", {}, "replica"), h("th", {}, "runs"), h("th", {}, "sent"), h("th", {}, "last rejection")),
