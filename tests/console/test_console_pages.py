@@ -201,6 +201,7 @@ async def test_every_page_renders_with_live_data(tenants: Tenants, browser: Any)
             await admin.start_rollout(
                 "bigger-pool", "prod", "orders", set={"db.pool": 20}, percent=25, max_nack_rate=1.0
             )
+            await admin.set_flag_enabled("checkout", False, envs=["prod"])
         await eventually(lambda: strict.last_rejection is not None, timeout=5)
         base = tenants.server.http_url
         page = await login(browser, base, tenants.tokens["admin"])
@@ -232,6 +233,10 @@ async def test_every_page_renders_with_live_data(tenants: Tenants, browser: Any)
                     and "token:admin" in audit
                     and "+ service/prod/orders:db.pool 10" in audit
                 )
+                # A flag change shows the fields it changed, not the whole definition twice.
+                kill = [t for t in await page.get_by_test_id("audit-change").all_inner_texts()
+                        if "flags/prod:checkout" in t and "enabled" in t]  # fmt: skip
+                assert kill and "enabled: (unset) → false" in kill[0] and "variants" not in kill[0], kill
             await shot(page, name)
 
 

@@ -474,3 +474,32 @@ def test_due_changes_are_taken_in_turn_by_author() -> None:
     order = [c.id for c, _ in scheduler.due(now=2.0)]
     assert order[:2] == ["s0", "p"] and len(order) == PER_AUTHOR_PER_TICK + 1
     assert scheduler.due(now=0.5) == []
+
+
+async def test_reading_a_large_change_again_reuses_its_impact(
+    people: dict[str, AdminClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1,000-change request's diff and blast radius are computed once for a burst of reads (a console
+    page re-reads on every live update), and again once its layers move."""
+    import confmesh.server.admin_changes as admin_changes
+
+    calls = 0
+    real = admin_changes.impact
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(admin_changes, "impact", counted)
+    big = await people["author"].propose_change([svc(f"k{n}", n) for n in range(1000)])
+    calls = 0
+    for _ in range(5):
+        assert len((await people["admin"].change(big.id)).diff) == 1000
+    assert calls == 1
+    other = await people["author"].propose_change([svc("moved", 1)])
+    await people["second"].review_change(other.id, approve=True)
+    await people["author"].apply_change(other.id)  # the layer moved: the next read recomputes
+    calls = 0
+    assert (await people["admin"].change(big.id)).stale
+    assert calls == 1

@@ -96,6 +96,7 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         self.store = store  # the read model: layers, flags, schemas, rollouts, tokens
         self.names = KnownNames(store)  # which environment and service names anything names
         self._proposing = asyncio.Lock()  # ProposeChange: counting open requests and writing one
+        self._impacts: dict[Any, tuple[float, Any]] = {}  # GetChange's impacts, shortly reused
         self.source = source  # how fresh it is, and waiting for one's own writes
         self.server_id = server_id
         self.endpoints = endpoints

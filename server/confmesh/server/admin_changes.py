@@ -73,6 +73,9 @@ def _rollout_from_pb(msg: admin_pb2.StartRolloutRequest) -> RolloutStart:
     return RolloutStart(rollout.name, scope, rollout.changes, rollout.percent, rollout.max_nack_rate)
 
 
+IMPACT_TTL = 2.0  # seconds a computed impact (diff and blast radius) is reused for the same reader
+
+
 def _check_apply_at(seconds: float) -> float:
     if seconds and not time.time() - 60 <= seconds <= time.time() + MAX_SCHEDULE_AHEAD:
         raise errors.InvalidArgument("apply_at must be from now to a year ahead", field="apply_at")
@@ -190,19 +193,32 @@ class ChangeRPCs(AdminBase):
 
     async def _fill_impact(self, msg: admin_pb2.ChangeRequest, caller: Caller, change: ChangeRequest) -> None:
         store = self.store
-        start = change.rollout
-        specs = list(change.changes) if start is None else start.specs(store.entries(start.layer))
-        instances = Counter(r.scope for r in self.fleet.records() if r.connected)
-        scopes = known_scopes([*store.layers(), *change.layers], store.schemas, instances)
-        try:
-            found = await impact(
-                store.entries, specs, scopes=scopes, schemas=store.schemas, instances=instances,
-                visible=self._reads(caller),
-            )  # fmt: skip
-        except errors.NotFound as exc:
-            msg.stale = True
-            msg.error = msg.error or exc.message
-            return
+        # A large change's impact costs a worker thread a good part of a second: reads of the same change,
+        # by the same caller, with its layers and the schemas unmoved, share one for IMPACT_TTL seconds
+        # (a console page re-reads it on every live update).
+        key = (change.id, caller.identity, store.revision if change.rollout else
+               tuple(store.layer_revision(x) for x in change.layers), len(store.schemas))  # fmt: skip
+        cached = self._impacts.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            found = cached[1]
+        else:
+            start = change.rollout
+            specs = list(change.changes) if start is None else start.specs(store.entries(start.layer))
+            instances = Counter(r.scope for r in self.fleet.records() if r.connected)
+            scopes = known_scopes([*store.layers(), *change.layers], store.schemas, instances)
+            try:
+                found = await impact(
+                    store.entries, specs, scopes=scopes, schemas=store.schemas, instances=instances,
+                    visible=self._reads(caller),
+                )  # fmt: skip
+            except errors.NotFound as exc:
+                msg.stale = True
+                msg.error = msg.error or exc.message
+                return
+            if len(self._impacts) >= 256:
+                self._impacts.clear()
+            self._impacts[key] = (now + IMPACT_TTL, found)
         for row in found.diff:
             d = msg.diff.add(layer=layer_to_pb(row.layer), key=row.key, op=row.op, existed=row.existed)
             if row.old is not None or row.existed:

@@ -251,37 +251,43 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     f"(at {self.source.revision}); try another replica"
                 )
 
-    async def GetSnapshot(
-        self, request: config_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> config_pb2.Snapshot:
+    async def _watchable(
+        self,
+        request: config_pb2.GetSnapshotRequest | config_pb2.DescribeScopeRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        what: str,
+    ) -> Scope:
+        """The scope a unary call names, once the caller may watch it and the cache is synced; otherwise
+        the call ends with the error (audited when it is a denial)."""
         try:
             if isinstance(request, Malformed):
                 raise errors.InvalidArgument(request.message, code="malformed")
             scope = Scope.checked(request.environment, request.service)
-            legacy = _legacy_scheme(request.hash_schemes)
             caller = self.access.identify(context)
-            self.access.require(caller, lambda g: g.can_watch(scope), f"read the snapshot of {scope}")
+            self.access.require(caller, lambda g: g.can_watch(scope), f"{what} {scope}")
             await self._ready()
         except errors.ConfmeshError as exc:
-            await self.access.audit_denial(exc, context, "GetSnapshot")
+            await self.access.audit_denial(exc, context, method)
             await abort(context, exc)
             raise
+        return scope
+
+    async def GetSnapshot(
+        self, request: config_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> config_pb2.Snapshot:
+        try:
+            legacy = _legacy_scheme([] if isinstance(request, Malformed) else request.hash_schemes)
+        except errors.ConfmeshError as exc:
+            await abort(context, exc)
+            raise
+        scope = await self._watchable(request, context, "GetSnapshot", "read the snapshot of")
         return snapshot_to_pb(self.hub.snapshot(scope), stale=self.source.stale, legacy=legacy)
 
     async def DescribeScope(
         self, request: config_pb2.DescribeScopeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> config_pb2.ScopeNotice:
-        try:
-            if isinstance(request, Malformed):
-                raise errors.InvalidArgument(request.message, code="malformed")
-            scope = Scope.checked(request.environment, request.service)
-            caller = self.access.identify(context)
-            self.access.require(caller, lambda g: g.can_watch(scope), f"describe {scope}")
-            await self._ready()
-        except errors.ConfmeshError as exc:
-            await self.access.audit_denial(exc, context, "DescribeScope")
-            await abort(context, exc)
-            raise
+        scope = await self._watchable(request, context, "DescribeScope", "describe")
         if self.names is None:
             return config_pb2.ScopeNotice(environment_known=True, service_known=True)
         return self.names(scope.environment, scope.service).to_pb()

@@ -521,8 +521,28 @@ async function auditPage() {
     h("table", { testid: "audit" }, h("tr", {}, h("th", {}, "when"), h("th", {}, "who"), h("th", {}, "what"), h("th", {}, "changes")),
       data.records.map((r) => h("tr", {}, h("td", {}, when(r.at), h("div", { class: "muted" }, `v${r.revision}`)), h("td", {}, r.actor),
         h("td", {}, r.source, r.reason && h("div", { class: "muted" }, r.reason)),
-        h("td", {}, r.changes.map((c) => h("div", { class: "mono" }, `${c.op === "delete" ? "-" : c.old_value === null ? "+" : "~"} ${layerName(c.layer)}:${c.key} `,
-          c.op === "delete" ? json(c.old_value) : c.old_value === null ? json(c.new_value) : `${json(c.old_value)} → ${json(c.new_value)}`))))))];
+        h("td", {}, r.changes.map((c) => h("div", { class: "mono", testid: "audit-change" }, `${c.op === "delete" ? "-" : c.old_value === null ? "+" : "~"} ${layerName(c.layer)}:${c.key} `,
+          changeText(c)))))))];
+}
+
+/** A value cut to `n` characters, saying how long it was. */
+const short = (v, n = 120) => {
+  if (v === undefined) return "(unset)";
+  const s = json(v);
+  return s.length > n ? `${s.slice(0, n)}… (${s.length} chars)` : s;
+};
+
+/** What an audited change did: a flag's changed fields (not its whole definition), else old → new, cut short. */
+function changeText(c) {
+  if (c.op === "delete") return short(c.old_value);
+  if (c.old_value === null) return short(c.new_value);
+  const isObj = (v) => v && typeof v === "object" && !Array.isArray(v);
+  if (layerName(c.layer).startsWith("flags/") && isObj(c.old_value) && isObj(c.new_value)) {
+    const fields = [...new Set([...Object.keys(c.old_value), ...Object.keys(c.new_value)])]
+      .filter((k) => json(c.old_value[k]) !== json(c.new_value[k]));
+    return fields.map((k) => `${k}: ${short(c.old_value[k], 60)} → ${short(c.new_value[k], 60)}`).join("; ") || "(no change)";
+  }
+  return `${short(c.old_value)} → ${short(c.new_value)}`;
 }
 
 async function driftPage() {
