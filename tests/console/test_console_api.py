@@ -266,3 +266,26 @@ async def test_console_denials_are_audited_once_per_caller(tenants: Tenants) -> 
         records = (await admin.audit(actor="token:orders-reader", limit=100)).records
     denied = [r.source for r in records if r.source.startswith("denied:")]
     assert len(denied) == 1, denied
+
+
+async def test_the_editor_writes_the_layer_it_is_told_and_deletes_keys(tenants: Tenants) -> None:
+    base = tenants.server.http_url
+    async with tenants.admin("admin") as admin:
+        await admin.put("db.host", "db-1", env="prod", service="orders")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        await _login(session, base, tenants.tokens["admin"])
+        headers = {"X-CSRF-Token": _csrf(session)}
+        edit = {"env": "prod", "service": "orders", "set": {"http.timeout": 5}, "delete": ["db.host"],
+                "layer": "service", "mode": "write"}  # fmt: skip
+        async with session.post(f"{base}/console/api/config", json=edit, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+        to_env = {**edit, "set": {"http.retries": 3}, "delete": [], "layer": "env"}
+        async with session.post(f"{base}/console/api/config", json=to_env, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+        bad = {**edit, "layer": "flags"}
+        async with session.post(f"{base}/console/api/config", json=bad, headers=headers) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["field"] == "layer"
+    async with tenants.admin("admin") as admin:
+        assert not (await admin.resolve("prod", "orders", "db.host")).found
+        assert (await admin.resolve("prod", "payments", "http.retries")).value == 3  # the env layer
+        assert not (await admin.resolve("prod", "payments", "http.timeout")).found  # service layer only

@@ -140,6 +140,13 @@ async def test_an_invalid_edit_shows_its_field_path_and_writes_nothing(
     async with tenants.admin("admin") as admin:
         assert (await admin.resolve("prod", "orders", "db.pool")).value == 40
 
+    # A key is deleted from the service layer.
+    await page.get_by_test_id("row-db.host").get_by_test_id("delete").click()
+    await page.get_by_test_id("save").click()
+    await page.get_by_test_id("notice").filter(has_text="Saved as version").wait_for(timeout=5_000)
+    async with tenants.admin("admin") as admin:
+        assert not (await admin.resolve("prod", "orders", "db.host")).found
+
 
 async def test_a_reader_sees_write_controls_disabled_and_forged_posts_are_refused(
     tenants: Tenants, browser: Any

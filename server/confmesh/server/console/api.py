@@ -325,7 +325,15 @@ class Console:
 
     def _config_changes(self, body: dict[str, Any]) -> list[ChangeSpec]:
         env, service = str(body.get("env", "")), str(body.get("service", ""))
-        layer = Layer.svc(check_name(env, "environment"), check_name(service, "service"))
+        layers = {
+            "service": lambda: Layer.svc(check_name(env, "environment"), check_name(service, "service")),
+            "env": lambda: Layer.env(check_name(env, "environment")),
+            "defaults": Layer.defaults,
+        }
+        which = str(body.get("layer", "service"))
+        if which not in layers:
+            raise errors.InvalidArgument("layer is one of service, env, defaults", field="layer")
+        layer = layers[which]()
         edits = body.get("set", {})
         deletes = body.get("delete", [])
         if not isinstance(edits, dict) or not isinstance(deletes, list):

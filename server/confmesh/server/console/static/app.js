@@ -192,9 +192,15 @@ async function servicePage(env, service) {
     el.addEventListener("input", () => { editing = true; });
     inputs[r.key] = { el, original: json(r.value) };
     errors[r.key] = h("div", { class: "field-error", testid: `error-${r.key}` });
-    return h("tr", { testid: `row-${r.key}` }, h("td", { class: "mono" }, r.key), h("td", {}, el, errors[r.key]),
-      h("td", { class: own ? "" : "muted" }, r.layer));
+    const row = h("tr", { testid: `row-${r.key}` }, h("td", { class: "mono" }, r.key), h("td", {}, el, errors[r.key]),
+      h("td", { class: own ? "" : "muted" }, r.layer,
+        h("button", { class: "secondary small", testid: "delete", title: "delete this key from the chosen layer", disabled: !writable,
+          onclick: () => { editing = true; deleted.has(r.key) ? deleted.delete(r.key) : deleted.add(r.key); row.classList.toggle("deleted", deleted.has(r.key)); } }, "✕")));
+    return row;
   });
+  const deleted = new Set();
+  const layerPick = h("select", { testid: "layer", disabled: !writable },
+    h("option", { value: "service" }, `service/${env}/${service}`), h("option", { value: "env" }, `env/${env}`), h("option", { value: "defaults" }, "defaults (every service)"));
   const newKey = dirty(h("input", { testid: "new-key", placeholder: "new.key", disabled: !writable }));
   const newValue = dirty(h("input", { testid: "new-value", placeholder: "JSON value", disabled: !writable }));
   const out = resultBox();
@@ -211,8 +217,9 @@ async function servicePage(env, service) {
       if (newKey.value.trim()) {
         try { set[newKey.value.trim()] = JSON.parse(newValue.value); } catch { set[newKey.value.trim()] = newValue.value; }
       }
-      if (!Object.keys(set).length) { out.replaceChildren(notice("Nothing changed.", "ok")); return; }
-      const res = await api("/config", { env, service, set, reason: reason.value, mode });
+      for (const key of deleted) delete set[key];
+      if (!Object.keys(set).length && !deleted.size) { out.replaceChildren(notice("Nothing changed.", "ok")); return; }
+      const res = await api("/config", { env, service, set, delete: [...deleted], layer: layerPick.value, reason: reason.value, mode });
       out.replaceChildren(notice(resultMessage(mode, res), "ok"));
       if (mode === "check") return; // the edit stays on the page, to save or change
       editing = false;
@@ -237,7 +244,7 @@ async function servicePage(env, service) {
     !writable && notice("You may read this service but not change it: the editor is read-only.", "ok"),
     needsApproval && notice(`Changes here need ${data.approvals} approval(s): saving proposes a change request.`, "ok"),
     h("table", { testid: "config" }, h("tr", {}, h("th", {}, "key"), h("th", {}, "value"), h("th", {}, "layer")), rows),
-    h("div", { class: "row" }, newKey, newValue),
+    h("div", { class: "row" }, newKey, newValue, "write to", layerPick),
     h("div", { class: "row" }, reason,
       h("button", { testid: "save", disabled: !writable, onclick: () => submit(needsApproval ? "propose" : "write") }, needsApproval ? "Check and propose" : "Check and save"),
       h("button", { class: "secondary", testid: "check", disabled: !writable, onclick: () => submit("check") }, "Check only")),
