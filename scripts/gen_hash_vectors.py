@@ -117,6 +117,16 @@ def delta_cases() -> list[dict[str, Any]]:
                 Update(CONFIG, ("database", "host"), MISSING),
             ],
         ),
+        # Setting below a leaf (a number, a list, an empty object) replaces that leaf with an object.
+        delta_case(
+            {"n": 5, "l": [1, 2], "e": {}, "keep": "x"},
+            {},
+            [
+                Update(CONFIG, ("n", "a"), 1),
+                Update(CONFIG, ("l", "b", "c"), True),
+                Update(CONFIG, ("e", "d"), "y"),
+            ],
+        ),
     ]
 
 

@@ -28,6 +28,19 @@ function getPath(doc, path) {
   return node;
 }
 
+/** The leaf strictly above `path` and its path, if there is one. */
+function leafAbove(doc, path) {
+  let node = doc;
+  for (let depth = 1; depth < path.length; depth++) {
+    node = node[path[depth - 1]];
+    if (node === undefined) return null;
+    if (node === null || typeof node !== "object" || Array.isArray(node) || Object.keys(node).length === 0) {
+      return { path: path.slice(0, depth), node };
+    }
+  }
+  return null;
+}
+
 /** `doc` with `value` at `path` (undefined: removed, with the objects above that held nothing else). */
 function replaceAt(doc, path, value) {
   const root = structuredClone(doc);
@@ -64,7 +77,13 @@ export function applyUpdates(docs, digest, updates) {
     const section = SECTIONS[u.section];
     if (!section || !u.path || u.path.length === 0) throw new Error("a delta update needs a section and a path");
     const value = u.value ? fromValue(u.value) : undefined;
-    digest = patchDigest(digest, section, u.path, getPath(out[section], u.path), value);
+    const old = getPath(out[section], u.path);
+    if (old === undefined && value !== undefined) {
+      // Setting below a leaf (a scalar, a list, an empty object) turns it into an object: it leaves the sum.
+      const above = leafAbove(out[section], u.path);
+      if (above) digest = patchDigest(digest, section, above.path, above.node, undefined);
+    }
+    digest = patchDigest(digest, section, u.path, old, value);
     out[section] = replaceAt(out[section], u.path, value);
   }
   return { docs: out, digest };
