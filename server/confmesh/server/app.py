@@ -474,7 +474,9 @@ class ConfmeshServer:
             max_body=max(MAX_BODY, CONSOLE_MAX_BODY),
             reuse_port=s.reuse_port,
             ssl_context=context,
-            loopback_hosts=not self.access.enforcing,
+            # DNS rebinding reaches a development server on loopback: there, without a policy, only
+            # requests addressed to localhost are answered.
+            loopback_hosts=not self.access.enforcing and is_loopback(s.http_listen),
         )
         self.http_port = await self.http.start()
 
