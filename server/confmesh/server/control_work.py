@@ -29,6 +29,7 @@ from typing import TypeVar
 
 from confmesh import errors
 from confmesh.flags.budget import limited
+from confmesh.server.limits import KeyedCount
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,8 +59,7 @@ class ControlWork:
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="confmesh-control", initializer=_lower_priority
         )
-        self._load: dict[str, int] = {}
-        self._total = 0
+        self._load = KeyedCount()  # jobs running or waiting, per caller
         self._rest_until = 0.0
         self.refused = 0
 
@@ -69,8 +69,8 @@ class ControlWork:
 
         Taken before a request's body is even read, so a refused request costs the loop nothing more.
         """
-        limits = self.limits
-        mine = self._load.get(caller, 0)
+        limits, load = self.limits, self._load
+        mine = load.of(caller)
         if mine >= limits.per_caller:
             self.refused += 1
             raise errors.ResourceExhausted(
@@ -78,23 +78,17 @@ class ControlWork:
                 f"{limits.per_caller} at once per caller",
                 code="too_many_requests",
             )
-        if self._total >= limits.queued:
+        if load.total >= limits.queued:
             self.refused += 1
             raise errors.ResourceExhausted(
-                f"the server has {self._total} costly requests waiting (the limit); try again shortly",
+                f"the server has {load.total} costly requests waiting (the limit); try again shortly",
                 code="server_busy",
             )
-        self._load[caller] = mine + 1
-        self._total += 1
+        load.take(caller)
         try:
             yield
         finally:
-            self._total -= 1
-            left = self._load[caller] - 1
-            if left:
-                self._load[caller] = left
-            else:
-                del self._load[caller]
+            load.release(caller)
 
     async def refuse(self) -> None:
         """Hold a refusal's answer briefly: a caller that retries at once on a 429 would otherwise turn

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from confmesh.errors import StartupError
+from confmesh.server.limits import KeyedCount
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 2.0
@@ -37,25 +38,22 @@ class ConnectionGuard:
 
     def __init__(self, total: int, per_peer: int) -> None:
         self.total, self.per_peer = total, per_peer
-        self.open = 0
-        self.by_peer: dict[str, int] = {}
+        self.count = KeyedCount()
         self.refused = 0
 
+    @property
+    def open(self) -> int:
+        return self.count.total
+
     def admit(self, peer: str) -> bool:
-        if self.open >= self.total or self.by_peer.get(peer, 0) >= self.per_peer:
+        if self.count.total >= self.total or self.count.of(peer) >= self.per_peer:
             self.refused += 1
             return False
-        self.open += 1
-        self.by_peer[peer] = self.by_peer.get(peer, 0) + 1
+        self.count.take(peer)
         return True
 
     def release(self, peer: str) -> None:
-        self.open -= 1
-        left = self.by_peer[peer] - 1
-        if left:
-            self.by_peer[peer] = left
-        else:
-            del self.by_peer[peer]
+        self.count.release(peer)
 
 
 class _Guarded(asyncio.Protocol):

@@ -70,6 +70,30 @@ def clip_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+class KeyedCount:
+    """How many of something each key holds, and all keys together (connections per peer, requests per
+    caller): callers compare the counts with their own limits before `take`."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._by_key: dict[str, int] = {}
+
+    def of(self, key: str) -> int:
+        return self._by_key.get(key, 0)
+
+    def take(self, key: str) -> None:
+        self.total += 1
+        self._by_key[key] = self._by_key.get(key, 0) + 1
+
+    def release(self, key: str) -> None:
+        self.total -= 1
+        left = self._by_key[key] - 1
+        if left:
+            self._by_key[key] = left
+        else:
+            del self._by_key[key]
+
+
 class Throttled:
     """Log a repeated line at most once per `interval` per key, saying how many were held back."""
 

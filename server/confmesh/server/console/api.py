@@ -35,6 +35,7 @@ from confmesh.server.console.bridge import call
 from confmesh.server.control_work import ControlWork
 from confmesh.server.fleet import FleetView
 from confmesh.server.ledger import Ledger
+from confmesh.server.limits import KeyedCount
 from confmesh.server.ofrep import CALLER_DEFAULT, OfrepEvaluators, evaluate, nests_within
 from confmesh.server.store import ConfigStore
 from confmesh.server.writer import MAX_CHANGES
@@ -136,8 +137,7 @@ class Console:
         self.secure = secure_cookies
         # Without a policy every caller may do everything: only on a loopback listener.
         self.allow_anonymous = allow_anonymous
-        self.streams = 0
-        self.streams_by: dict[str, int] = {}  # identity -> live pages open
+        self.streams = KeyedCount()  # live pages open, per identity
         self.closed = False
 
     def close(self) -> None:
@@ -617,12 +617,12 @@ class Console:
         token's stream ends at once with a `denied` event, as Watch and flagd sync streams do.
         """
         caller = self.caller(request)
-        mine = self.streams_by.get(caller.identity, 0)
+        mine = self.streams.of(caller.identity)
         if mine >= MAX_EVENT_STREAMS_PER_CALLER:
             raise errors.ResourceExhausted(
                 f"{caller.identity} has {mine} live pages open; the limit is {MAX_EVENT_STREAMS_PER_CALLER}"
             )
-        if self.streams >= MAX_EVENT_STREAMS:
+        if self.streams.total >= MAX_EVENT_STREAMS:
             raise errors.Unavailable(
                 f"{MAX_EVENT_STREAMS} live pages are open on this replica; try again later"
             )
@@ -630,8 +630,7 @@ class Console:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
         await response.prepare(request)
-        self.streams += 1
-        self.streams_by[caller.identity] = mine + 1
+        self.streams.take(caller.identity)
         try:
             last: tuple[int, int] = (-1, -1)
             quiet = time.monotonic()
@@ -652,12 +651,7 @@ class Console:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            self.streams -= 1
-            left = self.streams_by[caller.identity] - 1
-            if left:
-                self.streams_by[caller.identity] = left
-            else:
-                del self.streams_by[caller.identity]
+            self.streams.release(caller.identity)
         return response
 
     # -- wiring --------------------------------------------------------------------------------
