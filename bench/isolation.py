@@ -37,8 +37,8 @@ async def one(etcd: str, tmp: Path, code: Path | None, load: str, seconds: float
     async with target(etcd, f"/bench-{load}-{n}", tmp, code) as t:
         if load == "idle":
             return {**(await measure(t, None, seconds)).summary(), "answers": {}}
-        seen, answers = await attack(t, load, seconds, FLOODS[load])
-        return {**seen.summary(), "answers": answers}
+        seen, result = await attack(t, load, seconds, FLOODS[load])
+        return {**seen.summary(), "answers": result["answers"]}
 
 
 async def main() -> None:

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,7 +26,7 @@ from fastapi import FastAPI, Request
 from google.protobuf import json_format, struct_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
-from confmesh.client import ConfigClient
+from confmesh.client import ConfigClient, StartupError
 from confmesh.client.interceptors import FlagChannel
 from confmesh.client.middleware import FlagScopeMiddleware
 from confmesh.client.telemetry import instrument_flags
@@ -60,16 +62,14 @@ class PlaceOrder(BaseModel):
     qty: int = Field(ge=1)
 
 
-def create_app(confmesh: str, inventory: str, environment: str = "prod") -> FastAPI:
+def create_app(config: ConfigClient[OrdersSettings], inventory: str) -> FastAPI:
+    """The app over a started ConfigClient (main starts it first, so a service with no valid config
+    exits with one line instead of a server traceback)."""
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         instrument_flags()
-        config: ConfigClient[OrdersSettings] = ConfigClient(
-            confmesh, environment=environment, service="orders", schema=OrdersSettings
-        )
-        await config.start()
         pool = Pool(config.config.database.pool_size)
         config.on_change(lambda old, new: pool.resize(new.database.pool_size))
         channel = FlagChannel(grpc.aio.insecure_channel(inventory))
@@ -83,7 +83,6 @@ def create_app(confmesh: str, inventory: str, environment: str = "prod") -> Fast
             yield
         finally:
             await channel.close(None)
-            await config.close()
 
     app = FastAPI(title="orders", lifespan=lifespan)
     # The edge: flag baggage sent by outside callers is dropped.
@@ -125,10 +124,23 @@ def main() -> None:
     parser.add_argument("--listen", default="127.0.0.1:8000")
     parser.add_argument("--env", default="prod")
     args = parser.parse_args()
-    host, _, port = args.listen.rpartition(":")
-    uvicorn.run(
-        create_app(args.confmesh, args.inventory, args.env), host=host, port=int(port), log_level="warning"
+    try:
+        asyncio.run(serve(args.confmesh, args.inventory, args.listen, args.env))
+    except StartupError as exc:  # no valid config to start on: say why in one line
+        sys.exit(f"orders cannot start: {exc.message}")
+
+
+async def serve(confmesh: str, inventory: str, listen: str, environment: str) -> None:
+    host, _, port = listen.rpartition(":")
+    config: ConfigClient[OrdersSettings] = ConfigClient(
+        confmesh, environment=environment, service="orders", schema=OrdersSettings
     )
+    await config.start()
+    try:
+        app = create_app(config, inventory)
+        await uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning")).serve()
+    finally:
+        await config.close()
 
 
 if __name__ == "__main__":

@@ -198,18 +198,41 @@ async def test_every_page_renders_with_live_data(tenants: Tenants, browser: Any)
         rollout = {**FLAG, "default_variant": "off", "rules": [beta]}
         await admin.put_flags("prod", {"checkout": FLAG, "beta-search": rollout})
     client = ConfigClient(tenants.address, environment="prod", service="orders", instance_id="orders-0",
-                          token=tenants.tokens["orders-service"])  # fmt: skip
+                          token=tenants.tokens["orders-service"], usage_interval=0.2)  # fmt: skip
     strict = ConfigClient(tenants.address, environment="prod", service="orders", instance_id="orders-strict",
                           schema=Strict, token=tenants.tokens["orders-service"])  # fmt: skip
     async with client, strict:
         await client.wait_for_version(0, timeout=10)
         async with tenants.admin("admin") as admin:
             await admin.put("db.pool", 30, env="prod", service="orders")  # orders-strict rejects it
+            await admin.start_rollout("smaller-pool", "prod", "orders", set={"db.pool": 8}, percent=10)
+            await admin.abort_rollout("prod", "orders", reason="too small for the sale")
             await admin.start_rollout(
                 "bigger-pool", "prod", "orders", set={"db.pool": 20}, percent=25, max_nack_rate=1.0
             )
             await admin.set_flag_enabled("checkout", False, envs=["prod"])
         await eventually(lambda: strict.last_rejection is not None, timeout=5)
+        # The flag page's chart: the last half hour's minutes (recorded as the server records a client's
+        # report, back-dated for the picture), then this client's real evaluations, reported now.
+        now = time.time()
+        for minute in range(45, 0, -1):
+            traffic = 120 + (minute * 37) % 23  # some noise
+            share = 0.0 if minute > 35 else 0.1 if minute > 25 else 0.25 if minute > 12 else 0.5  # a rollout
+            on = int(traffic * share)
+            counts = [("beta-search", "on", on), ("beta-search", "off", traffic - on)]
+            tenants.server.usage.record("prod", counts, now - minute * 60)
+        for n in range(40):
+            context = {"targetingKey": f"u{n}", "tier": "beta" if n % 2 else ""}
+            client.flags.get_bool("beta-search", False, context)
+
+        async with tenants.admin("admin") as admin:
+            for _ in range(100):
+                series = (await admin.flag_usage("prod", 120, flag="beta-search")).series
+                if sum(sum(b.variants.values()) for b in series) >= 40:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"the client's evaluations were not reported: {series}")
         base = tenants.server.http_url
         page = await login(browser, base, tenants.tokens["admin"])
         pages = {
@@ -225,8 +248,15 @@ async def test_every_page_renders_with_live_data(tenants: Tenants, browser: Any)
             await page.get_by_test_id(testid).wait_for(timeout=5_000)
             assert await page.get_by_test_id("error").count() == 0, name
             if name == "flag-editor":
+                chart = page.get_by_test_id("usage-chart")
+                await chart.wait_for(timeout=5_000)
+                assert await chart.get_by_test_id("usage-on").count() == 1
+                assert await chart.get_by_test_id("usage-off").count() == 1
                 await page.get_by_test_id("context").fill('{"targetingKey": "u1", "tier": "beta"}')
                 await page.get_by_test_id("explain").filter(has_text="variant on").wait_for(timeout=5_000)
+            if name == "rollouts":
+                history = await page.get_by_test_id("rollout-history").inner_text()
+                assert "bigger-pool" in history and "too small for the sale" in history  # the past one too
             if name == "drift":
                 drift = await page.get_by_test_id("drift").inner_text()
                 assert "db.pool" in drift and "db.host" in drift and "http.timeout" in drift

@@ -120,17 +120,19 @@ async def test_orders_and_inventory_agree_and_config_reloads(
     assert status["pool_size"] == 25 and status["version"] == written.revision
 
 
+@pytest.mark.parametrize("example", ["inventory/service.py", "orders/app.py"])
 async def test_an_example_that_cannot_start_says_why_in_one_line(
-    server: ConfmeshServer, admin: AdminClient
+    server: ConfmeshServer, admin: AdminClient, example: str
 ) -> None:
-    """The README walkthrough's defaults on the examples' server: inventory's schema refuses the extra
-    key, and the service exits with one line saying so (no traceback)."""
+    """The README walkthrough's defaults on the examples' server: each service's schema refuses the
+    extra key, and the service exits with one line saying so (no traceback)."""
     await admin.put("database.pool.max", 10)  # the walkthrough's first write: it reaches every service
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / "inventory" / "service.py"), "--confmesh", server.address,
+        sys.executable, str(EXAMPLES / example), "--confmesh", server.address,
         "--listen", f"127.0.0.1:{free_port()}", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     last = err.decode().strip().splitlines()[-1]
-    assert proc.returncode == 1 and last.startswith("inventory cannot start: "), err.decode()
+    name = example.split("/")[0]
+    assert proc.returncode == 1 and last.startswith(f"{name} cannot start: "), err.decode()
     assert "Traceback" not in err.decode()

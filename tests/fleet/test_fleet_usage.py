@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -66,6 +67,13 @@ async def test_a_split_whose_halves_were_seen_by_different_replicas_is_not_stale
             return all(u == want for u in seen)
 
         await until(everywhere)
+        # A flag's evaluations over time count every replica's reports too (the flag page's chart).
+        for replica in replicas:
+            async with AdminClient(replica.address) as admin:
+                series = (await admin.flag_usage("prod", 3600, flag="split")).series
+            counted = sum((Counter(dict(b.variants)) for b in series), Counter())
+            assert counted == Counter(want["split"]), series
+            assert all(time.time() - 180 < b.start.ToSeconds() <= time.time() for b in series)
         for replica in replicas:
             code, out, _ = await cli(replica.address, "flags", "stale", "--env", "prod", "--check")
             assert code == 1, out  # solo is stale: it served one variant, counted on replica 1

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from confmesh import errors
 from confmesh.client import AdminClient, ConfigClient, InvalidArgument, NotFound
 from confmesh.flags import Reason
 from confmesh.server import ConfmeshServer
@@ -142,6 +143,10 @@ async def test_clients_report_usage_and_single_variant_flags_show_as_stale(
                 break
             await asyncio.sleep(0.05)
         assert got == {"checkout": {"on": 150}}
+        series = (await admin.flag_usage("prod", 3600, flag="checkout")).series
+        assert 1 <= len(series) <= 2 and sum(b.variants["on"] for b in series) == 150  # a minute or two
+        with pytest.raises(errors.InvalidArgument):
+            await admin.flag_usage("", 3600, flag="checkout")  # a flag's series needs its environment
         resp = await admin.flag_usage("prod")
         assert 29 * 86400 < resp.flag_age_p95_seconds < 31 * 86400
 

@@ -1,20 +1,18 @@
 """Attack a server's control plane while a bystander measures its delivery plane.
 
-The attacker runs in its own process (``python -m tests.security.isolation flood ...``), so its own
-work never shares the bystander's event loop; the server runs in a third process. The bystander
-measures, during the attack, the Watch push latency of a ConfigClient (a write's return to the
-client holding its version) and the latency of gRPC health checks. bench/isolation.py prints the
-same figures; tests/security/test_delivery_isolation.py asserts the bounds.
+The attacker runs in its own process (tests/security/attacks.py), so its own work never shares the
+bystander's event loop; the server runs in a third process. The bystander measures, during the
+attack, the Watch push latency of a ConfigClient (a write's return to the client holding its version)
+and the latency of gRPC health checks. bench/isolation.py prints the same figures;
+tests/security/test_delivery_isolation.py asserts the bounds, attack by attack.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,30 +22,33 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from confmesh.client import AdminClient, ConfigClient
+from confmesh.changes import ChangeSpec
+from confmesh.client import AdminClient, ConfigClient, TLSConfig
 from confmesh.errors import ConfmeshError
+from confmesh.keys import Layer
 from tests.helpers import ServerProcess
+from tests.security.attacks import heavy_flag
 
-# The reported explain attack: a `contains` rule over 10,000 values against a 14,000-item list.
-HEAVY_RULE_VALUES = [f"v{i}" for i in range(10_000)]
-HEAVY_CONTEXT = {"targetingKey": "u1", "tags": [f"t{i}" for i in range(14_000)]}
 GRANTS = {
     "admin": {"role": "admin"},
+    "admin2": {"role": "admin"},
     "reader": {"role": "reader", "scopes": ["staging/*"]},
     "orders-service": {"role": "service", "environment": "prod", "service": "orders"},
+    "staging-writer": {"role": "writer", "scopes": ["staging/*"], "flags": ["staging"]},
+    "spammer": {"role": "writer", "scopes": ["staging/*"], "flags": ["staging"]},
+    "scheduler": {"role": "writer", "scopes": ["staging/*"]},
+    "proposer": {"role": "writer", "scopes": ["staging/*"]},
+    "qa-writer": {"role": "writer", "scopes": ["qa", "qa/*"], "flags": ["qa"]},
+    "defaults-writer": {"role": "writer", "scopes": ["defaults"]},
 }
-
-
-def heavy_flag(key: str) -> dict[str, Any]:
-    return {
-        "key": key,
-        "variants": {"on": True, "off": False},
-        "default_variant": "off",
-        "rules": [
-            {"id": "tags", "clauses": [{"attribute": "tags", "op": "contains", "values": HEAVY_RULE_VALUES}],
-             "serve": {"variant": "on"}},
-        ],
-    }  # fmt: skip
+# qa is under an approval rule; the bystander's prod/orders is not (it writes every 100 ms).
+POLICY = """identities: {}
+approvals:
+  - name: qa
+    scopes: ["qa", "qa/*"]
+    flags: ["qa"]
+    approvers: 1
+"""
 
 
 def ordinary_flags(n: int) -> dict[str, Any]:
@@ -73,6 +74,17 @@ class Target:
     server: ServerProcess
     http: str
     tokens: dict[str, str]
+    tls: dict[str, str] | None = None
+
+    def client_tls(self) -> TLSConfig | None:
+        if self.tls is None:
+            return None
+        return TLSConfig(ca=self.tls["ca"], cert=self.tls["client_cert"], key=self.tls["client_key"])
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {"grpc": self.server.address, "http": self.http, "tokens": self.tokens, "tls": self.tls}
+        )
 
 
 # Runs `confmesh` from another checkout's code roots (bench/isolation.py's "before"): argv[1] is the root.
@@ -85,18 +97,52 @@ BOOT = (
 
 @asynccontextmanager
 async def target(
-    etcd_endpoint: str, prefix: str, tmp: Path, code: Path | None = None
+    etcd_endpoint: str, prefix: str, tmp: Path, code: Path | None = None, *, kind: str = "policy"
 ) -> AsyncIterator[Target]:
-    """A policy-enforcing `confmesh serve` process with --http-listen, tokens, 1,000 staging flags and
-    5 heavy ones, and a prod/orders config. `code`: another checkout to run the server from."""
+    """A `confmesh serve` process with --http-listen and a prod/orders config.
+
+    kind ``policy``: policy-enforcing, tokens for GRANTS, an approval rule over qa, 1,000 staging flags
+    and 5 heavy ones; ``open``: no policy (the development default); ``mtls``: a policy and mutual TLS
+    on both listeners. `code`: another checkout to run the server from.
+    """
+    from confmesh.server.embedded_etcd import free_port
+
+    tokens = await _tokens(etcd_endpoint, prefix) if kind != "open" else {}
+    extra = ["--http-listen", f"127.0.0.1:{(http_port := free_port())}"]
+    if kind != "open":
+        (tmp / "policy.yaml").write_text(POLICY)
+        extra += ["--policy", str(tmp / "policy.yaml")]
+    tls = _pki(tmp) if kind == "mtls" else None
+    if tls is not None:
+        extra += [
+            "--tls-cert",
+            tls["server_cert"],
+            "--tls-key",
+            tls["server_key"],
+            "--tls-client-ca",
+            tls["ca"],
+        ]
+    server = ServerProcess(etcd_endpoint, prefix, *extra)
+    if code is not None:  # [python, -m, confmesh.cli, ...] -> [python, -c, BOOT, root, ...]
+        server.args[1:3] = ["-c", BOOT, str(code)]
+    await server.start()
+    t = Target(server, f"http://127.0.0.1:{http_port}", tokens, tls)
+    try:
+        async with AdminClient(server.address, token=tokens.get("admin"), tls=t.client_tls()) as admin:
+            await admin.put("pool", 1, env="prod", service="orders")
+            if kind == "policy":
+                await _policy_fixture(t, admin)
+        yield t
+    finally:
+        await server.stop()
+
+
+async def _tokens(etcd_endpoint: str, prefix: str) -> dict[str, str]:
     from confmesh.keys import KeyLayout
     from confmesh.server.access import Grant, new_token
-    from confmesh.server.embedded_etcd import free_port
     from confmesh.server.etcd import Etcd
     from confmesh.server.records import store_token
 
-    policy = tmp / "policy.yaml"
-    policy.write_text("identities: {}\n")
     etcd = Etcd([etcd_endpoint])
     await etcd.connect()
     tokens = {}
@@ -107,56 +153,36 @@ async def target(
             tokens[name] = token
     finally:
         await etcd.close()
-    http_port = free_port()
-    server = ServerProcess(
-        etcd_endpoint, prefix, "--policy", str(policy), "--http-listen", f"127.0.0.1:{http_port}"
-    )
-    if code is not None:  # [python, -m, confmesh.cli, ...] -> [python, -c, BOOT, root, ...]
-        server.args[1:3] = ["-c", BOOT, str(code)]
-    await server.start()
-    try:
-        async with AdminClient(server.address, token=tokens["admin"]) as admin:
-            await admin.put_flags("staging", ordinary_flags(1000))
-            await admin.put_flags("staging", {f"heavy{i}": heavy_flag(f"heavy{i}") for i in range(5)})
-            await admin.put("pool", 1, env="prod", service="orders")
-        yield Target(server, f"http://127.0.0.1:{http_port}", tokens)
-    finally:
-        await server.stop()
+    return tokens
 
 
-async def flood(mode: str, url: str, token: str, seconds: float, concurrency: int) -> dict[str, Any]:
-    """Send `mode` requests from `concurrency` loops for `seconds`; count the answers by status."""
-    import aiohttp
+async def _policy_fixture(t: Target, admin: AdminClient) -> None:
+    await admin.put_flags("staging", ordinary_flags(1000))
+    await admin.put_flags("staging", {f"heavy{i}": heavy_flag(f"heavy{i}") for i in range(5)})
+    inverted = {"variants": {"on": True, "off": False}, "default_variant": "off", "off_variant": "on"}
+    qa = [
+        ChangeSpec(Layer.svc("qa", "orders"), "pool", 1),
+        ChangeSpec(Layer.flags("qa"), "inverted", inverted),
+    ]
+    change = await admin.propose_change(qa)
+    async with AdminClient(t.server.address, token=t.tokens["admin2"]) as admin2:
+        await admin2.review_change(change.id, approve=True)
+    await admin.apply_change(change.id)
 
-    headers = {"Authorization": f"Bearer {token}"}
-    if mode == "explain":
-        path = "/console/api/flags/explain"
-        body = {"env": "staging", "key": "x", "definition": heavy_flag("x"), "context": HEAVY_CONTEXT}
-    elif mode == "ofrep":
-        path = "/environments/staging/ofrep/v1/evaluate/flags"
-        body = {"context": {"targetingKey": "u1", "tier": "gold", "tags": HEAVY_CONTEXT["tags"][:4000]}}
-    else:
-        raise SystemExit(f"unknown mode {mode}")
-    data = json.dumps(body).encode()
-    statuses: Counter[int] = Counter()
-    deadline = time.monotonic() + seconds
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
 
-        async def loop() -> None:
-            while time.monotonic() < deadline:
-                try:
-                    json_type = {"Content-Type": "application/json"}
-                    async with session.post(url + path, data=data, headers=json_type) as resp:
-                        await resp.read()
-                        statuses[resp.status] += 1
-                        if resp.status == 429:
-                            await asyncio.sleep(0.01)
-                except (aiohttp.ClientError, TimeoutError):
-                    statuses[0] += 1
+def _pki(tmp: Path) -> dict[str, str]:
+    import trustme
 
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
-    return {str(k): v for k, v in sorted(statuses.items())}
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    client = ca.issue_cert("bystander.prod.svc")
+    files = {
+        "ca": ca.cert_pem, "server_cert": server.cert_chain_pems[0], "server_key": server.private_key_pem,
+        "client_cert": client.cert_chain_pems[0], "client_key": client.private_key_pem,
+    }  # fmt: skip
+    for name, blob in files.items():
+        blob.write_to_path(str(tmp / f"{name}.pem"))
+    return {name: str(tmp / f"{name}.pem") for name in files}
 
 
 @dataclass
@@ -193,7 +219,12 @@ async def measure(t: Target, during: asyncio.Future[Any] | None, seconds: float)
     stop = asyncio.Event()
 
     async def health() -> None:
-        async with grpc.aio.insecure_channel(t.server.address) as channel:
+        tls = t.client_tls()
+        if tls is None:
+            channel = grpc.aio.insecure_channel(t.server.address)
+        else:
+            channel = grpc.aio.secure_channel(t.server.address, tls.credentials())
+        async with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while not stop.is_set():
                 start = time.perf_counter()
@@ -219,9 +250,13 @@ async def measure(t: Target, during: asyncio.Future[Any] | None, seconds: float)
             await asyncio.sleep(0.1)
 
     async with (
-        AdminClient(t.server.address, token=t.tokens["admin"]) as admin,
+        AdminClient(t.server.address, token=t.tokens.get("admin"), tls=t.client_tls()) as admin,
         ConfigClient(
-            t.server.address, environment="prod", service="orders", token=t.tokens["orders-service"]
+            t.server.address,
+            environment="prod",
+            service="orders",
+            token=t.tokens.get("orders-service"),
+            tls=t.client_tls(),
         ) as client,  # fmt: skip
     ):
         tasks = [asyncio.create_task(health()), asyncio.create_task(pushes(admin, client))]
@@ -235,28 +270,13 @@ async def measure(t: Target, during: asyncio.Future[Any] | None, seconds: float)
 
 
 async def attack(t: Target, mode: str, seconds: float, concurrency: int) -> tuple[Bystander, dict[str, Any]]:
-    """The flood in its own process, the bystander here; both figures."""
+    """The attack in its own process, the bystander here; both figures."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.security.isolation", "flood", mode, t.http, t.tokens["reader"],
-        str(seconds), str(concurrency), stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "tests.security.attacks", mode, str(seconds), str(concurrency),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    done = asyncio.ensure_future(proc.communicate())
+    done = asyncio.ensure_future(proc.communicate(t.as_json().encode()))
     seen = await measure(t, done, seconds)
     out, _ = done.result()
+    assert proc.returncode == 0, f"the {mode} attacker failed: {out.decode()[-2000:]}"
     return seen, json.loads(out.decode().strip().splitlines()[-1])
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["flood"])
-    parser.add_argument("mode")
-    parser.add_argument("url")
-    parser.add_argument("token")
-    parser.add_argument("seconds", type=float)
-    parser.add_argument("concurrency", type=int)
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(flood(args.mode, args.url, args.token, args.seconds, args.concurrency))))
-
-
-if __name__ == "__main__":
-    main()

@@ -234,9 +234,12 @@ class AdminClient:
         resp = await self._call(self._admin.GetFlags, admin_pb2.GetFlagsRequest(environment=env))
         return resp.version, from_struct(resp.flags)
 
-    async def flag_usage(self, env: str = "", window_seconds: int = 0) -> admin_pb2.GetFlagUsageResponse:
-        """Flag usage with every page (the server pages at about 1 MiB)."""
-        req = admin_pb2.GetFlagUsageRequest(environment=env, window_seconds=window_seconds)
+    async def flag_usage(
+        self, env: str = "", window_seconds: int = 0, *, flag: str = ""
+    ) -> admin_pb2.GetFlagUsageResponse:
+        """Flag usage with every page (the server pages at about 1 MiB); with `flag` (and `env`), also
+        that flag's evaluations per minute, fleet-wide, in ``series``."""
+        req = admin_pb2.GetFlagUsageRequest(environment=env, window_seconds=window_seconds, flag=flag)
         usage: admin_pb2.GetFlagUsageResponse = await self._call(self._admin.GetFlagUsage, req)
         while usage.next_page_token:
             req.page_token = usage.next_page_token

@@ -386,14 +386,31 @@ class GetFlagsResponse(_message.Message):
     def __init__(self, environment: _Optional[str] = ..., version: _Optional[int] = ..., flags: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GetFlagUsageRequest(_message.Message):
-    __slots__ = ("environment", "window_seconds", "page_token")
+    __slots__ = ("environment", "window_seconds", "page_token", "flag")
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FLAG_FIELD_NUMBER: _ClassVar[int]
     environment: str
     window_seconds: int
     page_token: str
-    def __init__(self, environment: _Optional[str] = ..., window_seconds: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    flag: str
+    def __init__(self, environment: _Optional[str] = ..., window_seconds: _Optional[int] = ..., page_token: _Optional[str] = ..., flag: _Optional[str] = ...) -> None: ...
+
+class UsageBucket(_message.Message):
+    __slots__ = ("start", "variants")
+    class VariantsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    START_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
+    variants: _containers.ScalarMap[str, int]
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variants: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class FlagUsageSummary(_message.Message):
     __slots__ = ("environment", "flag", "variants", "first_seen", "last_seen")
@@ -417,16 +434,18 @@ class FlagUsageSummary(_message.Message):
     def __init__(self, environment: _Optional[str] = ..., flag: _Optional[str] = ..., variants: _Optional[_Mapping[str, int]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetFlagUsageResponse(_message.Message):
-    __slots__ = ("flags", "window_seconds", "flag_age_p95_seconds", "next_page_token")
+    __slots__ = ("flags", "window_seconds", "flag_age_p95_seconds", "next_page_token", "series")
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FLAG_AGE_P95_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
     flags: _containers.RepeatedCompositeFieldContainer[FlagUsageSummary]
     window_seconds: int
     flag_age_p95_seconds: float
     next_page_token: str
-    def __init__(self, flags: _Optional[_Iterable[_Union[FlagUsageSummary, _Mapping]]] = ..., window_seconds: _Optional[int] = ..., flag_age_p95_seconds: _Optional[float] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    series: _containers.RepeatedCompositeFieldContainer[UsageBucket]
+    def __init__(self, flags: _Optional[_Iterable[_Union[FlagUsageSummary, _Mapping]]] = ..., window_seconds: _Optional[int] = ..., flag_age_p95_seconds: _Optional[float] = ..., next_page_token: _Optional[str] = ..., series: _Optional[_Iterable[_Union[UsageBucket, _Mapping]]] = ...) -> None: ...
 
 class AuditChange(_message.Message):
     __slots__ = ("layer", "key", "op", "old_value", "new_value")

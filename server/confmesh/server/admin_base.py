@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, TracerProvider
 from pydantic import ValidationError
@@ -31,6 +33,7 @@ from confmesh.server.writer import (
     Current,
     Writer,
     WriteResult,
+    off_loop,
     validate_changes,
 )
 from confmesh.v1 import admin_pb2, admin_pb2_grpc
@@ -70,6 +73,32 @@ def to_timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return ts
 
 
+class EncodedLayers:
+    """A layer's contents as encoded for an answer, kept per (layer, version): readers that read a
+    1,000-flag environment again and again cost a copy each, not an encoding on the event loop."""
+
+    SIZE = 64
+    MANY = 100  # entries: a layer with more is encoded on the write pool, not on the event loop
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[Hashable, struct_pb2.Struct] = OrderedDict()
+
+    async def get(
+        self, key: Hashable, entries: Mapping[str, Any], encode: Callable[[dict[str, Any]], struct_pb2.Struct]
+    ) -> struct_pb2.Struct:
+        """`encode(entries)` for `key`, computed once; `entries` are copied first (the store may
+        change them meanwhile; their values are never mutated)."""
+        found = self._items.get(key)
+        if found is None:
+            copy = dict(entries)
+            found = await off_loop(lambda: encode(copy)) if len(copy) > self.MANY else encode(copy)
+            self._items[key] = found
+            while len(self._items) > self.SIZE:
+                self._items.popitem(last=False)
+        self._items.move_to_end(key)
+        return found
+
+
 class AdminBase(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
@@ -97,6 +126,9 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         self.names = KnownNames(store)  # which environment and service names anything names
         self._proposing = asyncio.Lock()  # ProposeChange: counting open requests and writing one
         self._impacts: dict[Any, tuple[float, Any]] = {}  # GetChange's impacts, shortly reused
+        self._answers: dict[Any, tuple[float, Any]] = {}  # GetChange's whole answers, shortly reused
+        self.encoded = EncodedLayers()  # GetLayer's and GetFlags' answers, by layer version
+        self._created: dict[Layer, tuple[int, list[datetime]]] = {}  # GetFlagUsage's flag ages
         self.source = source  # how fresh it is, and waiting for one's own writes
         self.server_id = server_id
         self.endpoints = endpoints

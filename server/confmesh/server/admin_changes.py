@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Hashable
 from typing import Any
 
 import grpc
@@ -191,13 +192,19 @@ class ChangeRPCs(AdminBase):
     def _shown(self, layer: Layer, key: str, value: Any) -> Any:
         return shown_in_audit(self.store.schemas, layer, key, value)
 
+    def _impact_key(self, change: ChangeRequest) -> Hashable:
+        """What a change's impact depends on besides the change: its layers (a rollout: everything)
+        and the schemas."""
+        store = self.store
+        layers = store.revision if change.rollout else tuple(store.layer_revision(x) for x in change.layers)
+        return layers, len(store.schemas), max(store.schema_revision.values(), default=0)
+
     async def _fill_impact(self, msg: admin_pb2.ChangeRequest, caller: Caller, change: ChangeRequest) -> None:
         store = self.store
         # A large change's impact costs a worker thread a good part of a second: reads of the same change,
         # by the same caller, with its layers and the schemas unmoved, share one for IMPACT_TTL seconds
         # (a console page re-reads it on every live update).
-        key = (change.id, caller.identity, store.revision if change.rollout else
-               tuple(store.layer_revision(x) for x in change.layers), len(store.schemas))  # fmt: skip
+        key = (change.id, caller.identity, self._impact_key(change))
         cached = self._impacts.get(key)
         now = time.monotonic()
         if cached is not None and cached[0] > now:
@@ -330,9 +337,24 @@ class ChangeRPCs(AdminBase):
 
     @read
     async def GetChange(self, request: admin_pb2.ChangeRef, context: Context) -> admin_pb2.ChangeRequest:
-        change, revision = await self._load(request.id, context)
+        """From this replica's copy of the record (etcd when it has none yet); the whole answer is
+        reused for IMPACT_TTL seconds by the same reader while the record, its layers and the schemas
+        stay put, so a console page that re-reads a 1,000-change request on every live update costs a
+        copy, not a rebuild on the event loop."""
+        self.access.require(self.access.identify(context), lambda g: g.can_operate(), "read change requests")
+        known = self.store.changes.get(check_id(request.id))
+        change, revision = known if known is not None else await self._load(request.id)
         caller = self._readable(context, change)
-        return await self._to_pb(caller, change, revision)
+        key = (change.id, revision, caller.identity, self._impact_key(change))
+        now = time.monotonic()
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]  # type: ignore[no-any-return]
+        answer = await self._to_pb(caller, change, revision)
+        if len(self._answers) >= 64:
+            self._answers.clear()
+        self._answers[key] = (now + IMPACT_TTL, answer)
+        return answer
 
     @read
     async def ListChanges(

@@ -11,21 +11,23 @@ import grpc.aio
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
-from confmesh.flags.lifecycle import flag_ages, percentile
+from confmesh.flags.lifecycle import percentile
 from confmesh.flags.model import keyed, parse_flag, parse_flag_set
 from confmesh.keys import Layer, LayerKind, check_name, split_key
 from confmesh.server.access import Bypass, Grant
 from confmesh.server.admin_base import (
     AdminBase,
+    EncodedLayers,
     read,
     to_timestamp,
     write,
 )
 from confmesh.server.fleet import fleet_usage_docs
 from confmesh.server.limits import Pager
-from confmesh.server.usage import merge_hour_docs
+from confmesh.server.usage import MAX_SERIES_SECONDS, merge_hour_docs, merge_series
 from confmesh.server.writer import (
     Current,
+    off_loop,
 )
 from confmesh.v1 import admin_pb2
 from confmesh.wire import from_struct, to_struct
@@ -106,10 +108,11 @@ class FlagRPCs(AdminBase):
         layer = Layer.flags(request.environment)
         self._allow(context, lambda g: g.can_read_flags(layer.environment), f"read {layer}")
         store = self.store
+        version = store.layer_revision(layer)
         return admin_pb2.GetFlagsResponse(
             environment=layer.environment,
-            version=store.layer_revision(layer),
-            flags=to_struct(store.entries(layer)),
+            version=version,
+            flags=await self.encoded.get((layer, version), store.entries(layer), to_struct),
         )
 
     @read
@@ -144,17 +147,44 @@ class FlagRPCs(AdminBase):
             )
             pager.added(key, added.ByteSize())
         resp.next_page_token = pager.next_token
+        if request.flag:
+            if not env:
+                raise errors.InvalidArgument("a flag's series needs its environment", field="environment")
+            split_key(request.flag)
+            self.access.require(caller, lambda g: g.can_read_flags(env), f"read flag usage of {env}")
+            window = min(request.window_seconds or MAX_SERIES_SECONDS, MAX_SERIES_SECONDS)
+            local = self.usage.series(env, request.flag, now - window)
+            for start, variants in merge_series(local, others, env, request.flag, now - window).items():
+                resp.series.add(start=to_timestamp(start), variants=variants)
         ages: list[float] = []
-        store = self.store
-        for layer in store.layers():
+        now_dt = datetime.now(UTC)
+        for layer in self.store.layers():
             if layer.kind is LayerKind.FLAGS and (not env or layer.environment == env) and reads(layer):
-                try:
-                    flag_set = parse_flag_set(store.entries(layer))
-                except errors.InvalidArgument:
-                    continue
-                ages += flag_ages(flag_set.flags.values(), datetime.now(UTC))
+                ages += [(now_dt - created).total_seconds() for created in await self._flags_created(layer)]
         resp.flag_age_p95_seconds = percentile(ages, 95)
         return resp
+
+    async def _flags_created(self, layer: Layer) -> list[datetime]:
+        """When each flag of `layer` was created (those that say), parsed once per layer version (off
+        the event loop for a large layer)."""
+        version = self.store.layer_revision(layer)
+        hit = self._created.get(layer)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        entries = dict(self.store.entries(layer))
+
+        def parse() -> list[datetime]:
+            try:
+                flags = parse_flag_set(entries).flags.values()
+            except errors.InvalidArgument:
+                return []
+            return [f.created for f in flags if f.created is not None]
+
+        created = await off_loop(parse) if len(entries) > EncodedLayers.MANY else parse()
+        if len(self._created) >= 1024:
+            self._created.clear()
+        self._created[layer] = (version, created)
+        return created
 
 
 def check_kill_turns_off(layer: Layer, key: str, definition: dict[str, Any]) -> None:

@@ -152,5 +152,14 @@ class ReadRPCs(AdminBase):
         layer = layer_from_pb(request.layer)
         self._allow(context, lambda g: g.can_read_layer(layer), f"read {layer}")
         store = self.store
-        entries = {k: shown_in_audit(store.schemas, layer, k, v) for k, v in store.entries(layer).items()}
-        return admin_pb2.GetLayerResponse(entries=to_struct(entries), revision=store.layer_revision(layer))
+        revision = store.layer_revision(layer)
+        schemas = store.schema_revision  # redaction follows the schemas' secret marks
+
+        shown = dict(store.schemas)
+
+        def encode(entries: dict[str, Any]) -> Any:
+            return to_struct({k: shown_in_audit(shown, layer, k, v) for k, v in entries.items()})
+
+        key = (layer, revision, len(schemas), max(schemas.values(), default=0))
+        entries = await self.encoded.get(key, store.entries(layer), encode)
+        return admin_pb2.GetLayerResponse(entries=entries, revision=revision)

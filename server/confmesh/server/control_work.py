@@ -16,10 +16,7 @@ loop that carries every Watch push and health check:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,11 +26,10 @@ from typing import TypeVar
 
 from confmesh import errors
 from confmesh.flags.budget import limited
-from confmesh.server.limits import KeyedCount
+from confmesh.server.limits import KeyedCount, lower_thread_priority
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-NICE = 10  # the control-work thread's nice value (Linux)
 
 
 @dataclass(frozen=True)
@@ -46,18 +42,11 @@ class WorkLimits:
     rest: float = 1.0  # the worker rests this many times a job's CPU time before the next (see _budgeted)
 
 
-def _lower_priority() -> None:
-    """On Linux a thread has its own nice value: the kernel then prefers the event loop's thread (and
-    every other process) to this one when the cores are busy."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
-
-
 class ControlWork:
     def __init__(self, limits: WorkLimits | None = None) -> None:
         self.limits = limits or WorkLimits()
         self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="confmesh-control", initializer=_lower_priority
+            max_workers=1, thread_name_prefix="confmesh-control", initializer=lower_thread_priority
         )
         self._load = KeyedCount()  # jobs running or waiting, per caller
         self._rest_until = 0.0

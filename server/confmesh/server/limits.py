@@ -9,8 +9,11 @@ stream cannot fill the disk.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -166,3 +169,13 @@ class Pager:
         self.used += size
         if self.used >= self.limit:
             self.next_token = page_token(key)
+
+
+NICE = 10  # the nice value of the threads that run control-plane work (Linux)
+
+
+def lower_thread_priority() -> None:
+    """On Linux a thread has its own nice value: the kernel then prefers the event loop's thread (and
+    every other process) to this one when the cores are busy."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)

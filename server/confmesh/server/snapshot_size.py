@@ -29,9 +29,39 @@ Entries = Mapping[str, JSONValue]
 
 
 def entries_bytes(entries: Entries) -> int:
-    return sum(
-        len(k) + len(json.dumps(v, ensure_ascii=False, separators=(",", ":"))) for k, v in entries.items()
-    )
+    return sum(len(k) + _value_bytes(v) for k, v in entries.items())
+
+
+def _encoded_bytes(value: JSONValue) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+# id(value) -> (value, its encoded size). A writer reads a layer's values as the same objects from
+# one write to the next (writer.DecodedValues), so a write to a large layer encodes only what changed.
+# Holding the value keeps its id from being reused while the entry lives.
+_SIZES: dict[int, tuple[JSONValue, int]] = {}
+_MAX_SIZES = 200_000
+
+
+def remember_size(value: JSONValue, size: int) -> None:
+    """`value`'s encoded size is known (it was decoded from `size` bytes of compact JSON)."""
+    if isinstance(value, dict | list):
+        if len(_SIZES) >= _MAX_SIZES:
+            _SIZES.clear()
+        _SIZES[id(value)] = (value, size)
+
+
+def _value_bytes(value: JSONValue) -> int:
+    if not isinstance(value, dict | list):
+        return _encoded_bytes(value)
+    hit = _SIZES.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    size = _encoded_bytes(value)
+    if len(_SIZES) >= _MAX_SIZES:
+        _SIZES.clear()
+    _SIZES[id(value)] = (value, size)
+    return size
 
 
 def snapshot_bytes(config: Mapping[str, JSONValue], flags: Mapping[str, JSONValue]) -> int:

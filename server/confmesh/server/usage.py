@@ -20,8 +20,12 @@ from confmesh.server.limits import MAX_VARIANTS_PER_FLAG, OTHER_VARIANT
 BUCKET_SECONDS = 60
 HOUR = 3600
 # What one replica publishes per hour for the fleet (see hour_doc): the (flag, variant) cells of
-# the most evaluated flags, about 1 MiB of JSON at most.
+# the most evaluated flags, and their (minute, variant) cells for the charts, about 1 MiB of JSON
+# at most.
 MAX_PUBLISHED_CELLS = 20_000
+MAX_PUBLISHED_MINUTE_CELLS = 20_000
+# How far back a flag's evaluations over time go (one bucket a minute).
+MAX_SERIES_SECONDS = 24 * HOUR
 
 
 @dataclass
@@ -98,30 +102,43 @@ class FlagUsageStore:
                 out.append(UsageSummary(env, flag, variants, track.first_seen, track.last_seen))
         return sorted(out, key=lambda s: (s.environment, s.flag))
 
+    def series(self, environment: str, flag: str, since: float) -> dict[int, dict[str, int]]:
+        """One flag's counts per minute (bucket start -> variant -> evaluations) from `since` on."""
+        track = self._tracks.get((environment, flag))
+        if track is None:
+            return {}
+        return {start: dict(slot) for start, slot in track.buckets if start + BUCKET_SECONDS > since}
+
     def hour_doc(self, hour: int) -> dict[str, dict[str, Any]]:
         """This replica's counts of one hour, as it publishes them for the fleet:
-        ``{"env/flag": {"v": {variant: n}, "f": first seen, "l": last seen}}`` (minute precision),
-        at most MAX_PUBLISHED_CELLS cells, the most evaluated flags first."""
-        rows: list[tuple[int, str, dict[str, int], float, float]] = []
+        ``{"env/flag": {"v": {variant: n}, "f": first seen, "l": last seen, "m": {minute start:
+        {variant: n}}}}`` (minute precision), at most MAX_PUBLISHED_CELLS variant cells and
+        MAX_PUBLISHED_MINUTE_CELLS minute cells, the most evaluated flags first."""
+        rows: list[tuple[int, str, dict[str, int], float, float, dict[str, dict[str, int]]]] = []
         for (env, flag), track in self._tracks.items():
             variants: dict[str, int] = {}
+            minutes: dict[str, dict[str, int]] = {}
             first = last = 0.0
             for start, slot in track.buckets:
                 if hour <= start < hour + HOUR:
                     for variant, n in slot.items():
                         variants[variant] = variants.get(variant, 0) + n
+                    minutes[str(start)] = dict(slot)
                     first = first or float(start)
                     last = float(start + BUCKET_SECONDS)
             if variants:
-                rows.append((sum(variants.values()), f"{env}/{flag}", variants, first, last))
+                rows.append((sum(variants.values()), f"{env}/{flag}", variants, first, last, minutes))
         rows.sort(key=lambda r: (-r[0], r[1]))
         doc: dict[str, dict[str, Any]] = {}
-        cells = 0
-        for _, key, variants, first, last in rows:
+        cells = minute_cells = 0
+        for _, key, variants, first, last, minutes in rows:
             cells += len(variants)
             if cells > MAX_PUBLISHED_CELLS:
                 break
             doc[key] = {"v": variants, "f": first, "l": last}
+            minute_cells += sum(len(slot) for slot in minutes.values())
+            if minute_cells <= MAX_PUBLISHED_MINUTE_CELLS:
+                doc[key]["m"] = minutes
         return doc
 
 
@@ -138,7 +155,7 @@ def merge_hour_docs(
             try:
                 variants = {str(v): int(n) for v, n in dict(row["v"]).items()}
                 first, last = float(row["f"]), float(row["l"])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 continue
             old = merged.get((env, flag))
             if old is not None:
@@ -147,3 +164,35 @@ def merge_hour_docs(
                 first, last = min(first, old.first_seen), max(last, old.last_seen)
             merged[(env, flag)] = UsageSummary(env, flag, variants, first, last)
     return sorted(merged.values(), key=lambda s: (s.environment, s.flag))
+
+
+def merge_series(
+    local: dict[int, dict[str, int]],
+    docs: Iterable[dict[str, Any]],
+    environment: str,
+    flag: str,
+    since: float,
+) -> dict[int, dict[str, int]]:
+    """`local` (this replica's minutes of one flag) with other replicas' published minutes added in.
+
+    Peer documents are read defensively: a malformed row or count is skipped, never trusted."""
+    merged = {start: dict(slot) for start, slot in local.items()}
+    key = f"{environment}/{flag}"
+    for doc in docs:
+        row = doc.get(key)
+        minutes = row.get("m") if isinstance(row, dict) else None
+        if not isinstance(minutes, dict):
+            continue
+        for start_text, slot in minutes.items():
+            try:
+                start = int(start_text)
+                counts = {str(v): int(n) for v, n in dict(slot).items()}
+            except (TypeError, ValueError, OverflowError):
+                continue
+            if start % BUCKET_SECONDS or start + BUCKET_SECONDS <= since:
+                continue
+            target = merged.setdefault(start, {})
+            for variant, n in counts.items():
+                if n > 0 and (variant in target or len(target) < MAX_VARIANTS_PER_FLAG):
+                    target[variant] = target.get(variant, 0) + n
+    return dict(sorted(merged.items()))

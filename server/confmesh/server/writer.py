@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from typing import Any, TypeVar
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
-from confmesh.flags.model import parse_flag_set
+from confmesh.flags.model import FlagSet, parse_flag_set, reparse_flag_set
 from confmesh.keys import KeyLayout, Layer, LayerKind, Scope, split_key
 from confmesh.merge import (
     MAX_VALUE_BYTES,
@@ -36,9 +38,10 @@ from confmesh.merge import (
 from confmesh.secrets import check_refs
 from confmesh.server.audit import AuditEntry
 from confmesh.server.etcd import Etcd
+from confmesh.server.limits import lower_thread_priority
 from confmesh.server.resolver import affects
 from confmesh.server.schemas import ServiceSchema
-from confmesh.server.snapshot_size import SnapshotSizes
+from confmesh.server.snapshot_size import SnapshotSizes, remember_size
 from confmesh.tracing import current_traceparent
 
 T = TypeVar("T")
@@ -120,6 +123,71 @@ def check_layer(layer: Layer, entries: dict[str, JSONValue]) -> None:
         )
 
 
+# A write whose CPU work exceeds these runs it on the write pool rather than on the event loop.
+MANY_BYTES = 64 * 1024
+FEW_FLAGS = 20
+
+
+class DecodedValues:
+    """Each etcd value decoded once: a key's mod revision names one value for good, so a write that
+    reads a 1,000-flag layer decodes only what changed since the last read (the rest costs a lookup).
+
+    Values are shared between reads: they are never mutated (a plan builds new values). Bounded by
+    the encoded bytes held, least recently read first out.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._values: OrderedDict[tuple[str, int], tuple[JSONValue, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # decoded on the loop or, for a large read, on the write pool
+
+    def known(self, key: str, mod_revision: int) -> bool:
+        return (key, mod_revision) in self._values
+
+    def decode(self, key: str, mod_revision: int, raw: bytes, path: str) -> JSONValue:
+        with self._lock:
+            hit = self._values.get((key, mod_revision))
+            if hit is not None:
+                self._values.move_to_end((key, mod_revision))
+                return hit[0]
+        value = parse_json_value(raw, path=path)
+        remember_size(value, len(raw))
+        with self._lock:
+            self._values[(key, mod_revision)] = (value, len(raw))
+            self._bytes += len(raw)
+            while self._bytes > self.max_bytes and self._values:
+                _, (_, size) = self._values.popitem(last=False)
+                self._bytes -= size
+        return value
+
+
+class FlagSetChecks:
+    """A flag layer validated as a whole set on every write, re-parsing only the definitions that
+    differ from the layer's last validated set (`reparse_flag_set`): a one-flag write to a 1,000-flag
+    environment costs one flag's parse plus the set's cross checks."""
+
+    MAX_LAYERS = 256
+
+    def __init__(self) -> None:
+        self._last: dict[Layer, tuple[dict[str, JSONValue], FlagSet]] = {}
+
+    def costly(self, layer: Layer, entries: dict[str, JSONValue]) -> bool:
+        """Whether checking `entries` means parsing many definitions (so it belongs off the loop)."""
+        last = self._last.get(layer)
+        if last is None:
+            return len(entries) > FEW_FLAGS
+        before = last[0]
+        return sum(1 for k, v in entries.items() if before.get(k) is not v) > FEW_FLAGS
+
+    def check(self, layer: Layer, entries: dict[str, JSONValue]) -> None:
+        last = self._last.get(layer)
+        parsed = reparse_flag_set(entries, *last) if last is not None else parse_flag_set(entries)
+        if len(self._last) >= self.MAX_LAYERS and layer not in self._last:
+            self._last.clear()
+        self._last[layer] = (dict(entries), parsed)
+
+
 def _drop_unchanged(
     changes: list[tuple[ChangeSpec, bytes]], current: Current
 ) -> tuple[list[tuple[ChangeSpec, bytes]], list[str]]:
@@ -163,8 +231,17 @@ def shown_in_audit(
 
 
 # Schema checks run on one worker thread, never on the event loop; each call has a time budget.
-_SCHEMA_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confmesh-schema")
+# One thread for the costly parts of writes (schema checks, decoding and checking large layers), at
+# the control-work thread's lowered priority: the event loop carries delivery.
+_SCHEMA_POOL = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="confmesh-write", initializer=lower_thread_priority
+)
 SCHEMA_CHECK_BUDGET = 2.0
+
+
+async def off_loop(fn: Callable[[], T]) -> T:
+    """`fn()` on the write pool."""
+    return await asyncio.get_running_loop().run_in_executor(_SCHEMA_POOL, fn)
 
 
 async def run_on_schema_pool(fn: Callable[[], T], budget: float) -> T:
@@ -214,6 +291,24 @@ class Writer:
         self.sizes = sizes
         # The registered service schemas (the store's); writes are checked against them.
         self.schemas = schemas or dict
+        self.decoded = DecodedValues()
+        self.flag_sets = FlagSetChecks()
+
+    async def _check_layers(self, written: Current) -> None:
+        """Each written layer is still well-formed; a check that parses many flags runs off the loop."""
+
+        def check() -> None:
+            for layer, entries in written.items():
+                if layer.kind is LayerKind.FLAGS:
+                    self.flag_sets.check(layer, entries)
+                else:
+                    check_layer(layer, entries)
+
+        flags = [layer for layer in written if layer.kind is LayerKind.FLAGS]
+        if any(self.flag_sets.costly(layer, written[layer]) for layer in flags):
+            await off_loop(check)
+        else:
+            check()
 
     def _guards(
         self, layers: Sequence[Layer], changes: Sequence[tuple[ChangeSpec, bytes]], revision: int
@@ -253,15 +348,22 @@ class Writer:
         """(read revision, entries, each entry's mod revision) of `layer` at `revision` (0: now)."""
         root = self.layout.layer_root(layer)
         revision, kvs = await self.etcd.list_prefix(root, revision)
-        entries: dict[str, JSONValue] = {}
-        revisions: dict[str, int] = {}
-        for kv in kvs:
-            key = kv.key[len(root) :]
-            revisions[key] = kv.mod_revision
-            try:
-                entries[key] = parse_json_value(kv.value, path=key)
-            except errors.InvalidArgument:
-                entries[key] = None
+        decoded = self.decoded
+
+        def decode() -> tuple[dict[str, JSONValue], dict[str, int]]:
+            entries: dict[str, JSONValue] = {}
+            revisions: dict[str, int] = {}
+            for kv in kvs:
+                key = kv.key[len(root) :]
+                revisions[key] = kv.mod_revision
+                try:
+                    entries[key] = decoded.decode(kv.key, kv.mod_revision, kv.value, key)
+                except errors.InvalidArgument:
+                    entries[key] = None
+            return entries, revisions
+
+        new = sum(len(kv.value) for kv in kvs if not decoded.known(kv.key, kv.mod_revision))
+        entries, revisions = await off_loop(decode) if new > MANY_BYTES else decode()
         return revision, entries, revisions
 
     async def transact(
@@ -353,8 +455,8 @@ class Writer:
                 stamp["trace"] = trace
             marker = json.dumps(stamp, separators=(",", ":"))
             for layer in touched:
-                check_layer(layer, current[layer])
                 ops.append(Etcd.put_op(self.layout.marker_key(layer), marker.encode()))
+            await self._check_layers({layer: current[layer] for layer in touched})
             if self.sizes is not None:
                 self.sizes.check({layer: current[layer] for layer in touched})
             await check_schemas(

@@ -46,6 +46,8 @@ SESSION, CSRF = "cm_session", "cm_csrf"
 MAX_BODY = 256 * 1024
 MAX_DEPTH = 64
 MAX_EVENT_STREAMS = 64
+ROLLOUT_HISTORY_SCAN = 300  # newest audit records the rollouts page looks through for past rollouts
+ROLLOUT_HISTORY_SHOWN = 50
 MAX_EVENT_STREAMS_PER_CALLER = 8
 LAST_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a protobuf Timestamp holds
 EVENT_POLL = 0.1
@@ -409,6 +411,22 @@ class Console:
             }
         )
 
+    async def flag_usage(self, request: web.Request) -> web.StreamResponse:
+        """One flag's evaluations per minute and variant over the last `minutes` (default 60, at
+        most a day), fleet-wide, for the flag page's chart."""
+        env, key = self._query(request, "env"), self._query(request, "key")
+        try:
+            minutes = int(request.query.get("minutes", "60"))
+        except ValueError:
+            raise errors.InvalidArgument("minutes is a whole number", field="minutes") from None
+        if not 1 <= minutes <= 24 * 60:
+            raise errors.InvalidArgument("minutes is between 1 and 1440", field="minutes")
+        req = admin_pb2.GetFlagUsageRequest(environment=env, flag=key, window_seconds=minutes * 60)
+        resp = await self.rpc(request, "GetFlagUsage", req)
+        series = [{"t": b.start.ToSeconds(), "variants": dict(b.variants)} for b in resp.series]
+        return web.json_response({"environment": env, "flag": key, "minutes": minutes, "series": series,
+                                  "now": time.time()})  # fmt: skip
+
     async def flag_kill(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
         if body.get("confirm") is not True:
@@ -533,7 +551,20 @@ class Console:
                 admin_pb2.GetScopeStatusRequest(environment=r.environment, service=r.service),
             )
             out.append({"rollout": message_json(r), "status": message_json(status)})
-        return web.json_response({"rollouts": out})
+        return web.json_response({"rollouts": out, "history": await self._rollout_history(request)})
+
+    async def _rollout_history(self, request: web.Request) -> list[dict[str, Any]]:
+        """Every rollout step (start, percent, promote, abort) among the newest audit records, newest
+        first: a scope holds one rollout record, so past rollouts live only in the audit log (whose
+        records without layer changes only admins read)."""
+        resp = await self.rpc(request, "ListAudit", admin_pb2.ListAuditRequest(limit=ROLLOUT_HISTORY_SCAN))
+        steps = []
+        for r in resp.records:
+            action, _, what = r.source.partition(" ")
+            if action in {"StartRollout", "UpdateRollout", "PromoteRollout", "AbortRollout"}:
+                steps.append({"action": action.removesuffix("Rollout").lower(), "what": what,
+                              "actor": r.actor, "reason": r.reason, "at": r.at.ToJsonString()})  # fmt: skip
+        return steps[:ROLLOUT_HISTORY_SHOWN]
 
     async def rollout_action(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
@@ -690,6 +721,7 @@ class Console:
         app.router.add_get(f"{p}/config", g(self.config))
         app.router.add_post(f"{p}/config", w(self.config_edit))
         app.router.add_get(f"{p}/flags", g(self.flags))
+        app.router.add_get(f"{p}/flags/usage", g(self.flag_usage))
         app.router.add_post(f"{p}/flags/kill", w(self.flag_kill))
         app.router.add_post(f"{p}/flags/save", w(self.flag_save))
         app.router.add_post(f"{p}/flags/explain", w(self.flag_explain))

@@ -297,6 +297,46 @@ async function flagsPage(env) {
     out];
 }
 
+const VARIANT_COLORS = ["#1f6feb", "#1a7f37", "#c62828", "#9a6700", "#8250df", "#0a7d8c", "#bf3989", "#57606a"];
+
+/** A flag's evaluations per minute, one line per variant, over the last `minutes` (fleet-wide counts the
+ * clients report); minutes without evaluations count zero. */
+function usageChart(usage) {
+  const W = 640, H = 160, L = 44, B = 20, STEP = 60;
+  const end = Math.floor(usage.now / STEP) * STEP, start = end - (usage.minutes - 1) * STEP;
+  const byMinute = new Map(usage.series.map((b) => [b.t, b.variants]));
+  const variants = [...new Set(usage.series.flatMap((b) => Object.keys(b.variants)))].sort();
+  const top = Math.max(1, ...usage.series.flatMap((b) => Object.values(b.variants)));
+  const x = (t) => L + ((t - start) / Math.max(1, end - start)) * (W - L - 8);
+  const y = (n) => H - B - (n / top) * (H - B - 8);
+  const total = (v) => usage.series.reduce((sum, b) => sum + (b.variants[v] || 0), 0);
+  const line = (v) => {
+    const pts = [];
+    for (let t = start; t <= end; t += STEP) pts.push(`${x(t).toFixed(1)},${y((byMinute.get(t) || {})[v] || 0).toFixed(1)}`);
+    return pts.join(" ");
+  };
+  return svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: "chart", testid: "usage-chart", role: "img",
+      "aria-label": `evaluations per minute by variant, last ${usage.minutes} minutes` },
+    svg("line", { x1: L, y1: y(0), x2: W - 8, y2: y(0), stroke: "#c8ccd4" }),
+    svg("text", { x: 4, y: y(top) + 4, "font-size": 11, fill: "#666" }, top),
+    svg("text", { x: 4, y: y(0) + 4, "font-size": 11, fill: "#666" }, 0),
+    svg("text", { x: L, y: H - 4, "font-size": 11, fill: "#666" }, `-${usage.minutes} min`),
+    variants.map((v, i) => svg("polyline", { points: line(v), fill: "none", stroke: VARIANT_COLORS[i % VARIANT_COLORS.length],
+      "stroke-width": 2, testid: `usage-${v || "default"}` }, svg("title", {}, v || "(caller's default)"))),
+    variants.map((v, i) => svg("text", { x: L + 70 + i * 110, y: H - 4, "font-size": 11, fill: VARIANT_COLORS[i % VARIANT_COLORS.length] },
+      `${v || "(default)"} ${total(v)}`)));
+}
+
+async function flagUsage(env, key) {
+  try {
+    const usage = await api(`/flags/usage?env=${encodeURIComponent(env)}&key=${encodeURIComponent(key)}&minutes=60`);
+    if (!usage.series.length) return h("p", { class: "muted", testid: "usage-none" }, "No evaluations reported in the last hour.");
+    return usageChart(usage);
+  } catch (err) {
+    return notice(err.message);
+  }
+}
+
 async function flagEditor(env, key) {
   const data = await api(`/flags?env=${encodeURIComponent(env)}`);
   const flag = data.flags.find((f) => f.key === key);
@@ -331,7 +371,9 @@ async function flagEditor(env, key) {
     }
   };
   explain();
+  const usage = flag ? await flagUsage(env, key) : null;
   return [h("h1", {}, `${key} in ${env}`),
+    flag && [h("h2", {}, "Evaluations per minute, by variant"), usage],
     h("div", { class: "cols" },
       h("div", {}, h("h2", {}, "Definition and rules"), definition,
         h("div", { class: "row" }, h("button", { testid: "save-flag", disabled: !writable, onclick: save }, needsApproval ? "Propose" : "Save"))),
@@ -418,7 +460,7 @@ function svg(tag, attrs, ...children) {
     if (k === "testid") el.dataset.testid = v;
     else el.setAttribute(k, v);
   }
-  for (const c of children.flat(Infinity)) if (c) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  for (const c of children.flat(Infinity)) if (c != null && c !== false) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return el;
 }
 
@@ -510,7 +552,11 @@ async function rolloutsPage() {
           h("button", { class: "secondary", testid: "set-percent", disabled: !writable, onclick: () => act(r, "percent", { percent: Number(percent.value) }) }, "Set"),
           h("button", { testid: "promote", disabled: !writable, onclick: () => act(r, "promote") }, "Promote"),
           h("button", { class: "danger", testid: "abort", disabled: !writable, onclick: () => act(r, "abort", { reason: "aborted in the console" }) }, "Abort")));
-    })];
+    }),
+    data.history.length ? [h("h2", {}, "History"),
+      h("table", { testid: "rollout-history" },
+        h("tr", {}, h("th", {}, "when"), h("th", {}, "step"), h("th", {}, "rollout"), h("th", {}, "by"), h("th", {}, "reason")),
+        data.history.map((s) => h("tr", {}, h("td", {}, when(s.at)), h("td", {}, s.action), h("td", {}, s.what), h("td", {}, s.actor), h("td", {}, s.reason))))] : null];
 }
 
 async function auditPage() {
