@@ -276,6 +276,10 @@ def test_every_shell_example_shows_what_it_prints(doc: str, tmp_path: Path) -> N
         raise AssertionError(f"{exc}\n{story.logs()}") from None
     finally:
         story.stop()
+    # What ran in the background ran cleanly: no traceback, no task left pending at exit.
+    for log in tmp_path.glob("background-*.log"):
+        text = log.read_text()
+        assert "Traceback" not in text and "Task was destroyed" not in text, f"{log.name}:\n{text[-3000:]}"
 
 
 def test_the_harness_reads_commands_output_and_markers() -> None:
