@@ -29,8 +29,8 @@ from confmesh.digest import format_hash, snapshot_digest
 from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.server.config_service import EncodedSnapshots
 from confmesh.server.kv import Event, KeyValue
-from confmesh.server.resolver import Resolver
-from confmesh.server.store import ConfigStore
+from confmesh.server.plane import SnapshotPlane
+from confmesh.server.record_kinds import server_store
 from confmesh.v1 import config_pb2
 from confmesh.wire import from_struct, updates_from_pb
 
@@ -38,13 +38,13 @@ from confmesh.wire import from_struct, updates_from_pb
 def measure(keys: int, changes: int, delta: bool) -> tuple[int, float, float]:
     layout = KeyLayout("/bench")
     layer = Layer.env("prod")
-    store = ConfigStore(layout)
+    store = server_store(layout)
     store.replace([KeyValue(layout.config_key(layer, f"group{k % 100}.key{k}"), b'"value-%d"' % k, 1)
                    for k in range(keys)], 1)  # fmt: skip
-    resolver = Resolver(store)
-    encoded = EncodedSnapshots(resolver.delta)
+    plane = SnapshotPlane(store)
+    encoded = EncodedSnapshots(plane.delta)
     scope = Scope("prod", "svc")
-    previous = resolver.snapshot(scope)
+    previous = plane.current(scope)
     client: tuple[dict[str, Any], dict[str, Any], int] = (previous.config, previous.flags, previous.digest)
     sizes, server, applies = [], [], []
     for change in range(changes):
@@ -52,8 +52,8 @@ def measure(keys: int, changes: int, delta: bool) -> tuple[int, float, float]:
         t0 = time.perf_counter()
         key = layout.config_key(layer, f"group{change % 100}.key{change}")
         event = Event(False, key, b'"v%d"' % rev, rev)
-        resolver.update(store.apply([event]))
-        snap = resolver.snapshot(scope)
+        plane.apply(store.apply([event]))
+        snap = plane.current(scope)
         wire = encoded.response(snap, stale=False, base=previous.key if delta else None)
         t1 = time.perf_counter()
         decoded = config_pb2.WatchResponse.FromString(wire).snapshot

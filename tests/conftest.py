@@ -2,6 +2,11 @@
 
 Every test gets its own key prefix on the shared etcd, so tests never see
 each other's data; ports are picked at run time on 127.0.0.1.
+
+The rule for a test's kind: a test that needs etcd (the ``etcd`` fixture, directly or through
+``server``, ``tenants``, ``admin``, ``fleet``..., or an etcd of its own) is marked ``etcd`` here, and
+a module that starts servers by other means says ``pytestmark = pytest.mark.etcd``; everything else
+is a unit test. ``pytest -m "not etcd"`` is the unit run: no etcd, no server process.
 """
 
 from __future__ import annotations
@@ -18,6 +23,15 @@ from hypothesis import HealthCheck, settings
 
 from confmesh.client import AdminClient
 from confmesh.server import ConfmeshServer, EmbeddedEtcd, ServerSettings, find_etcd_binary
+
+ETCD_FIXTURES = {"etcd", "private_etcd"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if ETCD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.etcd)
+
 
 # Shared 2-core machines are noisy: no per-example deadline, no "too slow" failures.
 settings.register_profile("confmesh", deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf import struct_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.descriptor import FieldDescriptor
+    from google.protobuf.message import Message
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
@@ -136,3 +142,44 @@ def changes_from_pb(msgs: Iterable[admin_pb2.Change]) -> list[ChangeSpec]:
         else:
             changes.append(ChangeSpec(layer, msg.key, from_value(msg.value)))
     return changes
+
+
+def message_json(msg: Message) -> dict[str, Any]:
+    """A reply message as JSON that scripts can trust.
+
+    Unlike ``MessageToDict``: 64-bit integers stay numbers (not strings), the JSON values a
+    ``google.protobuf.Value`` carries come back as written (``10``, not ``10.0``), timestamps are
+    RFC 3339 strings, and every field is present (an unset message field is ``null``).
+    """
+    fields = cast("list[FieldDescriptor]", msg.DESCRIPTOR.fields)
+    return {field.name: _field_json(msg, field) for field in fields}
+
+
+def _field_json(msg: Message, field: FieldDescriptor) -> Any:
+    value = getattr(msg, field.name)
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        value_field = field.message_type.fields_by_name["value"]
+        return {str(k): _scalar_json(v, value_field) for k, v in value.items()}
+    if field.is_repeated:
+        return [_scalar_json(v, field) for v in value]
+    if field.has_presence and field.message_type is not None and not msg.HasField(field.name):
+        return None
+    return _scalar_json(value, field)
+
+
+def _scalar_json(value: Any, field: FieldDescriptor) -> Any:
+    if field.message_type is None:
+        if field.enum_type is not None:
+            named = field.enum_type.values_by_number.get(value)
+            return named.name if named is not None else value
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode()
+        return value
+    name = field.message_type.full_name
+    if name == "google.protobuf.Value":
+        return from_value(value) if value.WhichOneof("kind") else None
+    if name == "google.protobuf.Struct":
+        return from_struct(value)
+    if name == "google.protobuf.Timestamp":
+        return value.ToJsonString()
+    return message_json(value)

@@ -19,7 +19,7 @@ from confmesh.keys import KeyLayout, Layer
 from confmesh.server import ConfmeshServer
 from confmesh.server.known_names import KnownNames
 from confmesh.server.kv import KeyValue
-from confmesh.server.store import ConfigStore
+from confmesh.server.record_kinds import server_store
 from tests.cli.test_cli import cli
 
 
@@ -32,7 +32,7 @@ async def seed(admin: AdminClient) -> None:
 
 def test_known_and_closest_names() -> None:
     layout = KeyLayout("/cm")
-    store = ConfigStore(layout)
+    store = server_store(layout)
     store.replace(
         [KeyValue(layout.config_key(layer, "a"), b"1", rev) for rev, layer in enumerate(
             [Layer.defaults(), Layer.env("prod"), Layer.svc("prod", "orders"), Layer.flags("staging")], 2)],
@@ -47,7 +47,7 @@ def test_known_and_closest_names() -> None:
     new_service = names.check("prod", "payments")  # no layer of its own yet: normal, not a typo
     assert new_service.ok and not new_service.service_known
     assert names.check("staging", "orders").ok  # known through its flag set alone
-    assert KnownNames(ConfigStore(layout)).check("prod").ok  # defaults alone: no name to mistype
+    assert KnownNames(server_store(layout)).check("prod").ok  # defaults alone: no name to mistype
 
 
 async def test_get_refuses_an_unknown_environment_and_warns_of_a_service_typo(

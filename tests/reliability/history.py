@@ -15,8 +15,8 @@ from typing import Any
 from confmesh.client import ConfigClient
 from confmesh.keys import KeyLayout
 from confmesh.server.etcd import Etcd
-from confmesh.server.resolver import Resolver
-from confmesh.server.store import ConfigStore
+from confmesh.server.plane import SnapshotPlane
+from confmesh.server.record_kinds import server_store
 from tests.helpers import eventually
 
 
@@ -30,9 +30,9 @@ async def etcd_truth(endpoints: Sequence[str], prefix: str, env: str, service: s
         revision, kvs = await etcd.list_prefix(KeyLayout(prefix).prefix + "/")
     finally:
         await etcd.close()
-    store = ConfigStore(KeyLayout(prefix))
+    store = server_store(KeyLayout(prefix))
     store.replace(kvs, revision)
-    snap = Resolver(store).snapshot(Scope(env, service))
+    snap = SnapshotPlane(store).current(Scope(env, service))
     return snap.version, snap.hash
 
 

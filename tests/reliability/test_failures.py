@@ -202,7 +202,8 @@ async def test_a_stuck_consumer_does_not_slow_the_others(server: ConfmeshServer,
         assert fast.config.blob.startswith("100-")
         assert time.monotonic() - started < 20
         (record,) = [r for r in server.ledger.records() if r.instance_id == "stuck"]
-        (sub,) = [s for s in server.hub.subscribers() if s.id == record.stream_id]
+        assert server.config_service is not None
+        (sub,) = [s for s in server.config_service.streams if s.id == record.stream_id]
         assert record.sent_version < last.revision  # it really is stuck
         # What the server holds for it: one pending (coalesced) snapshot at most, the newest.
         assert sub.pending is None or sub.pending.version == last.revision
@@ -224,11 +225,11 @@ async def test_shutdown_drains_streams_to_another_replica_without_leaking_tasks(
             await admin.put("n", 1, env="prod")
             clients = [client(target, f"c{i}", backoff_initial=2.0) for i in range(5)]
             await asyncio.gather(*(c.start() for c in clients))
-            assert len(a.hub.subscribers()) == 5
+            assert a.plane.count() == 5
             caplog.set_level(logging.INFO, logger="confmesh.client")
             started = time.monotonic()
             await a.stop()
-            await eventually(lambda: len(b.hub.subscribers()) == 5, timeout=5)
+            await eventually(lambda: b.plane.count() == 5, timeout=5)
             assert time.monotonic() - started < 1.5  # no backoff: draining moves clients at once
             assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "confmesh" in r.name]
             result = await admin.put("n", 2, env="prod")

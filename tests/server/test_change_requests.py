@@ -13,9 +13,10 @@ import pytest
 from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.client import AdminClient
-from confmesh.keys import Layer
+from confmesh.keys import KeyLayout, Layer
 from confmesh.server import ConfmeshServer, ServerSettings
 from confmesh.server.change_requests import MAX_TITLE
+from confmesh.server.record_kinds import CHANGES, server_store
 from confmesh.v1 import admin_pb2
 from tests.conftest import Tenants
 from tests.helpers import eventually
@@ -326,7 +327,7 @@ async def test_a_scheduled_change_applies_at_its_time_exactly_once_across_replic
         await asyncio.sleep(1.0)  # both replicas' schedulers had every chance to apply it again
         records = (await people["admin"].audit(env="prod", service="orders", limit=50)).records
         assert len([r for r in records if r.source.startswith(f"ChangeRequest {change.id}")]) == 1
-        await eventually(lambda: change.id in replica.store.changes, timeout=5)
+        await eventually(lambda: change.id in replica.store.records(CHANGES), timeout=5)
     finally:
         await replica.stop()
 
@@ -467,9 +468,9 @@ def test_due_changes_are_taken_in_turn_by_author() -> None:
         return ChangeRequest(id=cid, title="t", author=author, reason="", base_revision=1, required=0,
                              changes=(svc("k", 1),), state=ChangeState.APPROVED, apply_at=at), 1  # fmt: skip
 
-    store = type("Store", (), {})()
-    store.changes = {f"s{n}": change(f"s{n}", "spammer", 1.0 + n / 1000) for n in range(50)}
-    store.changes["p"] = change("p", "prod-team", 1.02)
+    store = server_store(KeyLayout("/t"))
+    store.records(CHANGES).update({f"s{n}": change(f"s{n}", "spammer", 1.0 + n / 1000) for n in range(50)})
+    store.records(CHANGES)["p"] = change("p", "prod-team", 1.02)
     scheduler = ChangeScheduler(None, store, None, server_id="x")  # type: ignore[arg-type]
     order = [c.id for c, _ in scheduler.due(now=2.0)]
     assert order[:2] == ["s0", "p"] and len(order) == PER_AUTHOR_PER_TICK + 1

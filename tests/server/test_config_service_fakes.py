@@ -1,7 +1,8 @@
-"""The Watch service on its seam: an in-memory store and a fake etcd side, no etcd at all.
+"""The Watch service on its seams with the real client: an in-memory source, no etcd at all.
 
-Beside the real-etcd tests (tests/integration), this shows what ConfigService depends on: a
-store-backed Hub and Ledger, and a ``ServingState`` (synced, stale, revision, wait for a revision).
+Beside the real-etcd tests (tests/integration), this shows what ConfigService depends on: the
+snapshot plane, a source (``MemorySource``: synced, stale, revision, wait for a revision) and
+stream callbacks (the ledger, flag usage, one of the test's own).
 """
 
 from __future__ import annotations
@@ -15,40 +16,16 @@ import pytest
 from confmesh.client import ConfigClient, StartupError
 from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.server.config_service import ConfigService, add_config_service
-from confmesh.server.hub import Hub
-from confmesh.server.kv import Event, KeyValue
 from confmesh.server.ledger import Ledger
-from confmesh.server.resolver import Resolver
-from confmesh.server.store import ConfigStore
+from confmesh.server.memory_source import MemorySource
+from confmesh.server.plane import SnapshotPlane
+from confmesh.server.record_kinds import server_store
 from confmesh.server.stream_callbacks import LedgerCallbacks, NoCallbacks, StreamOpened, UsageCallbacks
 from confmesh.server.usage import FlagUsageStore
 from tests.helpers import eventually
 
 LAYOUT = KeyLayout("/fake")
 SCOPE = Scope("prod", "orders")
-
-
-class FakeEtcdSide:
-    """A ServingState over an in-memory store: what EtcdSource tells the streams."""
-
-    def __init__(self, store: ConfigStore) -> None:
-        self.store = store
-        self.stale_reason = ""
-
-    @property
-    def stale(self) -> bool:
-        return bool(self.stale_reason)
-
-    @property
-    def synced(self) -> bool:
-        return self.store.synced
-
-    @property
-    def revision(self) -> int:
-        return self.store.revision
-
-    async def wait_for_revision(self, revision: int, timeout: float) -> bool:
-        return self.store.synced and self.store.revision >= revision
 
 
 class Heard(NoCallbacks):
@@ -69,31 +46,24 @@ class Heard(NoCallbacks):
 
 class Plane:
     def __init__(self) -> None:
-        self.store = ConfigStore(LAYOUT)
-        self.resolver = Resolver(self.store)
-        self.hub = Hub(self.resolver)
+        self.store = server_store(LAYOUT)
+        self.plane = SnapshotPlane(self.store)
+        self.source = MemorySource(
+            self.store, self.plane.apply, on_stale_change=lambda _: self.plane.ping_all()
+        )
         self.ledger = Ledger()
-        self.state = FakeEtcdSide(self.store)
         self.usage = FlagUsageStore()
         self.heard: list[str] = []
         callbacks = [LedgerCallbacks(self.ledger), UsageCallbacks(self.usage), Heard(self.heard)]
-        self.service = ConfigService(self.hub, self.state, callbacks, heartbeat_interval=0.5)
+        self.service = ConfigService(self.plane, self.source, callbacks, heartbeat_interval=0.5)
         self.address = ""
 
-    def load(self, revision: int, **values: str) -> None:
-        self.store.replace(
-            [
-                KeyValue(LAYOUT.config_key(Layer.defaults(), k), v.encode(), revision)
-                for k, v in values.items()
-            ],
-            revision=revision,
-        )
+    def load(self, **values: str) -> None:
+        self.source.write({LAYOUT.config_key(Layer.defaults(), k): v.encode() for k, v in values.items()})
+        self.source.start()
 
-    def put(self, layer: Layer, key: str, value: str, revision: int) -> None:
-        """What the app does with an etcd event: store, resolver, then the hub."""
-        changes = self.store.apply([Event(False, LAYOUT.config_key(layer, key), value.encode(), revision)])
-        self.resolver.update(changes)
-        self.hub.publish([SCOPE])
+    def put(self, layer: Layer, key: str, value: str) -> int:
+        return self.source.put(LAYOUT.config_key(layer, key), value.encode())
 
 
 @pytest.fixture
@@ -110,22 +80,24 @@ async def plane() -> AsyncIterator[Plane]:
 
 
 async def test_watch_pushes_from_the_store_and_the_ledger_records_acks(plane: Plane) -> None:
-    plane.load(3, **{"pool.max": "10"})
+    plane.load(**{"pool.max": "10"})
     async with ConfigClient(plane.address, environment="prod", service="orders", instance_id="i-1") as client:
-        assert (client.config, client.version) == ({"pool": {"max": 10}}, 3)
-        plane.put(Layer.env("prod"), "pool.max", "50", 7)
-        await client.wait_for_version(7, timeout=5)
+        assert (client.config, client.version) == ({"pool": {"max": 10}}, 1)
+        seven = plane.put(Layer.env("prod"), "pool.max", "50")
+        await client.wait_for_version(seven, timeout=5)
         assert client.config == {"pool": {"max": 50}} and client.deltas_applied == 1
         await eventually(
-            lambda: [(r.instance_id, r.acked_version) for r in plane.ledger.records()] == [("i-1", 7)]
+            lambda: [(r.instance_id, r.acked_version) for r in plane.ledger.records()] == [("i-1", seven)]
         )
 
-        assert plane.heard[:3] == ["opened i-1", "acked 3", "acked 7"]
+        assert plane.heard[:3] == ["opened i-1", "acked 1", f"acked {seven}"]
 
-        plane.state.stale_reason = "etcd unreachable (fake)"
-        plane.put(Layer.env("prod"), "pool.max", "60", 8)
-        await client.wait_for_version(8, timeout=5)
-        assert client.server_stale
+        plane.source.set_stale("etcd unreachable (fake)")
+        await eventually(lambda: client.server_stale, timeout=5)
+        eight = plane.put(Layer.env("prod"), "pool.max", "60")  # not heard until the source is back
+        plane.source.set_stale("")
+        await client.wait_for_version(eight, timeout=5)
+        assert not client.server_stale and client.config == {"pool": {"max": 60}}
     await eventually(lambda: plane.heard[-1] == "closed")
 
 

@@ -97,7 +97,7 @@ def record(
 def view_of(local: list[InstanceRecord], others: dict[str, list[InstanceRecord]]) -> FleetView:
     ledger = Ledger(server_id="me")
     ledger.records = lambda: list(local)  # type: ignore[method-assign]
-    summaries = {server: {"0000": (encode(rs)[0], 7)} for server, rs in others.items()}
+    summaries = {(server, "0000"): (encode(rs)[0], 7) for server, rs in others.items()}
     return FleetView(ledger, summaries, "me")
 
 

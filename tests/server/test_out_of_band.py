@@ -24,7 +24,8 @@ from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.merge import loads_json, parse_json_value
 from confmesh.server import ConfmeshServer
 from confmesh.server.kv import Event, KeyValue
-from confmesh.server.resolver import Resolver
+from confmesh.server.plane import SnapshotPlane
+from confmesh.server.record_kinds import server_store
 from confmesh.server.store import ConfigStore
 from tests.conftest import EtcdHandle, etcdctl_binary
 from tests.helpers import eventually
@@ -44,16 +45,16 @@ UNUSABLE = [
 
 @pytest.mark.parametrize("text", UNUSABLE)
 def test_an_unusable_value_is_skipped_and_the_scope_still_resolves(text: str) -> None:
-    store = ConfigStore(LAYOUT)
-    resolver = Resolver(store)
+    store = server_store(LAYOUT)
+    plane = SnapshotPlane(store)
     key = LAYOUT.config_key(Layer.svc("prod", "b"), "s")
     store.replace([KeyValue(LAYOUT.config_key(Layer.defaults(), "a"), b"1", 2)], revision=2)
-    resolver.update(store.apply([Event(False, key, text.encode(), 3)]))
+    plane.apply(store.apply([Event(False, key, text.encode(), 3)]))
     assert key in store.bad_keys
-    snap = resolver.snapshot(SCOPE)
+    snap = plane.current(SCOPE)
     assert snap.config == {"a": 1}
-    resolver.update(store.apply([Event(False, LAYOUT.config_key(Layer.defaults(), "a"), b"2", 4)]))
-    assert resolver.snapshot(SCOPE).config == {"a": 2}
+    plane.apply(store.apply([Event(False, LAYOUT.config_key(Layer.defaults(), "a"), b"2", 4)]))
+    assert plane.current(SCOPE).config == {"a": 2}
 
 
 def test_a_key_that_is_not_utf8_is_skipped_and_its_delete_forgets_it() -> None:
@@ -86,10 +87,10 @@ def test_any_json_text_is_either_refused_or_resolves_hashes_and_serializes(
         parse_json_value(text, path="s")
     except InvalidArgument:
         return
-    store = ConfigStore(LAYOUT)
-    resolver = Resolver(store)
-    resolver.update(store.replace([KeyValue(LAYOUT.config_key(Layer.svc("prod", "b"), "s"), text, 2)], 2))
-    snap = resolver.snapshot(SCOPE)
+    store = server_store(LAYOUT)
+    plane = SnapshotPlane(store)
+    plane.apply(store.replace([KeyValue(LAYOUT.config_key(Layer.svc("prod", "b"), "s"), text, 2)], 2))
+    snap = plane.current(SCOPE)
     assert snap.hash == format_hash(snap.digest)
     json.dumps(snap.config, ensure_ascii=False, allow_nan=False).encode()
 

@@ -24,7 +24,7 @@ def test_versions_come_from_the_newest_contributing_revision() -> None:
         ],
         revision=8,
     )
-    assert changed == {Layer.defaults(): {"a"}, Layer.env("prod"): {"b"}, Layer.env("staging"): {"b"}}
+    assert changed.layers == {Layer.defaults(): {"a"}, Layer.env("prod"): {"b"}, Layer.env("staging"): {"b"}}
     assert store.scope_version(SCOPE) == 5
     assert store.scope_version(Scope("staging", "orders")) == 8
 
@@ -33,7 +33,7 @@ def test_a_delete_event_moves_the_version_forward() -> None:
     store = ConfigStore(LAYOUT)
     store.replace([kv(Layer.defaults(), "a", "1", 3), kv(Layer.env("prod"), "b", "2", 5)], revision=5)
     changed = store.apply([Event(True, LAYOUT.config_key(Layer.env("prod"), "b"), b"", 9)])
-    assert changed == {Layer.env("prod"): {"b"}}
+    assert changed.layers == {Layer.env("prod"): {"b"}}
     assert store.scope_version(SCOPE) == 9
     assert store.entries(Layer.env("prod")) == {}
 
@@ -42,7 +42,7 @@ def test_a_relist_after_an_outage_dates_missed_deletes_at_the_list_revision() ->
     store = ConfigStore(LAYOUT)
     store.replace([kv(Layer.defaults(), "a", "1", 3), kv(Layer.env("prod"), "b", "2", 5)], revision=5)
     changed = store.replace([kv(Layer.defaults(), "a", "1", 3)], revision=12)
-    assert changed == {Layer.env("prod"): {"b"}}
+    assert changed.layers == {Layer.env("prod"): {"b"}}
     assert store.scope_version(SCOPE) == 12
 
 

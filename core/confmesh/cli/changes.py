@@ -9,9 +9,10 @@ from typing import Any
 
 import click
 
-from confmesh.cli.common import admin_command, dumps, json_option, message_json
+from confmesh.cli.common import admin_command, dumps, json_option
 from confmesh.errors import InvalidArgument
 from confmesh.textfiles import read_text_or_stdin
+from confmesh.wire import message_json
 
 _RELATIVE = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from confmesh.cli.common import admin_command, dumps, json_option, message_json, reason_option
+from confmesh.cli.common import admin_command, dumps, json_option, reason_option
 from confmesh.errors import InvalidArgument
+from confmesh.wire import message_json
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

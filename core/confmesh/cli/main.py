@@ -23,7 +23,6 @@ from confmesh.cli.common import (
     dumps,
     env_option,
     json_option,
-    message_json,
     reason_option,
     require_server,
     run,
@@ -32,6 +31,7 @@ from confmesh.cli.common import (
 from confmesh.errors import ConfmeshError, InvalidArgument, NotFound
 from confmesh.merge import JSONValue
 from confmesh.version import __version__
+from confmesh.wire import message_json
 
 T = TypeVar("T")
 DEFAULT_PORT = 7070

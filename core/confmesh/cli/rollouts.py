@@ -6,8 +6,9 @@ from typing import Any
 
 import click
 
-from confmesh.cli.common import admin_command, dumps, json_option, message_json, reason_option
+from confmesh.cli.common import admin_command, dumps, json_option, reason_option
 from confmesh.errors import InvalidArgument
+from confmesh.wire import message_json
 
 env_option = click.option("--env", "env", required=True, help="Environment.")
 service_option = click.option("--service", required=True, help="Service.")

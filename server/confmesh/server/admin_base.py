@@ -23,9 +23,9 @@ from confmesh.keys import Layer, Scope
 from confmesh.server.access import Access, Bypass, Caller, Grant, Role
 from confmesh.server.config_service import ServingState, abort
 from confmesh.server.fleet import FleetView
-from confmesh.server.hub import Hub
 from confmesh.server.known_names import KnownNames
 from confmesh.server.metrics import Metrics
+from confmesh.server.plane import SnapshotPlane
 from confmesh.server.store import ConfigStore
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import (
@@ -103,7 +103,7 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         writer: Writer,
-        hub: Hub,
+        plane: SnapshotPlane,
         fleet: FleetView,
         store: ConfigStore,
         source: ServingState,
@@ -120,7 +120,7 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         self.metrics = metrics or Metrics()
         self.usage = usage
         self.writer = writer
-        self.hub = hub
+        self.plane = plane  # snapshots, as streams get them
         self.fleet = fleet
         self.store = store  # the read model: layers, flags, schemas, rollouts, tokens
         self.names = KnownNames(store)  # which environment and service names anything names

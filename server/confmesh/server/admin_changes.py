@@ -34,6 +34,7 @@ from confmesh.server.change_requests import (
     check_text,
     new_id,
 )
+from confmesh.server.record_kinds import CHANGES, SCHEMAS
 from confmesh.server.rollouts import Rollout
 from confmesh.server.writer import check_layer, shown_in_audit, validate_changes
 from confmesh.v1 import admin_pb2
@@ -149,7 +150,7 @@ class ChangeRPCs(AdminBase):
             )
         if change.rollout is not None:
             start = change.rollout
-            schema = store.schemas.get(start.scope)
+            schema = store.records(SCHEMAS).get(start.scope)
             shown_set = {k: schema.redact_value(k, v) if schema is not None else v
                          for k, v in start.changes.items() if v is not None}  # fmt: skip
             msg.rollout.CopyFrom(admin_pb2.StartRolloutRequest(
@@ -190,14 +191,14 @@ class ChangeRPCs(AdminBase):
                 d.new.CopyFrom(to_value(row["new"]))
 
     def _shown(self, layer: Layer, key: str, value: Any) -> Any:
-        return shown_in_audit(self.store.schemas, layer, key, value)
+        return shown_in_audit(self.store.records(SCHEMAS), layer, key, value)
 
     def _impact_key(self, change: ChangeRequest) -> Hashable:
         """What a change's impact depends on besides the change: its layers (a rollout: everything)
         and the schemas."""
         store = self.store
         layers = store.revision if change.rollout else tuple(store.layer_revision(x) for x in change.layers)
-        return layers, len(store.schemas), max(store.schema_revision.values(), default=0)
+        return layers, len(store.records(SCHEMAS)), max(store.revisions(SCHEMAS).values(), default=0)
 
     async def _fill_impact(self, msg: admin_pb2.ChangeRequest, caller: Caller, change: ChangeRequest) -> None:
         store = self.store
@@ -213,10 +214,10 @@ class ChangeRPCs(AdminBase):
             start = change.rollout
             specs = list(change.changes) if start is None else start.specs(store.entries(start.layer))
             instances = Counter(r.scope for r in self.fleet.records() if r.connected)
-            scopes = known_scopes([*store.layers(), *change.layers], store.schemas, instances)
+            scopes = known_scopes([*store.layers(), *change.layers], store.records(SCHEMAS), instances)
             try:
                 found = await impact(
-                    store.entries, specs, scopes=scopes, schemas=store.schemas, instances=instances,
+                    store.entries, specs, scopes=scopes, schemas=store.records(SCHEMAS), instances=instances,
                     visible=self._reads(caller),
                 )  # fmt: skip
             except errors.NotFound as exc:
@@ -300,7 +301,7 @@ class ChangeRPCs(AdminBase):
     def _check_open_limits(self, author: str) -> None:
         """MAX_OPEN open requests in all, and MAX_OPEN_PER_AUTHOR of one author's: a writer who floods
         proposals fills only their own share, and other teams can still propose."""
-        open_ = [c for c, _ in self.store.changes.values() if not c.state.finished]
+        open_ = [c for c, _ in self.store.records(CHANGES).values() if not c.state.finished]
         mine = sum(c.author == author for c in open_)
         if mine >= MAX_OPEN_PER_AUTHOR:
             raise errors.ResourceExhausted(
@@ -342,7 +343,7 @@ class ChangeRPCs(AdminBase):
         stay put, so a console page that re-reads a 1,000-change request on every live update costs a
         copy, not a rebuild on the event loop."""
         self.access.require(self.access.identify(context), lambda g: g.can_operate(), "read change requests")
-        known = self.store.changes.get(check_id(request.id))
+        known = self.store.records(CHANGES).get(check_id(request.id))
         change, revision = known if known is not None else await self._load(request.id)
         caller = self._readable(context, change)
         key = (change.id, revision, caller.identity, self._impact_key(change))
@@ -366,7 +367,7 @@ class ChangeRPCs(AdminBase):
         if len(request.states) > len(STATES):
             raise errors.InvalidArgument(f"name at most {len(STATES)} states", field="states")
         states = {FROM_PB[s] for s in request.states if s in FROM_PB}
-        found = sorted(self.store.changes.values(), key=lambda item: -item[0].created_at)
+        found = sorted(self.store.records(CHANGES).values(), key=lambda item: -item[0].created_at)
         resp = admin_pb2.ListChangesResponse()
         for change, revision in found:
             if states and change.state not in states:

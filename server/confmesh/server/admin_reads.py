@@ -19,6 +19,7 @@ from confmesh.server.admin_base import (
 )
 from confmesh.server.fleet import scope_status
 from confmesh.server.limits import Pager
+from confmesh.server.record_kinds import SCHEMAS
 from confmesh.server.schemas import redact_config
 from confmesh.server.writer import (
     shown_in_audit,
@@ -37,8 +38,8 @@ class ReadRPCs(AdminBase):
         self._allow(context, lambda g: g.can_read(scope), f"read {scope}")
         if not self.store.synced:
             raise errors.Unavailable(f"server has not synced with etcd yet: {self.source.stale_reason}")
-        snap = self.hub.resolver.snapshot(scope)
-        schema = self.store.schemas.get(scope)
+        snap = self.plane.current(scope)
+        schema = self.store.records(SCHEMAS).get(scope)
         resp = admin_pb2.ResolveResponse(
             environment=scope.environment,
             service=scope.service,
@@ -88,10 +89,10 @@ class ReadRPCs(AdminBase):
             etcd_endpoints=self.endpoints,
             prefix=self.store.layout.prefix,
         )
-        resolver = self.hub.resolver
-        for scope in list(self.store.schemas):
-            resolver.snapshot(scope)  # evaluates (and caches) whether the scope's config is valid
-        for scope, message in sorted(resolver.violations.items()):
+        plane = self.plane
+        for scope in list(self.store.records(SCHEMAS)):
+            plane.current(scope)  # evaluates (and caches) whether the scope's config is valid
+        for scope, message in sorted(plane.violations.items()):
             if visible(scope):
                 resp.schema_violations.add(
                     environment=scope.environment, service=scope.service, message=message
@@ -142,7 +143,7 @@ class ReadRPCs(AdminBase):
         self._allow(context, lambda g: g.can_read(scope), f"read {scope}")
         if request.version < 0:
             raise errors.InvalidArgument("version must be >= 0", field="version")
-        current = self.hub.resolver.for_instance(scope, "").version
+        current = self.plane.current(scope).version
         return scope_status(self.fleet.records(), scope, request.version, current, self.fleet.replicas())
 
     @read
@@ -153,9 +154,9 @@ class ReadRPCs(AdminBase):
         self._allow(context, lambda g: g.can_read_layer(layer), f"read {layer}")
         store = self.store
         revision = store.layer_revision(layer)
-        schemas = store.schema_revision  # redaction follows the schemas' secret marks
+        schemas = store.revisions(SCHEMAS)  # redaction follows the schemas' secret marks
 
-        shown = dict(store.schemas)
+        shown = dict(store.records(SCHEMAS))
 
         def encode(entries: dict[str, Any]) -> Any:
             return to_struct({k: shown_in_audit(shown, layer, k, v) for k, v in entries.items()})

@@ -18,6 +18,7 @@ from confmesh.server.admin_base import (
     write,
 )
 from confmesh.server.etcd import Etcd
+from confmesh.server.record_kinds import ROLLOUTS, SCHEMAS
 from confmesh.server.records import (
     abort_rollout,
     canary_counts,
@@ -89,7 +90,7 @@ class RolloutRPCs(AdminBase):
             reason=request.context.reason,
         )
         validate_changes(rollout.change_specs())
-        schema = self.store.schemas.get(scope)
+        schema = self.store.records(SCHEMAS).get(scope)
         if schema is not None:
             entries = [self.store.entries(x) for x in scope.layers]
             entries[-1] = rollout.apply_to(entries[-1])
@@ -179,18 +180,18 @@ class RolloutRPCs(AdminBase):
         visible = self._reads(self._allow(context, Grant.can_operate, "list rollouts"))
         resp = admin_pb2.ListRolloutsResponse()
         records = self.fleet.records()
-        for scope, (rollout, _) in sorted(self.store.rollouts.items()):
+        for scope, (rollout, _) in sorted(self.store.records(ROLLOUTS).items()):
             if not visible(scope):
                 continue
-            schema = self.store.schemas.get(scope)
+            schema = self.store.records(SCHEMAS).get(scope)
             shown = {
                 k: schema.redact_value(k, v) if schema is not None else v
                 for k, v in rollout.changes.items()
                 if v is not None
             }
-            version = self.hub.resolver.for_instance(scope, "").version
+            version = self.plane.current(scope).version
             if rollout.active:
-                version = self.hub.resolver.canary(scope).version
+                version = self.plane.canary(scope).version
             n, acked, nacked = canary_counts(rollout, version, records)
             info = resp.rollouts.add(
                 name=rollout.name,

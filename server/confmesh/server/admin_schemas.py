@@ -16,6 +16,7 @@ from confmesh.server.admin_base import (
     write,
 )
 from confmesh.server.audit import AuditEntry
+from confmesh.server.record_kinds import SCHEMAS
 from confmesh.server.records import (
     write_record,
 )
@@ -77,11 +78,11 @@ class SchemaRPCs(AdminBase):
     ) -> admin_pb2.GetSchemaResponse:
         scope = Scope.checked(request.environment, request.service)
         self._allow(context, lambda g: g.can_read(scope), f"read the schema of {scope}")
-        schema = self.store.schemas.get(scope)
+        schema = self.store.records(SCHEMAS).get(scope)
         if schema is None:
             raise errors.NotFound(f"no schema registered for {scope}")
         return admin_pb2.GetSchemaResponse(
-            schema=to_struct(schema.document), revision=self.store.schema_revision.get(scope, 0)
+            schema=to_struct(schema.document), revision=self.store.revisions(SCHEMAS).get(scope, 0)
         )
 
     @write

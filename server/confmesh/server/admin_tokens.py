@@ -17,6 +17,7 @@ from confmesh.server.admin_base import (
     read,
     to_timestamp,
 )
+from confmesh.server.record_kinds import TOKENS
 from confmesh.server.records import (
     delete_token,
     store_token,
@@ -31,7 +32,7 @@ class TokenRPCs(AdminBase):
     ) -> admin_pb2.CreateTokenResponse:
         caller = self._allow(context, lambda g: g.role is Role.ADMIN, "create tokens")
         grant = grant_from_pb(request.grant)
-        if any(t.name == request.name for t in self.store.tokens.values()):
+        if any(t.name == request.name for t in self.store.records(TOKENS).values()):
             raise errors.FailedPrecondition(
                 f"a token named {request.name!r} exists; revoke it first", field="name", code="exists"
             )
@@ -52,7 +53,7 @@ class TokenRPCs(AdminBase):
     ) -> admin_pb2.ListTokensResponse:
         self._allow(context, lambda g: g.role is Role.ADMIN, "list tokens")
         resp = admin_pb2.ListTokensResponse()
-        for t in sorted(self.store.tokens.values(), key=lambda t: t.name):
+        for t in sorted(self.store.records(TOKENS).values(), key=lambda t: t.name):
             resp.tokens.add(
                 id=t.id,
                 name=t.name,
@@ -67,7 +68,7 @@ class TokenRPCs(AdminBase):
         self, request: admin_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.WriteResponse:
         caller = self._allow(context, lambda g: g.role is Role.ADMIN, "revoke tokens")
-        record = next((t for t in self.store.tokens.values() if t.name == request.name), None)
+        record = next((t for t in self.store.records(TOKENS).values() if t.name == request.name), None)
         if record is None:
             raise errors.NotFound(f"no token named {request.name!r}", field="name")
         revision = await delete_token(

@@ -1,4 +1,9 @@
-"""Wiring: etcd (external or embedded) → store → resolver → hub → gRPC services."""
+"""Wiring: a source (etcd, external or embedded) → store → snapshot plane → gRPC and HTTP services.
+
+Only wiring: each part's logic lives in its own module, and `start` registers each part's stop on
+an exit stack as it starts it, so `stop` (or a failed start) undoes exactly what started, in
+reverse.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ import socket
 import ssl
 import sys
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -22,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 from opentelemetry.trace import TracerProvider
 
-from confmesh.errors import ConfmeshError, FailedPrecondition, InvalidArgument, StartupError
+from confmesh.errors import ConfmeshError, InvalidArgument, StartupError
 from confmesh.keys import KeyLayout, LayerKind, Scope
 from confmesh.server.access import Access, unruled
 from confmesh.server.admin_service import AdminService
@@ -38,18 +45,18 @@ from confmesh.server.flagd_sync import FlagdSyncService
 from confmesh.server.fleet import FleetPublisher, FleetView, UsagePublisher
 from confmesh.server.history import prune_audit
 from confmesh.server.http_listener import HttpListener
-from confmesh.server.hub import Hub
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
 from confmesh.server.known_names import KnownNames
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
 from confmesh.server.ofrep import MAX_BODY, Ofrep
-from confmesh.server.records import abort_rollout, canary_counts
-from confmesh.server.resolver import Resolver, affects
+from confmesh.server.plane import SnapshotPlane
+from confmesh.server.record_kinds import FLEET, ROLLOUTS, SCHEMAS, TOKENS, server_store
+from confmesh.server.rollout_guard import RolloutGuard
 from confmesh.server.snapshot_size import SnapshotSizes
 from confmesh.server.source import EtcdSource
 from confmesh.server.startup import DataDirLock, check_port_free, start_embedded_etcd
-from confmesh.server.store import Changes, ConfigStore
+from confmesh.server.store import StoreChange
 from confmesh.server.stream_callbacks import LedgerCallbacks, MetricsCallbacks, UsageCallbacks
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Writer
@@ -163,15 +170,13 @@ class ConfmeshServer:
         self.embedded: EmbeddedEtcd | None = None
         self._data_lock: DataDirLock | None = None
         self.etcd: Etcd | None = None
-        self.store = ConfigStore(self.layout, on_tokens=self._recheck_access, on_scopes=self._on_scopes)
-        self.resolver = Resolver(self.store)
-        self.hub = Hub(self.resolver)
+        self.store = server_store(self.layout)
+        self.plane = SnapshotPlane(self.store)
+        self.plane.listen(self._on_store_change)
         self.ledger = Ledger(server_id=self.server_id)
-        self.fleet = FleetView(self.ledger, self.store.fleet, self.server_id)
+        self.fleet = FleetView(self.ledger, self.store.records(FLEET), self.server_id)
         self.fleet_publisher: FleetPublisher | None = None
-        self._fleet_task: asyncio.Task[None] | None = None
         self.usage_publisher: UsagePublisher | None = None
-        self._usage_task: asyncio.Task[None] | None = None
         self.usage = FlagUsageStore()
         self.source: EtcdSource | None = None
         self.grpc_server: grpc.aio.Server | None = None
@@ -185,16 +190,14 @@ class ConfmeshServer:
         self.ofrep: Ofrep | None = None
         self.control_work: ControlWork | None = None
         self.port = 0
+        self.endpoints = ""
         self.access = Access(
-            lambda: self.store.tokens,
+            lambda: self.store.records(TOKENS),
             settings.policy_file,
             on_reload=[self._recheck_access],
             record_denial=self._record_denial,
         )
-        self._policy_watch: asyncio.Task[None] | None = None
-        self._retention: asyncio.Task[None] | None = None
-        self._rollouts: asyncio.Task[None] | None = None
-        self._changes_task: asyncio.Task[None] | None = None
+        self._running = contextlib.AsyncExitStack()
         self.changes: ChangeScheduler | None = None
         self.admin_service: AdminService | None = None
         self.console: Console | None = None
@@ -203,38 +206,6 @@ class ConfmeshServer:
     def address(self) -> str:
         host = self.settings.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
         return f"{host}:{self.port}"
-
-    async def _watch_rollouts(self) -> None:
-        """Abort an active rollout once too many of its canary instances NACK its version."""
-        assert self.etcd is not None
-        while True:
-            await asyncio.sleep(self.settings.rollout_check_interval)
-            for scope, (rollout, at) in list(self.store.rollouts.items()):
-                if not rollout.active:
-                    continue
-                if not self.fleet.covers(at):
-                    continue  # some replica has not published since this rollout changed
-                version = self.resolver.canary(scope).version
-                n, _acked, nacked = canary_counts(rollout, version, self.fleet.records())
-                if n == 0 or nacked / n <= rollout.max_nack_rate:
-                    continue
-                why = (
-                    f"auto-abort: {nacked} of {n} canary instances rejected version {version} "
-                    f"(limit {rollout.max_nack_rate:.0%})"
-                )
-                # Conditioned on the record as this replica saw it: when several replicas decide
-                # at once, or an operator promotes meanwhile, exactly one transition commits.
-                try:
-                    await abort_rollout(
-                        self.etcd, self.layout, rollout, at, actor=f"confmesh/{self.server_id}", why=why
-                    )
-                except FailedPrecondition:
-                    log.info("rollout %s of %s changed before this replica's abort; left as it is",
-                             rollout.name, scope)  # fmt: skip
-                except ConfmeshError as exc:
-                    log.warning("could not abort rollout %s of %s: %s", rollout.name, scope, exc.message)
-                else:
-                    log.warning("rollout %s of %s: %s", rollout.name, scope, why)
 
     async def _prune_audit(self) -> None:
         assert self.etcd is not None
@@ -255,14 +226,11 @@ class ConfmeshServer:
 
         def scopes() -> set[Scope]:
             known = {Scope(x.environment, x.service) for x in store.layers() if x.kind is LayerKind.SERVICE}
-            return known | set(store.schemas) | set(store.rollouts) | set(self.hub.scopes())
+            return (
+                known | set(store.records(SCHEMAS)) | set(store.records(ROLLOUTS)) | set(self.plane.scopes())
+            )
 
         return SnapshotSizes(store.entries, store.layer_revision, scopes)
-
-    def _on_scopes(self, scopes: set[Scope]) -> None:
-        for scope in scopes:
-            self.resolver.forget(scope)
-        self.hub.publish(scopes)
 
     def _recheck_access(self) -> None:
         """The policy reloaded or a token changed: open streams are checked against their grants."""
@@ -275,161 +243,200 @@ class ConfmeshServer:
         if self.etcd is not None:
             await record_denial(self.etcd, self.layout, identity, method, message)
 
-    def _on_change(self, changes: Changes) -> None:
-        self.resolver.update(changes)
-        self.hub.publish(s for s in self.hub.scopes() if any(affects(layer, s) for layer in changes))
+    def _on_store_change(self, change: StoreChange) -> None:
+        """What else hears of a change, after the plane has published it: flagd sync streams of the
+        flag environments it touched, and open streams' grants when tokens changed."""
+        if TOKENS.name in change.kinds:
+            self._recheck_access()
         if self.flagd_sync is not None:
-            self.flagd_sync.notify({layer.environment for layer in changes if layer.kind is LayerKind.FLAGS})
+            flags = {layer.environment for layer in change.layers if layer.kind is LayerKind.FLAGS}
+            if flags:
+                self.flagd_sync.notify(flags)
 
     async def start(self) -> None:
-        s = self.settings
-        # The event loop waits for the GIL whenever another thread (control work, schema checks) holds
-        # it: at the default 5 ms switch interval, one busy thread adds ~5 ms to each wait; at 1 ms,
-        # ~1 ms (measured in docs/design.md, "Delivery isolation").
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        """Start every part, each one's stop registered as it starts; a failed start undoes it all."""
         try:
-            endpoints = list(s.etcd_endpoints)
-            if not s.reuse_port:
-                check_port_free(s.listen, "cannot listen on")
-            if s.metrics_listen:
-                check_port_free(s.metrics_listen, "cannot serve metrics on")
-            if s.http_listen and not s.reuse_port:
-                check_port_free(s.http_listen, "cannot serve HTTP on")
-            if not endpoints:
-                self._data_lock, self.embedded = await start_embedded_etcd(Path(s.data_dir))
-                endpoints = [self.embedded.endpoint]
-            self.etcd = Etcd(
-                endpoints, credentials=s.etcd_credentials, max_request_bytes=s.etcd_max_request_bytes
-            )
-            await self.etcd.connect()
-            self.source = EtcdSource(
-                self.etcd,
-                self.store,
-                self._on_change,
-                on_stale_change=lambda _stale: self.hub.ping_all(),
-                progress_interval=s.progress_interval,
-                watch_idle_timeout=s.watch_idle_timeout,
-                resync_interval=s.resync_interval,
-                on_error=self.metrics.etcd_errors.inc,
-            )
-            self.source.start()
-            self._register_gauges()
-            if s.metrics_listen:
-                try:
-                    self.metrics_port = self.metrics.serve(s.metrics_listen)
-                except OSError as exc:
-                    raise StartupError(
-                        f"cannot serve metrics on {s.metrics_listen}: {exc.strerror}"
-                    ) from None
-            if not await self.source.wait_synced(s.sync_timeout):
-                raise StartupError(
-                    f"could not sync with etcd at {','.join(endpoints)} within {s.sync_timeout:.0f}s: "
-                    f"{self.source.stale_reason}"
-                )
-            missing = unruled(served_methods())
-            if missing:
-                raise StartupError(f"internal: no authorization rule for {', '.join(missing)}")
-            server = grpc.aio.server(
-                interceptors=[DecodeErrorsAsInvalidArgument()],
-                options=[
-                    ("grpc.keepalive_time_ms", 20_000),
-                    ("grpc.keepalive_timeout_ms", 10_000),
-                    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                    ("grpc.keepalive_permit_without_calls", 1),
-                    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-                    ("grpc.so_reuseport", 1 if s.reuse_port else 0),
-                ],
-            )
-            self.config_service = ConfigService(
-                self.hub,
-                self.source,
-                [LedgerCallbacks(self.ledger), MetricsCallbacks(self.metrics), UsageCallbacks(self.usage)],
-                heartbeat_interval=s.heartbeat_interval,
-                tracer_provider=self.tracer_provider,
-                access=self.access,
-                names=KnownNames(self.store).check,
-            )
-            add_config_service(self.config_service, server)
-            self.flagd_sync = FlagdSyncService(self.store, self.source, self.access)
-            sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(self.flagd_sync, server)
-            writer = Writer(self.etcd, self.layout, lambda: self.store.schemas, self._snapshot_sizes())
-            self.changes = ChangeScheduler(writer, self.store, self.access, server_id=self.server_id)
-            self.admin_service = AdminService(
-                writer,
-                self.hub,
-                self.fleet,
-                self.store,
-                self.source,
-                self.usage,
-                server_id=self.server_id,
-                tracer_provider=self.tracer_provider,
-                access=self.access,
-                endpoints=",".join(endpoints),
-                metrics=self.metrics,
-            )
-            admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin_service, server)
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-            reflection.enable_server_reflection(SERVICE_NAMES, server)
-            try:
-                credentials = self._server_credentials()
-                if credentials is None:
-                    self.port = server.add_insecure_port(s.listen)
-                else:
-                    self.port = server.add_secure_port(s.listen, credentials)
-            except RuntimeError as exc:
-                raise StartupError(f"cannot listen on {s.listen}: {exc}") from exc
-            if not self.port:
-                raise StartupError(f"cannot listen on {s.listen} (address in use?)")
-            await server.start()
-            self.grpc_server = server
-            if s.http_listen:
-                await self._start_http()
-            self._rollouts = asyncio.create_task(self._watch_rollouts(), name="rollout-guard")
-            self._changes_task = asyncio.create_task(self.changes.run(), name="change-scheduler")
-            publish = s.fleet if s.fleet is not None else self.embedded is None
-            self.fleet_publisher = (
-                None
-                if not publish
-                else FleetPublisher(
-                    self.etcd,
-                    self.layout,
-                    self.ledger,
-                    self.server_id,
-                    interval=s.fleet_interval,
-                    ttl=s.fleet_ttl,
-                    epoch=lambda: frozenset((scope, at) for scope, (_, at) in self.store.rollouts.items()),
-                )
-            )
-            if self.fleet_publisher is not None:
-                self._fleet_task = asyncio.create_task(self.fleet_publisher.run(), name="fleet-publisher")
-                self.usage_publisher = UsagePublisher(
-                    self.etcd, self.layout, self.usage, self.server_id, interval=s.usage_publish_interval
-                )
-                self._usage_task = asyncio.create_task(self.usage_publisher.run(), name="usage-publisher")
-            if s.audit_retention_days > 0:
-                self._retention = asyncio.create_task(self._prune_audit(), name="audit-retention")
-            if s.policy_file:
-                self._policy_watch = asyncio.create_task(self._watch_policy(), name="policy-reload")
-            elif not is_loopback(s.listen):
-                log.warning(
-                    "NO ACCESS POLICY on %s: every caller may read and change all config. "
-                    "Use --policy (and mutual TLS or tokens) off loopback.",
-                    s.listen,
-                )
-            # Synced with etcd (startup waited for it): ready. Stale later still serves.
-            for name in ("", *SERVICE_NAMES[:2]):
-                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self._start(self._running)
         except BaseException:
             await self.stop()
             raise
         log.info(
             "confmesh %s (version %s) serving on %s (etcd %s, prefix %s)",
-            self.server_id,
-            __version__,
-            self.address,
-            ",".join(endpoints),
-            self.layout.prefix,
+            self.server_id, __version__, self.address, self.endpoints, self.layout.prefix,
+        )  # fmt: skip
+
+    def _task(self, stack: contextlib.AsyncExitStack, run: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(run, name=name)
+
+        async def cancel() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        stack.push_async_callback(cancel)
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        s = self.settings
+        # The event loop waits for the GIL whenever another thread (control work, schema checks) holds
+        # it: at the default 5 ms switch interval, one busy thread adds ~5 ms to each wait; at 1 ms,
+        # ~1 ms (measured in docs/design.md, "Delivery isolation").
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        endpoints = list(s.etcd_endpoints)
+        if not s.reuse_port:
+            check_port_free(s.listen, "cannot listen on")
+        if s.metrics_listen:
+            check_port_free(s.metrics_listen, "cannot serve metrics on")
+        if s.http_listen and not s.reuse_port:
+            check_port_free(s.http_listen, "cannot serve HTTP on")
+        if not endpoints:
+            self._data_lock, self.embedded = await start_embedded_etcd(Path(s.data_dir))
+            stack.callback(self._data_lock.release)
+            stack.push_async_callback(self.embedded.stop)
+            endpoints = [self.embedded.endpoint]
+        self.endpoints = ",".join(endpoints)
+        self.etcd = etcd = Etcd(
+            endpoints, credentials=s.etcd_credentials, max_request_bytes=s.etcd_max_request_bytes
         )
+        stack.push_async_callback(etcd.close)
+        await etcd.connect()
+        self.source = source = EtcdSource(
+            etcd,
+            self.store,
+            self.plane.apply,
+            on_stale_change=lambda _stale: self.plane.ping_all(),
+            progress_interval=s.progress_interval,
+            watch_idle_timeout=s.watch_idle_timeout,
+            resync_interval=s.resync_interval,
+            on_error=self.metrics.etcd_errors.inc,
+        )
+        source.start()
+        stack.push_async_callback(source.stop)
+        self._register_gauges()
+        stack.callback(self.metrics.close)
+        if s.metrics_listen:
+            try:
+                self.metrics_port = self.metrics.serve(s.metrics_listen)
+            except OSError as exc:
+                raise StartupError(f"cannot serve metrics on {s.metrics_listen}: {exc.strerror}") from None
+        if not await source.wait_synced(s.sync_timeout):
+            raise StartupError(
+                f"could not sync with etcd at {self.endpoints} within {s.sync_timeout:.0f}s: "
+                f"{source.stale_reason}"
+            )
+        missing = unruled(served_methods())
+        if missing:
+            raise StartupError(f"internal: no authorization rule for {', '.join(missing)}")
+        await self._start_grpc(stack, etcd, source)
+        if s.http_listen:
+            await self._start_http(stack)
+        self._start_workers(stack, etcd)
+        # Stopping begins here: streams end with UNAVAILABLE/draining (clients move to another
+        # replica at once) before anything else stops.
+        stack.callback(self._drain_streams)
+        # Synced with etcd (startup waited for it): ready. Stale later still serves.
+        for name in ("", *SERVICE_NAMES[:2]):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        stack.push_async_callback(self.health.enter_graceful_shutdown)
+
+    async def _start_grpc(self, stack: contextlib.AsyncExitStack, etcd: Etcd, source: EtcdSource) -> None:
+        s = self.settings
+        server = grpc.aio.server(
+            interceptors=[DecodeErrorsAsInvalidArgument()],
+            options=[
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                ("grpc.so_reuseport", 1 if s.reuse_port else 0),
+            ],
+        )
+        self.config_service = ConfigService(
+            self.plane,
+            source,
+            [LedgerCallbacks(self.ledger), MetricsCallbacks(self.metrics), UsageCallbacks(self.usage)],
+            heartbeat_interval=s.heartbeat_interval,
+            tracer_provider=self.tracer_provider,
+            access=self.access,
+            names=KnownNames(self.store).check,
+        )
+        add_config_service(self.config_service, server)
+        self.flagd_sync = FlagdSyncService(self.store, source, self.access)
+        sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(self.flagd_sync, server)
+        writer = Writer(etcd, self.layout, lambda: self.store.records(SCHEMAS), self._snapshot_sizes())
+        self.changes = ChangeScheduler(writer, self.store, self.access, server_id=self.server_id)
+        self.admin_service = AdminService(
+            writer,
+            self.plane,
+            self.fleet,
+            self.store,
+            source,
+            self.usage,
+            server_id=self.server_id,
+            tracer_provider=self.tracer_provider,
+            access=self.access,
+            endpoints=self.endpoints,
+            metrics=self.metrics,
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin_service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        try:
+            credentials = self._server_credentials()
+            if credentials is None:
+                self.port = server.add_insecure_port(s.listen)
+            else:
+                self.port = server.add_secure_port(s.listen, credentials)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {s.listen}: {exc}") from exc
+        if not self.port:
+            raise StartupError(f"cannot listen on {s.listen} (address in use?)")
+        await server.start()
+        self.grpc_server = server
+        stack.push_async_callback(server.stop, s.shutdown_grace)
+
+    def _start_workers(self, stack: contextlib.AsyncExitStack, etcd: Etcd) -> None:
+        """The replica's background work: the rollout guard, the change scheduler, the fleet and
+        usage publishers, audit retention and policy reloads."""
+        s = self.settings
+        assert self.changes is not None
+        actor = f"confmesh/{self.server_id}"
+        guard = RolloutGuard(etcd, self.layout, self.store, self.plane, self.fleet,
+                             actor=actor, interval=s.rollout_check_interval)  # fmt: skip
+        self._task(stack, guard.run(), "rollout-guard")
+        self._task(stack, self.changes.run(), "change-scheduler")
+        publish = s.fleet if s.fleet is not None else self.embedded is None
+        if publish:
+            rollouts = self.store.records(ROLLOUTS)
+            fleet = FleetPublisher(
+                etcd, self.layout, self.ledger, self.server_id, interval=s.fleet_interval, ttl=s.fleet_ttl,
+                epoch=lambda: frozenset((scope, at) for scope, (_, at) in rollouts.items()),
+            )  # fmt: skip
+            self.fleet_publisher = fleet
+            stack.push_async_callback(_bounded, fleet.withdraw, 2)  # its instances leave the view now
+            self._task(stack, fleet.run(), "fleet-publisher")
+            usage = UsagePublisher(
+                etcd, self.layout, self.usage, self.server_id, interval=s.usage_publish_interval
+            )
+            self.usage_publisher = usage
+            # What this replica counted since its last publish is not lost with it.
+            stack.push_async_callback(_bounded, usage.tick, 2)
+            self._task(stack, usage.run(), "usage-publisher")
+        if s.audit_retention_days > 0:
+            self._task(stack, self._prune_audit(), "audit-retention")
+        if s.policy_file:
+            self._task(stack, self._watch_policy(), "policy-reload")
+        elif not is_loopback(s.listen):
+            log.warning(
+                "NO ACCESS POLICY on %s: every caller may read and change all config. "
+                "Use --policy (and mutual TLS or tokens) off loopback.",
+                s.listen,
+            )
+
+    def _drain_streams(self) -> None:
+        if self.config_service is not None:
+            self.config_service.drain()
+        if self.flagd_sync is not None:
+            self.flagd_sync.drain()
 
     @property
     def http_url(self) -> str:
@@ -438,11 +445,12 @@ class ConfmeshServer:
         scheme = "https" if self.settings.tls_cert else "http"
         return f"{scheme}://{host}:{self.http_port}"
 
-    async def _start_http(self) -> None:
+    async def _start_http(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
         source = self.source
         assert source is not None
         self.control_work = work = ControlWork()
+        stack.callback(work.close)
         self.ofrep = Ofrep(self.store, self.access, work, synced=lambda: source.synced)
         context = None
         if s.tls_cert and s.tls_key:
@@ -478,7 +486,9 @@ class ConfmeshServer:
             # requests addressed to localhost are answered.
             loopback_hosts=not self.access.enforcing and is_loopback(s.http_listen),
         )
+        stack.callback(console.close)
         self.http_port = await self.http.start()
+        stack.push_async_callback(self.http.stop)
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings
@@ -505,7 +515,7 @@ class ConfmeshServer:
         source = self.source
         assert source is not None
         m = self.metrics
-        m.gauge("confmesh_streams_connected", "Open Watch streams", lambda: float(self.hub.count()))
+        m.gauge("confmesh_streams_connected", "Open Watch streams", lambda: float(self.plane.count()))
         m.gauge(
             "confmesh_stale",
             "1 while etcd is unreachable and the last state is served",
@@ -526,57 +536,14 @@ class ConfmeshServer:
         )
 
     async def stop(self) -> None:
-        """Drain Watch streams (clients move to another replica at once), then stop everything."""
-        await self.health.enter_graceful_shutdown()
-        self.metrics.close()
-        for task in (self._policy_watch, self._retention, self._rollouts, self._changes_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._policy_watch = self._retention = self._rollouts = self._changes_task = None
-        if self.config_service is not None:
-            self.config_service.drain()
-        if self.flagd_sync is not None:
-            self.flagd_sync.drain()
-        for task in (self._fleet_task, self._usage_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._fleet_task = self._usage_task = None
-        if self.usage_publisher is not None:
-            # What this replica counted since its last publish is not lost with it.
-            with contextlib.suppress(TimeoutError, ConfmeshError):
-                async with asyncio.timeout(2):
-                    await self.usage_publisher.tick()
-            self.usage_publisher = None
-        if self.fleet_publisher is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2):
-                    await self.fleet_publisher.withdraw()
-            self.fleet_publisher = None
-        if self.console is not None:
-            self.console.close()
-        if self.http is not None:
-            await self.http.stop()
-            self.http = None
-        if self.control_work is not None:
-            self.control_work.close()
-            self.control_work = None
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(self.settings.shutdown_grace)
-            self.grpc_server = None
-        if self.source is not None:
-            await self.source.stop()
-            self.source = None
-        if self.etcd is not None:
-            await self.etcd.close()
-            self.etcd = None
-        if self.embedded is not None:
-            await self.embedded.stop()
-            self.embedded = None
-        if self._data_lock is not None:
-            self._data_lock.release()
-            self._data_lock = None
+        """Drain Watch streams (clients move to another replica at once), then stop everything that
+        started, in reverse."""
+        stack, self._running = self._running, contextlib.AsyncExitStack()
+        await stack.aclose()
+        self.http = self.grpc_server = self.source = self.etcd = self.embedded = None
+        self.control_work = None
+        self.fleet_publisher = self.usage_publisher = None
+        self._data_lock = None
 
     async def __aenter__(self) -> ConfmeshServer:
         await self.start()
@@ -584,6 +551,15 @@ class ConfmeshServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def _bounded(step: Callable[[], Coroutine[Any, Any, Any]], seconds: float) -> None:
+    """A last step of stopping that may not take longer than `seconds` nor fail the stop."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step()
+    except (TimeoutError, ConfmeshError) as exc:
+        log.warning("while stopping: %s", getattr(exc, "message", "timed out"))
 
 
 SWITCH_INTERVAL = 0.001  # seconds: sys.setswitchinterval for a server process

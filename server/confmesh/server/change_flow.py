@@ -28,6 +28,7 @@ from confmesh.server.change_requests import (
 )
 from confmesh.server.etcd import Etcd
 from confmesh.server.limits import Throttled
+from confmesh.server.record_kinds import CHANGES, SCHEMAS
 from confmesh.server.records import read_rollout, record_guard, rollout_guard, write_guarded
 from confmesh.server.rollouts import Rollout
 from confmesh.server.store import ConfigStore
@@ -186,7 +187,7 @@ async def _start_rollout(
             f"rollout {existing[0].name!r} is active for {start.scope}; promote or abort it first",
             code="rollout_active",
         )
-    schema = store.schemas.get(start.scope)
+    schema = store.records(SCHEMAS).get(start.scope)
     if schema is not None:
         entries = [store.entries(x) for x in start.scope.layers]
         entries[-1] = rollout.apply_to(entries[-1])
@@ -243,7 +244,7 @@ class ChangeScheduler:
         order), at most PER_AUTHOR_PER_TICK of one author's, so one author's hundreds of due changes
         cannot hold back another team's one (the rest wait for the next tick, which looks again)."""
         by_author: dict[str, list[tuple[ChangeRequest, int]]] = {}
-        for c, rev in sorted(self.store.changes.values(), key=lambda item: item[0].apply_at):
+        for c, rev in sorted(self.store.records(CHANGES).values(), key=lambda item: item[0].apply_at):
             if c.state is ChangeState.APPROVED and c.apply_at and c.apply_at <= now:
                 by_author.setdefault(c.author, []).append((c, rev))
         queues = sorted(by_author.values(), key=lambda q: q[0][0].apply_at)
@@ -290,7 +291,7 @@ class ChangeScheduler:
     async def prune(self, now: float) -> None:
         """Delete finished records past their keep time, or the oldest past MAX_KEPT."""
         finished = sorted(
-            (c for c, _ in self.store.changes.values() if c.state.finished),
+            (c for c, _ in self.store.records(CHANGES).values() if c.state.finished),
             key=lambda c: c.finished_at or c.created_at,
         )
         doomed = [c for c in finished if (c.finished_at or c.created_at) < now - KEEP_FINISHED_SECONDS]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -18,7 +18,6 @@ from confmesh.digest import LEAFSUM, SCHEMES, pick_scheme
 from confmesh.keys import Scope
 from confmesh.rpc_errors import error_trailers, status_for
 from confmesh.server.access import Access
-from confmesh.server.hub import Subscriber
 from confmesh.server.interceptors import Malformed, checked_deserializer
 from confmesh.server.known_names import ScopeCheck
 from confmesh.server.limits import (
@@ -33,6 +32,7 @@ from confmesh.server.limits import (
 )
 from confmesh.server.resolver import Resolved, VersionHash
 from confmesh.server.stream_callbacks import StreamCallbacks, StreamOpened
+from confmesh.server.watch_stream import Subscriber
 from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
 from confmesh.wire import to_struct, updates_to_pb
@@ -193,26 +193,25 @@ class ServingState(Protocol):
     async def wait_for_revision(self, revision: int, timeout: float) -> bool: ...
 
 
-class SnapshotSource(Protocol):
-    """Subscriptions and what they are offered (``Hub`` is one)."""
+class Snapshots(Protocol):
+    """Where a stream's snapshots come from (``plane.SnapshotPlane`` is one): subscribing offers
+    the current snapshot at once and every later one; ``current`` and ``delta`` answer a stream's
+    questions (a report of the version it runs, a delta from it)."""
 
-    def add(self, sub: Subscriber) -> None: ...
-    def remove(self, sub: Subscriber) -> None: ...
-    def publish(self, scopes: Iterable[Scope] | None = None) -> None: ...
-    def subscribers(self) -> list[Subscriber]: ...
-    def snapshot(self, scope: Scope) -> Resolved: ...
-    def for_instance(self, scope: Scope, instance_id: str) -> Resolved: ...
+    def subscribe(self, sub: Subscriber) -> None: ...
+    def unsubscribe(self, sub: Subscriber) -> None: ...
+    def current(self, scope: Scope, instance_id: str | None = None) -> Resolved: ...
     def delta(self, base: VersionHash, target: Resolved) -> list[Update] | None: ...
 
 
 class ConfigService(config_pb2_grpc.ConfigServiceServicer):
     """The Watch stream and GetSnapshot, on three seams: where snapshots come from
-    (``SnapshotSource``), how fresh the etcd side is (``ServingState``), and who hears about
-    streams (``StreamCallbacks``: the ledger, metrics and flag usage)."""
+    (``Snapshots``), how fresh the source is (``ServingState``), and who hears about streams
+    (``StreamCallbacks``: the ledger, metrics and flag usage). It owns its streams' state."""
 
     def __init__(
         self,
-        snapshots: SnapshotSource,
+        snapshots: Snapshots,
         source: ServingState,
         callbacks: Sequence[StreamCallbacks] = (),
         *,
@@ -225,7 +224,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
     ) -> None:
         self.access = access or Access(dict)
         self.names = names
-        self.hub = snapshots
+        self.snapshots = snapshots
+        self.streams: set[Subscriber] = set()
         self.source = source
         self.callbacks = tuple(callbacks)
         self.heartbeat_interval = heartbeat_interval
@@ -282,7 +282,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             await abort(context, exc)
             raise
         scope = await self._watchable(request, context, "GetSnapshot", "read the snapshot of")
-        return snapshot_to_pb(self.hub.snapshot(scope), stale=self.source.stale, legacy=legacy)
+        return snapshot_to_pb(self.snapshots.current(scope), stale=self.source.stale, legacy=legacy)
 
     async def DescribeScope(
         self, request: config_pb2.DescribeScopeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -331,9 +331,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                 context, errors.Unavailable("server is shutting down; use another replica", code="draining")
             )
             return
-        sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash, sub_msg.instance_id, legacy=legacy)
+        sub = Subscriber(scope, sub_msg.known_version, sub_msg.known_hash, sub_msg.instance_id,
+                         legacy=legacy, caller=caller)  # fmt: skip
         sub.accept_delta = sub_msg.accept_delta
-        sub.caller = caller
         stream = StreamOpened(
             sub.id, scope, sub_msg.instance_id, context.peer(), dict(sub_msg.labels),
             sub_msg.known_version, sub_msg.known_hash, sub.created,
@@ -341,28 +341,20 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         callbacks = self.callbacks
         for cb in callbacks:
             cb.opened(stream)
-        self.hub.add(sub)
+        self.streams.add(sub)
         reader = asyncio.create_task(self._read(sub, stream, request_iterator))
         try:
-            self.hub.publish([scope])
+            self.snapshots.subscribe(sub)
             if sub.pending is None:
                 sub.ping()  # already current: say so at once
             if self._ticker is None:
                 self._ticker = asyncio.create_task(self._heartbeats(), name="watch-heartbeats")
             while True:
-                await sub.wakeup.wait()  # a push, a heartbeat tick (see _heartbeats) or an error
+                await sub.wakeup.wait()  # a push, a heartbeat tick (see _heartbeats) or the end
                 sub.wakeup.clear()
-                if sub.error is not None:
-                    code, message = sub.error
-                    if code == "closed":
-                        return
-                    if code == "draining":
-                        await abort(context, errors.Unavailable(message, code=code))
-                        return
-                    if code == "denied":
-                        await abort(context, errors.PermissionDenied(message, code=code))
-                        return
-                    await abort(context, errors.InvalidArgument(message, code=code))
+                if sub.ended:
+                    if sub.error is not None:
+                        await abort(context, sub.error)
                     return
                 if sub.heartbeat_now:
                     sub.heartbeat_now = False
@@ -381,7 +373,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     )
         finally:
             reader.cancel()
-            self.hub.remove(sub)
+            self.snapshots.unsubscribe(sub)
+            self.streams.discard(sub)
             for cb in callbacks:
                 cb.closed(stream)
 
@@ -389,18 +382,21 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         """One ticker for every stream: cheaper than a timer per stream per wait at 10,000 streams."""
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            for sub in self.hub.subscribers():
+            for sub in list(self.streams):
                 sub.ping()
 
     def recheck_access(self) -> None:
         """After a policy reload or a token change: end the streams their callers may no longer watch."""
         if not self.access.enforcing:
             return
-        for sub in self.hub.subscribers():
+        for sub in list(self.streams):
+            if sub.caller is None:
+                continue
             caller = self.access.still_valid(sub.caller)
             if caller is None or caller.grant is None or not caller.grant.can_watch(sub.scope):
                 log.warning("ending the watch of %s by %s: access withdrawn", sub.scope, sub.caller.identity)
-                sub.fail("denied", f"{sub.caller.identity} may no longer watch {sub.scope}")
+                sub.fail(errors.PermissionDenied(f"{sub.caller.identity} may no longer watch {sub.scope}",
+                                                 code="denied"))  # fmt: skip
             else:
                 sub.caller = caller
 
@@ -409,8 +405,10 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self.draining = True
         if self._ticker is not None:
             self._ticker.cancel()
-        for sub in self.hub.subscribers():
-            sub.fail("draining", "server is shutting down; reconnect to another replica")
+        for sub in list(self.streams):
+            sub.fail(
+                errors.Unavailable("server is shutting down; reconnect to another replica", code="draining")
+            )
 
     async def _read(
         self, sub: Subscriber, stream: StreamOpened, requests: AsyncIterator[config_pb2.WatchRequest]
@@ -418,27 +416,25 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         try:
             async for msg in requests:
                 if isinstance(msg, Malformed):
-                    sub.fail("malformed", msg.message)
+                    sub.fail(errors.InvalidArgument(msg.message, code="malformed"))
                     return
                 kind = msg.WhichOneof("kind")
                 if kind == "ack":
                     if sub.sent.get(msg.ack.version) != msg.ack.hash:
-                        sub.fail(
-                            "unknown_version",
+                        sub.fail(errors.InvalidArgument(
                             f"ACK for version {msg.ack.version} ({msg.ack.hash!r}), "
-                            "which was never sent on this stream",
-                        )
+                            "which was never sent on this stream", code="unknown_version",
+                        ))  # fmt: skip
                         return
                     for cb in self.callbacks:
                         cb.acked(stream, msg.ack.version, msg.ack.hash)
                 elif kind == "nack":
                     nack = msg.nack
                     if sub.sent.get(nack.version) != nack.hash:
-                        sub.fail(
-                            "unknown_version",
+                        sub.fail(errors.InvalidArgument(
                             f"NACK for version {nack.version} ({nack.hash!r}), "
-                            "which was never sent on this stream",
-                        )
+                            "which was never sent on this stream", code="unknown_version",
+                        ))  # fmt: skip
                         return
                     sub.nacked.add(nack.version)
                     sub.base = None
@@ -460,11 +456,11 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                         c.count < 0 or len(c.flag) > MAX_USAGE_NAME or len(c.variant) > MAX_USAGE_NAME
                         for c in counts
                     ):
-                        sub.fail(
-                            "bad_usage",
+                        sub.fail(errors.InvalidArgument(
                             f"usage reports take at most {MAX_USAGE_ENTRIES} "
                             f"non-negative counts with names up to {MAX_USAGE_NAME} characters",
-                        )
+                            code="bad_usage",
+                        ))  # fmt: skip
                         return
                     entries = [(c.flag, c.variant, c.count) for c in counts]
                     for cb in self.callbacks:
@@ -472,7 +468,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                 elif kind == "report":
                     for cb in self.callbacks:
                         cb.reported(stream)
-                    current = self.hub.for_instance(sub.scope, sub.instance_id)
+                    current = self.snapshots.current(sub.scope, sub.instance_id)
                     if msg.report.need_full:
                         sub.base = None
                     if sub.resend_if_behind(current, msg.report.version, msg.report.hash):
@@ -480,11 +476,12 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                                       "instance of %s reports version %d; re-sending %d",
                                       sub.scope, msg.report.version, current.version)  # fmt: skip
                 elif kind == "subscribe":
-                    sub.fail("duplicate_subscribe", "a Watch stream takes exactly one subscribe")
+                    sub.fail(errors.InvalidArgument("a Watch stream takes exactly one subscribe",
+                                                    code="duplicate_subscribe"))  # fmt: skip
                     return
                 else:
-                    sub.fail("empty_message", "empty WatchRequest")
+                    sub.fail(errors.InvalidArgument("empty WatchRequest", code="empty_message"))
                     return
-            sub.fail("closed", "client closed its side of the stream")
+            sub.close()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass

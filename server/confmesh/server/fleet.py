@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,21 +111,23 @@ def _shown(records: Iterable[InstanceRecord]) -> int:
 class FleetView:
     """This replica's ledger joined with every other replica's published summary."""
 
-    def __init__(self, ledger: Ledger, summaries: dict[str, dict[str, tuple[bytes, int]]], server_id: str):
+    def __init__(
+        self, ledger: Ledger, summaries: Mapping[tuple[str, str], tuple[bytes, int]], server_id: str
+    ) -> None:
         self.ledger = ledger
-        # server id -> chunk -> (value, mod revision): kept by the store from the watch.
+        # (server id, chunk) -> (value, mod revision): kept by the store (record_kinds.FLEET).
         self.summaries = summaries
         self.server_id = server_id
         self._decoded: dict[tuple[str, str], tuple[int, list[InstanceRecord]]] = {}
 
     def replicas(self) -> list[str]:
-        return sorted({self.server_id, *self.summaries})
+        return sorted({self.server_id, *(server_id for server_id, _ in self.summaries)})
 
     def covers(self, revision: int) -> bool:
         """Has every other replica published since etcd `revision`? A decision over the fleet
         (auto-abort) waits for that, so a replica whose summary predates a rollout is never
         left out of the count."""
-        return all(rev > revision for chunks in self.summaries.values() for _, rev in chunks.values())
+        return all(rev > revision for _, rev in self.summaries.values())
 
     def records(self, *, local: bool = False) -> list[InstanceRecord]:
         own = self.ledger.records()
@@ -133,16 +135,15 @@ class FleetView:
             return own
         merged = list(own)
         live: set[tuple[str, str]] = set()
-        for server_id, chunks in list(self.summaries.items()):
+        for (server_id, chunk), (value, revision) in list(self.summaries.items()):
             if server_id == self.server_id:
                 continue
-            for chunk, (value, revision) in list(chunks.items()):
-                cached = self._decoded.get((server_id, chunk))
-                if cached is None or cached[0] != revision:
-                    cached = (revision, decode(server_id, value))
-                    self._decoded[(server_id, chunk)] = cached
-                live.add((server_id, chunk))
-                merged.extend(cached[1])
+            cached = self._decoded.get((server_id, chunk))
+            if cached is None or cached[0] != revision:
+                cached = (revision, decode(server_id, value))
+                self._decoded[(server_id, chunk)] = cached
+            live.add((server_id, chunk))
+            merged.extend(cached[1])
         for gone in self._decoded.keys() - live:
             del self._decoded[gone]
         return _dedupe(merged)

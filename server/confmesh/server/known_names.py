@@ -14,6 +14,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from confmesh.keys import LayerKind
+from confmesh.server.record_kinds import ROLLOUTS, SCHEMAS
 from confmesh.server.store import ConfigStore
 from confmesh.v1 import config_pb2
 
@@ -62,7 +63,7 @@ class KnownNames:
 
     def _refresh(self) -> None:
         store = self.store
-        at = (store.revision, len(store.schemas) + len(store.rollouts))
+        at = (store.revision, len(store.records(SCHEMAS)) + len(store.records(ROLLOUTS)))
         if at == self._at:
             return
         environments: set[str] = set()
@@ -72,7 +73,7 @@ class KnownNames:
                 environments.add(layer.environment)
             if layer.kind is LayerKind.SERVICE:
                 services.add(layer.service)
-        for scope in (*store.schemas, *store.rollouts):
+        for scope in (*store.records(SCHEMAS), *store.records(ROLLOUTS)):
             environments.add(scope.environment)
             services.add(scope.service)
         self._environments, self._services, self._at = environments, services, at

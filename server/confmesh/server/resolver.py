@@ -30,6 +30,7 @@ from confmesh.delta import (
 from confmesh.digest import LEAFSUM, format_hash, snapshot_digest, snapshot_hash
 from confmesh.keys import Layer, LayerKind, Scope
 from confmesh.merge import JSONValue, resolve
+from confmesh.server.record_kinds import ROLLOUTS, SCHEMAS
 from confmesh.server.store import Changes, ConfigStore
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Resolver:
 
     def for_instance(self, scope: Scope, instance_id: str) -> Resolved:
         """What `instance_id` gets: the canary snapshot if a rollout includes it, else the scope's."""
-        entry = self.store.rollouts.get(scope)
+        entry = self.store.records(ROLLOUTS).get(scope)
         if entry is not None and entry[0].includes(instance_id):
             return self.canary(scope)
         return self.snapshot(scope)
@@ -104,7 +105,7 @@ class Resolver:
         if cached is not None:
             return cached
         base = self.snapshot(scope)
-        rollout, _ = self.store.rollouts[scope]
+        rollout, _ = self.store.records(ROLLOUTS)[scope]
         entries = [self.store.entries(layer) for layer in scope.layers]
         entries[-1] = rollout.apply_to(entries[-1])
         config = resolve(entries)
@@ -121,7 +122,7 @@ class Resolver:
         resolved = self._docs.get(scope)
         if resolved is None:
             resolved = self._docs[scope] = self._resolve(scope)
-        schema = self.store.schemas.get(scope)
+        schema = self.store.records(SCHEMAS).get(scope)
         issues = schema.issues(resolved.config) if schema is not None else []
         if issues:
             first = issues[0]
@@ -145,7 +146,7 @@ class Resolver:
 
     def _version(self, scope: Scope) -> int:
         version = self.store.scope_version(scope)
-        rollout = self.store.rollouts.get(scope)
+        rollout = self.store.records(ROLLOUTS).get(scope)
         if rollout is not None:
             version = max(version, rollout[1])  # a rollout's start, step or abort is a new version
         return version
@@ -201,19 +202,24 @@ class Resolver:
             for path in minimal_paths(paths)
         ]
 
-    def update(self, changes: Changes) -> None:
-        """Bring the resolved scopes up to date with `changes` (patching them)."""
-        layers = list(changes)
-        for scope in [s for s in self._docs if any(affects(layer, s) for layer in layers)]:
+    def scopes(self) -> set[Scope]:
+        """The scopes resolved and kept (patched on every change)."""
+        return self._docs.keys() | self._canary.keys()
+
+    def update(self, changes: Changes, touched: set[Scope]) -> None:
+        """Bring the resolved scopes up to date with `changes`, which touch the scopes `touched`
+        (the caller decides which once; scopes not resolved here are ignored)."""
+        for scope in touched:
             self._cache.pop(scope, None)
             self._canary.pop(scope, None)
+            doc = self._docs.get(scope)
+            if doc is None:
+                continue
             try:
-                self._docs[scope] = self._patch(self._docs[scope], changes)
+                self._docs[scope] = self._patch(doc, changes)
             except Exception:  # one scope's failure is that scope's alone: it resolves afresh when asked
                 log.exception("cannot patch the snapshot of %s; dropping it", scope)
                 self.forget(scope)
-        for scope in [s for s in self._canary if any(affects(layer, s) for layer in layers)]:
-            del self._canary[scope]
 
     def forget(self, scope: Scope) -> None:
         self._docs.pop(scope, None)

@@ -1,4 +1,11 @@
-"""Keep a ConfigStore in step with etcd: list at a revision, watch from the next.
+"""Sources: what keeps a ConfigStore in step with where config lives, behind one seam (``Source``).
+
+A source lists everything at a revision (``store.replace``), then applies what changed after it in
+order (``store.apply``), and hands each resulting ``StoreChange`` on (to the snapshot plane). When
+it loses its upstream it keeps the last state, says why (``stale_reason``), and resumes by listing
+again. ``EtcdSource`` is the first; a relay's upstream confmesh is the second.
+
+EtcdSource: list at a revision, watch from the next.
 
 Resume policy (why not etcd3aio's): when the watch breaks for any reason
 (etcd down, network, compaction, cancellation) the source re-lists the whole
@@ -25,12 +32,37 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from confmesh.errors import Unavailable
 from confmesh.server.etcd import Etcd
-from confmesh.server.store import Changes, ConfigStore
+from confmesh.server.store import ConfigStore, StoreChange
 
 log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """Where a store's contents come from, and how fresh they are.
+
+    ``synced``: the store holds one whole list (nothing is served before); ``revision``: the
+    upstream revision the store reflects (versions are upstream revisions, so a client resuming with
+    ``known_version`` on another replica or relay is understood); ``stale``/``stale_reason``: the
+    upstream is unreachable and the last state is served. ``wait_for_revision`` is read-your-writes
+    and a resuming client's catch-up.
+    """
+
+    @property
+    def stale(self) -> bool: ...
+    @property
+    def stale_reason(self) -> str: ...
+    @property
+    def synced(self) -> bool: ...
+    @property
+    def revision(self) -> int: ...
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def wait_for_revision(self, revision: int, timeout: float) -> bool: ...
+    async def wait_synced(self, timeout: float) -> bool: ...
 
 
 class EtcdSource:
@@ -38,7 +70,7 @@ class EtcdSource:
         self,
         etcd: Etcd,
         store: ConfigStore,
-        on_change: Callable[[Changes], None],
+        on_change: Callable[[StoreChange], None],
         *,
         on_stale_change: Callable[[bool], None] | None = None,
         backoff_initial: float = 0.1,
@@ -117,7 +149,7 @@ class EtcdSource:
         if was != self.stale and self.on_stale_change is not None:
             self.on_stale_change(self.stale)
 
-    async def _notify(self, changed: Changes) -> None:
+    async def _notify(self, changed: StoreChange) -> None:
         if changed:
             self.on_change(changed)
         async with self._progress:

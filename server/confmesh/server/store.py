@@ -1,9 +1,14 @@
-"""The revision-consistent in-memory copy of confmesh's etcd key space.
+"""The revision-consistent in-memory copy of confmesh's key space.
 
-Pure state, no I/O: ``EtcdSource`` feeds it full lists and watch events and
-it answers which layers changed. Each layer carries a revision that only
-grows: the newest of its keys' and marker's mod revisions, and of the deletes
-seen while watching. A scope's snapshot version is the max over its layers.
+Pure state, no I/O: a source (``confmesh.server.source``) feeds it full lists
+and watch events, and each returns one ``StoreChange`` saying what moved.
+Config layers are its own business: each layer carries a revision that only
+grows (the newest of its keys' and marker's mod revisions, and of the deletes
+seen while watching); a scope's snapshot version is the max over its layers.
+Everything else under the prefix is a *record kind* registered with the
+store (tokens, schemas, rollouts, change requests, fleet summaries:
+``confmesh.server.record_kinds``): one mechanism decodes, keeps and reports
+them all, and the store knows none of their types.
 """
 
 from __future__ import annotations
@@ -12,16 +17,13 @@ import bisect
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from confmesh.errors import InvalidArgument
 from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.merge import JSONValue, parse_json_value
-from confmesh.server.access import TokenRecord
-from confmesh.server.change_requests import ChangeRequest
 from confmesh.server.kv import Event, KeyValue
-from confmesh.server.rollouts import Rollout
-from confmesh.server.schemas import SchemaRecord, ServiceSchema
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,49 @@ class Entry:
 
 # The keys that changed, per layer (empty for a layer whose marker alone changed).
 Changes = dict[Layer, set[str]]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, eq=False)
+class RecordKind(Generic[K, V]):
+    """A kind of record kept under one root of the key space (stateless: the store holds the records).
+
+    ``key`` names a record from its etcd key below ``root`` (InvalidArgument: not a usable name);
+    ``decode`` reads its value (any of ValueError, KeyError, TypeError, InvalidArgument: unusable);
+    ``scope``: the scope whose snapshots a record of this kind changes (schemas, rollouts), if any.
+    """
+
+    name: str
+    root: Callable[[KeyLayout], str]
+    key: Callable[[str], K]
+    decode: Callable[[K, bytes, int], V]
+    scope: Callable[[K], Scope] | None = None
+
+
+@dataclass
+class _Kept(Generic[K, V]):
+    records: dict[K, V] = field(default_factory=dict)
+    # Per record, the newest mod revision seen, deletes included.
+    revisions: dict[K, int] = field(default_factory=dict)
+
+
+@dataclass
+class StoreChange:
+    """What one list or batch of events changed: the one shape a source hands on.
+
+    ``layers``: config keys per layer; ``scopes``: scopes whose snapshots changed with no layer
+    changing (a schema or a rollout); ``kinds``: the record kinds that changed.
+    """
+
+    revision: int
+    layers: Changes = field(default_factory=dict)
+    scopes: set[Scope] = field(default_factory=set)
+    kinds: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.layers or self.scopes or self.kinds)
 
 
 class LayerEntries(Mapping[str, JSONValue]):
@@ -66,13 +111,7 @@ class LayerEntries(Mapping[str, JSONValue]):
 
 
 class ConfigStore:
-    def __init__(
-        self,
-        layout: KeyLayout,
-        *,
-        on_tokens: Callable[[], None] | None = None,
-        on_scopes: Callable[[set[Scope]], None] | None = None,
-    ) -> None:
+    def __init__(self, layout: KeyLayout, kinds: Iterable[RecordKind[Any, Any]] = ()) -> None:
         self.layout = layout
         self.revision = 0
         self.synced = False
@@ -84,25 +123,24 @@ class ConfigStore:
         self._layer_trace: dict[Layer, tuple[int, str]] = {}
         # etcd keys under the prefix whose content is unusable, with the reason.
         self.bad_keys: dict[str, str] = {}
-        # Bearer tokens by id (confmesh.server.access), and who to tell when they change.
-        self.tokens: dict[str, TokenRecord] = {}
-        self.on_tokens = on_tokens
-        # Registered service schemas (confmesh.server.schemas) and when each last changed.
-        self.schemas: dict[Scope, ServiceSchema] = {}
-        self.schema_revision: dict[Scope, int] = {}
-        # Scopes whose snapshots changed without a layer changing (a schema or a rollout), and
-        # who to tell so they are re-resolved and pushed.
-        self.on_scopes = on_scopes
-        self._scopes_changed: set[Scope] = set()
-        # Staged rollouts (confmesh.server.rollouts) with their record's mod revision.
-        self.rollouts: dict[Scope, tuple[Rollout, int]] = {}
-        # Each replica's published ledger summary: server id -> chunk -> (value, mod revision),
-        # read by confmesh.server.fleet. The dict is kept (updated in place) for its readers.
-        self.fleet: dict[str, dict[str, tuple[bytes, int]]] = {}
-        # Change requests by id, with their record's mod revision, and who to tell when any changes.
-        self.changes: dict[str, tuple[ChangeRequest, int]] = {}
-        self.on_changes: list[Callable[[], None]] = []
-        self._changes_moved = False
+        self._kinds: list[tuple[str, RecordKind[Any, Any]]] = []
+        self._kept: dict[str, _Kept[Any, Any]] = {}
+        for kind in kinds:
+            self.register(kind)
+
+    def register(self, kind: RecordKind[K, V]) -> None:
+        if kind.name in self._kept:
+            raise ValueError(f"record kind {kind.name!r} is registered already")
+        self._kinds.append((kind.root(self.layout), kind))
+        self._kept[kind.name] = _Kept()
+
+    def records(self, kind: RecordKind[K, V]) -> dict[K, V]:
+        """The records of `kind` by key (the same dict, updated in place, for the store's life)."""
+        return self._kept[kind.name].records  # type: ignore[no-any-return]
+
+    def revisions(self, kind: RecordKind[K, V]) -> dict[K, int]:
+        """Per record of `kind`, the newest mod revision seen (deletes included)."""
+        return self._kept[kind.name].revisions  # type: ignore[no-any-return]
 
     def entries(self, layer: Layer) -> dict[str, JSONValue]:
         return {k: e.value for k, e in self._layers.get(layer, {}).items()}
@@ -148,86 +186,33 @@ class ConfigStore:
         if revision > self._layer_revision.get(layer, 0):
             self._layer_revision[layer] = revision
 
-    def _token(self, etcd_key: str, value: bytes | None) -> bool:
-        """Track a token record; True if `etcd_key` is one."""
-        if not etcd_key.startswith(self.layout.token_root):
-            return False
-        token_id = etcd_key[len(self.layout.token_root) :]
-        if value is None:
-            self.tokens.pop(token_id, None)
+    def _record(self, etcd_key: str, value: bytes | None, revision: int, change: StoreChange) -> bool:
+        """Keep or drop a record of a registered kind; True if `etcd_key` is one."""
+        for root, kind in self._kinds:
+            if not etcd_key.startswith(root):
+                continue
+            try:
+                key = kind.key(etcd_key[len(root) :])
+            except InvalidArgument as exc:
+                self.bad_keys[etcd_key] = exc.message
+                return True
+            kept = self._kept[kind.name]
+            kept.revisions[key] = max(kept.revisions.get(key, 0), revision)
+            change.kinds.add(kind.name)
+            if kind.scope is not None:
+                change.scopes.add(kind.scope(key))
+            if value is None:
+                kept.records.pop(key, None)
+                return True
+            try:
+                kept.records[key] = kind.decode(key, value, revision)
+            except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+                kept.records.pop(key, None)
+                self.bad_keys[etcd_key] = f"unusable {kind.name}: {exc}"
+            else:
+                self.bad_keys.pop(etcd_key, None)
             return True
-        try:
-            self.tokens[token_id] = TokenRecord.decode(token_id, value)
-        except (ValueError, KeyError, TypeError) as exc:
-            self.tokens.pop(token_id, None)
-            self.bad_keys[etcd_key] = f"unusable token record: {exc}"
-        return True
-
-    def _schema(self, etcd_key: str, value: bytes | None, revision: int) -> bool:
-        """Track a registered schema; True if `etcd_key` is one."""
-        if not etcd_key.startswith(self.layout.schema_root):
-            return False
-        env, _, service = etcd_key[len(self.layout.schema_root) :].partition("/")
-        try:
-            scope = Scope.checked(env, service)
-        except InvalidArgument as exc:
-            self.bad_keys[etcd_key] = exc.message
-            return True
-        self.schema_revision[scope] = max(self.schema_revision.get(scope, 0), revision)
-        self._scopes_changed.add(scope)
-        if value is None:
-            self.schemas.pop(scope, None)
-            return True
-        try:
-            record = SchemaRecord.decode(value)
-            self.schemas[scope] = ServiceSchema(scope, record.document, record.registered_by)
-        except (ValueError, TypeError, InvalidArgument) as exc:
-            self.schemas.pop(scope, None)
-            self.bad_keys[etcd_key] = f"unusable schema: {exc}"
-        return True
-
-    def _rollout(self, etcd_key: str, value: bytes | None, revision: int) -> bool:
-        """Track a rollout record; True if `etcd_key` is one (its scope's snapshots change)."""
-        if not etcd_key.startswith(self.layout.rollout_root):
-            return False
-        env, _, service = etcd_key[len(self.layout.rollout_root) :].partition("/")
-        try:
-            scope = Scope.checked(env, service)
-        except InvalidArgument as exc:
-            self.bad_keys[etcd_key] = exc.message
-            return True
-        self._scopes_changed.add(scope)
-        if value is None:
-            self.rollouts.pop(scope, None)
-            return True
-        try:
-            self.rollouts[scope] = (Rollout.decode(value), revision)
-        except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
-            self.rollouts.pop(scope, None)
-            self.bad_keys[etcd_key] = f"unusable rollout: {exc}"
-        return True
-
-    def _change(self, etcd_key: str, value: bytes | None, revision: int) -> bool:
-        """Track a change request; True if `etcd_key` is one."""
-        if not etcd_key.startswith(self.layout.change_root):
-            return False
-        change_id = etcd_key[len(self.layout.change_root) :]
-        self._changes_moved = True
-        if value is None:
-            self.changes.pop(change_id, None)
-            return True
-        try:
-            self.changes[change_id] = (ChangeRequest.decode(value), revision)
-        except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
-            self.changes.pop(change_id, None)
-            self.bad_keys[etcd_key] = f"unusable change request: {exc}"
-        return True
-
-    def _report_changes(self) -> None:
-        if self._changes_moved:
-            self._changes_moved = False
-            for callback in self.on_changes:
-                callback()
+        return False
 
     def _unusable_name(self, etcd_key: str) -> bool:
         """True (and logged) for a key that is not UTF-8: the etcd adapter decodes keys losslessly
@@ -244,30 +229,6 @@ class ConfigStore:
             return True
         return False
 
-    def _fleet(self, etcd_key: str, value: bytes | None, revision: int) -> bool:
-        """Track a replica's fleet summary chunk; True if `etcd_key` is one."""
-        if not etcd_key.startswith(self.layout.fleet_root):
-            return False
-        server_id, _, chunk = etcd_key[len(self.layout.fleet_root) :].partition("/")
-        if value is None:
-            chunks = self.fleet.get(server_id)
-            if chunks is not None:
-                chunks.pop(chunk, None)
-                if not chunks:
-                    del self.fleet[server_id]
-        else:
-            self.fleet.setdefault(server_id, {})[chunk] = (value, revision)
-        return True
-
-    def _report_scopes(self) -> None:
-        changed, self._scopes_changed = self._scopes_changed, set()
-        if changed and self.on_scopes is not None:
-            self.on_scopes(changed)
-
-    def _tokens_changed(self) -> None:
-        if self.on_tokens is not None:
-            self.on_tokens()
-
     def _parse(self, etcd_key: str, value: bytes | None) -> tuple[Layer, str | None, JSONValue] | None:
         try:
             parsed = self.layout.parse(etcd_key)
@@ -283,27 +244,18 @@ class ConfigStore:
         self.bad_keys.pop(etcd_key, None)
         return layer, key, decoded
 
-    def replace(self, kvs: Iterable[KeyValue], revision: int) -> Changes:
+    def replace(self, kvs: Iterable[KeyValue], revision: int) -> StoreChange:
         """Load a full list taken at `revision`; return what changed."""
+        change = StoreChange(revision)
         before = self._layers
         self._layers = {}
         self._sorted = {}
         self.bad_keys = {}
-        tokens_before, self.tokens = self.tokens, {}
-        schemas_before, self.schemas = self.schemas, {}
-        rollouts_before, self.rollouts = self.rollouts, {}
-        self.changes = {}
-        self._changes_moved = True
-        self.fleet.clear()
+        before_records = {name: dict(kept.records) for name, kept in self._kept.items()}
+        for kept in self._kept.values():
+            kept.records.clear()  # in place: readers hold these dicts
         for kv in kvs:
-            if (
-                self._unusable_name(kv.key)
-                or self._fleet(kv.key, kv.value, kv.mod_revision)
-                or self._token(kv.key, kv.value)
-                or self._schema(kv.key, kv.value, kv.mod_revision)
-                or self._rollout(kv.key, kv.value, kv.mod_revision)
-                or self._change(kv.key, kv.value, kv.mod_revision)
-            ):
+            if self._unusable_name(kv.key) or self._record(kv.key, kv.value, kv.mod_revision, change):
                 continue
             parsed = self._parse(kv.key, kv.value)
             if parsed is None:
@@ -315,57 +267,49 @@ class ConfigStore:
                 self._layers[layer][key] = Entry(value, kv.mod_revision)
             else:
                 self._note_marker(layer, kv.value, kv.mod_revision)
-        changed: Changes = {}
         for layer in before.keys() | self._layers.keys():
             old, new = before.get(layer, {}), self._layers.get(layer, {})
             if old != new:
-                changed[layer] = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+                change.layers[layer] = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
         if self.synced:
             # Changes missed while not watching (deletes leave no revision behind)
             # are dated at the list revision, so versions never go backwards.
-            for layer in changed:
+            for layer in change.layers:
                 self._bump(layer, revision)
+        # A kind is reported changed when its records differ from before the list; records gone
+        # while not watching are dated at the list revision.
+        change.kinds = set()
+        for _, kind in self._kinds:
+            kept, old_records = self._kept[kind.name], before_records[kind.name]
+            if kept.records == old_records:
+                continue
+            change.kinds.add(kind.name)
+            for key in old_records.keys() ^ kept.records.keys():
+                kept.revisions[key] = max(kept.revisions.get(key, 0), revision)
+                if kind.scope is not None:
+                    change.scopes.add(kind.scope(key))
         self.revision = max(self.revision, revision)
         self.synced = True
-        if self.tokens != tokens_before:
-            self._tokens_changed()
-        for scope in rollouts_before.keys() ^ self.rollouts.keys():
-            self._scopes_changed.add(scope)
-        for scope in schemas_before.keys() ^ self.schemas.keys():
-            self.schema_revision[scope] = max(self.schema_revision.get(scope, 0), revision)
-            self._scopes_changed.add(scope)
-        self._report_scopes()
-        self._report_changes()
-        return changed
+        return change
 
-    def apply(self, events: Iterable[Event]) -> Changes:
+    def apply(self, events: Iterable[Event]) -> StoreChange:
         """Apply watch events in order; return what changed."""
-        changed: Changes = {}
-        tokens = False
+        change = StoreChange(self.revision)
         for ev in events:
             self.revision = max(self.revision, ev.mod_revision)
             if self._unusable_name(ev.key):
                 if ev.deleted:
                     self.bad_keys.pop(ev.key, None)
                 continue
-            if self._fleet(ev.key, None if ev.deleted else ev.value, ev.mod_revision):
-                continue
-            if self._token(ev.key, None if ev.deleted else ev.value):
-                tokens = True
-                continue
             value = None if ev.deleted else ev.value
-            if (
-                self._schema(ev.key, value, ev.mod_revision)
-                or self._rollout(ev.key, value, ev.mod_revision)
-                or self._change(ev.key, value, ev.mod_revision)
-            ):
+            if self._record(ev.key, value, ev.mod_revision, change):
                 continue
-            parsed = self._parse(ev.key, None if ev.deleted else ev.value)
+            parsed = self._parse(ev.key, value)
             if parsed is None:
                 continue
-            layer, key, value = parsed
+            layer, key, decoded = parsed
             self._bump(layer, ev.mod_revision)
-            keys = changed.setdefault(layer, set())
+            keys = change.layers.setdefault(layer, set())
             if key is None:
                 if not ev.deleted:
                     self._note_marker(layer, ev.value, ev.mod_revision)
@@ -379,9 +323,6 @@ class ConfigStore:
             else:
                 if key not in entries and index is not None:
                     bisect.insort(index, key)
-                entries[key] = Entry(value, ev.mod_revision)
-        if tokens:
-            self._tokens_changed()
-        self._report_scopes()
-        self._report_changes()
-        return changed
+                entries[key] = Entry(decoded, ev.mod_revision)
+        change.revision = self.revision
+        return change

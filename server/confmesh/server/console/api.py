@@ -24,7 +24,6 @@ from aiohttp import web
 
 from confmesh import errors
 from confmesh.changes import ChangeSpec
-from confmesh.cli.common import message_json
 from confmesh.flags.budget import BudgetExceeded
 from confmesh.gitops import MISSING, drift, flatten
 from confmesh.keys import Layer, Scope, check_name
@@ -37,10 +36,11 @@ from confmesh.server.fleet import FleetView
 from confmesh.server.ledger import Ledger
 from confmesh.server.limits import KeyedCount
 from confmesh.server.ofrep import CALLER_DEFAULT, OfrepEvaluators, evaluate, nests_within
+from confmesh.server.record_kinds import SCHEMAS
 from confmesh.server.store import ConfigStore
 from confmesh.server.writer import MAX_CHANGES
 from confmesh.v1 import admin_pb2
-from confmesh.wire import change_to_pb, from_struct, to_struct
+from confmesh.wire import change_to_pb, from_struct, message_json, to_struct
 
 SESSION, CSRF = "cm_session", "cm_csrf"
 MAX_BODY = 256 * 1024
@@ -268,7 +268,7 @@ class Console:
         reads = (lambda s: True) if caller.grant is None else caller.grant.can_read
         flag_reads = (lambda e: True) if caller.grant is None else caller.grant.can_read_flags
         instances = Counter(r.scope for r in self.fleet.records() if r.connected)
-        known = known_scopes(self.store.layers(), self.store.schemas, instances)
+        known = known_scopes(self.store.layers(), self.store.records(SCHEMAS), instances)
         envs = {s.environment for s in known} | {x.environment for x in self.store.layers() if x.environment}
         services = [
             {
@@ -276,7 +276,7 @@ class Console:
                 "service": s.service,
                 "instances": instances.get(s, 0),
                 "version": self.store.scope_version(s),
-                "schema": s in self.store.schemas,
+                "schema": s in self.store.records(SCHEMAS),
             }
             for s in sorted(known)
             if reads(s)
@@ -303,7 +303,7 @@ class Console:
             source = scope.layers[hits[-1].layer_index] if hits else None
             rows.append({"key": key, "value": value, "layer": str(source) if source else ""})
         schema = None
-        if scope in self.store.schemas:
+        if scope in self.store.records(SCHEMAS):
             schema = message_json(
                 await self.rpc(
                     request, "GetSchema", admin_pb2.GetSchemaRequest(environment=env, service=service)
