@@ -486,9 +486,9 @@ class ConfmeshServer:
             # requests addressed to localhost are answered.
             loopback_hosts=not self.access.enforcing and is_loopback(s.http_listen),
         )
-        stack.callback(console.close)
         self.http_port = await self.http.start()
         stack.push_async_callback(self.http.stop)
+        stack.callback(console.close)  # first: open live pages end, so the listener stops at once
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings
