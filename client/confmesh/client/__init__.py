@@ -7,7 +7,7 @@ configuration through a server's AdminService.
 
 from confmesh.client._admin import AdminClient, Explained, LayerValue, WriteResult
 from confmesh.client._apply import AppliedSnapshot
-from confmesh.client._client import ClientState, ConfigClient, Rejection
+from confmesh.client._client import ClientState, ConfigClient, Rejection, default_instance_id
 from confmesh.client._sync import SyncConfigClient
 from confmesh.errors import (
     ConfmeshError,
@@ -46,4 +46,5 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "WriteResult",
+    "default_instance_id",
 ]

@@ -31,7 +31,7 @@ from confmesh.server.limits import (
     clip,
 )
 from confmesh.server.resolver import Resolved, VersionHash
-from confmesh.server.stream_callbacks import StreamCallbacks, StreamOpened
+from confmesh.server.stream_callbacks import NoCallbacks, StreamCallbacks, StreamOpened
 from confmesh.server.watch_stream import Subscriber
 from confmesh.tracing import change_span
 from confmesh.v1 import config_pb2, config_pb2_grpc
@@ -91,6 +91,12 @@ class EncodedSnapshots:
                 "confmesh.stale": stale,
             }, kind=SpanKind.PRODUCER)  # fmt: skip
         return raw
+
+
+def _overriding(callbacks: Sequence[StreamCallbacks], method: str) -> list[Callable[..., None]]:
+    """The bound `method` of each callback that implements it (not NoCallbacks' no-op)."""
+    base = getattr(NoCallbacks, method)
+    return [getattr(cb, method) for cb in callbacks if getattr(type(cb), method, base) is not base]
 
 
 def snapshot_to_pb(
@@ -228,6 +234,9 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         self.streams: set[Subscriber] = set()
         self.source = source
         self.callbacks = tuple(callbacks)
+        # Per push and per ACK, only the callbacks that do something are called.
+        self._on_sent = _overriding(self.callbacks, "sent")
+        self._on_acked = _overriding(self.callbacks, "acked")
         self.heartbeat_interval = heartbeat_interval
         self.subscribe_timeout = subscribe_timeout
         self.catch_up_timeout = catch_up_timeout
@@ -365,8 +374,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                     )
                 snapshot = sub.take()
                 if snapshot is not None:
-                    for cb in callbacks:
-                        cb.sent(stream, snapshot.version, snapshot.resolved_at)
+                    for sent in self._on_sent:
+                        sent(stream, snapshot.version, snapshot.resolved_at)
                     base, sub.base = sub.delta_base(), (snapshot.version, snapshot.hash)
                     yield self.encoded.response(
                         snapshot, stale=self.source.stale, base=base, legacy=sub.legacy
@@ -426,8 +435,8 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
                             "which was never sent on this stream", code="unknown_version",
                         ))  # fmt: skip
                         return
-                    for cb in self.callbacks:
-                        cb.acked(stream, msg.ack.version, msg.ack.hash)
+                    for acked in self._on_acked:
+                        acked(stream, msg.ack.version, msg.ack.hash)
                 elif kind == "nack":
                     nack = msg.nack
                     if sub.sent.get(nack.version) != nack.hash:

@@ -70,13 +70,19 @@ class SnapshotPlane:
                 receiver.ping()
 
     def _publish(self, scopes: Iterable[Scope]) -> None:
+        resolver = self._resolver
         for scope in scopes:
             receivers = self._receivers.get(scope)
             if not receivers:
                 continue
             try:
-                for receiver in receivers:
-                    receiver.offer(self._resolver.for_instance(scope, receiver.instance_id))
+                if resolver.has_rollout(scope):
+                    for receiver in receivers:
+                        receiver.offer(resolver.for_instance(scope, receiver.instance_id))
+                else:
+                    snapshot = resolver.snapshot(scope)  # one for every stream of the scope
+                    for receiver in receivers:
+                        receiver.offer(snapshot)
             except Exception:  # one scope that cannot resolve never holds back the others
                 log.exception("cannot resolve %s; its streams keep the snapshot they have", scope)
 

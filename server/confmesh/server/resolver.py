@@ -93,6 +93,11 @@ class Resolver:
         # Snapshots with an active rollout's changes on top, for the canary instances.
         self._canary: dict[Scope, Resolved] = {}
 
+    def has_rollout(self, scope: Scope) -> bool:
+        """Whether an active rollout may give some instances of `scope` a canary snapshot."""
+        entry = self.store.records(ROLLOUTS).get(scope)
+        return entry is not None and entry[0].active
+
     def for_instance(self, scope: Scope, instance_id: str) -> Resolved:
         """What `instance_id` gets: the canary snapshot if a rollout includes it, else the scope's."""
         entry = self.store.records(ROLLOUTS).get(scope)

@@ -6,24 +6,16 @@ from typing import Any
 
 import click
 
-from confmesh.cli.common import admin_command, dumps, json_option, reason_option
-from confmesh.errors import InvalidArgument
+from confmesh.cli.common import (
+    admin_command,
+    dumps,
+    json_option,
+    reason_option,
+    required_env_option,
+    required_service_option,
+)
+from confmesh.cli.parsing import parse_assignments
 from confmesh.wire import message_json
-
-env_option = click.option("--env", "env", required=True, help="Environment.")
-service_option = click.option("--service", required=True, help="Service.")
-
-
-def parse_assignments(items: tuple[str, ...]) -> dict[str, Any]:
-    from confmesh.cli.main import parse_cli_value
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(f"--set takes KEY=VALUE, got {item!r}")
-        out[key] = parse_cli_value(raw, as_string=False)
-    return out
 
 
 @click.group()
@@ -33,8 +25,8 @@ def rollout() -> None:
 
 @rollout.command("start")
 @click.argument("name")
-@env_option
-@service_option
+@required_env_option
+@required_service_option
 @click.option(
     "--set", "assignments", multiple=True, help="KEY=VALUE to set in the service layer (JSON value)."
 )
@@ -71,8 +63,8 @@ async def start(
 
 
 @rollout.command("set")
-@env_option
-@service_option
+@required_env_option
+@required_service_option
 @click.option("--percent", type=float, required=True, help="The new share of instances, (0, 100].")
 @reason_option
 @admin_command
@@ -83,8 +75,8 @@ async def set_percent(admin: Any, env: str, service: str, percent: float, reason
 
 
 @rollout.command("promote")
-@env_option
-@service_option
+@required_env_option
+@required_service_option
 @reason_option
 @admin_command
 async def promote(admin: Any, env: str, service: str, reason: str) -> None:
@@ -94,8 +86,8 @@ async def promote(admin: Any, env: str, service: str, reason: str) -> None:
 
 
 @rollout.command("abort")
-@env_option
-@service_option
+@required_env_option
+@required_service_option
 @reason_option
 @admin_command
 async def abort(admin: Any, env: str, service: str, reason: str) -> None:

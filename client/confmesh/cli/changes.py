@@ -155,7 +155,7 @@ async def propose(
     it touches changed meanwhile.
     """
     from confmesh.changes import parse_apply_document
-    from confmesh.cli.rollouts import parse_assignments
+    from confmesh.cli.parsing import parse_assignments
 
     target = file_opt or path
     apply_at = parse_time(at) if at else None

@@ -86,5 +86,8 @@ def admin_command(
 
 env_option = click.option("--env", "env", default=None, help="Environment (omit: the defaults layer).")
 service_option = click.option("--service", default=None, help="Service (needs --env).")
+# Commands about one scope (rollouts): both are required.
+required_env_option = click.option("--env", "env", required=True, help="Environment.")
+required_service_option = click.option("--service", required=True, help="Service.")
 reason_option = click.option("--reason", default="", help="Why: recorded with the change.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
