@@ -189,6 +189,7 @@ def _etcd_processes_under(path: Path) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.etcd
 async def test_serve_with_no_arguments_starts_serves_and_stops_embedded_etcd(tmp_path: Path) -> None:
     args = [] if _free(7070) else ["--listen", "127.0.0.1:0"]
     proc = await asyncio.create_subprocess_exec(
@@ -219,6 +220,7 @@ async def test_serve_with_no_arguments_starts_serves_and_stops_embedded_etcd(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.etcd
 async def test_a_sigkilled_server_takes_its_embedded_etcd_with_it(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

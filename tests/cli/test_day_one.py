@@ -21,6 +21,8 @@ from confmesh.server import ConfmeshServer
 from confmesh.version import __version__
 from tests.cli.test_cli import _etcd_processes_under, cli
 
+pytestmark = pytest.mark.etcd  # starts servers or an etcd of its own
+
 IN_USE = "the address is in use (is another server running?)"
 
 

@@ -136,14 +136,16 @@ async def test_an_invalid_edit_shows_its_field_path_and_writes_nothing(
 
     # A valid edit goes through, typed (an integer stays an integer).
     await page.get_by_test_id("save").click()
-    await page.get_by_test_id("notice").filter(has_text="Saved as version").wait_for(timeout=5_000)
+    saved = page.get_by_test_id("notice").filter(has_text="Saved as version")
+    await saved.wait_for(timeout=5_000)
+    first_save = await saved.inner_text()
     async with tenants.admin("admin") as admin:
         assert (await admin.resolve("prod", "orders", "db.pool")).value == 40
 
-    # A key is deleted from the service layer.
+    # A key is deleted from the service layer (the page says so with the new version).
     await page.get_by_test_id("row-db.host").get_by_test_id("delete").click()
     await page.get_by_test_id("save").click()
-    await page.get_by_test_id("notice").filter(has_text="Saved as version").wait_for(timeout=5_000)
+    await saved.filter(has_not_text=first_save).wait_for(timeout=5_000)
     async with tenants.admin("admin") as admin:
         assert not (await admin.resolve("prod", "orders", "db.host")).found
 

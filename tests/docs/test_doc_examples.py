@@ -35,7 +35,7 @@ import pytest
 
 from confmesh.server.embedded_etcd import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.etcd]
 ROOT = Path(__file__).resolve().parents[2]
 FILES = Path(__file__).resolve().parent / "files"
 DOCUMENTS = ("README.md", "examples/README.md")

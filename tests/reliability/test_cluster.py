@@ -22,6 +22,8 @@ from tests.reliability.conftest import ServerProcess
 from tests.reliability.history import assert_converged
 from tests.reliability.test_failures import client
 
+pytestmark = pytest.mark.etcd  # starts servers or an etcd of its own
+
 
 async def start_cluster(tmp_path: Path) -> list[EmbeddedEtcd]:
     names = ["e0", "e1", "e2"]

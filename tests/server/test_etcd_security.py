@@ -18,6 +18,8 @@ from confmesh.server.etcd import EtcdCredentials
 from tests.cli.test_cli import cli
 from tests.conftest import etcdctl_binary
 
+pytestmark = pytest.mark.etcd  # starts servers or an etcd of its own
+
 PASSWORD = "s3cret-etcd-pw"  # pragma: allowlist secret
 
 
