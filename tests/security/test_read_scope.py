@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.cli.test_cli import cli
 from tests.conftest import Tenants
 
@@ -39,3 +41,14 @@ async def test_a_staging_reader_never_sees_prod_plaintext(tenants: Tenants, tmp_
     assert code == 0 and "staging-pw" in out, err
     code, out, err = await cli(tenants.address, "--token", token, "audit", "--json")
     assert code == 0 and "staging-pw" in out and "service/prod" not in out, err
+
+
+async def test_a_flags_evaluations_over_time_follow_the_flag_read_grant(tenants: Tenants) -> None:
+    """GetFlagUsage's `flag` series: a reader of staging flags reads staging's, never prod's."""
+    from confmesh import errors
+    from confmesh.client import AdminClient
+
+    async with AdminClient(tenants.address, token=tenants.tokens["staging-reader"]) as reader:
+        await reader.flag_usage("staging", 3600, flag="checkout")
+        with pytest.raises(errors.PermissionDenied):
+            await reader.flag_usage("prod", 3600, flag="checkout")

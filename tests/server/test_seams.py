@@ -9,7 +9,8 @@ from confmesh.keys import KeyLayout, Scope
 from confmesh.server.interceptors import Malformed, checked_deserializer
 from confmesh.server.memory_source import MemorySource
 from confmesh.server.metrics import PROPAGATION_BUCKETS, Metrics
-from confmesh.server.source import EtcdSource, Source
+from confmesh.server.serving import Source
+from confmesh.server.source import EtcdSource
 from confmesh.server.store import ConfigStore
 from confmesh.v1 import config_pb2
 
@@ -19,7 +20,8 @@ def test_every_source_offers_the_whole_seam() -> None:
 
     store = ConfigStore(KeyLayout("/m"))
     sources = [EtcdSource(Etcd(["127.0.0.1:1"]), store, print), MemorySource(store, print)]  # not started
-    wanted = {name for name in vars(Source) if not name.startswith("_")}
+    wanted = {name for kind in Source.__mro__ for name in vars(kind) if not name.startswith("_")}
+    assert {"start", "stale", "wait_for_revision"} <= wanted
     for source in sources:
         assert all(hasattr(source, name) for name in wanted), (type(source), wanted)
         assert source.stale and not source.synced  # nothing listed yet: not served

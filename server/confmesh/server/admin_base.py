@@ -21,11 +21,12 @@ from confmesh import errors
 from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer, Scope
 from confmesh.server.access import Access, Bypass, Caller, Grant, Role
-from confmesh.server.config_service import ServingState, abort
+from confmesh.server.config_service import abort
 from confmesh.server.fleet import FleetView
 from confmesh.server.known_names import KnownNames
 from confmesh.server.metrics import Metrics
 from confmesh.server.plane import SnapshotPlane
+from confmesh.server.serving import ServingState
 from confmesh.server.store import ConfigStore
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import (

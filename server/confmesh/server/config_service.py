@@ -31,6 +31,7 @@ from confmesh.server.limits import (
     clip,
 )
 from confmesh.server.resolver import Resolved, VersionHash
+from confmesh.server.serving import ServingState
 from confmesh.server.stream_callbacks import NoCallbacks, StreamCallbacks, StreamOpened
 from confmesh.server.watch_stream import Subscriber
 from confmesh.tracing import change_span
@@ -179,24 +180,6 @@ def _legacy_scheme(offered: Sequence[str]) -> bool:
             field="hash_schemes",
         )
     return scheme == LEAFSUM
-
-
-class ServingState(Protocol):
-    """What the Watch service needs to know of the etcd side (``EtcdSource`` is one).
-
-    The streams never see etcd itself: only whether the cache is synced, how fresh it is, and a
-    way to wait until it reaches a client's version.
-    """
-
-    @property
-    def stale(self) -> bool: ...
-    @property
-    def stale_reason(self) -> str: ...
-    @property
-    def synced(self) -> bool: ...
-    @property
-    def revision(self) -> int: ...
-    async def wait_for_revision(self, revision: int, timeout: float) -> bool: ...
 
 
 class Snapshots(Protocol):

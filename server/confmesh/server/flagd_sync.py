@@ -33,9 +33,10 @@ from confmesh.flags.flagd import export_flagd
 from confmesh.flags.model import parse_flag_set
 from confmesh.keys import Layer, check_name
 from confmesh.server.access import Access, Caller
-from confmesh.server.config_service import ServingState, abort
+from confmesh.server.config_service import abort
 from confmesh.server.known_names import KnownNames
 from confmesh.server.limits import Throttled
+from confmesh.server.serving import ServingState
 from confmesh.server.store import ConfigStore
 
 log = logging.getLogger("confmesh.flagd_sync")

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from confmesh.server.kv import Event, KeyValue
+from confmesh.server.serving import Progress
 from confmesh.server.store import ConfigStore, StoreChange
 
 
@@ -29,8 +30,9 @@ class MemorySource:
         self.stale_reason = "not started"
         self._revision = 0
         self._keys: dict[str, KeyValue] = {}
-        self._progress = asyncio.Condition()
+        self._progress = Progress(store)
         self._started = False
+        self._notifying: set[asyncio.Task[None]] = set()
 
     # -- the Source seam -----------------------------------------------------------------------
 
@@ -55,12 +57,7 @@ class MemorySource:
         self._started = False
 
     async def wait_for_revision(self, revision: int, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout), self._progress:
-                await self._progress.wait_for(lambda: self.store.synced and self.store.revision >= revision)
-        except TimeoutError:
-            return False
-        return True
+        return await self._progress.wait_for(revision, timeout)
 
     async def wait_synced(self, timeout: float) -> bool:
         return await self.wait_for_revision(0, timeout)
@@ -106,11 +103,9 @@ class MemorySource:
     def _hand_on(self, change: StoreChange) -> None:
         if change:
             self.on_change(change)
-        asyncio.get_event_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._progress:
-            self._progress.notify_all()
+        task = asyncio.get_event_loop().create_task(self._progress.moved())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
 
 __all__ = ["MemorySource"]

@@ -1,6 +1,7 @@
 """Sources: what keeps a ConfigStore in step with where config lives, behind one seam (``Source``).
 
-A source lists everything at a revision (``store.replace``), then applies what changed after it in
+The seam is ``confmesh.server.serving.Source``. A source lists everything at a revision
+(``store.replace``), then applies what changed after it in
 order (``store.apply``), and hands each resulting ``StoreChange`` on (to the snapshot plane). When
 it loses its upstream it keeps the last state, says why (``stale_reason``), and resumes by listing
 again. ``EtcdSource`` is the first; a relay's upstream confmesh is the second.
@@ -32,37 +33,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from confmesh.errors import Unavailable
 from confmesh.server.etcd import Etcd
+from confmesh.server.serving import Progress
 from confmesh.server.store import ConfigStore, StoreChange
 
 log = logging.getLogger(__name__)
-
-
-class Source(Protocol):
-    """Where a store's contents come from, and how fresh they are.
-
-    ``synced``: the store holds one whole list (nothing is served before); ``revision``: the
-    upstream revision the store reflects (versions are upstream revisions, so a client resuming with
-    ``known_version`` on another replica or relay is understood); ``stale``/``stale_reason``: the
-    upstream is unreachable and the last state is served. ``wait_for_revision`` is read-your-writes
-    and a resuming client's catch-up.
-    """
-
-    @property
-    def stale(self) -> bool: ...
-    @property
-    def stale_reason(self) -> str: ...
-    @property
-    def synced(self) -> bool: ...
-    @property
-    def revision(self) -> int: ...
-    def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def wait_for_revision(self, revision: int, timeout: float) -> bool: ...
-    async def wait_synced(self, timeout: float) -> bool: ...
 
 
 class EtcdSource:
@@ -95,7 +72,7 @@ class EtcdSource:
         self.last_watch_activity = time.monotonic()
         self.on_error = on_error
         self._relist = asyncio.Event()
-        self._progress = asyncio.Condition()
+        self._progress = Progress(store)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -126,12 +103,7 @@ class EtcdSource:
 
     async def wait_for_revision(self, revision: int, timeout: float) -> bool:
         """Wait until the store reflects `revision`; False on timeout."""
-        try:
-            async with asyncio.timeout(timeout), self._progress:
-                await self._progress.wait_for(lambda: self.store.synced and self.store.revision >= revision)
-        except TimeoutError:
-            return False
-        return True
+        return await self._progress.wait_for(revision, timeout)
 
     async def wait_synced(self, timeout: float) -> bool:
         return await self.wait_for_revision(0, timeout)
@@ -152,8 +124,7 @@ class EtcdSource:
     async def _notify(self, changed: StoreChange) -> None:
         if changed:
             self.on_change(changed)
-        async with self._progress:
-            self._progress.notify_all()
+        await self._progress.moved()
 
     async def _consume(self, prefix: str, revision: int) -> None:
         """Apply watch batches until the watch must be replaced (returns) or breaks (raises)."""
@@ -270,3 +241,6 @@ class EtcdSource:
             )
             return False
         return True
+
+
+__all__ = ["EtcdSource"]
