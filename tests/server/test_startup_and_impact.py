@@ -46,7 +46,7 @@ def test_the_diff_shows_old_and_new_values_redacted_as_the_audit_log_does() -> N
     schema = ServiceSchema(ORDERS, {"type": "object", "properties": {
         "db": {"type": "object", "properties": {"password": {"type": "string", "writeOnly": True}}},
     }})  # fmt: skip
-    current = {layer: {"db.password": "old-pw", "db.pool": 5, "db.pool.x": 1}}
+    current = {layer: {"db.password": "old-pw", "db.pool": 5, "db.pool.x": 1}}  # pragma: allowlist secret
     changes = [ChangeSpec(layer, "db.password", "new-pw"), ChangeSpec(layer, "db.pool", delete=True)]
     rows = diff_rows(current, changes, {ORDERS: schema})
     assert [(r.key, r.op) for r in rows] == [
