@@ -12,11 +12,11 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from confmesh.server.kv import Event, KeyValue
-from confmesh.server.serving import Progress
+from confmesh.server.serving import StoreBacked
 from confmesh.server.store import ConfigStore, StoreChange
 
 
-class MemorySource:
+class MemorySource(StoreBacked):
     def __init__(
         self,
         store: ConfigStore,
@@ -24,29 +24,15 @@ class MemorySource:
         *,
         on_stale_change: Callable[[bool], None] | None = None,
     ) -> None:
-        self.store = store
+        super().__init__(store, "not started")
         self.on_change = on_change
         self.on_stale_change = on_stale_change
-        self.stale_reason = "not started"
         self._revision = 0
         self._keys: dict[str, KeyValue] = {}
-        self._progress = Progress(store)
         self._started = False
         self._notifying: set[asyncio.Task[None]] = set()
 
     # -- the Source seam -----------------------------------------------------------------------
-
-    @property
-    def stale(self) -> bool:
-        return bool(self.stale_reason)
-
-    @property
-    def synced(self) -> bool:
-        return self.store.synced
-
-    @property
-    def revision(self) -> int:
-        return self.store.revision
 
     def start(self) -> None:
         self._started = True
@@ -55,12 +41,6 @@ class MemorySource:
 
     async def stop(self) -> None:
         self._started = False
-
-    async def wait_for_revision(self, revision: int, timeout: float) -> bool:
-        return await self._progress.wait_for(revision, timeout)
-
-    async def wait_synced(self, timeout: float) -> bool:
-        return await self.wait_for_revision(0, timeout)
 
     # -- the key space -------------------------------------------------------------------------
 

@@ -66,4 +66,34 @@ class Progress:
             self._moved.notify_all()
 
 
-__all__ = ["Progress", "ServingState", "Source"]
+class StoreBacked:
+    """The half of the seam every source answers from its store the same way: freshness, sync,
+    revision and the waits. A source sets ``stale_reason`` and calls ``_progress.moved()`` after
+    each change it applies."""
+
+    def __init__(self, store: ConfigStore, stale_reason: str) -> None:
+        self.store = store
+        self.stale_reason = stale_reason
+        self._progress = Progress(store)
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.stale_reason)
+
+    @property
+    def synced(self) -> bool:
+        return self.store.synced
+
+    @property
+    def revision(self) -> int:
+        return self.store.revision
+
+    async def wait_for_revision(self, revision: int, timeout: float) -> bool:
+        """Wait until the store reflects `revision`; False on timeout."""
+        return await self._progress.wait_for(revision, timeout)
+
+    async def wait_synced(self, timeout: float) -> bool:
+        return await self.wait_for_revision(0, timeout)
+
+
+__all__ = ["Progress", "ServingState", "Source", "StoreBacked"]

@@ -36,13 +36,13 @@ from collections.abc import Callable
 
 from confmesh.errors import Unavailable
 from confmesh.server.etcd import Etcd
-from confmesh.server.serving import Progress
+from confmesh.server.serving import StoreBacked
 from confmesh.server.store import ConfigStore, StoreChange
 
 log = logging.getLogger(__name__)
 
 
-class EtcdSource:
+class EtcdSource(StoreBacked):
     def __init__(
         self,
         etcd: Etcd,
@@ -58,7 +58,7 @@ class EtcdSource:
         on_error: Callable[[], None] | None = None,
     ) -> None:
         self.etcd = etcd
-        self.store = store
+        super().__init__(store, "not yet synced with etcd")
         self.on_change = on_change
         self.on_stale_change = on_stale_change
         self.backoff_initial = backoff_initial
@@ -66,26 +66,12 @@ class EtcdSource:
         self.progress_interval = progress_interval
         self.watch_idle_timeout = watch_idle_timeout
         self.resync_interval = resync_interval
-        self.stale_reason: str = "not yet synced with etcd"
         self.relists = 0
         self.divergences = 0
         self.last_watch_activity = time.monotonic()
         self.on_error = on_error
         self._relist = asyncio.Event()
-        self._progress = Progress(store)
         self._tasks: list[asyncio.Task[None]] = []
-
-    @property
-    def stale(self) -> bool:
-        return bool(self.stale_reason)
-
-    @property
-    def synced(self) -> bool:
-        return self.store.synced
-
-    @property
-    def revision(self) -> int:
-        return self.store.revision
 
     def start(self) -> None:
         self._tasks = [
@@ -100,13 +86,6 @@ class EtcdSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-
-    async def wait_for_revision(self, revision: int, timeout: float) -> bool:
-        """Wait until the store reflects `revision`; False on timeout."""
-        return await self._progress.wait_for(revision, timeout)
-
-    async def wait_synced(self, timeout: float) -> bool:
-        return await self.wait_for_revision(0, timeout)
 
     def watch_idle_seconds(self) -> float:
         return time.monotonic() - self.last_watch_activity
