@@ -72,12 +72,6 @@ class RolloutRPCs(AdminBase):
         caller = self.access.identify(context)
         self.access.require_writes(caller, [layer])
         self.access.require_no_approval([layer])
-        existing = await read_rollout(self.writer.etcd, self.writer.layout, scope)
-        if existing is not None and existing[0].active:
-            raise errors.FailedPrecondition(
-                f"rollout {existing[0].name!r} is active for {scope}; promote or abort it first",
-                code="rollout_active",
-            )
         changes: dict[str, Any] = dict(from_struct(request.set))
         changes.update({key: None for key in request.delete})
         rollout = Rollout(
@@ -90,6 +84,12 @@ class RolloutRPCs(AdminBase):
             reason=request.context.reason,
         )
         validate_changes(rollout.change_specs())
+        existing = await read_rollout(self.writer.etcd, self.writer.layout, scope)
+        if existing is not None and existing[0].active:
+            raise errors.FailedPrecondition(
+                f"rollout {existing[0].name!r} is active for {scope}; promote or abort it first",
+                code="rollout_active",
+            )
         schema = self.store.records(SCHEMAS).get(scope)
         if schema is not None:
             entries = [self.store.entries(x) for x in scope.layers]
