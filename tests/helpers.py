@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -144,3 +145,88 @@ class ServerProcess:
         except TimeoutError:
             self.proc.kill()
             return await self.proc.wait()
+
+
+class RelayProcess:
+    """`confmesh relay` in its own process, on a port picked at run time."""
+
+    def __init__(self, upstream: str, data_dir: Path, relay_id: str, prefix: str, *extra: str) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.relay_id = relay_id
+        self.log = data_dir.parent / f"{relay_id}.log"
+        self.args = [
+            sys.executable, "-m", "confmesh.cli", "relay", "--upstream", upstream, "--listen", self.address,
+            "--data-dir", str(data_dir), "--relay-id", relay_id, "--prefix", prefix, "--heartbeat", "1", *extra,
+        ]  # fmt: skip
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> RelayProcess:
+        with open(self.log, "ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(*self.args, stdout=subprocess.PIPE, stderr=log)
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        assert line.startswith(b"confmesh relay"), (line, self.log.read_text()[-2000:])
+        return self
+
+    def logged(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+
+    async def stop(self) -> int:
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), 20)
+        except TimeoutError:
+            self.proc.kill()
+            return await self.proc.wait()
+
+
+class TcpProxy:
+    """A loopback TCP proxy to `target` that can cut every connection and refuse new ones (`cut`),
+    then accept again (`mend`): a network partition between two processes."""
+
+    def __init__(self, target: str) -> None:
+        self.host, _, port = target.rpartition(":")
+        self.target_port = int(port)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._links |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        self._links -= {writer, up_writer}
+
+    async def mend(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        return self
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()

@@ -153,7 +153,7 @@ async def test_a_data_directory_in_use_is_named_at_once(tmp_path: Path) -> None:
         started = time.monotonic()
         line = await serve_fails(tmp_path, "--listen", "127.0.0.1:0")
         assert time.monotonic() - started < 10
-        assert line.startswith("error: --data-dir confmesh-data is in use by another confmesh serve"), line
+        assert line.startswith("error: --data-dir confmesh-data is in use by another confmesh process"), line
     finally:
         code, _ = await first.stop_group(10)
     assert code == 0

@@ -22,7 +22,7 @@ from confmesh.changes import ChangeSpec
 from confmesh.keys import Layer
 from confmesh.server.access import RULES, Rule
 from confmesh.server.app import served_methods
-from confmesh.v1 import admin_pb2, config_pb2
+from confmesh.v1 import admin_pb2, config_pb2, relay_pb2
 from confmesh.wire import layer_to_pb, to_struct, to_value
 from tests.conftest import TENANT_GRANTS, Tenants
 from tests.helpers import eventually
@@ -46,6 +46,7 @@ EXPECTED: dict[Rule, dict[str, set[tuple[str, str]]]] = {
                        "orders-service": {ORDERS}, "payments-service": {PAYMENTS}},
     Rule.OPERATE: {name: BOTH for name in TENANT_GRANTS if not name.endswith("-service")},
     Rule.ADMIN: {"admin": BOTH},
+    Rule.RELAY: {"admin": BOTH, "orders-writer": {ORDERS}, "orders-reader": {ORDERS}},
 }  # fmt: skip
 # Methods whose target is wider than the scope they name.
 OVERRIDES: dict[str, dict[str, set[tuple[str, str]]]] = {
@@ -120,6 +121,9 @@ def requests(env: str, svc: str) -> dict[str, Callable[[], Message]]:
         "Watch": lambda: config_pb2.WatchRequest(
             subscribe=config_pb2.Subscribe(environment=env, service=svc, instance_id=_unique())
         ),
+        "Mirror": lambda: relay_pb2.MirrorRequest(
+            hello=relay_pb2.MirrorHello(relay_id=_unique(), scopes=[f"{env}/{svc}"])
+        ),
         "SyncFlags": lambda: sync_pb2.SyncFlagsRequest(selector=f"flagSetId={env}"),
         "FetchAllFlags": lambda: sync_pb2.FetchAllFlagsRequest(selector=env),
         "GetMetadata": lambda: sync_pb2.GetMetadataRequest(),
@@ -153,7 +157,7 @@ async def call(
             finally:
                 sync.cancel()
             return grpc.StatusCode.OK, first if isinstance(first, bytes) else b""
-        if method.endswith("/Watch"):
+        if method.endswith(("/Watch", "/Mirror")):
             stream = channel.stream_stream(method)
 
             async def outbox() -> AsyncIterator[bytes]:

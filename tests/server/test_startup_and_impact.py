@@ -21,7 +21,7 @@ ORDERS = Scope("prod", "orders")
 def test_a_data_directory_is_locked_by_one_server_and_bad_ones_are_named(tmp_path: Path) -> None:
     lock = prepare_data_dir(tmp_path / "d")
     try:
-        with pytest.raises(errors.StartupError, match="in use by another confmesh serve"):
+        with pytest.raises(errors.StartupError, match="in use by another confmesh process"):
             prepare_data_dir(tmp_path / "d")
     finally:
         lock.release()

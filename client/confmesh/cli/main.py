@@ -20,6 +20,7 @@ from confmesh.cli.diff import diff
 from confmesh.cli.flags import flags
 from confmesh.cli.history import history, revert, rollback
 from confmesh.cli.parsing import DEFAULT_SERVER, server_target
+from confmesh.cli.relay import relay
 from confmesh.cli.rollouts import rollout
 from confmesh.cli.schemas import schema
 from confmesh.cli.serve import serve
@@ -142,6 +143,6 @@ def main(
     ctx.obj = {"server": server_target(server), "actor": actor, "tls": tls, "token": token}
 
 
-for command in (serve, put, delete, get, watch, status, audit, flags, apply, history, rollback, revert,
+for command in (serve, relay, put, delete, get, watch, status, audit, flags, apply, history, rollback, revert,
                 diff, schema, rollout, change, token):  # fmt: skip
     main.add_command(command)

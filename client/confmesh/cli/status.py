@@ -54,24 +54,19 @@ async def status(admin: Any, as_json: bool, local: bool, scope_name: str, only_v
     if not resp.instances:
         click.echo("no instances connected")
         return
-    rows = [("INSTANCE", "SCOPE", "ACKED", "SENT", "STATE", "LAST NACK")]
+    relayed = any(inst.relay_path for inst in resp.instances)  # the VIA column only in a mesh
+    rows = [("INSTANCE", "SCOPE", "ACKED", "SENT", "STATE", *(["VIA"] if relayed else []), "LAST NACK")]
     for inst in resp.instances:
         nack = ""
         if inst.HasField("last_nack"):
             nack = f"v{inst.last_nack.version}: {inst.last_nack.error}"
-        rows.append(
-            (
-                inst.instance_id,
-                f"{inst.environment}/{inst.service}",
-                str(inst.acked_version),
-                str(inst.sent_version),
-                "connected" if inst.connected else "gone",
-                nack,
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        via = [inst.relay_path or "-"] if relayed else []
+        rows.append((inst.instance_id, f"{inst.environment}/{inst.service}", str(inst.acked_version),
+                     str(inst.sent_version), "connected" if inst.connected else "gone", *via, nack))  # fmt: skip
+    columns = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(columns)]
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:columns], widths, strict=True)) + "  " + r[columns])
     click.echo("versions (connected instances):")
     for line in version_summary(resp.instances):
         click.echo(f"  {line}")

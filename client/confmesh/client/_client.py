@@ -408,7 +408,7 @@ class ConfigClient(Generic[T]):
                     self._update_state()
             except grpc.aio.AioRpcError as exc:
                 error = error_from_rpc(exc, self.target)
-                if exc.code() in FATAL_CODES:
+                if exc.code() in FATAL_CODES or error.code == "not_carried":  # a relay without the scope
                     log.error("confmesh watch for %s failed: %s", self.scope, error.message)
                     self._fatal = error
                     async with self._applied:

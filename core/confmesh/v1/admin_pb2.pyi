@@ -189,7 +189,7 @@ class NackRecord(_message.Message):
     def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., error: _Optional[str] = ..., field_paths: _Optional[_Iterable[str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("instance_id", "environment", "service", "peer", "connected", "acked_version", "acked_hash", "sent_version", "last_nack", "connected_at", "last_seen", "labels", "server_id", "scope_notice")
+    __slots__ = ("instance_id", "environment", "service", "peer", "connected", "acked_version", "acked_hash", "sent_version", "last_nack", "connected_at", "last_seen", "labels", "server_id", "scope_notice", "relay_path")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +211,7 @@ class InstanceStatus(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_NOTICE_FIELD_NUMBER: _ClassVar[int]
+    RELAY_PATH_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     environment: str
     service: str
@@ -225,7 +226,8 @@ class InstanceStatus(_message.Message):
     labels: _containers.ScalarMap[str, str]
     server_id: str
     scope_notice: str
-    def __init__(self, instance_id: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected: _Optional[bool] = ..., acked_version: _Optional[int] = ..., acked_hash: _Optional[str] = ..., sent_version: _Optional[int] = ..., last_nack: _Optional[_Union[NackRecord, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., server_id: _Optional[str] = ..., scope_notice: _Optional[str] = ...) -> None: ...
+    relay_path: str
+    def __init__(self, instance_id: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected: _Optional[bool] = ..., acked_version: _Optional[int] = ..., acked_hash: _Optional[str] = ..., sent_version: _Optional[int] = ..., last_nack: _Optional[_Union[NackRecord, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., server_id: _Optional[str] = ..., scope_notice: _Optional[str] = ..., relay_path: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason", "schema_violations", "next_page_token", "server_version", "replicas")

@@ -153,6 +153,15 @@ class Grant(BaseModel):
             return self._covers_environment(layer.environment)
         return self.can_read(Scope(layer.environment, layer.service))
 
+    def can_carry(self, pattern: str) -> bool:
+        """Relay the scopes `pattern` names (as a policy file writes them): a pattern within one of
+        the grant's own. Services carry nothing; what is carried is filtered key by key besides."""
+        if self.role is Role.ADMIN:
+            return True
+        if self.role is Role.SERVICE:
+            return False
+        return any(fnmatch.fnmatchcase(pattern, granted) for granted in self.scopes)
+
     def can_operate(self) -> bool:
         """Status, audit, usage: everyone but services."""
         return self.role is not Role.SERVICE
@@ -167,6 +176,7 @@ class Rule(enum.StrEnum):
     READ_FLAGS = "read an environment's flags: admin, its service identities, readers/writers reaching it"
     WATCH_SCOPE = "watch one (environment, service): admin, readers/writers covering it, its own service"
     OPERATE = "everyone but services; the answer holds only what the caller's grant may read"
+    RELAY = "relay: everyone but services, for scope patterns within its grant; carries only what it reads"
     ADMIN = "admins only"
     PUBLIC = "anyone (health checks and reflection carry no configuration)"
 
@@ -189,6 +199,7 @@ RULES: dict[str, Rule] = {
     **{_ADMIN + m: Rule.OPERATE for m in ("GetStatus", "GetFlagUsage", "ListAudit", "ListRollouts")},
     **{_ADMIN + m: Rule.ADMIN for m in ("CreateToken", "ListTokens", "RevokeToken")},
     _CONFIG + "Watch": Rule.WATCH_SCOPE,
+    "/confmesh.v1.RelayService/Mirror": Rule.RELAY,
     _CONFIG + "GetSnapshot": Rule.WATCH_SCOPE,
     _CONFIG + "DescribeScope": Rule.WATCH_SCOPE,
     "/flagd.sync.v1.FlagSyncService/SyncFlags": Rule.READ_FLAGS,

@@ -119,6 +119,7 @@ class ReadRPCs(AdminBase):
                 labels=rec.labels,
                 server_id=rec.server_id,
                 scope_notice=notices[rec.scope],
+                relay_path=rec.via,
             )
             if rec.last_nack is not None:
                 n = rec.last_nack

@@ -47,7 +47,10 @@ from confmesh.server.history import prune_audit
 from confmesh.server.http_listener import HttpListener
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
 from confmesh.server.known_names import KnownNames
+from confmesh.server.journal import KeyJournal
 from confmesh.server.ledger import Ledger
+from confmesh.server.mirror import MirrorService
+from confmesh.server.relayed_fleet import LocalInstances, RelayedFleet
 from confmesh.server.metrics import Metrics
 from confmesh.server.ofrep import MAX_BODY, Ofrep
 from confmesh.server.plane import SnapshotPlane
@@ -61,7 +64,7 @@ from confmesh.server.stream_callbacks import LedgerCallbacks, MetricsCallbacks, 
 from confmesh.server.usage import FlagUsageStore
 from confmesh.server.writer import Writer
 from confmesh.tls import read_pem
-from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2
+from confmesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, relay_pb2, relay_pb2_grpc
 from confmesh.version import __version__
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,7 @@ def served_methods() -> list[str]:
     """Every confmesh RPC, as gRPC names it: each must have an authorization rule (access.RULES)."""
     return [
         f"/{service.full_name}/{method.name}"
-        for module in (admin_pb2, config_pb2, sync_pb2)
+        for module in (admin_pb2, config_pb2, relay_pb2, sync_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     ]
@@ -83,6 +86,7 @@ SERVICE_NAMES = (
     "confmesh.v1.ConfigService",
     "confmesh.v1.AdminService",
     "grpc.health.v1.Health",
+    "confmesh.v1.RelayService",
     reflection.SERVICE_NAME,
     "flagd.sync.v1.FlagSyncService",
 )
@@ -160,6 +164,30 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
+def server_credentials(
+    listen: str, tls_cert: str, tls_key: str, tls_client_ca: str
+) -> grpc.ServerCredentials | None:
+    """The gRPC listener's TLS (None: plaintext, warned about off loopback)."""
+    if not (tls_cert or tls_key):
+        if tls_client_ca:
+            raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
+        if not is_loopback(listen):
+            log.warning(
+                "PLAINTEXT on %s: anyone who can reach this address can read and change config. "
+                "Use --tls-cert/--tls-key (and --tls-client-ca for mutual TLS).",
+                listen,
+            )
+        return None
+    if not (tls_cert and tls_key):
+        raise InvalidArgument("TLS needs both --tls-cert and --tls-key")
+    client_ca = read_pem(tls_client_ca, "client CA") if tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(read_pem(tls_key, "TLS key"), read_pem(tls_cert, "TLS certificate"))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 class ConfmeshServer:
     def __init__(self, settings: ServerSettings, *, tracer_provider: TracerProvider | None = None) -> None:
         """`tracer_provider` defaults to OpenTelemetry's global one."""
@@ -171,10 +199,14 @@ class ConfmeshServer:
         self._data_lock: DataDirLock | None = None
         self.etcd: Etcd | None = None
         self.store = server_store(self.layout)
+        self.store.journal = KeyJournal(self.layout)  # what relays below this server carry
         self.plane = SnapshotPlane(self.store)
         self.plane.listen(self._on_store_change)
         self.ledger = Ledger(server_id=self.server_id)
-        self.fleet = FleetView(self.ledger, self.store.records(FLEET), self.server_id)
+        self.relayed = RelayedFleet()
+        self.instances = LocalInstances(self.ledger, self.relayed)
+        self.fleet = FleetView(self.instances, self.store.records(FLEET), self.server_id)
+        self.mirror: MirrorService | None = None
         self.fleet_publisher: FleetPublisher | None = None
         self.usage_publisher: UsagePublisher | None = None
         self.usage = FlagUsageStore()
@@ -378,6 +410,9 @@ class ConfmeshServer:
             metrics=self.metrics,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin_service, server)
+        assert self.store.journal is not None
+        self.mirror = MirrorService(self.store, self.store.journal, source, self.access, self.relayed)
+        relay_pb2_grpc.add_RelayServiceServicer_to_server(self.mirror, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         try:
@@ -408,7 +443,7 @@ class ConfmeshServer:
         if publish:
             rollouts = self.store.records(ROLLOUTS)
             fleet = FleetPublisher(
-                etcd, self.layout, self.ledger, self.server_id, interval=s.fleet_interval, ttl=s.fleet_ttl,
+                etcd, self.layout, self.instances, self.server_id, interval=s.fleet_interval, ttl=s.fleet_ttl,
                 epoch=lambda: frozenset((scope, at) for scope, (_, at) in rollouts.items()),
             )  # fmt: skip
             self.fleet_publisher = fleet
@@ -435,6 +470,8 @@ class ConfmeshServer:
     def _drain_streams(self) -> None:
         if self.config_service is not None:
             self.config_service.drain()
+        if self.mirror is not None:
+            self.mirror.drain()
         if self.flagd_sync is not None:
             self.flagd_sync.drain()
 
@@ -492,24 +529,7 @@ class ConfmeshServer:
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings
-        if not (s.tls_cert or s.tls_key):
-            if s.tls_client_ca:
-                raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
-            if not is_loopback(s.listen):
-                log.warning(
-                    "PLAINTEXT on %s: anyone who can reach this address can read and change config. "
-                    "Use --tls-cert/--tls-key (and --tls-client-ca for mutual TLS).",
-                    s.listen,
-                )
-            return None
-        if not (s.tls_cert and s.tls_key):
-            raise InvalidArgument("TLS needs both --tls-cert and --tls-key")
-        client_ca = read_pem(s.tls_client_ca, "client CA") if s.tls_client_ca else None
-        return grpc.ssl_server_credentials(
-            [(read_pem(s.tls_key, "TLS key"), read_pem(s.tls_cert, "TLS certificate"))],
-            root_certificates=client_ca,
-            require_client_auth=client_ca is not None,
-        )
+        return server_credentials(s.listen, s.tls_cert, s.tls_key, s.tls_client_ca)
 
     def _register_gauges(self) -> None:
         source = self.source

@@ -210,9 +210,12 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
         tracer_provider: TracerProvider | None = None,
         access: Access | None = None,
         names: Callable[[str, str], ScopeCheck] | None = None,
+        carries: Callable[[Scope], bool] | None = None,
     ) -> None:
         self.access = access or Access(dict)
         self.names = names
+        # A relay serves only the scopes it carries (None: every scope, as a server does).
+        self.carries = carries
         self.snapshots = snapshots
         self.streams: set[Subscriber] = set()
         self.source = source
@@ -258,12 +261,18 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             scope = Scope.checked(request.environment, request.service)
             caller = self.access.identify(context)
             self.access.require(caller, lambda g: g.can_watch(scope), f"{what} {scope}")
+            self._check_carried(scope)
             await self._ready()
         except errors.ConfmeshError as exc:
             await self.access.audit_denial(exc, context, method)
             await abort(context, exc)
             raise
         return scope
+
+    def _check_carried(self, scope: Scope) -> None:
+        if self.carries is not None and not self.carries(scope):
+            raise errors.NotFound(f"this relay does not carry {scope}; connect to one that does, or to the "
+                                  "servers", code="not_carried")  # fmt: skip
 
     async def GetSnapshot(
         self, request: config_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -309,6 +318,7 @@ class ConfigService(config_pb2_grpc.ConfigServiceServicer):
             legacy = _legacy_scheme(sub_msg.hash_schemes)
             caller = self.access.identify(context)
             self.access.require(caller, lambda g: g.can_watch(scope), f"watch {scope}")
+            self._check_carried(scope)
             await self._ready(sub_msg.known_version)
         except TimeoutError:
             await abort(context, errors.InvalidArgument("no subscribe received in time", code="no_subscribe"))

@@ -20,7 +20,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.keys import KeyLayout, Scope
@@ -39,6 +39,15 @@ CHUNK_RECORDS = 1_000
 # is published in several.
 TXN_BYTES = 1 << 20
 FORMAT = 1
+# A chunk of 1,000 records is about 250 KB of JSON; far more is not a summary.
+MAX_SUMMARY_BYTES = 16 * 1024 * 1024
+MAX_VIA = 512
+
+
+class Instances(Protocol):
+    """This replica's instances: its ledger's, and those relays below it report."""
+
+    def records(self) -> list[InstanceRecord]: ...
 
 
 def _row(r: InstanceRecord) -> list[Any]:
@@ -48,12 +57,14 @@ def _row(r: InstanceRecord) -> list[Any]:
         nack = [n.version, n.hash, n.error, n.field_paths, n.at]
     return [r.stream_id, r.instance_id, r.scope.environment, r.scope.service, r.peer, r.labels,
             r.connected_at, r.last_seen, r.connected, r.acked_version, r.acked_hash, r.sent_version,
-            nack, r.disconnected_at]  # fmt: skip
+            nack, r.disconnected_at, *([r.via] if r.via else [])]  # fmt: skip
 
 
 def _record(server_id: str, row: list[Any]) -> InstanceRecord:
     (stream_id, instance_id, env, service, peer, labels, connected_at, last_seen, connected,
-     acked_version, acked_hash, sent_version, nack, disconnected_at) = row  # fmt: skip
+     acked_version, acked_hash, sent_version, nack, disconnected_at, *via) = row  # fmt: skip
+    if len(via) > 1:
+        raise ValueError("a fleet row has at most 15 fields")
     return InstanceRecord(
         stream_id=int(stream_id),
         instance_id=str(instance_id),
@@ -71,6 +82,7 @@ def _record(server_id: str, row: list[Any]) -> InstanceRecord:
         else NackInfo(int(nack[0]), str(nack[1]), str(nack[2]), [str(p) for p in nack[3]], float(nack[4])),
         disconnected_at=float(disconnected_at),
         server_id=server_id,
+        via=clip(str(via[0]), MAX_VIA) if via else "",
     )
 
 
@@ -87,9 +99,18 @@ def encode_rows(rows: list[list[Any]]) -> list[bytes]:
             for c in chunks]  # fmt: skip
 
 
+def inflate(value: bytes, limit: int = MAX_SUMMARY_BYTES) -> bytes:
+    """`value` decompressed, refused (ValueError) past `limit` bytes: summaries come from peers."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(value, limit)
+    if inflater.unconsumed_tail:
+        raise ValueError(f"a fleet summary inflates past {limit} bytes")
+    return out
+
+
 def decode(server_id: str, value: bytes) -> list[InstanceRecord]:
     try:
-        doc = loads_json(zlib.decompress(value))
+        doc = loads_json(inflate(value))
         if doc.get("v") != FORMAT:
             return []
         return [_record(server_id, row) for row in doc["records"]]
@@ -112,7 +133,7 @@ class FleetView:
     """This replica's ledger joined with every other replica's published summary."""
 
     def __init__(
-        self, ledger: Ledger, summaries: Mapping[tuple[str, str], tuple[bytes, int]], server_id: str
+        self, ledger: Instances, summaries: Mapping[tuple[str, str], tuple[bytes, int]], server_id: str
     ) -> None:
         self.ledger = ledger
         # (server id, chunk) -> (value, mod revision): kept by the store (record_kinds.FLEET).
@@ -162,7 +183,7 @@ def _dedupe(records: list[InstanceRecord]) -> list[InstanceRecord]:
                 newest_gone[key] = r
     # One stream is one record, even while a publish spread over several transactions shows
     # it in an old chunk and a new one.
-    streams = {(r.server_id, r.stream_id): r for r in records if r.connected}
+    streams = {(r.server_id, r.via, r.stream_id): r for r in records if r.connected}
     out = [*streams.values(), *newest_gone.values()]
     return sorted(out, key=InstanceRecord.sort_key)
 
@@ -174,7 +195,7 @@ class FleetPublisher:
         self,
         etcd: Etcd,
         layout: KeyLayout,
-        ledger: Ledger,
+        ledger: Instances,
         server_id: str,
         *,
         interval: float = 2.0,

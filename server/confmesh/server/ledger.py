@@ -47,10 +47,13 @@ class InstanceRecord:
     disconnected_at: float = 0.0
     # The replica holding the stream (the fleet view joins every replica's records).
     server_id: str = ""
+    # The relays the instance is connected through, nearest the replica first ("eu/eu-zone-a");
+    # "" when it is connected to the replica itself.
+    via: str = ""
 
     def sort_key(self) -> tuple[str, str, str, float, str, int]:
         return (self.scope.environment, self.scope.service, self.instance_id, -self.connected_at,
-                self.server_id, self.stream_id)  # fmt: skip
+                self.server_id + "/" + self.via, self.stream_id)  # fmt: skip
 
 
 class Ledger:

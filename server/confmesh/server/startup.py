@@ -42,7 +42,7 @@ class DataDirLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 by = f" (pid {holder})" if holder.isdigit() else ""
                 raise StartupError(
-                    f"--data-dir {self.path.parent} is in use by another confmesh serve{by}; "
+                    f"--data-dir {self.path.parent} is in use by another confmesh process{by}; "
                     "stop it, or give this one its own --data-dir"
                 ) from None
             raise StartupError(f"cannot lock --data-dir {self.path.parent}: {exc.strerror}") from None

@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from confmesh.errors import InvalidArgument
 from confmesh.keys import KeyLayout, Layer, Scope
 from confmesh.merge import JSONValue, parse_json_value
+from confmesh.server.journal import KeyJournal
 from confmesh.server.kv import Event, KeyValue
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ class ConfigStore:
         self.bad_keys: dict[str, str] = {}
         self._kinds: list[tuple[str, RecordKind[Any, Any]]] = []
         self._kept: dict[str, _Kept[Any, Any]] = {}
+        # Told of every list and batch applied, as raw keys (a server that relays set one).
+        self.journal: KeyJournal | None = None
         for kind in kinds:
             self.register(kind)
 
@@ -159,6 +162,15 @@ class ConfigStore:
 
     def layer_revision(self, layer: Layer) -> int:
         return self._layer_revision.get(layer, 0)
+
+    def layer_revisions(self) -> dict[Layer, int]:
+        """Every layer's version, layers whose keys were all deleted included."""
+        return dict(self._layer_revision)
+
+    def adopt_layer_revisions(self, revisions: Mapping[Layer, int]) -> None:
+        """Take an upstream's layer versions as they are (a relay after a full list): a list
+        carries no deletes, so it alone cannot reproduce the versions they made."""
+        self._layer_revision = dict(revisions)
 
     def scope_version(self, scope: Scope) -> int:
         return max(self.layer_revision(layer) for layer in (*scope.layers, scope.flag_layer))
@@ -246,6 +258,8 @@ class ConfigStore:
 
     def replace(self, kvs: Iterable[KeyValue], revision: int) -> StoreChange:
         """Load a full list taken at `revision`; return what changed."""
+        if self.journal is not None:
+            kvs = list(kvs)
         change = StoreChange(revision)
         before = self._layers
         self._layers = {}
@@ -290,10 +304,14 @@ class ConfigStore:
                     change.scopes.add(kind.scope(key))
         self.revision = max(self.revision, revision)
         self.synced = True
+        if self.journal is not None:
+            self.journal.listed(kvs, revision)
         return change
 
     def apply(self, events: Iterable[Event]) -> StoreChange:
         """Apply watch events in order; return what changed."""
+        if self.journal is not None:
+            events = list(events)
         change = StoreChange(self.revision)
         for ev in events:
             self.revision = max(self.revision, ev.mod_revision)
@@ -325,4 +343,6 @@ class ConfigStore:
                     bisect.insort(index, key)
                 entries[key] = Entry(decoded, ev.mod_revision)
         change.revision = self.revision
+        if self.journal is not None:
+            self.journal.applied(events)
         return change
