@@ -155,14 +155,14 @@ class RelayProcess:
         self.address = f"127.0.0.1:{self.port}"
         self.relay_id = relay_id
         self.log = data_dir.parent / f"{relay_id}.log"
-        self.args = [
-            sys.executable, "-m", "confmesh.cli", "relay", "--upstream", upstream, "--listen", self.address,
-            "--data-dir", str(data_dir), "--relay-id", relay_id, "--prefix", prefix, "--heartbeat", "1", *extra,
-        ]  # fmt: skip
+        self.args = [sys.executable, "-m", "confmesh.cli", "relay", "--upstream", upstream]
+        self.args += ["--listen", self.address, "--data-dir", str(data_dir), "--relay-id", relay_id]
+        self.args += ["--prefix", prefix, "--heartbeat", "1", *extra]
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> RelayProcess:
-        with open(self.log, "ab") as log:
+        log = self.log.open("ab")
+        with log:
             self.proc = await asyncio.create_subprocess_exec(*self.args, stdout=subprocess.PIPE, stderr=log)
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), 60)

@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import re
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 import pytest
 import pytest_asyncio
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 from pydantic import BaseModel, ConfigDict, Field
 
 from confmesh.client import AdminClient, ConfigClient
 from confmesh.errors import ConfmeshError
 from confmesh.server.app import ConfmeshServer, ServerSettings
+from confmesh.server.embedded_etcd import free_port
 from tests.conftest import EtcdHandle
 from tests.helpers import RawWatch, RelayProcess, TcpProxy, eventually
 
@@ -51,9 +55,17 @@ class Mesh:
 async def mesh(etcd: EtcdHandle, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     tmp = tmp_path_factory.mktemp("mesh")
     prefix = f"/mesh-{uuid.uuid4().hex[:8]}"
-    root = ConfmeshServer(ServerSettings(listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint], prefix=prefix,
-                                         heartbeat_interval=1.0, fleet=True, fleet_interval=0.3,
-                                         rollout_check_interval=0.3))  # fmt: skip
+    root = ConfmeshServer(
+        ServerSettings(
+            listen="127.0.0.1:0",
+            etcd_endpoints=[etcd.endpoint],
+            prefix=prefix,
+            heartbeat_interval=1.0,
+            fleet=True,
+            fleet_interval=0.3,
+            rollout_check_interval=0.3,
+        )
+    )
     await root.start()
     admin = AdminClient(root.address, actor="tests")
     await admin.__aenter__()
@@ -69,8 +81,9 @@ async def mesh(etcd: EtcdHandle, tmp_path_factory: pytest.TempPathFactory) -> As
         for name, relay in relays.items():
             mesh.clients[name] = []
             for i in range(10):
-                client: ConfigClient[Any] = ConfigClient(relay.address, environment="prod", service="orders",
-                                                         instance_id=f"{name}-{i}")  # fmt: skip
+                client: ConfigClient[Any] = ConfigClient(
+                    relay.address, environment="prod", service="orders", instance_id=f"{name}-{i}"
+                )
                 await client.start()
                 mesh.clients[name].append(client)
         yield mesh
@@ -98,8 +111,11 @@ async def test_status_at_the_root_lists_every_instance_with_its_relay_path(mesh:
         status = await mesh.admin.status()
         return {i.instance_id: i.relay_path for i in status.instances if i.connected}
 
-    want = {f"{name}-{i}": path for name, path in (("eu", "eu"), ("us", "us"), ("eu-zone-a", "eu/eu-zone-a"))
-            for i in range(10)}  # fmt: skip
+    want = {
+        f"{name}-{i}": path
+        for name, path in (("eu", "eu"), ("us", "us"), ("eu-zone-a", "eu/eu-zone-a"))
+        for i in range(10)
+    }
     seen: dict[str, str] = {}
 
     async def check() -> bool:
@@ -117,6 +133,23 @@ async def test_status_at_the_root_lists_every_instance_with_its_relay_path(mesh:
     assert len(acked) >= 30
 
 
+async def test_a_relay_serves_flagd_sync_from_what_it_carries(mesh: Mesh) -> None:
+    flag = {"variants": {"on": True, "off": False}, "default_variant": "on"}
+    await mesh.admin.put_flags("prod", {"relayed-flag": flag})
+    async with grpc.aio.insecure_channel(mesh.relays["eu-zone-a"].address) as channel:
+        stub = sync_pb2_grpc.FlagSyncServiceStub(channel)
+
+        async def has_flag() -> bool:
+            answer = await stub.FetchAllFlags(sync_pb2.FetchAllFlagsRequest(selector="prod"))
+            return "relayed-flag" in answer.flag_configuration
+
+        for _ in range(50):
+            if await has_flag():
+                break
+            await asyncio.sleep(0.2)
+        assert await has_flag()
+
+
 class Checkout(BaseModel):
     model_config = ConfigDict(extra="allow")
     pool: int = Field(lt=100)
@@ -128,12 +161,18 @@ async def test_the_roots_auto_abort_counts_canaries_below_relays(mesh: Mesh) -> 
     try:
         for relay in ("us", "eu-zone-a"):
             for i in range(4):
-                c = ConfigClient(mesh.relays[relay].address, environment="prod", service="checkout",
-                                 schema=Checkout, instance_id=f"checkout-{relay}-{i}")  # fmt: skip
+                c = ConfigClient(
+                    mesh.relays[relay].address,
+                    environment="prod",
+                    service="checkout",
+                    schema=Checkout,
+                    instance_id=f"checkout-{relay}-{i}",
+                )
                 await c.start()
                 clients.append(c)
-        await mesh.admin.start_rollout("huge-pool", "prod", "checkout", set={"pool": 1000}, percent=100,
-                                       max_nack_rate=0.2)  # fmt: skip
+        await mesh.admin.start_rollout(
+            "huge-pool", "prod", "checkout", set={"pool": 1000}, percent=100, max_nack_rate=0.2
+        )
 
         async def aborted() -> Any:
             for r in await mesh.admin.rollouts():
@@ -158,16 +197,50 @@ async def test_the_roots_auto_abort_counts_canaries_below_relays(mesh: Mesh) -> 
             await c.close()
 
 
-async def test_an_instance_that_is_current_fails_over_to_another_relay_and_is_sent_nothing(mesh: Mesh) -> None:
+async def test_an_instance_that_is_current_fails_over_to_another_relay_and_is_sent_nothing(
+    mesh: Mesh,
+) -> None:
     client = mesh.clients["eu"][0]
     for target in (mesh.relays["us"].address, mesh.relays["eu-zone-a"].address, mesh.root.address):
         watch = RawWatch(target)
         try:
-            watch.subscribe("prod", "orders", version=client.version, hash_=client.hash, instance_id="moved-0")
+            watch.subscribe(
+                "prod", "orders", version=client.version, hash_=client.hash, instance_id="moved-0"
+            )
             first = await watch.next_message(timeout=10)
             assert first.WhichOneof("kind") == "heartbeat", first
         finally:
             await watch.close()
+
+
+async def test_an_instance_fails_over_from_a_dead_relay_to_another_without_a_new_snapshot(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    first = await RelayProcess(mesh.root.address, tmp_path / "f1", "fail-1", mesh.prefix).start()
+    second = await RelayProcess(mesh.root.address, tmp_path / "f2", "fail-2", mesh.prefix).start()
+    try:
+        # One gRPC target with both relays: pick-first connects to the first while it lives.
+        target = f"ipv4:{first.address},{second.address}"
+        async with ConfigClient(target, environment="prod", service="orders", instance_id="mover") as client:
+            changes: list[int] = []
+            client.on_change(lambda old, new: changes.append(client.version))
+            version, hash_ = client.version, client.hash
+            first.kill()
+
+            async def behind(path: str) -> bool:
+                status = await mesh.admin.status()
+                return any(i.instance_id == "mover" and i.connected and i.relay_path == path
+                           for i in status.instances)  # fmt: skip
+
+            for _ in range(100):
+                if await behind("fail-2"):
+                    break
+                await asyncio.sleep(0.2)
+            assert await behind("fail-2")
+            assert (client.version, client.hash) == (version, hash_) and changes == []
+    finally:
+        await first.stop()
+        await second.stop()
 
 
 async def test_a_relay_refuses_scopes_it_does_not_carry_and_carries_no_prod_for_a_staging_identity(
@@ -177,26 +250,33 @@ async def test_a_relay_refuses_scopes_it_does_not_carry_and_carries_no_prod_for_
     # A policy-enforcing root on the same etcd; the staging relay holds a staging reader's token.
     policy = tmp_path / "policy.yaml"
     policy.write_text("identities: {}\n")
-    guarded = ConfmeshServer(ServerSettings(listen="127.0.0.1:0", etcd_endpoints=[root.endpoints],
-                                            prefix=mesh.prefix, policy_file=str(policy)))  # fmt: skip
+    guarded = ConfmeshServer(
+        ServerSettings(
+            listen="127.0.0.1:0", etcd_endpoints=[root.endpoints], prefix=mesh.prefix, policy_file=str(policy)
+        )
+    )
     await guarded.start()
     relay = None
     try:
         from confmesh.server.access import Grant, Role, new_token
         from confmesh.server.records import store_token
 
-        record, token = new_token("staging-relay", Grant(role=Role.READER, scopes=("staging", "staging/*")), "t")
+        record, token = new_token(
+            "staging-relay", Grant(role=Role.READER, scopes=("staging", "staging/*")), "t"
+        )
         assert guarded.etcd is not None
         await store_token(guarded.etcd, guarded.layout, record, actor="tests", reason="relay")
-        relay = await RelayProcess(guarded.address, tmp_path / "staging", "staging-1", mesh.prefix,
-                                   "--token", token).start()  # fmt: skip
+        relay = await RelayProcess(
+            guarded.address, tmp_path / "staging", "staging-1", mesh.prefix, "--token", token
+        ).start()
         async with ConfigClient(relay.address, environment="staging", service="api", instance_id="s1") as c:
             assert c.get("pool") == 3
             await mesh.admin.put("pool", 4, env="staging")
             await eventually(lambda: c.get("pool") == 4, timeout=10)
         with pytest.raises(ConfmeshError, match="does not carry prod/orders"):
-            async with ConfigClient(relay.address, environment="prod", service="orders", instance_id="p1",
-                                    startup_timeout=5):  # fmt: skip
+            async with ConfigClient(
+                relay.address, environment="prod", service="orders", instance_id="p1", startup_timeout=5
+            ):
                 pass
         await mesh.admin.put("secret", SECRET + "-2", env="prod", service="orders")
         await asyncio.sleep(1.5)
@@ -204,8 +284,16 @@ async def test_a_relay_refuses_scopes_it_does_not_carry_and_carries_no_prod_for_
         assert b"/config/env/staging/" in persisted
         assert SECRET.encode() not in persisted and b"/env/prod/" not in persisted
         # Asking for prod explicitly is refused at the root.
-        denied = await RelayProcess(guarded.address, tmp_path / "denied", "denied-1", mesh.prefix,
-                                    "--token", token, "--scopes", "prod/*").start()  # fmt: skip
+        denied = await RelayProcess(
+            guarded.address,
+            tmp_path / "denied",
+            "denied-1",
+            mesh.prefix,
+            "--token",
+            token,
+            "--scopes",
+            "prod/*",
+        ).start()
         await eventually(lambda: "PERMISSION_DENIED" in denied.logged(), timeout=10)
         await denied.stop()
     finally:
@@ -214,26 +302,45 @@ async def test_a_relay_refuses_scopes_it_does_not_carry_and_carries_no_prod_for_
         await guarded.stop()
 
 
-async def test_a_cut_link_ends_with_every_instance_current_resumed_not_relisted(mesh: Mesh, tmp_path: Path) -> None:
+async def test_a_cut_link_ends_with_every_instance_current_resumed_not_relisted(
+    mesh: Mesh, tmp_path: Path
+) -> None:
     proxy = await TcpProxy(mesh.root.address).mend()
-    relay = await RelayProcess(proxy.address, tmp_path / "cut", "cut-1", mesh.prefix).start()
+    metrics_port = free_port()
+    relay = await RelayProcess(
+        proxy.address, tmp_path / "cut", "cut-1", mesh.prefix, "--metrics-listen", f"127.0.0.1:{metrics_port}"
+    ).start()
+
+    def metric(name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
     try:
         clients = []
         for i in range(5):
-            c: ConfigClient[Any] = ConfigClient(relay.address, environment="prod", service="orders",
-                                                instance_id=f"cut-{i}")  # fmt: skip
+            c: ConfigClient[Any] = ConfigClient(
+                relay.address, environment="prod", service="orders", instance_id=f"cut-{i}"
+            )
             await c.start()
             clients.append(c)
         await proxy.cut()
         for n in range(3):
             await mesh.admin.put("cut.step", n, env="prod", service="orders")
-        await eventually(lambda: "unreachable since" in relay.logged() or "lost upstream" in relay.logged(),
-                         timeout=15)  # fmt: skip
+        await eventually(
+            lambda: "unreachable since" in relay.logged() or "lost upstream" in relay.logged(), timeout=15
+        )
         assert all(c.get("cut.step") is None for c in clients)
+        assert await asyncio.to_thread(metric, "confmesh_stale") == 1
+        assert await asyncio.to_thread(metric, "confmesh_relay_upstream_lost_seconds") > 0
         await proxy.mend()
         latest = (await mesh.admin.resolve("prod", "orders")).version
-        await eventually(lambda: all(c.version == latest and c.get("cut.step") == 2 for c in clients), timeout=20)
+        await eventually(
+            lambda: all(c.version == latest and c.get("cut.step") == 2 for c in clients), timeout=20
+        )
         assert "resumed from upstream" in relay.logged()
+        assert await asyncio.to_thread(metric, "confmesh_relay_lists") == 1
+        assert await asyncio.to_thread(metric, "confmesh_stale") == 0
         for c in clients:
             await c.close()
     finally:

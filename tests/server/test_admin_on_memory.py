@@ -1,8 +1,9 @@
 """AdminService on the in-memory source, no etcd: every RPC mixin (admin_reads, admin_flags,
 admin_schemas, admin_rollouts, admin_tokens, admin_writes, admin_history, admin_changes,
-admin_audit) answers reads from the plane and the store, refuses bad or denied writes before anything reaches etcd, and the auto-abort guard
-aborts exactly when too many canaries NACK. The same RPCs run on real etcd in tests/integration
-and tests/security; this module is the fast, etcd-free half.
+admin_audit) answers reads from the plane and the store, refuses bad or denied writes before
+anything reaches etcd, and the auto-abort guard aborts exactly when too many canaries NACK. The
+same RPCs run on real etcd in tests/integration and tests/security; this module is the fast,
+etcd-free half.
 """
 
 from __future__ import annotations

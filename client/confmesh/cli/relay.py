@@ -50,6 +50,7 @@ from confmesh.cli.common import require_server, run
     help="Access policy (YAML) for the instances below; omitted: nothing is enforced here (development).",
 )
 @click.option("--heartbeat", default=15.0, show_default=True, help="Watch heartbeat interval (s).")
+@click.option("--metrics-listen", default="", help="Serve Prometheus /metrics on HOST:PORT.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def relay(
     upstream: str,
@@ -67,6 +68,7 @@ def relay(
     tls_client_ca: str,
     policy_file: str,
     heartbeat: float,
+    metrics_listen: str,
     log_level: str,
 ) -> None:
     """Serve the Watch API below an upstream confmesh, from one stream to it (no etcd)."""
@@ -80,9 +82,10 @@ def relay(
         upstream_tls = TLSConfig(ca=upstream_ca or None, cert=upstream_cert or None, key=upstream_key or None)
     patterns = [p.strip() for raw in scopes for p in raw.split(",") if p.strip()]
     settings = RelaySettings(
-        upstream=upstream, listen=listen, data_dir=data_dir, relay_id=relay_id, scopes=patterns, prefix=prefix,
-        upstream_tls=upstream_tls, token=token, tls_cert=server_cert, tls_key=server_key,
+        upstream=upstream, listen=listen, data_dir=data_dir, relay_id=relay_id, scopes=patterns,
+        prefix=prefix, upstream_tls=upstream_tls, token=token, tls_cert=server_cert, tls_key=server_key,
         tls_client_ca=tls_client_ca, policy_file=policy_file, heartbeat_interval=heartbeat,
+        metrics_listen=metrics_listen,
     )  # fmt: skip
     if not run(run_relay(settings)):
         logging.shutdown()

@@ -61,12 +61,15 @@ async def status(admin: Any, as_json: bool, local: bool, scope_name: str, only_v
         if inst.HasField("last_nack"):
             nack = f"v{inst.last_nack.version}: {inst.last_nack.error}"
         via = [inst.relay_path or "-"] if relayed else []
+        state = "connected" if inst.connected else "gone"
         rows.append((inst.instance_id, f"{inst.environment}/{inst.service}", str(inst.acked_version),
-                     str(inst.sent_version), "connected" if inst.connected else "gone", *via, nack))  # fmt: skip
+                     str(inst.sent_version), state, *via, nack))  # fmt: skip
     columns = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(columns)]
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:columns], widths, strict=True)) + "  " + r[columns])
+        click.echo(
+            "  ".join(c.ljust(w) for c, w in zip(r[:columns], widths, strict=True)) + "  " + r[columns]
+        )
     click.echo("versions (connected instances):")
     for line in version_summary(resp.instances):
         click.echo(f"  {line}")

@@ -46,15 +46,15 @@ from confmesh.server.fleet import FleetPublisher, FleetView, UsagePublisher
 from confmesh.server.history import prune_audit
 from confmesh.server.http_listener import HttpListener
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
-from confmesh.server.known_names import KnownNames
 from confmesh.server.journal import KeyJournal
+from confmesh.server.known_names import KnownNames
 from confmesh.server.ledger import Ledger
-from confmesh.server.mirror import MirrorService
-from confmesh.server.relayed_fleet import LocalInstances, RelayedFleet
 from confmesh.server.metrics import Metrics
+from confmesh.server.mirror import MirrorService
 from confmesh.server.ofrep import MAX_BODY, Ofrep
 from confmesh.server.plane import SnapshotPlane
 from confmesh.server.record_kinds import FLEET, ROLLOUTS, SCHEMAS, TOKENS, server_store
+from confmesh.server.relayed_fleet import LocalInstances, RelayedFleet
 from confmesh.server.rollout_guard import RolloutGuard
 from confmesh.server.snapshot_size import SnapshotSizes
 from confmesh.server.source import EtcdSource

@@ -26,7 +26,7 @@ from confmesh.errors import ConfmeshError, InvalidArgument
 from confmesh.keys import KeyLayout, Scope
 from confmesh.merge import loads_json
 from confmesh.server.etcd import Etcd
-from confmesh.server.ledger import InstanceRecord, Ledger, NackInfo
+from confmesh.server.ledger import InstanceRecord, NackInfo
 from confmesh.server.limits import clip
 from confmesh.server.usage import HOUR, FlagUsageStore
 from confmesh.v1 import admin_pb2

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import itertools
 import logging
 import re
@@ -144,8 +143,9 @@ class MirrorService(relay_pb2_grpc.RelayServiceServicer):
                 raise errors.InvalidArgument("hello.known_revision must be >= 0", field="known_revision")
             caller = self.access.identify(context)
             what = f"relay {', '.join(patterns) or 'everything it may read'}"
-            self.access.require(caller, lambda g: g.role is not Role.SERVICE and all(map(g.can_carry, patterns)),
-                                what)  # fmt: skip
+            self.access.require(
+                caller, lambda g: g.role is not Role.SERVICE and all(map(g.can_carry, patterns)), what
+            )
         except TimeoutError:
             await abort(context, errors.InvalidArgument("no hello received in time", code="no_hello"))
             return

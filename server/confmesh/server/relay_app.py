@@ -3,7 +3,8 @@
 
 The same pipeline as a server's, with another source: ``RelaySource`` → store → ``SnapshotPlane``
 → ``ConfigService``. Instances are authenticated here with the relay's own policy file and denied
-here; the relay's identity at its upstream bounds what it carries at all. A relay serves no
+here; the relay's identity at its upstream bounds what it carries at all. It also serves flagd sync (flag
+streams for flagd's in-process providers) and ``/metrics``. A relay serves no
 AdminService: it cannot write, and `status` is asked of the root, which counts every instance
 below every relay.
 """
@@ -15,29 +16,35 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2_grpc
 
 from confmesh.errors import StartupError
-from confmesh.keys import KeyLayout
+from confmesh.keys import KeyLayout, LayerKind
 from confmesh.server.access import Access
 from confmesh.server.app import server_credentials
 from confmesh.server.config_service import ConfigService, add_config_service
+from confmesh.server.flagd_sync import FlagdSyncService
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
 from confmesh.server.journal import KeyJournal
 from confmesh.server.known_names import KnownNames
 from confmesh.server.ledger import Ledger
+from confmesh.server.metrics import Metrics
 from confmesh.server.mirror import RELAY_ID, MirrorService
 from confmesh.server.plane import SnapshotPlane
 from confmesh.server.record_kinds import server_store
 from confmesh.server.relay_source import RelaySource
 from confmesh.server.relayed_fleet import LocalInstances, RelayedFleet
 from confmesh.server.startup import DataDirLock, check_port_free, prepare_data_dir
-from confmesh.server.stream_callbacks import LedgerCallbacks
+from confmesh.server.store import StoreChange
+from confmesh.server.stream_callbacks import LedgerCallbacks, MetricsCallbacks
 from confmesh.tls import TLSConfig
 from confmesh.v1 import relay_pb2_grpc
 from confmesh.version import __version__
@@ -62,6 +69,7 @@ class RelaySettings:
     tls_client_ca: str = ""
     policy_file: str = ""
     heartbeat_interval: float = 15.0
+    metrics_listen: str = ""
     report_interval: float = 1.0
     # How long a relay below that went away keeps its subtree in the view.
     gone_ttl: float = 30.0
@@ -82,10 +90,14 @@ class RelayServer:
         self.relayed = RelayedFleet(ttl=s.gone_ttl)
         self.instances = LocalInstances(self.ledger, self.relayed)
         self.access = Access(dict, s.policy_file)
-        self.health = health.aio.HealthServicer()
+        self.health = health_aio.HealthServicer()
         self.source: RelaySource | None = None
         self.config_service: ConfigService | None = None
         self.mirror: MirrorService | None = None
+        self.flagd_sync: FlagdSyncService | None = None
+        self.metrics = Metrics()
+        self.metrics_port = 0
+        self.plane.listen(self._on_store_change)
         self.port = 0
         self._lock: DataDirLock | None = None
         self._running = contextlib.AsyncExitStack()
@@ -107,6 +119,8 @@ class RelayServer:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
         check_port_free(s.listen, "cannot listen on")
+        if s.metrics_listen:
+            check_port_free(s.metrics_listen, "cannot serve metrics on")
         data_dir = Path(s.data_dir)
         self._lock = prepare_data_dir(data_dir)
         stack.callback(self._lock.release)
@@ -117,6 +131,13 @@ class RelayServer:
         )  # fmt: skip
         source.start()
         stack.push_async_callback(source.stop)
+        self._register_gauges(source)
+        stack.callback(self.metrics.close)
+        if s.metrics_listen:
+            try:
+                self.metrics_port = self.metrics.serve(s.metrics_listen)
+            except OSError as exc:
+                raise StartupError(f"cannot serve metrics on {s.metrics_listen}: {exc.strerror}") from None
         server = grpc.aio.server(
             interceptors=[DecodeErrorsAsInvalidArgument()],
             options=[
@@ -127,11 +148,14 @@ class RelayServer:
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ],
         )
+        callbacks = [LedgerCallbacks(self.ledger), MetricsCallbacks(self.metrics)]
         self.config_service = ConfigService(
-            self.plane, source, [LedgerCallbacks(self.ledger)], heartbeat_interval=s.heartbeat_interval,
-            access=self.access, names=KnownNames(self.store).check, carries=source.carries,
+            self.plane, source, callbacks, heartbeat_interval=s.heartbeat_interval, access=self.access,
+            names=KnownNames(self.store).check, carries=source.carries,
         )  # fmt: skip
         add_config_service(self.config_service, server)
+        self.flagd_sync = FlagdSyncService(self.store, source, self.access)
+        sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(self.flagd_sync, server)
         assert self.store.journal is not None
         self.mirror = MirrorService(
             self.store, self.store.journal, source, self.access, self.relayed, carried=source.carried
@@ -165,7 +189,34 @@ class RelayServer:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
+    def _on_store_change(self, change: StoreChange) -> None:
+        """flagd sync streams hear of the flag environments a change touched."""
+        flags = {layer.environment for layer in change.layers if layer.kind is LayerKind.FLAGS}
+        if flags and self.flagd_sync is not None:
+            self.flagd_sync.notify(flags)
+
+    def _register_gauges(self, source: RelaySource) -> None:
+        m = self.metrics
+        m.gauge("confmesh_streams_connected", "Open Watch streams", lambda: float(self.plane.count()))
+        m.gauge("confmesh_stale", "1 while the relay serves what it last had (upstream lost or stale)",
+                lambda: float(source.stale))  # fmt: skip
+        m.gauge("confmesh_etcd_revision", "Upstream revision the relay's store reflects",
+                lambda: float(self.store.revision))  # fmt: skip
+
+        def lost() -> float:
+            return 0.0 if source.contact_lost_at is None else time.time() - source.contact_lost_at
+
+        m.gauge(
+            "confmesh_relay_upstream_lost_seconds", "Seconds since the upstream was lost (0: connected)", lost
+        )
+        m.gauge("confmesh_relay_lists", "Full lists applied from the upstream", lambda: float(source.lists))
+        m.gauge("confmesh_relay_resumes", "Resumes from the revision held", lambda: float(source.resumes))
+        m.gauge("confmesh_relay_instances", "Instances in this relay's subtree, its own and below",
+                lambda: float(len(self.instances.records())))  # fmt: skip
+
     def _drain(self) -> None:
+        if self.flagd_sync is not None:
+            self.flagd_sync.drain()
         if self.config_service is not None:
             self.config_service.drain()
         if self.mirror is not None:

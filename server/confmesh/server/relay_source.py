@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -46,6 +47,10 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 def _since(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+class LinkLost(Exception):
+    """The stream to the upstream ended or broke."""
 
 
 class UpstreamFault(Exception):
@@ -223,18 +228,25 @@ class RelaySource(StoreBacked):
     async def _run(self) -> None:
         backoff = self.backoff_initial
         while True:
+            attempt = time.time()
             try:
                 await self._follow()
-                backoff = self.backoff_initial
             except UpstreamFault as exc:
                 log.warning("upstream %s: %s", self.upstream, exc)
-            except grpc.aio.AioRpcError as exc:
+            except (grpc.aio.AioRpcError, LinkLost) as exc:
+                why = (
+                    f"{exc.code().name} {exc.details() or ''}"
+                    if isinstance(exc, grpc.aio.AioRpcError)
+                    else str(exc)
+                )
                 if self.contact_lost_at is None:
                     self.contact_lost_at = time.time()
-                    log.warning("lost upstream %s: %s %s", self.upstream, exc.code().name, exc.details())
-                self._set_stale(f"upstream {self.upstream} unreachable since {_since(self.contact_lost_at)}: "
-                                f"{exc.code().name} {exc.details() or ''}".strip())  # fmt: skip
-            await asyncio.sleep(backoff * (0.5 + 0.5 * (time.monotonic() % 1)))
+                    log.warning("lost upstream %s: %s", self.upstream, why)
+                since = _since(self.contact_lost_at)
+                self._set_stale(f"upstream {self.upstream} unreachable since {since}: {why.strip()}")
+            if self.last_contact >= attempt:  # the stream worked for a while: retry soon
+                backoff = self.backoff_initial
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, self.backoff_max)
 
     async def _follow(self) -> None:
@@ -278,21 +290,13 @@ class RelaySource(StoreBacked):
                     self._dirty.set()
                     await self._hand_on(change)
                     self._contact()
-                elif kind == "progress":
-                    if self.store.synced and self._suspect is None:
-                        p = msg.progress
-                        if self._reached(p.revision):
-                            await self._progress.moved()
-                        self._set_stale(
-                            f"upstream {self.upstream} is stale: {p.stale_reason}" if p.stale else ""
-                        )
+                elif kind == "progress" and self.store.synced and self._suspect is None:
+                    p = msg.progress
+                    if self._reached(p.revision):
+                        await self._progress.moved()
+                    self._set_stale(f"upstream {self.upstream} is stale: {p.stale_reason}" if p.stale else "")
                 first = False
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                "the upstream ended the stream",
-            )
+            raise LinkLost("the upstream ended the stream")
 
     def _reached(self, revision: int) -> bool:
         """The upstream has sent everything this relay carries up to `revision`."""
@@ -315,8 +319,10 @@ class RelaySource(StoreBacked):
             listed.keys.extend(part.keys)
         listed.layer_revisions.extend(parts[-1].layer_revisions)
         if listed.prefix != self.store.layout.prefix:
-            raise UpstreamFault(f"the upstream's prefix is {listed.prefix!r}, this relay's "
-                                f"{self.store.layout.prefix!r}: start the relay with --prefix {listed.prefix}")  # fmt: skip
+            raise UpstreamFault(
+                f"the upstream's prefix is {listed.prefix!r}, this relay's {self.store.layout.prefix!r}: "
+                f"start the relay with --prefix {listed.prefix}"
+            )
         held, offered = len(self.journal.keys), len(listed.keys)
         shrinks = held >= SUSPECT_MIN_KEYS and offered < held * (1 - SUSPECT_SHRINK)
         if shrinks and (
