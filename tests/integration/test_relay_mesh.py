@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc.aio
 import pytest
 import pytest_asyncio
@@ -64,6 +65,7 @@ async def mesh(etcd: EtcdHandle, tmp_path_factory: pytest.TempPathFactory) -> As
             fleet=True,
             fleet_interval=0.3,
             rollout_check_interval=0.3,
+            http_listen="127.0.0.1:0",
         )
     )
     await root.start()
@@ -127,6 +129,13 @@ async def test_status_at_the_root_lists_every_instance_with_its_relay_path(mesh:
             break
         await asyncio.sleep(0.2)
     assert {k: seen.get(k) for k in want} == want
+    # The console's fleet page shows the same paths.
+    base = mesh.root.http_url.replace("127.0.0.1", "localhost")
+    url = f"{base}/console/api/fleet?env=prod&service=orders"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        page = await resp.json()
+    paths = {i["instance_id"]: i["relay_path"] for i in page["instances"]}
+    assert {k: paths.get(k) for k in want} == want, page
     version = (await mesh.admin.resolve("prod", "orders")).version
     status = await mesh.admin.status()
     acked = [i for i in status.instances if i.relay_path and i.acked_version == version]

@@ -601,6 +601,7 @@ class Console:
             {
                 "instance_id": r.instance_id,
                 "server_id": r.server_id,
+                "relay_path": r.via,
                 "acked_version": r.acked_version,
                 "sent_version": r.sent_version,
                 "peer": r.peer,

@@ -519,8 +519,8 @@ async function fleetPage(env, service) {
     adoptionChart(samples),
     versionTable(s.versions),
     h("h2", {}, "Instances"),
-    h("table", { testid: "instances" }, h("tr", {}, h("th", {}, "instance"), h("th", {}, "replica"), h("th", {}, "runs"), h("th", {}, "sent"), h("th", {}, "last rejection")),
-      data.instances.map((i) => h("tr", {}, h("td", { class: "mono" }, i.instance_id), h("td", { class: "mono" }, i.server_id.slice(0, 12)),
+    h("table", { testid: "instances" }, h("tr", {}, h("th", {}, "instance"), h("th", {}, "replica (via relays)"), h("th", {}, "runs"), h("th", {}, "sent"), h("th", {}, "last rejection")),
+      data.instances.map((i) => h("tr", {}, h("td", { class: "mono" }, i.instance_id), h("td", { class: "mono" }, i.server_id.slice(0, 12) + (i.relay_path ? ` via ${i.relay_path}` : "")),
         h("td", {}, i.acked_version), h("td", {}, i.sent_version),
         h("td", { class: "bad" }, i.nack ? `v${i.nack.version}: ${i.nack.field_paths.join(", ")} ${i.nack.error}` : ""))))];
 }
