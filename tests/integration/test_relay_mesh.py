@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
@@ -66,6 +68,7 @@ async def mesh(etcd: EtcdHandle, tmp_path_factory: pytest.TempPathFactory) -> As
             fleet_interval=0.3,
             rollout_check_interval=0.3,
             http_listen="127.0.0.1:0",
+            relay_gone_ttl=2.0,
         )
     )
     await root.start()
@@ -140,6 +143,16 @@ async def test_status_at_the_root_lists_every_instance_with_its_relay_path(mesh:
     status = await mesh.admin.status()
     acked = [i for i in status.instances if i.relay_path and i.acked_version == version]
     assert len(acked) >= 30
+    shown = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "confmesh.cli", "--server", mesh.root.address, "status", stdout=subprocess.PIPE
+    )
+    out = (await shown.communicate())[0].decode()
+    assert "relay eu/eu-zone-a: serving" in out and "VIA" in out, out
+    assert re.search(r"eu-zone-a-3\s+prod/orders\s+\d+\s+\d+\s+connected\s+eu/eu-zone-a", out), out
+    relays = {r.path: (r.connected, r.stale_reason) for r in status.relays}
+    assert {p: relays.get(p) for p in ("eu", "us", "eu/eu-zone-a")} == dict.fromkeys(
+        ("eu", "us", "eu/eu-zone-a"), (True, "")
+    )
 
 
 async def test_a_relay_serves_flagd_sync_from_what_it_carries(mesh: Mesh) -> None:
@@ -342,12 +355,31 @@ async def test_a_cut_link_ends_with_every_instance_current_resumed_not_relisted(
         assert all(c.get("cut.step") is None for c in clients)
         assert await asyncio.to_thread(metric, "confmesh_stale") == 1
         assert await asyncio.to_thread(metric, "confmesh_relay_upstream_lost_seconds") > 0
+
+        async def in_view() -> tuple[int, bool | None]:
+            status = await mesh.admin.status()
+            below = sum(i.relay_path == "cut-1" and i.connected for i in status.instances)
+            relay = next((r.connected for r in status.relays if r.path == "cut-1"), None)
+            return below, relay
+
+        # Its subtree leaves the view within the TTL (2 s here) ...
+        for _ in range(50):
+            if await in_view() == (0, None):
+                break
+            await asyncio.sleep(0.2)
+        assert await in_view() == (0, None)
         await proxy.mend()
         latest = (await mesh.admin.resolve("prod", "orders")).version
         await eventually(
             lambda: all(c.version == latest and c.get("cut.step") == 2 for c in clients), timeout=20
         )
         assert "resumed from upstream" in relay.logged()
+        # ... and comes back when the relay does.
+        for _ in range(50):
+            if await in_view() == (5, True):
+                break
+            await asyncio.sleep(0.2)
+        assert await in_view() == (5, True)
         assert await asyncio.to_thread(metric, "confmesh_relay_lists") == 1
         assert await asyncio.to_thread(metric, "confmesh_stale") == 0
         for c in clients:

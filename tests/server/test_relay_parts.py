@@ -127,18 +127,10 @@ def test_relayed_fleet_reports_are_bounded_filtered_and_expire() -> None:
             known_hash="h",
         )
     below = RelayedFleet()
-    below.keep(
-        "zone-stream",
-        [
-            r
-            for r in RelayedFleet.decode(
-                "zone-a", LocalInstances(Ledger(), RelayedFleet()).report(), lambda r: True
-            )
-        ],
-    )
+    below.keep("zone-stream", [])
     report = LocalInstances(ledger, below).report()
     fleet = RelayedFleet(ttl=0.05)
-    records = RelayedFleet.decode("eu", report, lambda r: r.scope == PROD)
+    records, _ = RelayedFleet.decode("eu", report, lambda r: r.scope == PROD)
     assert sorted(r.instance_id for r in records) == ["i1", "i2"] and {r.via for r in records} == {"eu"}
     fleet.keep("s1", records)
     assert len(fleet.records()) == 2
@@ -158,24 +150,38 @@ def test_relayed_fleet_reports_are_bounded_filtered_and_expire() -> None:
     assert decode("eu", bomb) == []  # refused, not inflated
 
 
-def test_a_chained_relays_instances_are_reported_behind_their_path() -> None:
+def test_a_chained_relays_instances_and_freshness_are_reported_behind_their_path() -> None:
     zone = Ledger(server_id="zone-a")
     zone.connect(1, instance_id="z1", scope=PROD, peer="p", labels={}, known_version=1, known_hash="h")
+    lost = relay_pb2.RelayState(stale_reason="upstream unreachable", lost_at=5.0, revision=9)
+    from_zone = LocalInstances(zone, RelayedFleet()).report(lost)
     mid = RelayedFleet()
-    mid.keep(
-        "zone", RelayedFleet.decode("zone-a", LocalInstances(zone, RelayedFleet()).report(), lambda r: True)
-    )
+    mid.keep("zone", *RelayedFleet.decode("zone-a", from_zone, lambda r: True))
     eu = Ledger(server_id="eu")
     eu.connect(1, instance_id="e1", scope=PROD, peer="p", labels={}, known_version=1, known_hash="h")
-    at_root = RelayedFleet.decode("eu", LocalInstances(eu, mid).report(), lambda r: True)
+    report = LocalInstances(eu, mid).report(relay_pb2.RelayState(revision=10))
+    at_root, relays = RelayedFleet.decode("eu", report, lambda r: True)
     assert sorted((r.instance_id, r.via) for r in at_root) == [("e1", "eu"), ("z1", "eu/zone-a")]
+    assert sorted((r.path, r.stale_reason, r.revision) for r in relays) == [
+        ("eu", "", 10),
+        ("eu/zone-a", "upstream unreachable", 9),
+    ]
     root = Ledger(server_id="root")
     root_fleet = RelayedFleet()
-    root_fleet.keep("eu", at_root)
+    root_fleet.keep("eu", at_root, relays)
     shown = LocalInstances(root, root_fleet).records()
     assert {(r.server_id, r.via) for r in shown} == {("root", "eu"), ("root", "eu/zone-a")}
     # Two relays' streams with the same stream id are two records in the fleet view (one per path).
     assert len({(r.server_id, r.via, r.stream_id) for r in shown}) == 2
+    root_fleet.gone("eu")
+    assert [(s.path, connected) for s, connected, _ in root_fleet.relays()] == [
+        ("eu", False),
+        ("eu/zone-a", False),
+    ]
+    with pytest.raises(ValueError, match="relays"):
+        RelayedFleet.decode(
+            "eu", relay_pb2.FleetReport(relays=[relay_pb2.RelayState()] * 1001), lambda r: True
+        )
 
 
 ops = st.lists(

@@ -47,6 +47,14 @@ async def status(admin: Any, as_json: bool, local: bool, scope_name: str, only_v
     )
     if len(resp.replicas) > 1:
         click.echo(f"fleet: {len(resp.replicas)} replicas ({', '.join(resp.replicas)})")
+    for relay in resp.relays:
+        if not relay.connected:
+            state = "GONE (its instances leave the view shortly)"
+        elif relay.stale_reason:
+            state = f"STALE ({relay.stale_reason})"
+        else:
+            state = "serving"
+        click.echo(f"relay {relay.path}: {state}  revision {relay.revision}")
     for v in resp.schema_violations:
         click.echo(
             f"SCHEMA VIOLATION {v.environment}/{v.service}: {v.message} (serving its last valid config)"

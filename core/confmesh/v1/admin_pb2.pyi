@@ -230,7 +230,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., environment: _Optional[str] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected: _Optional[bool] = ..., acked_version: _Optional[int] = ..., acked_hash: _Optional[str] = ..., sent_version: _Optional[int] = ..., last_nack: _Optional[_Union[NackRecord, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., server_id: _Optional[str] = ..., scope_notice: _Optional[str] = ..., relay_path: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason", "schema_violations", "next_page_token", "server_version", "replicas")
+    __slots__ = ("server_id", "revision", "stale", "etcd_endpoints", "prefix", "instances", "stale_reason", "schema_violations", "next_page_token", "server_version", "replicas", "relays")
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +242,7 @@ class GetStatusResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    RELAYS_FIELD_NUMBER: _ClassVar[int]
     server_id: str
     revision: int
     stale: bool
@@ -253,7 +254,24 @@ class GetStatusResponse(_message.Message):
     next_page_token: str
     server_version: str
     replicas: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, server_id: _Optional[str] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ..., etcd_endpoints: _Optional[str] = ..., prefix: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., stale_reason: _Optional[str] = ..., schema_violations: _Optional[_Iterable[_Union[SchemaViolation, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., server_version: _Optional[str] = ..., replicas: _Optional[_Iterable[str]] = ...) -> None: ...
+    relays: _containers.RepeatedCompositeFieldContainer[RelayInfo]
+    def __init__(self, server_id: _Optional[str] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ..., etcd_endpoints: _Optional[str] = ..., prefix: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., stale_reason: _Optional[str] = ..., schema_violations: _Optional[_Iterable[_Union[SchemaViolation, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., server_version: _Optional[str] = ..., replicas: _Optional[_Iterable[str]] = ..., relays: _Optional[_Iterable[_Union[RelayInfo, _Mapping]]] = ...) -> None: ...
+
+class RelayInfo(_message.Message):
+    __slots__ = ("path", "connected", "stale_reason", "lost_at", "revision", "reported_at")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    STALE_REASON_FIELD_NUMBER: _ClassVar[int]
+    LOST_AT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    connected: bool
+    stale_reason: str
+    lost_at: _timestamp_pb2.Timestamp
+    revision: int
+    reported_at: _timestamp_pb2.Timestamp
+    def __init__(self, path: _Optional[str] = ..., connected: _Optional[bool] = ..., stale_reason: _Optional[str] = ..., lost_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetScopeStatusRequest(_message.Message):
     __slots__ = ("environment", "service", "version")

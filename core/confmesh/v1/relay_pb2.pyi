@@ -97,7 +97,21 @@ class FleetChunk(_message.Message):
     def __init__(self, path: _Optional[str] = ..., summary: _Optional[bytes] = ...) -> None: ...
 
 class FleetReport(_message.Message):
-    __slots__ = ("chunks",)
+    __slots__ = ("chunks", "relays")
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    RELAYS_FIELD_NUMBER: _ClassVar[int]
     chunks: _containers.RepeatedCompositeFieldContainer[FleetChunk]
-    def __init__(self, chunks: _Optional[_Iterable[_Union[FleetChunk, _Mapping]]] = ...) -> None: ...
+    relays: _containers.RepeatedCompositeFieldContainer[RelayState]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[FleetChunk, _Mapping]]] = ..., relays: _Optional[_Iterable[_Union[RelayState, _Mapping]]] = ...) -> None: ...
+
+class RelayState(_message.Message):
+    __slots__ = ("path", "stale_reason", "lost_at", "revision")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    STALE_REASON_FIELD_NUMBER: _ClassVar[int]
+    LOST_AT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    stale_reason: str
+    lost_at: float
+    revision: int
+    def __init__(self, path: _Optional[str] = ..., stale_reason: _Optional[str] = ..., lost_at: _Optional[float] = ..., revision: _Optional[int] = ...) -> None: ...

@@ -26,6 +26,7 @@ from confmesh.server.fleet import FleetView
 from confmesh.server.known_names import KnownNames
 from confmesh.server.metrics import Metrics
 from confmesh.server.plane import SnapshotPlane
+from confmesh.server.relayed_fleet import RelayedFleet
 from confmesh.server.serving import ServingState
 from confmesh.server.store import ConfigStore
 from confmesh.server.usage import FlagUsageStore
@@ -115,8 +116,10 @@ class AdminBase(admin_pb2_grpc.AdminServiceServicer):
         metrics: Metrics | None = None,
         tracer_provider: TracerProvider | None = None,
         access: Access | None = None,
+        relayed: RelayedFleet | None = None,
     ) -> None:
         self.access = access or Access(dict)
+        self.relayed = relayed or RelayedFleet()  # relays below this replica, for status
         self.tracer = trace.get_tracer("confmesh.server", tracer_provider=tracer_provider)
         self.metrics = metrics or Metrics()
         self.usage = usage

@@ -98,6 +98,13 @@ class ReadRPCs(AdminBase):
                     environment=scope.environment, service=scope.service, message=message
                 )
         resp.replicas.extend([self.server_id] if request.local else self.fleet.replicas())
+        for state, connected, reported_at in sorted(self.relayed.relays(), key=lambda r: r[0].path):
+            info = resp.relays.add(
+                path=state.path, connected=connected, stale_reason=state.stale_reason, revision=state.revision
+            )
+            info.reported_at.CopyFrom(to_timestamp(reported_at))
+            if state.lost_at:
+                info.lost_at.CopyFrom(to_timestamp(state.lost_at))
         notices: dict[Scope, str] = {}
         for rec in self.fleet.records(local=request.local):
             key = rec.sort_key()

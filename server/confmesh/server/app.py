@@ -122,6 +122,8 @@ class ServerSettings:
     # Publish to the fleet view: None = with an external etcd (replicas share it), not with the
     # embedded one (a single development server, whose etcd revisions stay as its writes make them).
     fleet: bool | None = None
+    # How long a relay's subtree stays in the view after its stream ends.
+    relay_gone_ttl: float = 30.0
     # How often flag-usage counts are published for the fleet (`flags stale` across replicas).
     usage_publish_interval: float = 30.0
     # Audit records (the history that rollback and revert use) older than this are removed; 0 keeps all.
@@ -203,7 +205,7 @@ class ConfmeshServer:
         self.plane = SnapshotPlane(self.store)
         self.plane.listen(self._on_store_change)
         self.ledger = Ledger(server_id=self.server_id)
-        self.relayed = RelayedFleet()
+        self.relayed = RelayedFleet(ttl=settings.relay_gone_ttl)
         self.instances = LocalInstances(self.ledger, self.relayed)
         self.fleet = FleetView(self.instances, self.store.records(FLEET), self.server_id)
         self.mirror: MirrorService | None = None
@@ -408,6 +410,7 @@ class ConfmeshServer:
             access=self.access,
             endpoints=self.endpoints,
             metrics=self.metrics,
+            relayed=self.relayed,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin_service, server)
         assert self.store.journal is not None

@@ -278,8 +278,8 @@ class MirrorService(relay_pb2_grpc.RelayServiceServicer):
                     return
                 try:
                     report = msg.fleet
-                    records = await asyncio.to_thread(RelayedFleet.decode, relay_id, report, allowed)
-                    self.relayed.keep(key, records)
+                    records, relays = await asyncio.to_thread(RelayedFleet.decode, relay_id, report, allowed)
+                    self.relayed.keep(key, records, relays)
                 except ValueError as exc:
                     log.warning("ignoring a fleet report of relay %s: %s", relay_id, exc)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):

@@ -215,13 +215,19 @@ class RelaySource(StoreBacked):
 
     async def _outbox(self, hello: relay_pb2.MirrorRequest) -> AsyncIterator[relay_pb2.MirrorRequest]:
         yield hello
-        shown, last = -1, 0.0
+        shown: object = None
+        last = 0.0
         while True:
             await asyncio.sleep(self.report_interval)
-            generation = self.instances.generation()
+            generation = (self.instances.generation(), self.stale_reason)
             if generation == shown and time.monotonic() - last < 30:
                 continue
-            report = await asyncio.to_thread(self.instances.report)
+            own = relay_pb2.RelayState(
+                stale_reason=self.stale_reason,
+                lost_at=self.contact_lost_at or 0.0,
+                revision=self.store.revision,
+            )
+            report = await asyncio.to_thread(self.instances.report, own)
             shown, last = generation, time.monotonic()
             yield relay_pb2.MirrorRequest(fleet=report)
 

@@ -8,60 +8,91 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from confmesh.server.fleet import decode, encode
 from confmesh.server.ledger import InstanceRecord, Ledger
+from confmesh.server.limits import clip
 from confmesh.v1 import relay_pb2
 
 # Bounds on one report: 200 chunks of at most 1,000 instances.
 MAX_CHUNKS = 200
 MAX_PATH = 256
+MAX_RELAYS = 1_000
+MAX_REASON = 512
 GONE_TTL = 30.0
+
+
+@dataclass
+class Subtree:
+    """What one relay stream reported last: its instances, and the freshness of the relay and of
+    every relay below it (paths from this server)."""
+
+    records: list[InstanceRecord]
+    relays: list[relay_pb2.RelayState]
+    reported_at: float
+    ended: float | None = None  # monotonic time the stream ended
 
 
 class RelayedFleet:
     def __init__(self, ttl: float = GONE_TTL) -> None:
         self.ttl = ttl
-        # stream key -> (records, when the stream ended or None)
-        self._subtrees: dict[object, tuple[list[InstanceRecord], float | None]] = {}
+        self._subtrees: dict[object, Subtree] = {}
         self.generation = 0
 
     @staticmethod
     def decode(
         relay_id: str, report: relay_pb2.FleetReport, allowed: Callable[[InstanceRecord], bool]
-    ) -> list[InstanceRecord]:
-        """`report`'s records that `allowed` passes, each behind ``relay_id/<path>`` (ValueError:
-        past the bounds). Pure CPU: run it off the event loop."""
-        if len(report.chunks) > MAX_CHUNKS:
-            raise ValueError(f"a fleet report takes at most {MAX_CHUNKS} chunks")
+    ) -> tuple[list[InstanceRecord], list[relay_pb2.RelayState]]:
+        """`report`'s records that `allowed` passes, each behind ``relay_id/<path>``, and its relays'
+        states on the same paths (ValueError: past the bounds). Pure CPU: run it off the event loop."""
+        if len(report.chunks) > MAX_CHUNKS or len(report.relays) > MAX_RELAYS:
+            raise ValueError(f"a fleet report takes at most {MAX_CHUNKS} chunks and {MAX_RELAYS} relays")
         records = []
         for chunk in report.chunks:
             if len(chunk.path) > MAX_PATH:
                 raise ValueError(f"a relay path is at most {MAX_PATH} characters")
             via = f"{relay_id}/{chunk.path}" if chunk.path else relay_id
             records += [replace(r, via=via) for r in decode(relay_id, chunk.summary) if allowed(r)]
-        return records
+        relays = []
+        for state in report.relays:
+            if len(state.path) > MAX_PATH:
+                raise ValueError(f"a relay path is at most {MAX_PATH} characters")
+            path = f"{relay_id}/{state.path}" if state.path else relay_id
+            reason = clip(state.stale_reason, MAX_REASON)
+            relays.append(relay_pb2.RelayState(path=path, stale_reason=reason, lost_at=state.lost_at,
+                                               revision=state.revision))  # fmt: skip
+        return records, relays
 
-    def keep(self, stream: object, records: list[InstanceRecord]) -> None:
-        """Replace `stream`'s subtree with `records`."""
-        self._subtrees[stream] = (records, None)
+    def keep(
+        self, stream: object, records: list[InstanceRecord], relays: list[relay_pb2.RelayState] | None = None
+    ) -> None:
+        """Replace `stream`'s subtree with `records` (and its relays' states)."""
+        self._subtrees[stream] = Subtree(records, relays or [], time.time())
         self.generation += 1
 
     def gone(self, stream: object) -> None:
         """`stream` ended: its subtree leaves the view after the TTL unless it reports again."""
         found = self._subtrees.get(stream)
         if found is not None:
-            self._subtrees[stream] = (found[0], time.monotonic())
+            found.ended = time.monotonic()
             self.generation += 1
 
-    def records(self) -> list[InstanceRecord]:
+    def _live(self) -> list[Subtree]:
         now = time.monotonic()
-        for stream, (_, ended) in list(self._subtrees.items()):
-            if ended is not None and now - ended > self.ttl:
+        for stream, subtree in list(self._subtrees.items()):
+            if subtree.ended is not None and now - subtree.ended > self.ttl:
                 del self._subtrees[stream]
                 self.generation += 1
-        return [r for records, _ in self._subtrees.values() for r in records]
+        return list(self._subtrees.values())
+
+    def records(self) -> list[InstanceRecord]:
+        return [r for subtree in self._live() for r in subtree.records]
+
+    def relays(self) -> list[tuple[relay_pb2.RelayState, bool, float]]:
+        """Every relay below this server: (its state, whether its stream is open, when it reported)."""
+        return [(state, subtree.ended is None, subtree.reported_at)
+                for subtree in self._live() for state in subtree.relays]  # fmt: skip
 
 
 class LocalInstances:
@@ -79,9 +110,10 @@ class LocalInstances:
     def generation(self) -> int:
         return self.ledger.generation + self.relayed.generation
 
-    def report(self) -> relay_pb2.FleetReport:
+    def report(self, own: relay_pb2.RelayState | None = None) -> relay_pb2.FleetReport:
         """The whole subtree as a relay sends it up: its own instances at path "", each relayed
-        instance at the path it is behind. Pure CPU: run it off the event loop."""
+        instance at the path it is behind, and `own` state with the relays' below. Pure CPU: run it
+        off the event loop."""
         by_path: dict[str, list[InstanceRecord]] = {}
         for r in self.ledger.records():
             by_path.setdefault("", []).append(r)
@@ -91,6 +123,9 @@ class LocalInstances:
         for path, records in sorted(by_path.items()):
             for value in encode(records):
                 report.chunks.add(path=path, summary=value)
+        if own is not None:
+            report.relays.append(own)
+        report.relays.extend(state for state, connected, _ in self.relayed.relays() if connected)
         return report
 
 
