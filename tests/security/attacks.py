@@ -9,6 +9,7 @@ tests/security/isolation.py measures a bystander meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import sys
@@ -19,11 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import grpc.aio
 
 from confmesh.changes import ChangeSpec
 from confmesh.client import AdminClient, TLSConfig
 from confmesh.errors import ConfmeshError
-from confmesh.keys import Layer
+from confmesh.keys import Layer, Scope
+from confmesh.server.fleet import encode
+from confmesh.server.ledger import InstanceRecord
+from confmesh.v1 import relay_pb2
 
 HEAVY_RULE_VALUES = [f"v{i}" for i in range(10_000)]
 HEAVY_CONTEXT = {"targetingKey": "u1", "tags": [f"t{i}" for i in range(14_000)]}
@@ -401,6 +406,102 @@ async def ofrep_nits(a: Attacker) -> None:
         await a.loops(one)
 
 
+def _fake_report(n: int) -> bytes:
+    """A fleet report of `n` made-up instances, half staging, half prod, in chunks of 1,000."""
+    scopes = (Scope("staging", "api"), Scope("prod", "orders"))
+    records = [
+        InstanceRecord(i, f"fake-{i}", scopes[i % 2], "p", {"k": "v" * 50}, 1.0, 1.0) for i in range(n)
+    ]
+    report = relay_pb2.FleetReport(chunks=[relay_pb2.FleetChunk(summary=v) for v in encode(records)])
+    return relay_pb2.MirrorRequest(fleet=report).SerializeToString()
+
+
+async def mirror(a: Attacker) -> None:
+    """15. Relays with a staging reader's token: fleet reports of 20,000 made-up instances (prod ones
+    among them) as fast as they can; one the same once a second, as a relay does; one asks to carry
+    prod; one never reads what it is sent."""
+    token = (("authorization", f"Bearer {a.target['tokens']['reader']}"),)
+    report = await asyncio.to_thread(_fake_report, 20_000)
+
+    def hello(relay_id: str, *scopes: str) -> bytes:
+        msg = relay_pb2.MirrorRequest(hello=relay_pb2.MirrorHello(relay_id=relay_id, scopes=scopes))
+        return msg.SerializeToString()
+
+    async with grpc.aio.insecure_channel(a.target["grpc"]) as channel:
+        mirror_call = channel.stream_stream("/confmesh.v1.RelayService/Mirror")
+
+        async def flood(index: int) -> None:
+            async def out() -> Any:
+                yield hello(f"flood-{index}")
+                while a.running:
+                    yield report
+                    await asyncio.sleep(0.02)
+
+            call = mirror_call(out(), metadata=token)
+            try:
+                while a.running:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.01, a.deadline - time.monotonic())):
+                            if await call.read() is grpc.aio.EOF:
+                                break
+                a.answers["ok"] += 1
+            except grpc.aio.AioRpcError as exc:
+                a.answers[exc.code().name] += 1
+            finally:
+                call.cancel()
+
+        async def honest() -> None:
+            async def out() -> Any:
+                yield hello("honest")
+                while a.running:
+                    yield report
+                    await asyncio.sleep(1.1)
+
+            call = mirror_call(out(), metadata=token)
+            try:
+                while a.running:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.01, a.deadline - time.monotonic())):
+                            if await call.read() is grpc.aio.EOF:
+                                break
+            except grpc.aio.AioRpcError as exc:
+                a.facts["honest_ended"] = exc.code().name
+            finally:
+                call.cancel()
+
+        async def wants_prod() -> None:
+            async def out() -> Any:
+                yield hello("greedy", "prod/*")
+                await asyncio.sleep(30)
+
+            call = mirror_call(out(), metadata=token)
+            try:
+                await call.read()
+            except grpc.aio.AioRpcError as exc:
+                a.facts["prod_refused"] = exc.code().name
+            finally:
+                call.cancel()
+
+        async def never_reads() -> None:
+            async def out() -> Any:
+                yield hello("sleeper")
+                await asyncio.sleep(30)
+
+            # A connection of its own: a stream that is never read stalls its whole connection.
+            async with grpc.aio.insecure_channel(a.target["grpc"]) as own:
+                call = own.stream_stream("/confmesh.v1.RelayService/Mirror")(out(), metadata=token)
+                await a.idle()
+                call.cancel()
+
+        await asyncio.gather(*(flood(i) for i in range(a.concurrency)), honest(), wants_prod(), never_reads())
+        async with a.admin("admin") as admin:
+            status = await admin.status()
+        relayed = [i for i in status.instances if i.relay_path == "honest"]
+        a.facts["flooders_kept"] = sum(i.relay_path.startswith("flood-") for i in status.instances)
+        a.facts["relayed_prod"] = sum(i.environment == "prod" for i in relayed)
+        a.facts["relayed_staging"] = sum(i.environment == "staging" for i in relayed)
+
+
 ATTACKS: dict[str, Callable[[Attacker], Awaitable[None]]] = {
     "explain": explain,
     "ofrep": ofrep,
@@ -415,6 +516,7 @@ ATTACKS: dict[str, Callable[[Attacker], Awaitable[None]]] = {
     "kill": kill_loop,
     "big-change": big_change,
     "ofrep-nits": ofrep_nits,
+    "mirror": mirror,
 }
 
 

@@ -68,6 +68,7 @@ ATTACKS = [
     (12, "kill", "policy", 4),
     (13, "big-change", "policy", 4),
     (14, "ofrep-nits", "policy", 8),
+    (15, "mirror", "policy", 3),
 ]
 
 
@@ -136,6 +137,14 @@ def _big_change(answers: dict[str, int], facts: dict[str, Any]) -> None:
     assert answers["ok"] > 0 and answers["console_403"] > 0, answers
 
 
+def _mirror(answers: dict[str, int], facts: dict[str, Any]) -> None:
+    """Floods are ended, an honest relay is served; never more than the grant: no prod key, no prod
+    instance in the fleet view."""
+    only(answers, "RESOURCE_EXHAUSTED")
+    assert facts["prod_refused"] == "PERMISSION_DENIED" and "honest_ended" not in facts, facts
+    assert facts["relayed_prod"] == 0 and facts["relayed_staging"] == 10_000, facts
+
+
 def _ofrep_nits(answers: dict[str, int], facts: dict[str, Any]) -> None:
     kinds = {k for k in answers if k.startswith("kind")}
     assert kinds <= {"kind0_400", "kind0_429", "kind1_200", "kind1_429", "kind2_400", "kind2_429"}, answers
@@ -155,4 +164,5 @@ CHECKS = {
     "kill": _kill,
     "big-change": _big_change,
     "ofrep-nits": _ofrep_nits,
+    "mirror": _mirror,
 }

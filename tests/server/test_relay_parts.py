@@ -130,7 +130,7 @@ def test_relayed_fleet_reports_are_bounded_filtered_and_expire() -> None:
     below.keep("zone-stream", [])
     report = LocalInstances(ledger, below).report()
     fleet = RelayedFleet(ttl=0.05)
-    records, _ = RelayedFleet.decode("eu", report, lambda r: r.scope == PROD)
+    records, _ = RelayedFleet(server_id="me").decode("eu", report, lambda r: r.scope == PROD)
     assert sorted(r.instance_id for r in records) == ["i1", "i2"] and {r.via for r in records} == {"eu"}
     fleet.keep("s1", records)
     assert len(fleet.records()) == 2
@@ -141,9 +141,9 @@ def test_relayed_fleet_reports_are_bounded_filtered_and_expire() -> None:
 
     too_many = relay_pb2.FleetReport(chunks=[relay_pb2.FleetChunk(summary=encode([])[0])] * 201)
     with pytest.raises(ValueError, match="chunks"):
-        RelayedFleet.decode("eu", too_many, lambda r: True)
+        RelayedFleet(server_id="me").decode("eu", too_many, lambda r: True)
     with pytest.raises(ValueError, match="path"):
-        RelayedFleet.decode(
+        RelayedFleet(server_id="me").decode(
             "eu", relay_pb2.FleetReport(chunks=[relay_pb2.FleetChunk(path="x" * 300)]), lambda r: True
         )
     bomb = zlib.compress(b" " * (64 * 1024 * 1024), 9)  # 64 MiB of spaces in ~64 KB
@@ -156,18 +156,19 @@ def test_a_chained_relays_instances_and_freshness_are_reported_behind_their_path
     lost = relay_pb2.RelayState(stale_reason="upstream unreachable", lost_at=5.0, revision=9)
     from_zone = LocalInstances(zone, RelayedFleet()).report(lost)
     mid = RelayedFleet()
-    mid.keep("zone", *RelayedFleet.decode("zone-a", from_zone, lambda r: True))
+    mid.keep("zone", *RelayedFleet(server_id="me").decode("zone-a", from_zone, lambda r: True))
     eu = Ledger(server_id="eu")
     eu.connect(1, instance_id="e1", scope=PROD, peer="p", labels={}, known_version=1, known_hash="h")
     report = LocalInstances(eu, mid).report(relay_pb2.RelayState(revision=10))
-    at_root, relays = RelayedFleet.decode("eu", report, lambda r: True)
+    at_root, relays = RelayedFleet(server_id="me").decode("eu", report, lambda r: True)
     assert sorted((r.instance_id, r.via) for r in at_root) == [("e1", "eu"), ("z1", "eu/zone-a")]
     assert sorted((r.path, r.stale_reason, r.revision) for r in relays) == [
         ("eu", "", 10),
         ("eu/zone-a", "upstream unreachable", 9),
     ]
     root = Ledger(server_id="root")
-    root_fleet = RelayedFleet()
+    root_fleet = RelayedFleet(server_id="root")
+    at_root, relays = root_fleet.decode("eu", report, lambda r: True)
     root_fleet.keep("eu", at_root, relays)
     shown = LocalInstances(root, root_fleet).records()
     assert {(r.server_id, r.via) for r in shown} == {("root", "eu"), ("root", "eu/zone-a")}
@@ -179,7 +180,7 @@ def test_a_chained_relays_instances_and_freshness_are_reported_behind_their_path
         ("eu/zone-a", False),
     ]
     with pytest.raises(ValueError, match="relays"):
-        RelayedFleet.decode(
+        RelayedFleet(server_id="me").decode(
             "eu", relay_pb2.FleetReport(relays=[relay_pb2.RelayState()] * 1001), lambda r: True
         )
 

@@ -205,7 +205,7 @@ class ConfmeshServer:
         self.plane = SnapshotPlane(self.store)
         self.plane.listen(self._on_store_change)
         self.ledger = Ledger(server_id=self.server_id)
-        self.relayed = RelayedFleet(ttl=settings.relay_gone_ttl)
+        self.relayed = RelayedFleet(ttl=settings.relay_gone_ttl, server_id=self.server_id)
         self.instances = LocalInstances(self.ledger, self.relayed)
         self.fleet = FleetView(self.instances, self.store.records(FLEET), self.server_id)
         self.mirror: MirrorService | None = None

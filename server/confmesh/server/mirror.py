@@ -16,6 +16,8 @@ import contextlib
 import itertools
 import logging
 import re
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -32,6 +34,7 @@ from confmesh.server.ledger import InstanceRecord
 from confmesh.server.relayed_fleet import RelayedFleet
 from confmesh.server.serving import ServingState
 from confmesh.server.store import ConfigStore
+from confmesh.server.writer import off_loop
 from confmesh.v1 import relay_pb2, relay_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,12 @@ LIST_CHUNK_BYTES = 1 << 20
 MAX_BACKLOG = 20_000
 PROGRESS_INTERVAL = 5.0
 HELLO_TIMEOUT = 10.0
+# A relay's fleet reports are taken in at most this often (relays send one a second); a relay that
+# sends more than REPORT_BURST beyond that rate is ended with RESOURCE_EXHAUSTED.
+REPORT_EVERY = 1.0
+REPORT_BURST = 5
+# Mirror streams one identity may hold at once.
+MAX_STREAMS_PER_IDENTITY = 16
 
 
 def carried(layout: KeyLayout, grant: Grant | None, patterns: list[str]) -> Callable[[str], bool]:
@@ -86,12 +95,25 @@ class MirrorStream:
         self.upto = 0
         self.carried = ["*"]
         self.wakeup = asyncio.Event()
+        # The relay's newest fleet report not yet taken in (one slot: newer ones replace it).
+        self.report: relay_pb2.FleetReport | None = None
+        self.reported = asyncio.Event()
+        self.error: errors.ConfmeshError | None = None
+
+    def fail(self, error: errors.ConfmeshError) -> None:
+        self.error = error
+        self.wakeup.set()
 
     def heard(self, what: str, events: list[Event]) -> None:
+        """The journal moved: wake the stream only when it has something to send (others' busy
+        scopes never hold back this relay's progress)."""
         if what == "list":
             self.need_list, self.pending = True, []
         elif not self.need_list:
-            self.pending += [ev for ev in events if self.carries(ev.key)]
+            carried = [ev for ev in events if self.carries(ev.key)]
+            if not carried:
+                return
+            self.pending += carried
             if len(self.pending) > MAX_BACKLOG:
                 self.need_list, self.pending = True, []
         self.wakeup.set()
@@ -108,9 +130,11 @@ class MirrorService(relay_pb2_grpc.RelayServiceServicer):
         *,
         progress_interval: float = PROGRESS_INTERVAL,
         carried: Callable[[], list[str]] = lambda: ["*"],
+        report_every: float = REPORT_EVERY,
     ) -> None:
         """`carried`: what this server itself carries (a relay: what its upstream sends it)."""
         self.carried = carried
+        self.report_every = report_every
         self.store, self.journal, self.source, self.access = store, journal, source, access
         self.relayed = relayed
         self.progress_interval = progress_interval
@@ -118,6 +142,7 @@ class MirrorService(relay_pb2_grpc.RelayServiceServicer):
         self.draining = False
         self._ids = itertools.count(1)
         self._open: set[MirrorStream] = set()
+        self._by_identity: Counter[str] = Counter()
 
     async def Mirror(
         self,
@@ -156,6 +181,11 @@ class MirrorService(relay_pb2_grpc.RelayServiceServicer):
         if self.draining:
             await abort(context, errors.Unavailable("server is shutting down", code="draining"))
             return
+        if self._by_identity[caller.identity] >= MAX_STREAMS_PER_IDENTITY:
+            why = f"{caller.identity} holds {MAX_STREAMS_PER_IDENTITY} Mirror streams already"
+            await abort(context, errors.ResourceExhausted(why, code="too_many_relays"))
+            return
+        self._by_identity[caller.identity] += 1
         grant = caller.grant if self.access.enforcing else None
         stream = MirrorStream(carried(self.store.layout, grant, patterns))
         if patterns:
@@ -168,7 +198,7 @@ class MirrorService(relay_pb2_grpc.RelayServiceServicer):
         self.journal.listen(stream.heard)
         self._open.add(stream)
         self.streams += 1
-        reader = asyncio.create_task(self._read(key, hello.relay_id, caller, request_iterator, context))
+        reader = asyncio.create_task(self._read(stream, key, hello.relay_id, caller, request_iterator))
         log.info("relay %s (%s) connected, resuming from revision %d", hello.relay_id, caller.identity,
                  hello.known_revision)  # fmt: skip
         try:
@@ -180,24 +210,26 @@ class MirrorService(relay_pb2_grpc.RelayServiceServicer):
                 yield self._events(stream)
             stale = self.source.stale
             stale = self.source.stale
+            next_progress = time.monotonic() + self.progress_interval
             while not self.draining:
+                if stream.error is not None:
+                    await abort(context, stream.error)
+                    return
                 if stream.need_list:
                     stream.need_list, stream.pending = False, []
-                    for part in self._list(stream):
+                    async for part in self._list(stream):
                         yield part
-                        await asyncio.sleep(0)
                     yield self._progress(stream)
                 if stream.pending:
                     yield self._events(stream)
-                if stale != self.source.stale:
+                if stale != self.source.stale or time.monotonic() >= next_progress:
                     stale = self.source.stale
+                    next_progress = time.monotonic() + self.progress_interval
                     yield self._progress(stream)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.progress_interval):
+                    async with asyncio.timeout(max(0.0, next_progress - time.monotonic())):
                         await stream.wakeup.wait()
-                        stream.wakeup.clear()
-                        continue
-                yield self._progress(stream)
+                stream.wakeup.clear()
             await abort(
                 context, errors.Unavailable("server is shutting down; relay to another", code="draining")
             )
@@ -207,6 +239,9 @@ class MirrorService(relay_pb2_grpc.RelayServiceServicer):
             self._open.discard(stream)
             self.relayed.gone(key)
             self.streams -= 1
+            self._by_identity[caller.identity] -= 1
+            if not self._by_identity[caller.identity]:
+                del self._by_identity[caller.identity]
 
     def drain(self) -> None:
         self.draining = True
@@ -231,59 +266,91 @@ class MirrorService(relay_pb2_grpc.RelayServiceServicer):
             )
         )
 
-    def _list(self, stream: MirrorStream) -> list[relay_pb2.MirrorResponse]:
-        """A full list at the journal's revision, in parts of about 1 MiB, taken in one step (the
-        journal and the store's layer versions move together on the event loop)."""
+    async def _list(self, stream: MirrorStream) -> AsyncIterator[relay_pb2.MirrorResponse]:
+        """A full list at the journal's revision, in parts of about 1 MiB. What it lists is taken in
+        one step (the journal and the store's layer versions move together on the event loop); the
+        parts are built one at a time, so a large key space never holds the loop for its size."""
         carries = stream.carries
         revision = stream.upto = self.journal.revision
-        kvs = [kv for kv in self.journal.keys.values() if carries(kv.key)]
-        layers = [
-            relay_pb2.LayerRevision(layer=layer.path, revision=rev)
-            for layer, rev in self.store.layer_revisions().items()
-            if carries(self.store.layout.marker_key(layer))
-        ]
-        parts, part, size = [], relay_pb2.MirrorList(revision=revision), 0
-        for kv in kvs:
+        kvs = list(self.journal.keys.values())
+        layers = list(self.store.layer_revisions().items())
+        part, size = relay_pb2.MirrorList(revision=revision), 0
+        for n, kv in enumerate(kvs):
+            if not carries(kv.key):
+                continue
             if size > LIST_CHUNK_BYTES:
-                parts.append(relay_pb2.MirrorResponse(list=part))
+                yield relay_pb2.MirrorResponse(list=part)
                 part, size = relay_pb2.MirrorList(revision=revision), 0
             part.keys.append(_key(kv))
             size += len(kv.key) + len(kv.value)
-        part.layer_revisions.extend(layers)
+            if n % 1000 == 999:
+                await asyncio.sleep(0)
+        marker = self.store.layout.marker_key
+        part.layer_revisions.extend(
+            relay_pb2.LayerRevision(layer=layer.path, revision=rev)
+            for layer, rev in layers
+            if carries(marker(layer))
+        )
         part.last = True
         part.prefix = self.store.layout.prefix
         part.carried.extend(stream.carried)
-        parts.append(relay_pb2.MirrorResponse(list=part))
-        return parts
+        yield relay_pb2.MirrorResponse(list=part)
 
     async def _read(
         self,
+        stream: MirrorStream,
         key: object,
         relay_id: str,
         caller: Caller,
         requests: AsyncIterator[relay_pb2.MirrorRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        """The relay's fleet reports: only instances of scopes its identity may watch are kept."""
+        """The relay's fleet reports, into its one-slot mailbox: a relay that reports faster than
+        `REPORT_EVERY` has its reports replaced, not queued, and decoded at most that often."""
         enforcing, grant = self.access.enforcing, caller.grant
 
         def allowed(record: InstanceRecord) -> bool:
             return not enforcing or (grant is not None and grant.can_watch(record.scope))
 
+        digest = asyncio.create_task(self._digest(stream, key, relay_id, allowed))
+        budget, refilled = float(REPORT_BURST), time.monotonic()
         try:
             async for msg in requests:
                 if msg.WhichOneof("kind") != "fleet":
-                    log.warning("relay %s sent a second hello; ending its stream", relay_id)
-                    context.cancel()  # type: ignore[attr-defined]
+                    stream.fail(errors.InvalidArgument("a Mirror stream takes exactly one hello",
+                                                       code="duplicate_hello"))  # fmt: skip
                     return
-                try:
-                    report = msg.fleet
-                    records, relays = await asyncio.to_thread(RelayedFleet.decode, relay_id, report, allowed)
-                    self.relayed.keep(key, records, relays)
-                except ValueError as exc:
-                    log.warning("ignoring a fleet report of relay %s: %s", relay_id, exc)
+                now = time.monotonic()
+                budget = min(REPORT_BURST, budget + (now - refilled) / self.report_every)
+                refilled = now
+                if budget < 1:
+                    stream.fail(errors.ResourceExhausted(
+                        f"a relay reports at most once every {self.report_every:g}s", code="too_many_reports"
+                    ))  # fmt: skip
+                    return
+                budget -= 1
+                stream.report = msg.fleet
+                stream.reported.set()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
+        finally:
+            digest.cancel()
+
+    async def _digest(
+        self, stream: MirrorStream, key: object, relay_id: str, allowed: Callable[[InstanceRecord], bool]
+    ) -> None:
+        while True:
+            await stream.reported.wait()
+            stream.reported.clear()
+            report, stream.report = stream.report, None
+            if report is None:
+                continue
+            try:
+                # On the low-priority write thread: one decode at a time, whoever reports.
+                records, relays = await off_loop(lambda r=report: self.relayed.decode(relay_id, r, allowed))  # type: ignore[misc]
+                self.relayed.keep(key, records, relays)
+            except ValueError as exc:
+                log.warning("ignoring a fleet report of relay %s: %s", relay_id, exc)
+            await asyncio.sleep(self.report_every)
 
 
 __all__ = ["MirrorService", "carried"]

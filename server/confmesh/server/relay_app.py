@@ -87,7 +87,7 @@ class RelayServer:
         self.store.journal = KeyJournal(self.layout)
         self.plane = SnapshotPlane(self.store)
         self.ledger = Ledger(server_id=self.relay_id)
-        self.relayed = RelayedFleet(ttl=s.gone_ttl)
+        self.relayed = RelayedFleet(ttl=s.gone_ttl, server_id=self.relay_id)
         self.instances = LocalInstances(self.ledger, self.relayed)
         self.access = Access(dict, s.policy_file)
         self.health = health_aio.HealthServicer()

@@ -35,14 +35,15 @@ class Subtree:
 
 
 class RelayedFleet:
-    def __init__(self, ttl: float = GONE_TTL) -> None:
+    def __init__(self, ttl: float = GONE_TTL, server_id: str = "") -> None:
         self.ttl = ttl
+        # Relayed instances are held as this server's: the fleet view shows them here, behind a path.
+        self.server_id = server_id
         self._subtrees: dict[object, Subtree] = {}
         self.generation = 0
 
-    @staticmethod
     def decode(
-        relay_id: str, report: relay_pb2.FleetReport, allowed: Callable[[InstanceRecord], bool]
+        self, relay_id: str, report: relay_pb2.FleetReport, allowed: Callable[[InstanceRecord], bool]
     ) -> tuple[list[InstanceRecord], list[relay_pb2.RelayState]]:
         """`report`'s records that `allowed` passes, each behind ``relay_id/<path>``, and its relays'
         states on the same paths (ValueError: past the bounds). Pure CPU: run it off the event loop."""
@@ -53,7 +54,8 @@ class RelayedFleet:
             if len(chunk.path) > MAX_PATH:
                 raise ValueError(f"a relay path is at most {MAX_PATH} characters")
             via = f"{relay_id}/{chunk.path}" if chunk.path else relay_id
-            records += [replace(r, via=via) for r in decode(relay_id, chunk.summary) if allowed(r)]
+            records += [replace(r, via=via, server_id=self.server_id)
+                        for r in decode(relay_id, chunk.summary) if allowed(r)]  # fmt: skip
         relays = []
         for state in report.relays:
             if len(state.path) > MAX_PATH:
@@ -103,9 +105,9 @@ class LocalInstances:
         self.relayed = relayed
 
     def records(self) -> list[InstanceRecord]:
-        server_id = self.ledger.server_id
-        relayed = [replace(r, server_id=server_id) for r in self.relayed.records()]
-        return sorted([*self.ledger.records(), *relayed], key=InstanceRecord.sort_key)
+        """The ledger's, then the relays', each in a stable order (a publisher rewrites only the
+        chunks that changed); the fleet view sorts what it shows."""
+        return [*self.ledger.records(), *self.relayed.records()]
 
     def generation(self) -> int:
         return self.ledger.generation + self.relayed.generation
