@@ -328,10 +328,26 @@ async def test_a_cut_link_ends_with_every_instance_current_resumed_not_relisted(
     mesh: Mesh, tmp_path: Path
 ) -> None:
     proxy = await TcpProxy(mesh.root.address).mend()
-    metrics_port = free_port()
+    metrics_port, http_port = free_port(), free_port()
     relay = await RelayProcess(
-        proxy.address, tmp_path / "cut", "cut-1", mesh.prefix, "--metrics-listen", f"127.0.0.1:{metrics_port}"
-    ).start()
+        proxy.address, tmp_path / "cut", "cut-1", mesh.prefix,
+        "--metrics-listen", f"127.0.0.1:{metrics_port}", "--http-listen", f"127.0.0.1:{http_port}",
+    ).start()  # fmt: skip
+    await mesh.admin.put_flags(
+        "prod", {"cut-flag": {"variants": {"on": True, "off": False}, "default_variant": "on"}}
+    )
+
+    async def ofrep() -> tuple[int, Any, str]:
+        url = f"http://localhost:{http_port}/environments/prod/ofrep/v1/evaluate/flags/cut-flag"
+        async with aiohttp.ClientSession() as session, session.post(url, json={"context": {}}) as resp:
+            return resp.status, await resp.json(), resp.headers.get("Confmesh-Stale", "")
+
+    for _ in range(50):
+        if (await ofrep())[0] == 200:
+            break
+        await asyncio.sleep(0.2)
+    status, body, stale = await ofrep()
+    assert (status, body["value"], stale) == (200, True, ""), (status, body, stale)
 
     def metric(name: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
@@ -355,6 +371,8 @@ async def test_a_cut_link_ends_with_every_instance_current_resumed_not_relisted(
         assert all(c.get("cut.step") is None for c in clients)
         assert await asyncio.to_thread(metric, "confmesh_stale") == 1
         assert await asyncio.to_thread(metric, "confmesh_relay_upstream_lost_seconds") > 0
+        status, body, stale = await ofrep()  # still answered, from what it had, and says so
+        assert status == 200 and body["value"] is True and "unreachable since" in stale, (status, stale)
 
         async def in_view() -> tuple[int, bool | None]:
             status = await mesh.admin.status()

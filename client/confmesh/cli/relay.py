@@ -51,6 +51,7 @@ from confmesh.cli.common import require_server, run
 )
 @click.option("--heartbeat", default=15.0, show_default=True, help="Watch heartbeat interval (s).")
 @click.option("--metrics-listen", default="", help="Serve Prometheus /metrics on HOST:PORT.")
+@click.option("--http-listen", default="", help="Serve OFREP on HOST:PORT (TLS as --listen's).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def relay(
     upstream: str,
@@ -69,6 +70,7 @@ def relay(
     policy_file: str,
     heartbeat: float,
     metrics_listen: str,
+    http_listen: str,
     log_level: str,
 ) -> None:
     """Serve the Watch API below an upstream confmesh, from one stream to it (no etcd)."""
@@ -86,6 +88,7 @@ def relay(
         prefix=prefix, upstream_tls=upstream_tls, token=token, tls_cert=server_cert, tls_key=server_key,
         tls_client_ca=tls_client_ca, policy_file=policy_file, heartbeat_interval=heartbeat,
         metrics_listen=metrics_listen,
+        http_listen=http_listen,
     )  # fmt: skip
     if not run(run_relay(settings)):
         logging.shutdown()

@@ -491,7 +491,13 @@ class ConfmeshServer:
         assert source is not None
         self.control_work = work = ControlWork()
         stack.callback(work.close)
-        self.ofrep = Ofrep(self.store, self.access, work, synced=lambda: source.synced)
+        self.ofrep = Ofrep(
+            self.store,
+            self.access,
+            work,
+            synced=lambda: source.synced,
+            stale_reason=lambda: source.stale_reason,
+        )
         context = None
         if s.tls_cert and s.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

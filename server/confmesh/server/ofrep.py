@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,8 @@ log = logging.getLogger("confmesh.ofrep")
 
 MAX_BODY = 64 * 1024  # bytes of one request: a context, not a document
 MAX_CONTEXT_DEPTH = 16
+# Set on every answer while the server (or relay) serves what it last had: why.
+STALE_HEADER = "Confmesh-Stale"
 OFREP_CODES = {"PARSE_ERROR", "INVALID_CONTEXT", "TARGETING_KEY_MISSING"}  # parse_context's refusals
 # What OpenFeature's reason enums know; confmesh's own reasons map onto the nearest.
 _REASONS = {Reason.PREREQUISITE_FAILED: "DISABLED", Reason.PROPAGATED: "STATIC"}
@@ -217,9 +219,13 @@ class Ofrep:
         work: ControlWork,
         *,
         synced: Callable[[], bool],
+        stale_reason: Callable[[], str] = str,
         poll_interval_ms: int = 1000,
     ) -> None:
+        """`stale_reason`: why the answers may be old ("": they are not); sent as the
+        ``Confmesh-Stale`` header, not in the body (OFREP providers merge metadata into contexts)."""
         self.access = access
+        self.stale_reason = stale_reason
         self.work = work
         self.synced = synced
         self.evaluators = OfrepEvaluators(store)
@@ -227,9 +233,19 @@ class Ofrep:
         self.poll_interval_ms = poll_interval_ms
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post(f"{ENV_PREFIX}/evaluate/flags/{{key}}", self.evaluate_one)
-        app.router.add_post(f"{ENV_PREFIX}/evaluate/flags", self.evaluate_all)
-        app.router.add_get(f"{ENV_PREFIX}/configuration", self.configuration)
+        def marked(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+            async def run(request: web.Request) -> web.StreamResponse:
+                response = await handler(request)
+                reason = self.stale_reason()
+                if reason:
+                    response.headers[STALE_HEADER] = reason.encode("ascii", "replace").decode()[:512]
+                return response
+
+            return run
+
+        app.router.add_post(f"{ENV_PREFIX}/evaluate/flags/{{key}}", marked(self.evaluate_one))
+        app.router.add_post(f"{ENV_PREFIX}/evaluate/flags", marked(self.evaluate_all))
+        app.router.add_get(f"{ENV_PREFIX}/configuration", marked(self.configuration))
 
     async def _authorize(self, request: web.Request, method: str) -> tuple[str, str] | web.Response:
         """The environment the request may read and who asks, or the response that refuses it."""

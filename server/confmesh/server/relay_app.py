@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +30,18 @@ from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2_grpc
 from confmesh.errors import StartupError
 from confmesh.keys import KeyLayout, LayerKind
 from confmesh.server.access import Access
-from confmesh.server.app import server_credentials
+from confmesh.server.app import is_loopback, server_credentials
 from confmesh.server.config_service import ConfigService, add_config_service
+from confmesh.server.control_work import ControlWork
 from confmesh.server.flagd_sync import FlagdSyncService
+from confmesh.server.http_listener import HttpListener
 from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
 from confmesh.server.journal import KeyJournal
 from confmesh.server.known_names import KnownNames
 from confmesh.server.ledger import Ledger
 from confmesh.server.metrics import Metrics
 from confmesh.server.mirror import RELAY_ID, MirrorService
+from confmesh.server.ofrep import MAX_BODY, Ofrep
 from confmesh.server.plane import SnapshotPlane
 from confmesh.server.record_kinds import server_store
 from confmesh.server.relay_source import RelaySource
@@ -70,6 +74,8 @@ class RelaySettings:
     policy_file: str = ""
     heartbeat_interval: float = 15.0
     metrics_listen: str = ""
+    # OFREP on HOST:PORT (TLS as the gRPC listener's).
+    http_listen: str = ""
     report_interval: float = 1.0
     # How long a relay below that went away keeps its subtree in the view.
     gone_ttl: float = 30.0
@@ -96,6 +102,8 @@ class RelayServer:
         self.mirror: MirrorService | None = None
         self.flagd_sync: FlagdSyncService | None = None
         self.metrics = Metrics()
+        self.http: HttpListener | None = None
+        self.http_port = 0
         self.metrics_port = 0
         self.plane.listen(self._on_store_change)
         self.port = 0
@@ -121,6 +129,8 @@ class RelayServer:
         check_port_free(s.listen, "cannot listen on")
         if s.metrics_listen:
             check_port_free(s.metrics_listen, "cannot serve metrics on")
+        if s.http_listen:
+            check_port_free(s.http_listen, "cannot serve HTTP on")
         data_dir = Path(s.data_dir)
         self._lock = prepare_data_dir(data_dir)
         stack.callback(self._lock.release)
@@ -172,12 +182,35 @@ class RelayServer:
             raise StartupError(f"cannot listen on {s.listen}: {exc}") from exc
         await server.start()
         stack.push_async_callback(server.stop, s.shutdown_grace)
+        if s.http_listen:
+            await self._start_http(stack, source)
         stack.callback(self._drain)
         # Serving before the upstream answers: with a persisted snapshot, that (stale); without one,
         # streams wait (a Watch is answered once the first list arrives).
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.settings.policy_file:
             stack.push_async_callback(self._cancel, asyncio.create_task(self._watch_policy()))
+
+    async def _start_http(self, stack: contextlib.AsyncExitStack, source: RelaySource) -> None:
+        """OFREP, as a server serves it, from what the relay carries (no console: it cannot write)."""
+        s = self.settings
+        work = ControlWork()
+        stack.callback(work.close)
+        ofrep = Ofrep(self.store, self.access, work, synced=lambda: source.synced,
+                      stale_reason=lambda: source.stale_reason)  # fmt: skip
+        context = None
+        if s.tls_cert and s.tls_key:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(s.tls_cert, s.tls_key)
+            if s.tls_client_ca:
+                context.load_verify_locations(s.tls_client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        self.http = HttpListener(
+            s.http_listen, [ofrep.add_routes], max_body=MAX_BODY, ssl_context=context,
+            loopback_hosts=not self.access.enforcing and is_loopback(s.http_listen),
+        )  # fmt: skip
+        self.http_port = await self.http.start()
+        stack.push_async_callback(self.http.stop)
 
     async def _watch_policy(self) -> None:
         while True:
