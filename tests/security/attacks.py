@@ -430,6 +430,14 @@ async def mirror(a: Attacker) -> None:
     async with grpc.aio.insecure_channel(a.target["grpc"]) as channel:
         mirror_call = channel.stream_stream("/confmesh.v1.RelayService/Mirror")
 
+        async def read_until_deadline(call: Any) -> None:
+            """Read what the server sends until the attack's time is up (or the stream ends)."""
+            while a.running:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.01, a.deadline - time.monotonic())):
+                        if await call.read() is grpc.aio.EOF:
+                            return
+
         async def flood(index: int) -> None:
             async def out() -> Any:
                 yield hello(f"flood-{index}")
@@ -439,11 +447,7 @@ async def mirror(a: Attacker) -> None:
 
             call = mirror_call(out(), metadata=token)
             try:
-                while a.running:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(0.01, a.deadline - time.monotonic())):
-                            if await call.read() is grpc.aio.EOF:
-                                break
+                await read_until_deadline(call)
                 a.answers["ok"] += 1
             except grpc.aio.AioRpcError as exc:
                 a.answers[exc.code().name] += 1
@@ -459,11 +463,7 @@ async def mirror(a: Attacker) -> None:
 
             call = mirror_call(out(), metadata=token)
             try:
-                while a.running:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(0.01, a.deadline - time.monotonic())):
-                            if await call.read() is grpc.aio.EOF:
-                                break
+                await read_until_deadline(call)
             except grpc.aio.AioRpcError as exc:
                 a.facts["honest_ended"] = exc.code().name
             finally:

@@ -190,6 +190,35 @@ def server_credentials(
     )
 
 
+def grpc_server(*, reuse_port: bool = False) -> grpc.aio.Server:
+    """A gRPC server as every confmesh process runs one: keepalives, a 4 MiB request bound, and
+    undecodable requests answered INVALID_ARGUMENT."""
+    return grpc.aio.server(
+        interceptors=[DecodeErrorsAsInvalidArgument()],
+        options=[
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ],
+    )
+
+
+def http_tls(tls_cert: str, tls_key: str, tls_client_ca: str) -> ssl.SSLContext | None:
+    """The HTTP listener's TLS: the gRPC listener's, client certificates required with a client CA
+    (one transport policy for both listeners)."""
+    if not (tls_cert and tls_key):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_cert, tls_key)
+    if tls_client_ca:
+        context.load_verify_locations(tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class ConfmeshServer:
     def __init__(self, settings: ServerSettings, *, tracer_provider: TracerProvider | None = None) -> None:
         """`tracer_provider` defaults to OpenTelemetry's global one."""
@@ -373,17 +402,7 @@ class ConfmeshServer:
 
     async def _start_grpc(self, stack: contextlib.AsyncExitStack, etcd: Etcd, source: EtcdSource) -> None:
         s = self.settings
-        server = grpc.aio.server(
-            interceptors=[DecodeErrorsAsInvalidArgument()],
-            options=[
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-                ("grpc.so_reuseport", 1 if s.reuse_port else 0),
-            ],
-        )
+        server = grpc_server(reuse_port=s.reuse_port)
         self.config_service = ConfigService(
             self.plane,
             source,
@@ -498,14 +517,8 @@ class ConfmeshServer:
             synced=lambda: source.synced,
             stale_reason=lambda: source.stale_reason,
         )
-        context = None
-        if s.tls_cert and s.tls_key:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(s.tls_cert, s.tls_key)
-            if s.tls_client_ca:  # one transport policy for both listeners: mutual TLS on HTTP too
-                context.load_verify_locations(s.tls_client_ca)
-                context.verify_mode = ssl.CERT_REQUIRED
-        elif not is_loopback(s.http_listen):
+        context = http_tls(s.tls_cert, s.tls_key, s.tls_client_ca)
+        if context is None and not is_loopback(s.http_listen):
             log.warning(
                 "PLAINTEXT HTTP on %s: tokens sent to it can be read on the way. Use --tls-cert/--tls-key.",
                 s.http_listen,

@@ -151,6 +151,20 @@ class FleetView:
         return all(rev > revision for _, rev in self.summaries.values())
 
     def records(self, *, local: bool = False) -> list[InstanceRecord]:
+        gathered = self.gather(local=local)
+        return gathered if local else _dedupe(gathered)
+
+    def joined(self, *, local: bool = False) -> Callable[[], list[InstanceRecord]]:
+        """What `records` answers, as a function to run off the event loop: the gathering (cheap,
+        reading live state) happens now, the join and sort (the cost, at 10,000s of instances)
+        when it is called."""
+        gathered = self.gather(local=local)
+        return (
+            (lambda: sorted(gathered, key=InstanceRecord.sort_key)) if local else (lambda: _dedupe(gathered))
+        )
+
+    def gather(self, *, local: bool = False) -> list[InstanceRecord]:
+        """This replica's records and every other replica's, not yet joined (on the event loop)."""
         own = self.ledger.records()
         if local:
             return own
@@ -167,7 +181,7 @@ class FleetView:
             merged.extend(cached[1])
         for gone in self._decoded.keys() - live:
             del self._decoded[gone]
-        return _dedupe(merged)
+        return merged
 
 
 def _dedupe(records: list[InstanceRecord]) -> list[InstanceRecord]:

@@ -16,13 +16,10 @@ import contextlib
 import logging
 import signal
 import socket
-import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2_grpc
@@ -30,12 +27,11 @@ from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2_grpc
 from confmesh.errors import StartupError
 from confmesh.keys import KeyLayout, LayerKind
 from confmesh.server.access import Access
-from confmesh.server.app import is_loopback, server_credentials
+from confmesh.server.app import grpc_server, http_tls, is_loopback, server_credentials
 from confmesh.server.config_service import ConfigService, add_config_service
 from confmesh.server.control_work import ControlWork
 from confmesh.server.flagd_sync import FlagdSyncService
 from confmesh.server.http_listener import HttpListener
-from confmesh.server.interceptors import DecodeErrorsAsInvalidArgument
 from confmesh.server.journal import KeyJournal
 from confmesh.server.known_names import KnownNames
 from confmesh.server.ledger import Ledger
@@ -148,16 +144,7 @@ class RelayServer:
                 self.metrics_port = self.metrics.serve(s.metrics_listen)
             except OSError as exc:
                 raise StartupError(f"cannot serve metrics on {s.metrics_listen}: {exc.strerror}") from None
-        server = grpc.aio.server(
-            interceptors=[DecodeErrorsAsInvalidArgument()],
-            options=[
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ],
-        )
+        server = grpc_server()
         callbacks = [LedgerCallbacks(self.ledger), MetricsCallbacks(self.metrics)]
         self.config_service = ConfigService(
             self.plane, source, callbacks, heartbeat_interval=s.heartbeat_interval, access=self.access,
@@ -198,13 +185,7 @@ class RelayServer:
         stack.callback(work.close)
         ofrep = Ofrep(self.store, self.access, work, synced=lambda: source.synced,
                       stale_reason=lambda: source.stale_reason)  # fmt: skip
-        context = None
-        if s.tls_cert and s.tls_key:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(s.tls_cert, s.tls_key)
-            if s.tls_client_ca:
-                context.load_verify_locations(s.tls_client_ca)
-                context.verify_mode = ssl.CERT_REQUIRED
+        context = http_tls(s.tls_cert, s.tls_key, s.tls_client_ca)
         self.http = HttpListener(
             s.http_listen, [ofrep.add_routes], max_body=MAX_BODY, ssl_context=context,
             loopback_hosts=not self.access.enforcing and is_loopback(s.http_listen),

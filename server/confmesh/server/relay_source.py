@@ -92,7 +92,6 @@ class RelaySource(StoreBacked):
         self.last_contact = 0.0
         self._suspect: int | None = None  # keys in a list held back once
         self._carried: Grant | None = None  # the scopes the upstream's lists carry
-        self._tasks: list[asyncio.Task[None]] = []
         self._dirty = asyncio.Event()
 
     # -- the Source seam -----------------------------------------------------------------------
@@ -105,12 +104,7 @@ class RelaySource(StoreBacked):
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await super().stop()
         if self._dirty.is_set():
             await asyncio.to_thread(self._write, self._snapshot())
 

@@ -8,6 +8,7 @@ seam only (an import-linter contract), never on etcd or any one source.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Protocol
 
 from confmesh.server.store import ConfigStore
@@ -75,6 +76,15 @@ class StoreBacked:
         self.store = store
         self.stale_reason = stale_reason
         self._progress = Progress(store)
+        self._tasks: list[asyncio.Task[None]] = []  # what a source runs, cancelled by `stop`
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
 
     @property
     def stale(self) -> bool:

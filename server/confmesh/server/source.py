@@ -71,21 +71,12 @@ class EtcdSource(StoreBacked):
         self.last_watch_activity = time.monotonic()
         self.on_error = on_error
         self._relist = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._run(), name="confmesh-etcd-source"),
             asyncio.create_task(self._resync_loop(), name="confmesh-etcd-resync"),
         ]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
 
     def watch_idle_seconds(self) -> float:
         return time.monotonic() - self.last_watch_activity
