@@ -38,6 +38,7 @@ from confmesh.server.change_flow import ChangeScheduler
 from confmesh.server.config_service import ConfigService, add_config_service
 from confmesh.server.console import Console, add_console
 from confmesh.server.console.api import MAX_BODY as CONSOLE_MAX_BODY
+from confmesh.server.consul_kv import ConsulKV
 from confmesh.server.control_work import ControlWork
 from confmesh.server.embedded_etcd import EmbeddedEtcd
 from confmesh.server.etcd import DEFAULT_MAX_REQUEST_BYTES, Etcd, EtcdCredentials
@@ -122,6 +123,8 @@ class ServerSettings:
     # Publish to the fleet view: None = with an external etcd (replicas share it), not with the
     # embedded one (a single development server, whose etcd revisions stay as its writes make them).
     fleet: bool | None = None
+    # The Consul KV API's key root on --http-listen (<root>/<env>/global/…, <root>/<env>/<service>/…).
+    consul_root: str = "config"
     # How long a relay's subtree stays in the view after its stream ends.
     relay_gone_ttl: float = 30.0
     # How often flag-usage counts are published for the fleet (`flags stale` across replicas).
@@ -264,6 +267,7 @@ class ConfmeshServer:
         self.changes: ChangeScheduler | None = None
         self.admin_service: AdminService | None = None
         self.console: Console | None = None
+        self.consul_kv: ConsulKV | None = None
 
     @property
     def address(self) -> str:
@@ -535,9 +539,11 @@ class ConfmeshServer:
             secure_cookies=context is not None,
             allow_anonymous=is_loopback(s.http_listen),
         )
+        self.consul_kv = ConsulKV(self.store, source, self.access, self.admin_service, root=s.consul_root)
+        self.plane.listen(self.consul_kv.watch.changed)
         self.http = HttpListener(
             s.http_listen,
-            [self.ofrep.add_routes, lambda app: add_console(app, console)],
+            [self.ofrep.add_routes, lambda app: add_console(app, console), self.consul_kv.add_routes],
             max_body=max(MAX_BODY, CONSOLE_MAX_BODY),
             reuse_port=s.reuse_port,
             ssl_context=context,

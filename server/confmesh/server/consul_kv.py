@@ -1,0 +1,401 @@
+"""The Consul KV HTTP API, as the clients written for it use it (py-consul, the `consul` npm package,
+consul-template, envconsul), on `serve --http-listen`: services written for Consul KV read and
+write confmesh unchanged (docs/migration.md).
+
+**Mapping.** Consul key ``<root>/<env>/global/<a>/<b>`` is key ``a.b`` of environment layer
+``<env>``; ``<root>/<env>/<service>/<a>/<b>`` is key ``a.b`` of service layer ``<env>/<service>``
+(``root`` is ``config`` unless ``--consul-root`` says otherwise). These are the raw layers, not the
+resolved view: what a Consul client writes is what it reads back. A string value is its text; any
+other value its JSON. A body written with PUT is taken as JSON when it parses as JSON, else as text.
+
+**Writes** become AdminService calls (``Put``, ``Delete``) in process, as the console's do: the
+same grants, validation, schemas, approval rules and audit. ``cas`` is checked against the key's
+ModifyIndex (its etcd mod revision) just before the write.
+
+**Blocking queries** (``index`` + ``wait``) wait on a future each, woken only by a change to a key
+they read: thousands cost nothing while nothing changes. The index of a read is the newest mod
+revision among the keys it covers, deletes included (kept as tombstones), so it never goes
+backwards and an unrelated change never wakes it.
+
+Tokens: ``X-Consul-Token`` or ``?token=`` (or ``Authorization: Bearer``) carry a confmesh token. A
+read of a layer the caller may not read is Consul's 403; a listing across layers shows only the
+layers the caller reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import random
+import re
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from confmesh import errors
+from confmesh.keys import Layer, LayerKind
+from confmesh.merge import JSONValue, loads_json
+from confmesh.server.access import ANONYMOUS, Access, Caller
+from confmesh.server.admin_service import AdminService
+from confmesh.server.console.bridge import call
+from confmesh.server.serving import ServingState
+from confmesh.server.store import ConfigStore, StoreChange
+from confmesh.v1 import admin_pb2
+from confmesh.wire import layer_to_pb, to_value
+
+DEFAULT_WAIT = 300.0
+MAX_WAIT = 600.0
+MAX_TOMBSTONES = 100_000
+MAX_BODY = 512 * 1024
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_wait(text: str) -> float:
+    """Consul's `wait` (``10s``, ``5m``, a bare number of seconds): default 5 min, at most 10."""
+    if not text:
+        return DEFAULT_WAIT
+    found = _DURATION.match(text.strip())
+    if found is None:
+        raise errors.InvalidArgument(f"wait {text!r} is not a duration like 10s or 5m", field="wait")
+    return min(MAX_WAIT, float(found[1]) * _UNITS[found[2]])
+
+
+def encode_value(value: JSONValue) -> bytes:
+    """What a Consul client reads for a config value: a string's text, anything else's JSON."""
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_value(body: bytes) -> JSONValue:
+    """A PUT body as a config value: JSON when it parses as JSON, else its UTF-8 text."""
+    if not body:
+        return ""
+    try:
+        return loads_json(body)
+    except (ValueError, RecursionError, errors.InvalidArgument):
+        pass
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        raise errors.InvalidArgument(
+            "a value must be JSON or UTF-8 text (binary values are not config)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Consul key paths ↔ (layer, dotted key)."""
+
+    root: str = "config"
+
+    def locate(self, path: str) -> tuple[Layer, str]:
+        """The layer and dotted key of a full Consul key (InvalidArgument: outside the mapping)."""
+        parts = path.split("/")
+        if len(parts) < 4 or parts[0] != self.root or not all(parts[1:]):
+            raise errors.InvalidArgument(
+                f"{path!r} is not a key this server maps: use {self.root}/<env>/global/<key> or "
+                f"{self.root}/<env>/<service>/<key>",
+                field="key",
+            )
+        if any("." in p for p in parts[3:]):
+            raise errors.InvalidArgument(
+                "a '.' in a Consul key segment has no config key to map to", field="key"
+            )
+        env, service = parts[1], parts[2]
+        layer = Layer.env(env) if service == "global" else Layer.svc(env, service)
+        return layer, ".".join(parts[3:])
+
+    def layer_root(self, layer: Layer) -> str:
+        below = "global" if layer.kind is LayerKind.ENVIRONMENT else layer.service
+        return f"{self.root}/{layer.environment}/{below}/"
+
+    def consul_key(self, layer: Layer, key: str) -> str:
+        return self.layer_root(layer) + key.replace(".", "/")
+
+    def layers_under(self, prefix: str, layers: Iterable[Layer]) -> list[Layer]:
+        """The mapped layers that hold keys starting with `prefix`."""
+        out = []
+        for layer in layers:
+            if layer.kind not in (LayerKind.ENVIRONMENT, LayerKind.SERVICE):
+                continue
+            root = self.layer_root(layer)
+            if root.startswith(prefix) or prefix.startswith(root):
+                out.append(layer)
+        return sorted(out)
+
+
+@dataclass(eq=False)
+class Waiter:
+    prefix: str
+    exact: bool
+    index: int
+    future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class KvWatch:
+    """Blocking queries: each waits on a future, woken by a change to a key it covers; tombstones
+    keep deletes' revisions so an index never goes backwards."""
+
+    def __init__(self, store: ConfigStore, mapping: Mapping) -> None:
+        self.store, self.mapping = store, mapping
+        self.tombstones: OrderedDict[str, int] = OrderedDict()  # consul key -> delete revision
+        self.forgotten = 0  # the newest revision of a tombstone let go (an index floor)
+        self._waiters: set[Waiter] = set()
+
+    def changed(self, change: StoreChange) -> None:
+        if not change.layers:
+            return
+        touched: list[str] = []
+        for layer, keys in change.layers.items():
+            if layer.kind not in (LayerKind.ENVIRONMENT, LayerKind.SERVICE):
+                continue
+            entries = self.store.raw_entries(layer)
+            for key in keys:
+                consul = self.mapping.consul_key(layer, key)
+                touched.append(consul)
+                if key in entries:
+                    self.tombstones.pop(consul, None)
+                else:
+                    self.tombstones[consul] = change.revision
+                    self.tombstones.move_to_end(consul)
+        while len(self.tombstones) > MAX_TOMBSTONES:
+            _, revision = self.tombstones.popitem(last=False)
+            self.forgotten = max(self.forgotten, revision)
+        if not touched or not self._waiters:
+            return
+        for waiter in list(self._waiters):
+            hit = (
+                (waiter.prefix in touched)
+                if waiter.exact
+                else any(k.startswith(waiter.prefix) for k in touched)
+            )
+            if change.revision > waiter.index and hit:
+                self._waiters.discard(waiter)
+                if not waiter.future.done():
+                    waiter.future.set_result(change.revision)
+
+    async def wait(self, prefix: str, exact: bool, index: int, seconds: float) -> None:
+        """Until a key under `prefix` changes after `index`, or `seconds` pass (Consul adds up to
+        1/16 of the wait as jitter, so many waiters do not all return at once)."""
+        waiter = Waiter(prefix, exact, index)
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.future), seconds + random.uniform(0, seconds / 16))
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+
+@dataclass
+class Item:
+    key: str
+    value: JSONValue
+    revision: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"LockIndex": 0, "Key": self.key, "Flags": 0,
+                "Value": base64.b64encode(encode_value(self.value)).decode(),
+                "CreateIndex": self.revision, "ModifyIndex": self.revision}  # fmt: skip
+
+
+class ConsulKV:
+    def __init__(
+        self,
+        store: ConfigStore,
+        source: ServingState,
+        access: Access,
+        admin: AdminService,
+        *,
+        root: str = "config",
+    ) -> None:
+        self.store, self.source, self.access, self.admin = store, source, access, admin
+        self.mapping = Mapping(root)
+        self.watch = KvWatch(store, self.mapping)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/kv/{key:.*}", self.get)
+        app.router.add_put("/v1/kv/{key:.*}", self.put)
+        app.router.add_delete("/v1/kv/{key:.*}", self.delete)
+
+    # -- who asks --------------------------------------------------------------------------------
+
+    def _token(self, request: web.Request) -> str:
+        token = request.headers.get("X-Consul-Token") or request.query.get("token", "")
+        if not token and request.headers.get("Authorization", "").lower().startswith("bearer "):
+            token = request.headers["Authorization"][7:]
+        return token.strip()
+
+    def _caller(self, request: web.Request) -> Caller:
+        token = self._token(request)
+        return self.access.identify_bearer(f"Bearer {token}") if token else ANONYMOUS
+
+    def _reads(self, caller: Caller, layer: Layer) -> bool:
+        if not self.access.enforcing:
+            return True
+        return caller.grant is not None and caller.grant.can_read_layer(layer)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _items(self, prefix: str, caller: Caller, *, exact: bool) -> tuple[list[Item], int, bool]:
+        """The items under `prefix` (just `prefix` when `exact`), their index, and whether a layer
+        was left out because the caller may not read it."""
+        if exact:
+            layers = [self.mapping.locate(prefix)[0]]
+        else:
+            layers = self.mapping.layers_under(prefix, self.store.layers())
+        items: list[Item] = []
+        index = self.watch.forgotten
+        denied = False
+        for layer in layers:
+            if not self._reads(caller, layer):
+                denied = True
+                continue
+            for key, entry in self.store.raw_entries(layer).items():
+                consul = self.mapping.consul_key(layer, key)
+                if consul == prefix if exact else consul.startswith(prefix):
+                    items.append(Item(consul, entry.value, entry.mod_revision))
+                    index = max(index, entry.mod_revision)
+        for consul, revision in self.watch.tombstones.items():
+            if consul == prefix if exact else consul.startswith(prefix):
+                index = max(index, revision)
+        return sorted(items, key=lambda i: i.key), max(index, 1), denied
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._get(request)
+        except errors.ConfmeshError as exc:
+            return _error(exc)
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["key"]
+        q = request.query
+        caller = self._caller(request)
+        recurse, keys = "recurse" in q, "keys" in q
+        exact = not (recurse or keys)
+        if not self.source.synced:
+            raise errors.Unavailable("not synced yet")
+        if exact:
+            layer, _ = self.mapping.locate(path)
+            if not self._reads(caller, layer):
+                raise errors.PermissionDenied(f"{caller.identity} may not read {path}")
+        items, index, denied = self._items(path, caller, exact=exact)
+        if exact is False and denied and not items and self.access.enforcing and not caller.authenticated:
+            raise errors.Unauthenticated("this server requires a token (X-Consul-Token)")
+        wanted = _uint(q.get("index", "0"), "index")
+        if wanted and index <= wanted:
+            await self.watch.wait(path, exact, wanted, parse_wait(q.get("wait", "")))
+            items, index, _ = self._items(path, caller, exact=exact)
+        headers = {"X-Consul-Index": str(index), "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
+        if self.source.stale:
+            headers["X-Consul-KnownLeader"] = "false"
+            headers["Confmesh-Stale"] = self.source.stale_reason.encode("ascii", "replace").decode()[:512]
+        if keys:
+            listed = _keys(items, path, q.get("separator", ""))
+            if not listed:
+                return web.Response(status=404, headers=headers)
+            return web.json_response(listed, headers=headers)
+        if not items:
+            return web.Response(status=404, headers=headers)
+        if "raw" in q and exact:
+            return web.Response(body=encode_value(items[0].value), headers=headers,
+                                content_type="application/octet-stream")  # fmt: skip
+        return web.json_response([i.as_json() for i in items], headers=headers)
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.content.read(MAX_BODY + 1)
+            if len(body) > MAX_BODY:
+                raise errors.InvalidArgument(f"a value is at most {MAX_BODY} bytes here")
+            layer, key = self.mapping.locate(request.match_info["key"])
+            _no_sessions(request)
+            if _uint(request.query.get("flags", "0"), "flags"):
+                raise errors.InvalidArgument(
+                    "flags are not kept: config values carry no flags", field="flags"
+                )
+            if not self._cas_holds(request, layer, key):
+                return web.json_response(False)
+            put = admin_pb2.PutRequest(layer=layer_to_pb(layer), key=key, value=to_value(decode_value(body)),
+                                       context=admin_pb2.ChangeContext(reason="consul kv put"))  # fmt: skip
+            await call(self.admin.Put, put, self._token(request), _peer(request))
+            return web.json_response(True)
+        except errors.ConfmeshError as exc:
+            return _error(exc)
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        try:
+            layer, key = self.mapping.locate(request.match_info["key"])
+            if not self._cas_holds(request, layer, key):
+                return web.json_response(False)
+            if key not in self.store.raw_entries(layer) and "recurse" not in request.query:
+                return web.json_response(True)  # Consul: deleting an absent key succeeds
+            why = admin_pb2.ChangeContext(reason="consul kv delete")
+            doomed = admin_pb2.DeleteRequest(layer=layer_to_pb(layer), key=key, context=why)
+            with contextlib.suppress(errors.NotFound):
+                await call(self.admin.Delete, doomed, self._token(request), _peer(request))
+            return web.json_response(True)
+        except errors.ConfmeshError as exc:
+            return _error(exc)
+
+    def _cas_holds(self, request: web.Request, layer: Layer, key: str) -> bool:
+        """`?cas=N`: 0, the key must not exist; N, its ModifyIndex must be N."""
+        if "cas" not in request.query:
+            return True
+        cas = _uint(request.query["cas"], "cas")
+        entry = self.store.raw_entries(layer).get(key)
+        return entry is None if cas == 0 else entry is not None and entry.mod_revision == cas
+
+
+def _keys(items: list[Item], prefix: str, separator: str) -> list[str]:
+    out: dict[str, None] = {}
+    for item in items:
+        if separator:
+            cut = item.key.find(separator, len(prefix))
+            out[item.key if cut < 0 else item.key[: cut + len(separator)]] = None
+        else:
+            out[item.key] = None
+    return list(out)
+
+
+def _uint(text: str, name: str) -> int:
+    if not text.isdigit() or len(text) > 20:
+        raise errors.InvalidArgument(f"{name} must be an unsigned integer", field=name)
+    return int(text)
+
+
+def _no_sessions(request: web.Request) -> None:
+    if "acquire" in request.query or "release" in request.query:
+        raise errors.InvalidArgument(
+            "sessions and locks are not supported (acquire/release)", field="acquire"
+        )
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"ipv4:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
+
+
+_STATUS = {"InvalidArgument": 400, "NotFound": 404, "PermissionDenied": 403, "Unauthenticated": 403,
+           "FailedPrecondition": 409, "ResourceExhausted": 429, "Unavailable": 503}  # fmt: skip
+
+
+def _error(exc: errors.ConfmeshError) -> web.Response:
+    """Consul answers errors as plain text, with the HTTP status."""
+    status = _STATUS.get(type(exc).__name__, 500)
+    return web.Response(status=status, text=f"{exc.message}\n", content_type="text/plain")
+
+
+__all__ = ["ConsulKV", "KvWatch", "Mapping", "decode_value", "encode_value", "parse_wait"]
