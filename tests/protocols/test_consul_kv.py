@@ -179,6 +179,7 @@ async def test_consul_tokens_are_confmesh_tokens_and_a_denied_read_is_403(tenant
         await admin.put("secret", "payments-only", env="prod", service="payments")
         await admin.put("pool", 5, env="prod", service="orders")
     reader = consul.aio.Consul(host="127.0.0.1", port=port, token=tenants.tokens["orders-reader"])
+    service = consul.aio.Consul(host="127.0.0.1", port=port, token=tenants.tokens["orders-service"])
     anonymous = consul.aio.Consul(host="127.0.0.1", port=port)
     try:
         _, item = await reader.kv.get("config/prod/orders/pool")
@@ -191,7 +192,14 @@ async def test_consul_tokens_are_confmesh_tokens_and_a_denied_read_is_403(tenant
             await reader.kv.put("config/prod/orders/pool", "6")  # a reader cannot write
         with pytest.raises(consul.ACLPermissionDenied):
             await anonymous.kv.get("config/prod/orders/pool")
+        # A service reads the layers a Consul client of its scope loads, and no others.
+        _, item = await service.kv.get("config/prod/orders/pool")
+        assert item is not None
+        assert (await service.kv.get("config/prod/global", recurse=True))[1] is None
+        with pytest.raises(consul.ACLPermissionDenied):
+            await service.kv.get("config/prod/payments/secret")
     finally:
+        await service.close()
         await reader.close()
         await anonymous.close()
 

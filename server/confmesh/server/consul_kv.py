@@ -13,9 +13,9 @@ same grants, validation, schemas, approval rules and audit. ``cas`` is checked a
 ModifyIndex (its etcd mod revision) just before the write.
 
 **Blocking queries** (``index`` + ``wait``) wait on a future each, woken only by a change to a key
-they read: thousands cost nothing while nothing changes. The index of a read is the newest mod
-revision among the keys it covers, deletes included (kept as tombstones), so it never goes
-backwards and an unrelated change never wakes it.
+they read: thousands cost nothing while nothing changes, and an unrelated change wakes none. The
+index of a read is the newest mod revision among the keys it covers, or of the newest delete in
+their layer (deletes leave no key behind), so it never goes backwards.
 
 Tokens: ``X-Consul-Token`` or ``?token=`` (or ``Authorization: Bearer``) carry a confmesh token. A
 read of a layer the caller may not read is Consul's 403; a listing across layers shows only the
@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import json
 import random
 import re
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +40,7 @@ from aiohttp import web
 from confmesh import errors
 from confmesh.keys import Layer, LayerKind
 from confmesh.merge import JSONValue, loads_json
-from confmesh.server.access import ANONYMOUS, Access, Caller
+from confmesh.server.access import ANONYMOUS, Access, Caller, Role
 from confmesh.server.admin_service import AdminService
 from confmesh.server.console.bridge import call
 from confmesh.server.serving import ServingState
@@ -50,7 +50,6 @@ from confmesh.wire import layer_to_pb, to_value
 
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
-MAX_TOMBSTONES = 100_000
 MAX_BODY = 512 * 1024
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -140,62 +139,66 @@ class Waiter:
 
 
 class KvWatch:
-    """Blocking queries: each waits on a future, woken by a change to a key it covers; tombstones
-    keep deletes' revisions so an index never goes backwards."""
+    """Blocking queries: each waits on a future, woken by a change to a key it covers. Deletes leave
+    no key behind, so each layer keeps the revision of its newest delete: an index never goes
+    backwards (it may pass a query's index once on an unrelated delete in the same layer)."""
 
     def __init__(self, store: ConfigStore, mapping: Mapping) -> None:
         self.store, self.mapping = store, mapping
-        self.tombstones: OrderedDict[str, int] = OrderedDict()  # consul key -> delete revision
-        self.forgotten = 0  # the newest revision of a tombstone let go (an index floor)
-        self._waiters: set[Waiter] = set()
+        self.deleted: dict[Layer, int] = {}
+        self._exact: dict[str, set[Waiter]] = {}
+        self._prefixes: set[Waiter] = set()
 
     def changed(self, change: StoreChange) -> None:
-        if not change.layers:
-            return
         touched: list[str] = []
         for layer, keys in change.layers.items():
             if layer.kind not in (LayerKind.ENVIRONMENT, LayerKind.SERVICE):
                 continue
             entries = self.store.raw_entries(layer)
             for key in keys:
-                consul = self.mapping.consul_key(layer, key)
-                touched.append(consul)
-                if key in entries:
-                    self.tombstones.pop(consul, None)
-                else:
-                    self.tombstones[consul] = change.revision
-                    self.tombstones.move_to_end(consul)
-        while len(self.tombstones) > MAX_TOMBSTONES:
-            _, revision = self.tombstones.popitem(last=False)
-            self.forgotten = max(self.forgotten, revision)
-        if not touched or not self._waiters:
+                touched.append(self.mapping.consul_key(layer, key))
+                if key not in entries:
+                    self.deleted[layer] = max(self.deleted.get(layer, 0), change.revision)
+        if not touched:
             return
-        for waiter in list(self._waiters):
-            hit = (
-                (waiter.prefix in touched)
-                if waiter.exact
-                else any(k.startswith(waiter.prefix) for k in touched)
-            )
-            if change.revision > waiter.index and hit:
-                self._waiters.discard(waiter)
-                if not waiter.future.done():
-                    waiter.future.set_result(change.revision)
+        woken: list[Waiter] = []
+        for key in touched:
+            woken += self._exact.pop(key, ())
+        if self._prefixes:
+            ordered = sorted(touched)
+            for waiter in list(self._prefixes):
+                at = bisect.bisect_left(ordered, waiter.prefix)
+                if at < len(ordered) and ordered[at].startswith(waiter.prefix):
+                    woken.append(waiter)
+        for waiter in woken:
+            if change.revision > waiter.index and not waiter.future.done():
+                waiter.future.set_result(change.revision)
 
     async def wait(self, prefix: str, exact: bool, index: int, seconds: float) -> None:
         """Until a key under `prefix` changes after `index`, or `seconds` pass (Consul adds up to
         1/16 of the wait as jitter, so many waiters do not all return at once)."""
         waiter = Waiter(prefix, exact, index)
-        self._waiters.add(waiter)
+        if exact:
+            self._exact.setdefault(prefix, set()).add(waiter)
+        else:
+            self._prefixes.add(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), seconds + random.uniform(0, seconds / 16))
         except TimeoutError:
             pass
         finally:
-            self._waiters.discard(waiter)
+            if exact:
+                waiting = self._exact.get(prefix)
+                if waiting is not None:
+                    waiting.discard(waiter)
+                    if not waiting:
+                        del self._exact[prefix]
+            else:
+                self._prefixes.discard(waiter)
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return sum(map(len, self._exact.values())) + len(self._prefixes)
 
 
 @dataclass
@@ -223,6 +226,7 @@ class ConsulKV:
         self.store, self.source, self.access, self.admin = store, source, access, admin
         self.mapping = Mapping(root)
         self.watch = KvWatch(store, self.mapping)
+        self._cache: dict[Layer, tuple[int, list[str], list[Item]]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/kv/{key:.*}", self.get)
@@ -242,11 +246,32 @@ class ConsulKV:
         return self.access.identify_bearer(f"Bearer {token}") if token else ANONYMOUS
 
     def _reads(self, caller: Caller, layer: Layer) -> bool:
+        """Layers a grant reads; a service also reads the two layers a Consul client of its scope
+        loads (its environment's and its own), which its resolved snapshot holds anyway."""
         if not self.access.enforcing:
             return True
-        return caller.grant is not None and caller.grant.can_read_layer(layer)
+        grant = caller.grant
+        if grant is None:
+            return False
+        if grant.role is Role.SERVICE:
+            return layer in (Layer.env(grant.environment), Layer.svc(grant.environment, grant.service))
+        return grant.can_read_layer(layer)
 
     # -- reads -------------------------------------------------------------------------------------
+
+    def _layer(self, layer: Layer) -> tuple[list[str], list[Item]]:
+        """A layer's items as Consul keys, sorted, built once per layer version."""
+        version = self.store.layer_revision(layer)
+        cached = self._cache.get(layer)
+        if cached is None or cached[0] != version:
+            entries = self.store.raw_entries(layer).items()
+            items = [Item(self.mapping.consul_key(layer, k), e.value, e.mod_revision) for k, e in entries]
+            items.sort(key=lambda i: i.key)
+            cached = (version, [i.key for i in items], items)
+            self._cache[layer] = cached
+            if len(self._cache) > 4096:
+                self._cache.clear()
+        return cached[1], cached[2]
 
     def _items(self, prefix: str, caller: Caller, *, exact: bool) -> tuple[list[Item], int, bool]:
         """The items under `prefix` (just `prefix` when `exact`), their index, and whether a layer
@@ -256,21 +281,19 @@ class ConsulKV:
         else:
             layers = self.mapping.layers_under(prefix, self.store.layers())
         items: list[Item] = []
-        index = self.watch.forgotten
+        index = 1
         denied = False
         for layer in layers:
             if not self._reads(caller, layer):
                 denied = True
                 continue
-            for key, entry in self.store.raw_entries(layer).items():
-                consul = self.mapping.consul_key(layer, key)
-                if consul == prefix if exact else consul.startswith(prefix):
-                    items.append(Item(consul, entry.value, entry.mod_revision))
-                    index = max(index, entry.mod_revision)
-        for consul, revision in self.watch.tombstones.items():
-            if consul == prefix if exact else consul.startswith(prefix):
-                index = max(index, revision)
-        return sorted(items, key=lambda i: i.key), max(index, 1), denied
+            keys, held = self._layer(layer)
+            start = bisect.bisect_left(keys, prefix)
+            end = start + 1 if exact else bisect.bisect_left(keys, prefix + "\U0010ffff")
+            found = [i for i in held[start:end] if (i.key == prefix if exact else i.key.startswith(prefix))]
+            items += found
+            index = max(index, self.watch.deleted.get(layer, 0), *(i.revision for i in found))
+        return items, index, denied
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         try:
