@@ -502,6 +502,55 @@ async def mirror(a: Attacker) -> None:
         a.facts["relayed_staging"] = sum(i.environment == "staging" for i in relayed)
 
 
+async def consul_kv(a: Attacker) -> None:
+    """16. The Consul KV API: a reader lists a 2,000-key layer recursively as fast as it can, holds
+    200 blocking queries on keys nobody writes, and reads prod (403); a writer PUTs values of 200 KB
+    (taken) and 400 KB (past the 256 KiB value limit: refused, 400)."""
+    kv = f"{a.target['http']}/v1/kv"
+    async with a.admin("staging-writer") as writer:
+        layer = Layer.svc("staging", "consul")
+        for half in (0, 1000):  # Apply takes 1,000 changes a request
+            await writer.apply(
+                [ChangeSpec(layer, f"k{i:04d}.value", "x" * 40) for i in range(half, half + 1000)]
+            )
+    reader_token = {"X-Consul-Token": a.target["tokens"]["reader"]}
+    writer_token = {"X-Consul-Token": a.target["tokens"]["staging-writer"]}
+    async with (
+        aiohttp.ClientSession(headers=reader_token) as reader,
+        # The blocking queries hold 200 connections of their own (a session's default is 100 in all).
+        aiohttp.ClientSession(headers=reader_token, connector=aiohttp.TCPConnector(limit=0)) as waiting,
+        aiohttp.ClientSession(headers=writer_token) as writer_session,
+    ):
+
+        async def list_all() -> None:
+            try:
+                async with reader.get(f"{kv}/config/staging/consul/?recurse") as resp:
+                    body = await resp.json() if resp.status == 200 else None
+                    a.answers[f"list_{resp.status}"] += 1
+                    if body is not None:
+                        a.facts["listed"] = len(body)
+            except (aiohttp.ClientError, TimeoutError):
+                a.answers["list_0"] += 1
+
+        async def blocked(n: int) -> None:
+            url = f"{kv}/config/staging/consul/idle{n}?index=1&wait=10s"
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with asyncio.timeout(max(0.1, a.deadline - time.monotonic())), waiting.get(url) as resp:
+                    a.answers[f"blocked_{resp.status}"] += 1
+
+        async def big_puts() -> None:
+            size = 200_000
+            while a.running:
+                async with writer_session.put(f"{kv}/config/staging/consul/big", data=b"y" * size) as resp:
+                    a.answers[f"put{size // 1000}k_{resp.status}"] += 1
+                size = 600_000 - size  # 200 KB, then 400 KB, ...
+                await asyncio.sleep(0.2)
+
+        async with reader.get(f"{kv}/config/prod/orders/pool") as resp:
+            a.facts["prod_read"] = resp.status
+        await asyncio.gather(a.loops(list_all), big_puts(), *(blocked(n) for n in range(200)))
+
+
 ATTACKS: dict[str, Callable[[Attacker], Awaitable[None]]] = {
     "explain": explain,
     "ofrep": ofrep,
@@ -517,6 +566,7 @@ ATTACKS: dict[str, Callable[[Attacker], Awaitable[None]]] = {
     "big-change": big_change,
     "ofrep-nits": ofrep_nits,
     "mirror": mirror,
+    "consul": consul_kv,
 }
 
 

@@ -69,6 +69,7 @@ ATTACKS = [
     (13, "big-change", "policy", 4),
     (14, "ofrep-nits", "policy", 8),
     (15, "mirror", "policy", 3),
+    (16, "consul", "policy", 4),
 ]
 
 
@@ -145,6 +146,13 @@ def _mirror(answers: dict[str, int], facts: dict[str, Any]) -> None:
     assert facts["relayed_prod"] == 0 and facts["relayed_staging"] == 10_000, facts
 
 
+def _consul(answers: dict[str, int], facts: dict[str, Any]) -> None:
+    """Listings answered in full, the idle blocking queries never woken, prod refused, big writes taken."""
+    only(answers, "list_200", "put200k_200", "put400k_400")
+    assert answers["list_200"] > 20 and answers["put400k_400"] > 0, answers
+    assert facts["listed"] >= 2000 and facts["prod_read"] == 403, facts
+
+
 def _ofrep_nits(answers: dict[str, int], facts: dict[str, Any]) -> None:
     kinds = {k for k in answers if k.startswith("kind")}
     assert kinds <= {"kind0_400", "kind0_429", "kind1_200", "kind1_429", "kind2_400", "kind2_429"}, answers
@@ -165,4 +173,5 @@ CHECKS = {
     "big-change": _big_change,
     "ofrep-nits": _ofrep_nits,
     "mirror": _mirror,
+    "consul": _consul,
 }

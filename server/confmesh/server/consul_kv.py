@@ -206,11 +206,17 @@ class Item:
     key: str
     value: JSONValue
     revision: int
+    # Its entry in an answer, encoded once per layer version: a listing joins these.
+    encoded: bytes = b""
 
     def as_json(self) -> dict[str, Any]:
         return {"LockIndex": 0, "Key": self.key, "Flags": 0,
                 "Value": base64.b64encode(encode_value(self.value)).decode(),
                 "CreateIndex": self.revision, "ModifyIndex": self.revision}  # fmt: skip
+
+    def encode(self) -> Item:
+        self.encoded = json.dumps(self.as_json(), separators=(",", ":"), ensure_ascii=False).encode()
+        return self
 
 
 class ConsulKV:
@@ -265,7 +271,9 @@ class ConsulKV:
         cached = self._cache.get(layer)
         if cached is None or cached[0] != version:
             entries = self.store.raw_entries(layer).items()
-            items = [Item(self.mapping.consul_key(layer, k), e.value, e.mod_revision) for k, e in entries]
+            items = [
+                Item(self.mapping.consul_key(layer, k), e.value, e.mod_revision).encode() for k, e in entries
+            ]
             items.sort(key=lambda i: i.key)
             cached = (version, [i.key for i in items], items)
             self._cache[layer] = cached
@@ -334,7 +342,8 @@ class ConsulKV:
         if "raw" in q and exact:
             return web.Response(body=encode_value(items[0].value), headers=headers,
                                 content_type="application/octet-stream")  # fmt: skip
-        return web.json_response([i.as_json() for i in items], headers=headers)
+        body = b"[" + b",".join(i.encoded for i in items) + b"]"
+        return web.Response(body=body, headers=headers, content_type="application/json")
 
     # -- writes ------------------------------------------------------------------------------------
 

@@ -96,6 +96,24 @@ class SnapshotSizes:
 
     def check(self, written: Mapping[Layer, Entries]) -> None:
         """Raise InvalidArgument if, with `written` (layer -> new entries), a snapshot grows too big."""
+        self.verify(self.exact_checks(written))
+
+    def verify(self, checks: list[tuple[str, list[Entries], Entries]]) -> None:
+        """The exact sizes of what `exact_checks` found near the limit (pure CPU, the cost of
+        encoding those snapshots: run it off the event loop)."""
+        for name, layers, flags in checks:
+            size = snapshot_bytes(resolve(layers), flags)
+            if size > self.limit:
+                raise errors.InvalidArgument(
+                    f"this change would make the snapshot of {name} {size} bytes; the limit is "
+                    f"{self.limit} (a client receives a snapshot as one 4 MiB gRPC message)",
+                    code="snapshot_too_large",
+                )
+
+    def exact_checks(self, written: Mapping[Layer, Entries]) -> list[tuple[str, list[Entries], Entries]]:
+        """The snapshots `written` touches whose size bound passes the limit, each as copies of its
+        layers' entries (on the event loop: cheap; `verify` measures them)."""
+        checks: list[tuple[str, list[Entries], Entries]] = []
         touched = set(written)
         envs = {layer.environment for layer in touched if layer.kind is not LayerKind.DEFAULTS}
         everywhere = any(layer.kind is LayerKind.DEFAULTS for layer in touched)
@@ -117,10 +135,5 @@ class SnapshotSizes:
             def current(layer: Layer) -> Entries:
                 return written[layer] if layer in written else self.entries(layer)
 
-            size = snapshot_bytes(resolve(current(layer) for layer in layers), current(flag_layer))
-            if size > self.limit:
-                raise errors.InvalidArgument(
-                    f"this change would make the snapshot of {name} {size} bytes; the limit is "
-                    f"{self.limit} (a client receives a snapshot as one 4 MiB gRPC message)",
-                    code="snapshot_too_large",
-                )
+            checks.append((name, [current(layer) for layer in layers], current(flag_layer)))
+        return checks

@@ -12,6 +12,7 @@ Nothing is ever half-written.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import threading
@@ -458,7 +459,12 @@ class Writer:
                 ops.append(Etcd.put_op(self.layout.marker_key(layer), marker.encode()))
             await self._check_layers({layer: current[layer] for layer in touched})
             if self.sizes is not None:
-                self.sizes.check({layer: current[layer] for layer in touched})
+                sizes, near = (
+                    self.sizes,
+                    self.sizes.exact_checks({layer: current[layer] for layer in touched}),
+                )
+                if near:  # encoding a snapshot near the limit costs its size: on the write thread
+                    await off_loop(functools.partial(sizes.verify, near))
             await check_schemas(
                 [
                     (sch, resolve(current[layer] for layer in sc.layers), scope_layer(sc) not in touched)
