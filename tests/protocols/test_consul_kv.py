@@ -26,6 +26,7 @@ from confmesh.server.app import ConfmeshServer
 from tests.conftest import Tenants
 from tests.helpers import eventually
 
+DB_PASSWORD = "orders-db-pass-81c2"  # pragma: allowlist secret
 CHAPTER = Path(os.environ.get("CONFMESH_CHAPTER", Path(__file__).resolve().parents[3] / "shared" / "chapter"))
 
 
@@ -178,6 +179,9 @@ async def test_consul_tokens_are_confmesh_tokens_and_a_denied_read_is_403(tenant
     async with AdminClient(tenants.address, token=tenants.tokens["admin"]) as admin:
         await admin.put("secret", "payments-only", env="prod", service="payments")
         await admin.put("pool", 5, env="prod", service="orders")
+        await admin.put_schema("prod", "orders", {"type": "object", "properties": {
+            "dbpass": {"type": "string", "format": "password"}}})  # fmt: skip
+        await admin.put("dbpass", DB_PASSWORD, env="prod", service="orders")
     reader = consul.aio.Consul(host="127.0.0.1", port=port, token=tenants.tokens["orders-reader"])
     service = consul.aio.Consul(host="127.0.0.1", port=port, token=tenants.tokens["orders-service"])
     anonymous = consul.aio.Consul(host="127.0.0.1", port=port)
@@ -187,7 +191,10 @@ async def test_consul_tokens_are_confmesh_tokens_and_a_denied_read_is_403(tenant
         with pytest.raises(consul.ACLPermissionDenied):
             await reader.kv.get("config/prod/payments/secret")
         _, items = await reader.kv.get("config/prod/", recurse=True)
-        assert {i["Key"] for i in items} == {"config/prod/orders/pool"}  # the listing leaves payments out
+        assert {i["Key"] for i in items} == {
+            "config/prod/orders/pool",
+            "config/prod/orders/dbpass",
+        }  # no payments
         with pytest.raises(consul.ACLPermissionDenied):
             await reader.kv.put("config/prod/orders/pool", "6")  # a reader cannot write
         with pytest.raises(consul.ACLPermissionDenied):
@@ -195,6 +202,13 @@ async def test_consul_tokens_are_confmesh_tokens_and_a_denied_read_is_403(tenant
         # A service reads the layers a Consul client of its scope loads, and no others.
         _, item = await service.kv.get("config/prod/orders/pool")
         assert item is not None
+        # A schema's secret is the service's own (as on its Watch stream); others see it redacted.
+        _, own = await service.kv.get("config/prod/orders/dbpass")
+        _, shown = await reader.kv.get("config/prod/orders/dbpass")
+        assert own is not None and own["Value"] == DB_PASSWORD.encode()
+        assert shown is not None and shown["Value"] == b"<redacted>"
+        _, listed = await reader.kv.get("config/prod/orders", recurse=True)
+        assert DB_PASSWORD.encode() not in json.dumps([str(i) for i in listed]).encode()
         assert (await service.kv.get("config/prod/global", recurse=True))[1] is None
         with pytest.raises(consul.ACLPermissionDenied):
             await service.kv.get("config/prod/payments/secret")

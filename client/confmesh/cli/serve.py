@@ -44,6 +44,13 @@ from confmesh.errors import InvalidArgument
     help="Serve HTTP on HOST:PORT: the web console at /console/ and OFREP at /environments/ENV/ofrep/v1/… "
     "(TLS as --listen's).",
 )
+@click.option(
+    "--consul-root",
+    default="config",
+    show_default=True,
+    help="With --http-listen, the Consul KV API maps ROOT/<env>/global/… and ROOT/<env>/<service>/… "
+    "onto layers (docs/migration.md).",
+)
 @click.option("--tls-cert", "server_cert", default="", help="Serve TLS with this certificate (PEM).")
 @click.option("--tls-key", "server_key", default="", help="The certificate's private key (PEM).")
 @click.option(
@@ -113,6 +120,7 @@ def serve(
     heartbeat: float,
     metrics_listen: str,
     http_listen: str,
+    consul_root: str,
     server_cert: str,
     server_key: str,
     tls_client_ca: str,
@@ -160,6 +168,7 @@ def serve(
         fleet_ttl=fleet_ttl,
         fleet_interval=min(fleet_interval, fleet_ttl / 3),
         fleet=fleet,
+        consul_root=consul_root,
     )
     from confmesh.server.workers import fixed_port, run_workers, worker_count
 

@@ -19,7 +19,8 @@ their layer (deletes leave no key behind), so it never goes backwards.
 
 Tokens: ``X-Consul-Token`` or ``?token=`` (or ``Authorization: Bearer``) carry a confmesh token. A
 read of a layer the caller may not read is Consul's 403; a listing across layers shows only the
-layers the caller reads.
+layers the caller reads. Values a schema marks secret are redacted as GetLayer redacts them, except
+for the service itself.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ from typing import Any
 from aiohttp import web
 
 from confmesh import errors
-from confmesh.keys import Layer, LayerKind
+from confmesh.errors import StartupError
+from confmesh.keys import Layer, LayerKind, Scope
 from confmesh.merge import JSONValue, loads_json
 from confmesh.server.access import ANONYMOUS, Access, Caller, Role
 from confmesh.server.admin_service import AdminService
 from confmesh.server.console.bridge import call
+from confmesh.server.record_kinds import SCHEMAS
 from confmesh.server.serving import ServingState
 from confmesh.server.store import ConfigStore, StoreChange
 from confmesh.v1 import admin_pb2
@@ -230,9 +233,11 @@ class ConsulKV:
         root: str = "config",
     ) -> None:
         self.store, self.source, self.access, self.admin = store, source, access, admin
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", root):
+            raise StartupError(f"--consul-root {root!r}: one path segment of [A-Za-z0-9_-]")
         self.mapping = Mapping(root)
         self.watch = KvWatch(store, self.mapping)
-        self._cache: dict[Layer, tuple[int, list[str], list[Item]]] = {}
+        self._cache: dict[tuple[Layer, bool], tuple[tuple[int, int], list[str], list[Item]]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/kv/{key:.*}", self.get)
@@ -265,18 +270,32 @@ class ConsulKV:
 
     # -- reads -------------------------------------------------------------------------------------
 
-    def _layer(self, layer: Layer) -> tuple[list[str], list[Item]]:
-        """A layer's items as Consul keys, sorted, built once per layer version."""
-        version = self.store.layer_revision(layer)
-        cached = self._cache.get(layer)
+    def _sees_secrets(self, caller: Caller, layer: Layer) -> bool:
+        """Values a service's schema marks secret are shown as GetLayer shows them (redacted), but to
+        the service itself, which reads them as its Watch stream does (and to anyone without a
+        policy, where anyone may watch)."""
+        if not self.access.enforcing:
+            return True
+        grant = caller.grant
+        if grant is None or grant.role is not Role.SERVICE:
+            return False
+        return layer == Layer.svc(grant.environment, grant.service)
+
+    def _layer(self, layer: Layer, secrets: bool) -> tuple[list[str], list[Item]]:
+        """A layer's items as Consul keys, sorted, built once per layer version (and schema)."""
+        scope = Scope(layer.environment, layer.service)
+        schema = self.store.records(SCHEMAS).get(scope) if layer.kind is LayerKind.SERVICE else None
+        redact = schema is not None and not secrets
+        version = (self.store.layer_revision(layer), self.store.revisions(SCHEMAS).get(scope, 0))
+        cached = self._cache.get((layer, redact))
         if cached is None or cached[0] != version:
-            entries = self.store.raw_entries(layer).items()
-            items = [
-                Item(self.mapping.consul_key(layer, k), e.value, e.mod_revision).encode() for k, e in entries
-            ]
+            items = []
+            for k, e in self.store.raw_entries(layer).items():
+                value = schema.redact_value(k, e.value) if redact and schema is not None else e.value
+                items.append(Item(self.mapping.consul_key(layer, k), value, e.mod_revision).encode())
             items.sort(key=lambda i: i.key)
             cached = (version, [i.key for i in items], items)
-            self._cache[layer] = cached
+            self._cache[(layer, redact)] = cached
             if len(self._cache) > 4096:
                 self._cache.clear()
         return cached[1], cached[2]
@@ -295,7 +314,7 @@ class ConsulKV:
             if not self._reads(caller, layer):
                 denied = True
                 continue
-            keys, held = self._layer(layer)
+            keys, held = self._layer(layer, self._sees_secrets(caller, layer))
             start = bisect.bisect_left(keys, prefix)
             end = start + 1 if exact else bisect.bisect_left(keys, prefix + "\U0010ffff")
             found = [i for i in held[start:end] if (i.key == prefix if exact else i.key.startswith(prefix))]
