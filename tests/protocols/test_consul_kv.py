@@ -78,7 +78,11 @@ async def test_the_chapters_consul_config_loads_merges_and_hot_reloads(
         seen: list[tuple[Any, Any]] = []
         config.watch("database/pool", lambda new, old: seen.append((new, old)))
         await asyncio.sleep(0.3)  # the watch's first read
-        await admin.put("database.pool", 40, env="prod", service="orders")
+        put = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "confmesh.cli", "--server", server.address,
+            "put", "database.pool", "40", "--env", "prod", "--service", "orders",
+        )  # fmt: skip
+        assert await put.wait() == 0
         await eventually(lambda: seen and seen[-1][0] == 40, timeout=10)
         assert config.get("database.pool") == 40
     finally:
@@ -255,6 +259,50 @@ async def test_the_chapters_node_consul_config_loads_and_hot_reloads(
         while change.get("newValue") != 40:  # a watch may report the value it started with first
             change = await line()
         assert change["event"] == "change"
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+
+
+async def test_the_chapters_node_feature_flags_follow_flags_written_with_confmesh(
+    server: ConfmeshServer, admin: AdminClient, tmp_path: Path
+) -> None:
+    if not (CHAPTER / "feature-flags.js").exists():
+        pytest.skip(f"the chapter's code is not at {CHAPTER} (set CONFMESH_CHAPTER)")
+    if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "consul").exists():
+        pytest.skip("node or the npm consul client is missing (npm ci --prefix tests/interop/node)")
+    (tmp_path / "config").mkdir()
+    shutil.copy(CHAPTER / "feature-flags.js", tmp_path / "feature-flags.js")
+    shutil.copy(CHAPTER / "consul-config.js", tmp_path / "config" / "consul-config.js")
+    await admin.put("flags", {"dark-mode": False}, env="prod", service="features")
+    env = {**os.environ, "CONSUL_HOST": "127.0.0.1", "CONSUL_PORT": str(http_port(server)),
+           "CHAPTER_LAYOUT": str(tmp_path), "NODE_PATH": str(NODE_DIR / "node_modules")}  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(NODE_DIR / "chapter-flags.cjs"), env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdin is not None
+
+    async def line() -> dict[str, Any]:
+        while True:
+            raw = await asyncio.wait_for(proc.stdout.readline(), 15)  # type: ignore[union-attr]
+            assert raw, (await proc.stderr.read()).decode()[-2000:]  # type: ignore[union-attr]
+            if raw.startswith(b"{"):
+                return json.loads(raw)  # type: ignore[no-any-return]
+
+    try:
+        first = await line()
+        assert first["event"] == "initialized" and first["darkMode"] is False
+        await asyncio.sleep(0.5)
+        flags = {"dark-mode": True, "new-checkout": {"type": "percentage", "percentage": 10}}
+        await admin.put("flags", flags, env="prod", service="features")
+        changed = await line()
+        while not changed["darkMode"]:
+            changed = await line()
+        assert set(changed["flags"]) == {"dark-mode", "new-checkout"}
     finally:
         proc.stdin.close()
         try:
