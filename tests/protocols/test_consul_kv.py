@@ -309,3 +309,23 @@ async def test_the_chapters_node_feature_flags_follow_flags_written_with_confmes
             await asyncio.wait_for(proc.wait(), 5)
         except TimeoutError:
             proc.kill()
+
+
+async def test_the_resolved_view_reads_what_a_service_resolves_to_and_wakes_on_any_layer(
+    server: ConfmeshServer, admin: AdminClient, kv: consul.aio.Consul
+) -> None:
+    await admin.put("database.pool", 10)  # defaults
+    await admin.put("database.host", "db.prod", env="prod")
+    await admin.put("database.pool", 25, env="prod", service="orders")
+    index, items = await kv.kv.get("resolved/prod/orders/", recurse=True)
+    assert {i["Key"].removeprefix("resolved/prod/orders/"): i["Value"] for i in items} == {
+        "database/host": b"db.prod", "database/pool": b"25"}  # fmt: skip
+    resolved = await admin.resolve("prod", "orders")
+    assert int(index) == resolved.version
+    woken = asyncio.create_task(kv.kv.get("resolved/prod/orders/database/host", index=index, wait="30s"))
+    await asyncio.sleep(0.2)
+    written = await admin.put("database.host", "db2.prod", env="prod")  # the environment layer
+    new_index, item = await asyncio.wait_for(woken, 5)
+    assert int(new_index) == written.revision and item is not None and item["Value"] == b"db2.prod"
+    with pytest.raises(consul.ConsulException):
+        await kv.kv.put("resolved/prod/orders/database/pool", "1")  # read-only

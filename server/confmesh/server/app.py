@@ -539,7 +539,9 @@ class ConfmeshServer:
             secure_cookies=context is not None,
             allow_anonymous=is_loopback(s.http_listen),
         )
-        self.consul_kv = ConsulKV(self.store, source, self.access, self.admin_service, root=s.consul_root)
+        self.consul_kv = ConsulKV(
+            self.store, source, self.access, self.admin_service, self.plane, root=s.consul_root
+        )
         self.plane.listen(self.consul_kv.watch.changed)
         self.http = HttpListener(
             s.http_listen,

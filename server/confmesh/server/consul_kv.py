@@ -8,6 +8,10 @@ write confmesh unchanged (docs/migration.md).
 resolved view: what a Consul client writes is what it reads back. A string value is its text; any
 other value its JSON. A body written with PUT is taken as JSON when it parses as JSON, else as text.
 
+**The resolved view**, read-only: ``resolved/<env>/<service>/<a>/<b>`` is key ``a.b`` of what the
+service resolves to, at its snapshot version; its blocking queries wake on a change to any layer
+(or schema or rollout) of the scope.
+
 **Writes** become AdminService calls (``Put``, ``Delete``) in process, as the console's do: the
 same grants, validation, schemas, approval rules and audit. ``cas`` is checked against the key's
 ModifyIndex (its etcd mod revision) just before the write.
@@ -45,7 +49,10 @@ from confmesh.merge import JSONValue, loads_json
 from confmesh.server.access import ANONYMOUS, Access, Caller, Role
 from confmesh.server.admin_service import AdminService
 from confmesh.server.console.bridge import call
+from confmesh.server.plane import SnapshotPlane
 from confmesh.server.record_kinds import SCHEMAS
+from confmesh.server.resolver import affects
+from confmesh.server.schemas import redact_config
 from confmesh.server.serving import ServingState
 from confmesh.server.store import ConfigStore, StoreChange
 from confmesh.v1 import admin_pb2
@@ -151,8 +158,15 @@ class KvWatch:
         self.deleted: dict[Layer, int] = {}
         self._exact: dict[str, set[Waiter]] = {}
         self._prefixes: set[Waiter] = set()
+        self._scopes: dict[Scope, set[Waiter]] = {}  # resolved-view queries, by the scope they read
 
     def changed(self, change: StoreChange) -> None:
+        woken: list[Waiter] = []
+        for scope in list(self._scopes):
+            if scope in change.scopes or any(
+                layer.kind is not LayerKind.FLAGS and affects(layer, scope) for layer in change.layers
+            ):
+                woken += self._scopes.pop(scope)
         touched: list[str] = []
         for layer, keys in change.layers.items():
             if layer.kind not in (LayerKind.ENVIRONMENT, LayerKind.SERVICE):
@@ -162,9 +176,6 @@ class KvWatch:
                 touched.append(self.mapping.consul_key(layer, key))
                 if key not in entries:
                     self.deleted[layer] = max(self.deleted.get(layer, 0), change.revision)
-        if not touched:
-            return
-        woken: list[Waiter] = []
         for key in touched:
             woken += self._exact.pop(key, ())
         if self._prefixes:
@@ -177,11 +188,16 @@ class KvWatch:
             if change.revision > waiter.index and not waiter.future.done():
                 waiter.future.set_result(change.revision)
 
-    async def wait(self, prefix: str, exact: bool, index: int, seconds: float) -> None:
-        """Until a key under `prefix` changes after `index`, or `seconds` pass (Consul adds up to
-        1/16 of the wait as jitter, so many waiters do not all return at once)."""
+    async def wait(
+        self, prefix: str, exact: bool, index: int, seconds: float, scope: Scope | None = None
+    ) -> None:
+        """Until a key under `prefix` changes after `index` (with `scope`: until that scope's
+        resolved config does), or `seconds` pass (Consul adds up to 1/16 of the wait as jitter, so
+        many waiters do not all return at once)."""
         waiter = Waiter(prefix, exact, index)
-        if exact:
+        if scope is not None:
+            self._scopes.setdefault(scope, set()).add(waiter)
+        elif exact:
             self._exact.setdefault(prefix, set()).add(waiter)
         else:
             self._prefixes.add(waiter)
@@ -190,7 +206,13 @@ class KvWatch:
         except TimeoutError:
             pass
         finally:
-            if exact:
+            if scope is not None:
+                of_scope = self._scopes.get(scope)
+                if of_scope is not None:
+                    of_scope.discard(waiter)
+                    if not of_scope:
+                        del self._scopes[scope]
+            elif exact:
                 waiting = self._exact.get(prefix)
                 if waiting is not None:
                     waiting.discard(waiter)
@@ -201,7 +223,9 @@ class KvWatch:
 
     @property
     def waiting(self) -> int:
-        return sum(map(len, self._exact.values())) + len(self._prefixes)
+        return (
+            sum(map(len, self._exact.values())) + len(self._prefixes) + sum(map(len, self._scopes.values()))
+        )
 
 
 @dataclass
@@ -229,12 +253,18 @@ class ConsulKV:
         source: ServingState,
         access: Access,
         admin: AdminService,
+        plane: SnapshotPlane,
         *,
         root: str = "config",
+        resolved_root: str = "resolved",
     ) -> None:
-        self.store, self.source, self.access, self.admin = store, source, access, admin
+        self.store, self.source, self.access, self.admin, self.plane = store, source, access, admin, plane
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", root):
             raise StartupError(f"--consul-root {root!r}: one path segment of [A-Za-z0-9_-]")
+        if resolved_root == root or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", resolved_root):
+            raise StartupError(f"the resolved view's root {resolved_root!r}: one segment, not {root!r}")
+        self.resolved_root = resolved_root
+        self._resolved_items: dict[tuple[Scope, int, str, bool], list[Item]] = {}
         self.mapping = Mapping(root)
         self.watch = KvWatch(store, self.mapping)
         self._cache: dict[tuple[Layer, bool], tuple[tuple[int, int], list[str], list[Item]]] = {}
@@ -328,6 +358,33 @@ class ConsulKV:
         except errors.ConfmeshError as exc:
             return _error(exc)
 
+    def _resolved(self, path: str, caller: Caller, *, exact: bool) -> tuple[list[Item], int, Scope]:
+        """Items of the resolved view: ``<resolved root>/<env>/<service>/<a>/<b>`` is key ``a.b`` of
+        what (env, service) resolves to (defaults, environment, service), at its version."""
+        parts = path.split("/")
+        if len(parts) < 3 or not parts[1] or not parts[2]:
+            raise errors.InvalidArgument(f"the resolved view is {self.resolved_root}/<env>/<service>/<key>",
+                                         field="key")  # fmt: skip
+        scope = Scope.checked(parts[1], parts[2])
+        if self.access.enforcing and (caller.grant is None or not caller.grant.can_watch(scope)):
+            raise errors.PermissionDenied(f"{caller.identity} may not read {scope}")
+        snapshot = self.plane.current(scope)
+        grant = caller.grant
+        own = not self.access.enforcing or (grant is not None and grant.role is Role.SERVICE)
+        cache_key = (scope, snapshot.version, snapshot.hash, own)
+        items = self._resolved_items.get(cache_key)
+        if items is None:  # flattened and encoded once per version
+            schema = self.store.records(SCHEMAS).get(scope)
+            config = snapshot.config if own else redact_config(snapshot.config, schema)
+            root = f"{self.resolved_root}/{scope.environment}/{scope.service}/"
+            items = sorted((Item(root + "/".join(p), value, snapshot.version).encode()
+                            for p, value in _leaves(config, ())), key=lambda i: i.key)  # fmt: skip
+            if len(self._resolved_items) > 1024:
+                self._resolved_items.clear()
+            self._resolved_items[cache_key] = items
+        wanted = [i for i in items if (i.key == path if exact else i.key.startswith(path))]
+        return wanted, max(1, snapshot.version), scope
+
     async def _get(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["key"]
         q = request.query
@@ -336,6 +393,13 @@ class ConsulKV:
         exact = not (recurse or keys)
         if not self.source.synced:
             raise errors.Unavailable("not synced yet")
+        if path == self.resolved_root or path.startswith(self.resolved_root + "/"):
+            items, index, scope = self._resolved(path, caller, exact=exact)
+            wanted = _uint(q.get("index", "0"), "index")
+            if wanted and index <= wanted:
+                await self.watch.wait(path, exact, wanted, parse_wait(q.get("wait", "")), scope=scope)
+                items, index, scope = self._resolved(path, caller, exact=exact)
+            return self._answer(items, index, path, q, exact=exact, keys=keys)
         if exact:
             layer, _ = self.mapping.locate(path)
             if not self._reads(caller, layer):
@@ -347,6 +411,11 @@ class ConsulKV:
         if wanted and index <= wanted:
             await self.watch.wait(path, exact, wanted, parse_wait(q.get("wait", "")))
             items, index, _ = self._items(path, caller, exact=exact)
+        return self._answer(items, index, path, q, exact=exact, keys=keys)
+
+    def _answer(
+        self, items: list[Item], index: int, path: str, q: Any, *, exact: bool, keys: bool
+    ) -> web.StreamResponse:
         headers = {"X-Consul-Index": str(index), "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
         if self.source.stale:
             headers["X-Consul-KnownLeader"] = "false"
@@ -368,6 +437,7 @@ class ConsulKV:
 
     async def put(self, request: web.Request) -> web.StreamResponse:
         try:
+            self._writable(request)
             body = await request.content.read(MAX_BODY + 1)
             if len(body) > MAX_BODY:
                 raise errors.InvalidArgument(f"a value is at most {MAX_BODY} bytes here")
@@ -388,6 +458,7 @@ class ConsulKV:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         try:
+            self._writable(request)
             layer, key = self.mapping.locate(request.match_info["key"])
             if not self._cas_holds(request, layer, key):
                 return web.json_response(False)
@@ -401,6 +472,14 @@ class ConsulKV:
         except errors.ConfmeshError as exc:
             return _error(exc)
 
+    def _writable(self, request: web.Request) -> None:
+        path = request.match_info["key"]
+        if path == self.resolved_root or path.startswith(self.resolved_root + "/"):
+            raise errors.InvalidArgument(
+                f"the resolved view is read-only: write {self.mapping.root}/<env>/<service>/<key>",
+                field="key",
+            )
+
     def _cas_holds(self, request: web.Request, layer: Layer, key: str) -> bool:
         """`?cas=N`: 0, the key must not exist; N, its ModifyIndex must be N."""
         if "cas" not in request.query:
@@ -408,6 +487,15 @@ class ConsulKV:
         cas = _uint(request.query["cas"], "cas")
         entry = self.store.raw_entries(layer).get(key)
         return entry is None if cas == 0 else entry is not None and entry.mod_revision == cas
+
+
+def _leaves(value: JSONValue, path: tuple[str, ...]) -> Iterable[tuple[tuple[str, ...], JSONValue]]:
+    """A resolved config's leaves, each with its path (a list is one leaf, as a value)."""
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            yield from _leaves(v, (*path, k))
+    elif path:
+        yield path, value
 
 
 def _keys(items: list[Item], prefix: str, separator: str) -> list[str]:
