@@ -100,7 +100,23 @@ class RawWatch:
         await self.channel.close()
 
 
-class ServerProcess:
+class _Process:
+    """A confmesh process the test started; `stop` sends SIGTERM and waits (20 s, then kills)."""
+
+    proc: asyncio.subprocess.Process | None = None
+
+    async def stop(self) -> int:
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), 20)
+        except TimeoutError:
+            self.proc.kill()
+            return await self.proc.wait()
+
+
+class ServerProcess(_Process):
     """`confmesh serve` in its own process, on a port picked at run time."""
 
     def __init__(self, etcd_endpoints: str, prefix: str, *extra: str) -> None:
@@ -136,18 +152,8 @@ class ServerProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    async def stop(self) -> int:
-        if self.proc is None or self.proc.returncode is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), 20)
-        except TimeoutError:
-            self.proc.kill()
-            return await self.proc.wait()
 
-
-class RelayProcess:
+class RelayProcess(_Process):
     """`confmesh relay` in its own process, on a port picked at run time."""
 
     def __init__(self, upstream: str, data_dir: Path, relay_id: str, prefix: str, *extra: str) -> None:
@@ -175,16 +181,6 @@ class RelayProcess:
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
-
-    async def stop(self) -> int:
-        if self.proc is None or self.proc.returncode is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), 20)
-        except TimeoutError:
-            self.proc.kill()
-            return await self.proc.wait()
 
 
 class TcpProxy:

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,43 @@ async def test_consul_tokens_are_confmesh_tokens_and_a_denied_read_is_403(tenant
 NODE_DIR = Path(__file__).resolve().parents[1] / "interop" / "node"
 
 
+class NodeDriver:
+    """One of tests/interop/node's chapter drivers, against the server's Consul API: `start` returns
+    a reader of its JSON lines (the chapter's own log lines go to stdout too, and are skipped)."""
+
+    def __init__(self, script: str, server: ConfmeshServer, **env: str) -> None:
+        self.script, self.server, self.env = script, server, env
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Callable[[], Awaitable[dict[str, Any]]]:
+        env = {**os.environ, "CONSUL_HOST": "127.0.0.1", "CONSUL_PORT": str(http_port(self.server)),
+               "NODE_PATH": str(NODE_DIR / "node_modules"), **self.env}  # fmt: skip
+        self.proc = proc = await asyncio.create_subprocess_exec(
+            "node", str(NODE_DIR / self.script), env=env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        stdout, stderr = proc.stdout, proc.stderr
+
+        async def line() -> dict[str, Any]:
+            while True:
+                raw = await asyncio.wait_for(stdout.readline(), 15)
+                assert raw, (await stderr.read()).decode()[-2000:]
+                if raw.startswith(b"{"):
+                    return json.loads(raw)  # type: ignore[no-any-return]
+
+        return line
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.stdin is None:
+            return
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            self.proc.kill()
+
+
 async def test_the_chapters_node_consul_config_loads_and_hot_reloads(
     server: ConfmeshServer, admin: AdminClient
 ) -> None:
@@ -234,22 +271,8 @@ async def test_the_chapters_node_consul_config_loads_and_hot_reloads(
         pytest.skip("node or the npm consul client is missing (npm ci --prefix tests/interop/node)")
     await admin.put("database.host", "db.prod.internal", env="prod")
     await admin.put("database.pool", 25, env="prod", service="orders")
-    env = {**os.environ, "CONSUL_HOST": "127.0.0.1", "CONSUL_PORT": str(http_port(server)),
-           "CONFMESH_CHAPTER": str(CHAPTER), "NODE_PATH": str(NODE_DIR / "node_modules")}  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(NODE_DIR / "chapter-consul.cjs"), env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stdin is not None
-
-    async def line() -> dict[str, Any]:
-        """The driver's next JSON line (the chapter's own log lines go to stdout too)."""
-        while True:
-            raw = await asyncio.wait_for(proc.stdout.readline(), 15)  # type: ignore[union-attr]
-            assert raw, (await proc.stderr.read()).decode()[-2000:]  # type: ignore[union-attr]
-            if raw.startswith(b"{"):
-                return json.loads(raw)  # type: ignore[no-any-return]
-
+    driver = NodeDriver("chapter-consul.cjs", server, CONFMESH_CHAPTER=str(CHAPTER))
+    line = await driver.start()
     try:
         loaded = await line()
         assert loaded == {"event": "loaded", "config": {"database": {"host": "db.prod.internal", "pool": 25}}}
@@ -260,11 +283,7 @@ async def test_the_chapters_node_consul_config_loads_and_hot_reloads(
             change = await line()
         assert change["event"] == "change"
     finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
+        await driver.stop()
 
 
 async def test_the_chapters_node_feature_flags_follow_flags_written_with_confmesh(
@@ -278,21 +297,8 @@ async def test_the_chapters_node_feature_flags_follow_flags_written_with_confmes
     shutil.copy(CHAPTER / "feature-flags.js", tmp_path / "feature-flags.js")
     shutil.copy(CHAPTER / "consul-config.js", tmp_path / "config" / "consul-config.js")
     await admin.put("flags", {"dark-mode": False}, env="prod", service="features")
-    env = {**os.environ, "CONSUL_HOST": "127.0.0.1", "CONSUL_PORT": str(http_port(server)),
-           "CHAPTER_LAYOUT": str(tmp_path), "NODE_PATH": str(NODE_DIR / "node_modules")}  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(NODE_DIR / "chapter-flags.cjs"), env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stdin is not None
-
-    async def line() -> dict[str, Any]:
-        while True:
-            raw = await asyncio.wait_for(proc.stdout.readline(), 15)  # type: ignore[union-attr]
-            assert raw, (await proc.stderr.read()).decode()[-2000:]  # type: ignore[union-attr]
-            if raw.startswith(b"{"):
-                return json.loads(raw)  # type: ignore[no-any-return]
-
+    driver = NodeDriver("chapter-flags.cjs", server, CHAPTER_LAYOUT=str(tmp_path))
+    line = await driver.start()
     try:
         first = await line()
         assert first["event"] == "initialized" and first["darkMode"] is False
@@ -304,11 +310,7 @@ async def test_the_chapters_node_feature_flags_follow_flags_written_with_confmes
             changed = await line()
         assert set(changed["flags"]) == {"dark-mode", "new-checkout"}
     finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
+        await driver.stop()
 
 
 async def test_the_resolved_view_reads_what_a_service_resolves_to_and_wakes_on_any_layer(
