@@ -36,6 +36,8 @@ import contextlib
 import json
 import random
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +63,9 @@ from confmesh.wire import layer_to_pb, to_value
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
 MAX_BODY = 512 * 1024
+# Each caller's share of answer bytes (ReadBudget): 8 MiB a second, 16 MiB at once.
+READ_BYTES_PER_SECOND = 8 * 1024 * 1024
+READ_BURST_BYTES = 16 * 1024 * 1024
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -228,6 +233,30 @@ class KvWatch:
         )
 
 
+class ReadBudget:
+    """Bytes of answers each caller may take per second (a token bucket per caller, bounded in
+    callers): a client that lists a large layer in a loop is answered 429 past its share, so the
+    event loop keeps time for delivery. A config client re-reads only when a blocking query wakes."""
+
+    def __init__(self, rate: float = READ_BYTES_PER_SECOND, burst: float = READ_BURST_BYTES) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller -> (tokens, at)
+
+    def _now(self, caller: str) -> float:
+        tokens, at = self._buckets.get(caller, (self.burst, time.monotonic()))
+        now = time.monotonic()
+        return min(self.burst, tokens + (now - at) * self.rate)
+
+    def admits(self, caller: str) -> bool:
+        return self._now(caller) > 0
+
+    def charge(self, caller: str, size: int) -> None:
+        self._buckets[caller] = (self._now(caller) - size, time.monotonic())
+        self._buckets.move_to_end(caller)
+        while len(self._buckets) > 10_000:
+            self._buckets.popitem(last=False)
+
+
 @dataclass
 class Item:
     key: str
@@ -265,6 +294,7 @@ class ConsulKV:
             raise StartupError(f"the resolved view's root {resolved_root!r}: one segment, not {root!r}")
         self.resolved_root = resolved_root
         self._resolved_items: dict[tuple[Scope, int, str, bool], list[Item]] = {}
+        self.budget = ReadBudget()
         self.mapping = Mapping(root)
         self.watch = KvWatch(store, self.mapping)
         self._cache: dict[tuple[Layer, bool], tuple[tuple[int, int], list[str], list[Item]]] = {}
@@ -319,10 +349,17 @@ class ConsulKV:
         version = (self.store.layer_revision(layer), self.store.revisions(SCHEMAS).get(scope, 0))
         cached = self._cache.get((layer, redact))
         if cached is None or cached[0] != version:
+            # Only the entries that changed since the layer's last version are encoded again.
+            before = {} if cached is None or cached[0][1] != version[1] else {i.key: i for i in cached[2]}
             items = []
             for k, e in self.store.raw_entries(layer).items():
+                consul = self.mapping.consul_key(layer, k)
+                kept = before.get(consul)
+                if kept is not None and kept.revision == e.mod_revision:
+                    items.append(kept)
+                    continue
                 value = schema.redact_value(k, e.value) if redact and schema is not None else e.value
-                items.append(Item(self.mapping.consul_key(layer, k), value, e.mod_revision).encode())
+                items.append(Item(consul, value, e.mod_revision).encode())
             items.sort(key=lambda i: i.key)
             cached = (version, [i.key for i in items], items)
             self._cache[(layer, redact)] = cached
@@ -354,7 +391,15 @@ class ConsulKV:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         try:
-            return await self._get(request)
+            who = self._token(request) or _peer(request).rpartition(":")[0]
+            if not self.budget.admits(who):
+                await asyncio.sleep(0.2)  # a client that retries at once does not turn refusals into a flood
+                why = "too many answer bytes from this caller; retry in a second\n"
+                return web.Response(status=429, headers={"Retry-After": "1"}, text=why)
+            response = await self._get(request)
+            body = response.body if isinstance(response, web.Response) else None
+            self.budget.charge(who, len(body) if isinstance(body, bytes) else 0)
+            return response
         except errors.ConfmeshError as exc:
             return _error(exc)
 
