@@ -156,3 +156,28 @@ def test_compose_and_dockerfile_arguments_parse() -> None:
         int(params["metrics_listen"].rpartition(":")[2]),
     } <= exposed
     assert 'ENTRYPOINT ["confmesh", "serve"]' in dockerfile
+
+
+def test_the_relay_manifest_runs_the_relay_with_arguments_it_takes(tmp_path: Path) -> None:
+    items = docs(DEPLOY / "kubernetes" / "relay.yaml")
+    (sts,) = by_kind(items, "StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["confmesh", "relay"]
+    relay = cli.commands["relay"]
+    params = dict(relay.make_context("relay", list(container["args"])).params)
+    ports = container_ports(sts["spec"]["template"])
+    assert int(params["listen"].rpartition(":")[2]) == ports["grpc"]
+    assert int(params["metrics_listen"].rpartition(":")[2]) == ports["metrics"]
+    assert int(params["http_listen"].rpartition(":")[2]) == ports["https"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    files = ("upstream_ca", "upstream_cert", "upstream_key", "server_cert", "server_key", "tls_client_ca")
+    for option in (*files, "policy_file", "data_dir"):
+        assert any(params[option] == m or params[option].startswith(m + "/") for m in mounts), option
+    env = {e["name"] for e in container["env"]}
+    assert {"CONFMESH_TOKEN", "POD_NAME"} <= env  # the token from a Secret, the relay id from the pod
+    (policy_cm,) = [
+        cm for cm in by_kind(items, "ConfigMap") if cm["metadata"]["name"] == "confmesh-relay-policy"
+    ]
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(policy_cm["data"]["policy.yaml"])
+    assert load_policy_file(str(policy_file)).identities
