@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from confmesh.client import AdminClient, ConfigClient
 from confmesh.errors import ConfmeshError
+from confmesh.keys import Scope
 from confmesh.server.app import ConfmeshServer, ServerSettings
 from confmesh.server.embedded_etcd import free_port
 from tests.conftest import EtcdHandle
@@ -104,11 +105,11 @@ async def mesh(etcd: EtcdHandle, tmp_path_factory: pytest.TempPathFactory) -> As
 async def test_a_write_reaches_every_instance_below_every_relay_at_the_roots_version(mesh: Mesh) -> None:
     result = await mesh.admin.put("pool", 42, env="prod", service="orders")
     await eventually(lambda: all(c.get("pool") == 42 for c in mesh.all_clients()), timeout=15)
-    snapshot = mesh.root.plane.current(mesh.root.plane.scopes()[0]) if mesh.root.plane.scopes() else None
+    snapshot = mesh.root.plane.current(Scope("prod", "orders"))
     root_view = await mesh.admin.resolve("prod", "orders")
     assert {c.version for c in mesh.all_clients()} == {root_view.version} == {result.revision}
     assert {c.hash for c in mesh.all_clients()} == {root_view.hash}
-    assert snapshot is None or snapshot.version == result.revision
+    assert (snapshot.version, snapshot.hash) == (result.revision, root_view.hash)
 
 
 async def test_status_at_the_root_lists_every_instance_with_its_relay_path(mesh: Mesh) -> None:

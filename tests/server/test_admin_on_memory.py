@@ -123,7 +123,8 @@ async def test_reads_answer_from_the_plane_and_the_store(admin: Admin) -> None:
     schema = await admin("GetSchema", admin_pb2.GetSchemaRequest(environment="prod", service="orders"))
     assert schema.schema.fields["type"].string_value == "object"
     status = await admin("GetStatus", admin_pb2.GetStatusRequest())
-    assert status is not None
+    assert (status.server_id, status.revision, status.stale) == ("me", admin.source.revision, False)
+    assert list(status.replicas) == ["me"] and list(status.instances) == []
     assert (await admin("ListRollouts", admin_pb2.ListRolloutsRequest())).rollouts == []
     assert (await admin("ListTokens", admin_pb2.ListTokensRequest())).tokens == []
 
