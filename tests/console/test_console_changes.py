@@ -36,7 +36,8 @@ async def test_a_prod_change_needs_another_identity_to_approve_it(tenants: Tenan
     await author.get_by_test_id("row-db.pool").locator("input").fill("30")
     await author.get_by_test_id("edit-reason").fill("more connections for the sale")
     await author.get_by_test_id("save").click()  # "Check and propose": lands on the change
-    await author.get_by_test_id("change-state").filter(has_text="open").wait_for(timeout=5_000)
+    # Proposing computes the change's impact first: on a loaded CI machine that has taken over 5 s.
+    await author.get_by_test_id("change-state").filter(has_text="open").wait_for(timeout=15_000)
     change_url = author.url
     assert await author.get_by_test_id("approve").is_disabled()  # nobody reviews their own change
     await author.get_by_test_id("apply").click()
