@@ -41,7 +41,7 @@ async def test_a_prod_change_needs_another_identity_to_approve_it(tenants: Tenan
     change_url = author.url
     assert await author.get_by_test_id("approve").is_disabled()  # nobody reviews their own change
     await author.get_by_test_id("apply").click()
-    await author.get_by_test_id("error").filter(has_text="needs 1 approval").wait_for(timeout=5_000)
+    await author.get_by_test_id("error").filter(has_text="needs 1 approval").wait_for(timeout=15_000)
     assert "service/prod/orders" in await author.get_by_test_id("diff").inner_text()
     assert "prod/orders" in await author.get_by_test_id("blast").inner_text()
     await shot(author, "change-request")
@@ -50,11 +50,11 @@ async def test_a_prod_change_needs_another_identity_to_approve_it(tenants: Tenan
     await reviewer.goto(change_url)
     await reviewer.get_by_test_id("comment").fill("fine for the sale")
     await reviewer.get_by_test_id("approve").click()
-    await reviewer.get_by_test_id("change-state").filter(has_text="approved").wait_for(timeout=5_000)
+    await reviewer.get_by_test_id("change-state").filter(has_text="approved").wait_for(timeout=15_000)
 
-    await author.get_by_test_id("change-state").filter(has_text="approved").wait_for(timeout=5_000)  # live
+    await author.get_by_test_id("change-state").filter(has_text="approved").wait_for(timeout=15_000)  # live
     await author.get_by_test_id("apply").click()
-    await author.get_by_test_id("change-state").filter(has_text="applied").wait_for(timeout=5_000)
+    await author.get_by_test_id("change-state").filter(has_text="applied").wait_for(timeout=15_000)
     async with tenants.admin("admin") as admin:
         assert (await admin.resolve("prod", "orders", "db.pool")).value == 30
     await author.goto(f"{base}/console/#/changes")
@@ -71,12 +71,12 @@ async def test_a_scheduled_change_applies_at_its_time_once(tenants: Tenants, bro
     reviewer = await login(browser, base, tenants.tokens["admin"])
     await reviewer.goto(f"{base}/console/#/change/{change.id}")
     await reviewer.get_by_test_id("approve").click()
-    await reviewer.get_by_test_id("change-state").filter(has_text="approved").wait_for(timeout=5_000)
+    await reviewer.get_by_test_id("change-state").filter(has_text="approved").wait_for(timeout=15_000)
     at = time.time() + 3
     local = datetime.fromtimestamp(at).strftime("%Y-%m-%dT%H:%M:%S")
     await reviewer.get_by_test_id("schedule-at").fill(local)
     await reviewer.get_by_test_id("schedule").click()
-    await reviewer.get_by_test_id("change-state").filter(has_text="scheduled").wait_for(timeout=5_000)
+    await reviewer.get_by_test_id("change-state").filter(has_text="scheduled").wait_for(timeout=15_000)
     await shot(reviewer, "change-scheduled")
     async with tenants.admin("admin") as admin:
         assert not (await admin.resolve("prod", "orders", "sale")).found  # pending until its time
@@ -100,12 +100,12 @@ async def test_a_change_is_rejected_or_withdrawn_from_its_page(tenants: Tenants,
     await reviewer.goto(f"{base}/console/#/change/{rejected.id}")
     await reviewer.get_by_test_id("comment").fill("99 is too many")
     await reviewer.get_by_test_id("reject").click()
-    await reviewer.get_by_test_id("change-state").filter(has_text="rejected").wait_for(timeout=5_000)
+    await reviewer.get_by_test_id("change-state").filter(has_text="rejected").wait_for(timeout=15_000)
     assert "99 is too many" in await reviewer.get_by_test_id("error").inner_text()
 
     author = await login(browser, base, tenants.tokens["orders-writer"])
     await author.goto(f"{base}/console/#/change/{withdrawn.id}")
     await author.get_by_test_id("cancel").click()
-    await author.get_by_test_id("change-state").filter(has_text="cancelled").wait_for(timeout=5_000)
+    await author.get_by_test_id("change-state").filter(has_text="cancelled").wait_for(timeout=15_000)
     async with tenants.admin("admin") as admin:
         assert (await admin.resolve("prod", "orders", "db.pool")).value == 10
